@@ -1,0 +1,5 @@
+import sys
+
+from fedjax_room.cli import main
+
+sys.exit(main())

@@ -1,0 +1,64 @@
+"""The ``fedjax-room`` command line (also ``python -m fedjax_room``).
+
+Each command group lives in its own module under :mod:`fedjax_room.commands` and
+exposes ``register(subparsers)``, which adds its parser(s) and sets ``func`` (a
+callable taking the parsed namespace and returning an exit code). This file only
+assembles them and turns :class:`~fedjax_room.errors.FedRoomError` into one
+readable line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from fedjax_room import __version__
+from fedjax_room.errors import FedRoomError
+
+__all__ = ["COMMAND_MODULES", "build_parser", "main"]
+
+#: Modules that each register one command group, in ``--help`` order.
+COMMAND_MODULES = [
+    "fedjax_room.commands.privacy",
+    "fedjax_room.commands.train_local",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fedjax-room",
+        description="A data clean room for federated learning with differential privacy.",
+    )
+    parser.add_argument("--version", action="version", version=f"fedjax-room {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:  # a command group not written yet
+                continue
+            raise
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 1
+    try:
+        return int(args.func(args) or 0)
+    except FedRoomError as exc:
+        print(f"fedjax-room: error: {exc.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fedjax-room: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

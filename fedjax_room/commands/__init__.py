@@ -1,0 +1,1 @@
+"""One module per ``fedjax-room`` command group; each exposes ``register(subparsers)``."""
