@@ -1,1 +1,38 @@
-"""fedjax_room.audit"""
+"""Tamper-evident audit logs: append-only, hash-chained, Ed25519-signed JSONL, one per party.
+
+A party's log is ``STATE_DIR/audit.jsonl`` (with its signed head ``STATE_DIR/audit.jsonl.head``);
+see :mod:`fedjax_room.audit.log` for the record format and what verification catches, and
+:mod:`fedjax_room.audit.crosscheck` for comparing a site's log with the coordinator's.
+
+    log = AuditLog.open(state_dir, signing_key, writer="site-a")
+    log.append("update_released", run_id="r1", round=0, digest=sha256_hex, epsilon=0.4, delta=1e-5)
+    records = verify_log(state_dir, public_key)   # raises AuditError(index=first bad record)
+"""
+
+from fedjax_room.audit.log import (
+    FORMAT,
+    GENESIS,
+    LOG_FILENAME,
+    REQUIRED_FIELDS,
+    AuditLog,
+    canonical_json,
+    head_path,
+    read_log,
+    record_hash,
+    resolve_log_path,
+    verify_log,
+)
+
+__all__ = [
+    "FORMAT",
+    "GENESIS",
+    "LOG_FILENAME",
+    "REQUIRED_FIELDS",
+    "AuditLog",
+    "canonical_json",
+    "head_path",
+    "read_log",
+    "record_hash",
+    "resolve_log_path",
+    "verify_log",
+]
