@@ -23,6 +23,7 @@ __all__ = ["COMMAND_MODULES", "build_parser", "main"]
 COMMAND_MODULES = [
     "fedjax_room.commands.privacy",
     "fedjax_room.commands.train_local",
+    "fedjax_room.commands.audit",
 ]
 
 
