@@ -241,7 +241,11 @@ def _scan(
 
     if not body:
         return _Scan(
-            path, records, hashes, AuditError(f"audit log {path} is empty: it has no log_opened record", index=0), None
+            path,
+            records,
+            hashes,
+            AuditError(f"audit log {path}: record 0 (log_opened) is missing: the file is empty", index=0),
+            None,
         )
 
     for i, line in enumerate(body):
@@ -532,6 +536,7 @@ class AuditLog:
         p.parent.mkdir(parents=True, exist_ok=True)
         created = not p.exists()
         fd = os.open(p, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        log: AuditLog | None = None
         try:
             if fcntl is not None:
                 try:
@@ -560,6 +565,8 @@ class AuditLog:
             log._resume(data)
             return log
         except BaseException:
+            if log is not None:
+                log._fd = None  # the fd is closed here, never again by the object
             os.close(fd)
             raise
 
