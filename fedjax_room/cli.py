@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "fedjax_room.commands.privacy",
     "fedjax_room.commands.train_local",
     "fedjax_room.commands.audit",
+    "fedjax_room.commands.kernel",
 ]
 
 
