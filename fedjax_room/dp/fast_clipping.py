@@ -1,0 +1,402 @@
+"""Fast per-example clipping without per-example gradients ("ghost norm" + book-keeping).
+
+For a layer ``y = x @ W + b`` the gradient of example ``i``'s loss with respect to
+``W`` is ``a_i^T g_i`` where ``a_i`` is the layer input and ``g_i = dl_i/dy_i`` the
+output gradient of that example. So per-example norms and the clipped sum need
+only ``a`` and ``g`` for each layer, which one forward and one backward pass give:
+
+1. Every ``flax.linen.Dense`` / ``flax.linen.Conv`` call inside ``loss_fn`` is
+   intercepted (:func:`flax.linen.intercept_methods`): its input ``a`` is
+   recorded and a zero "perturbation" ``z`` is added to its output.
+2. ``loss_fn`` runs on each example as a batch of one, vectorised with
+   ``jax.vmap`` (XLA folds that back into batched matmuls / convolutions); the
+   gradient of the *sum* of per-example losses with respect to the perturbations
+   is every ``g_i`` at once. Parameter gradients are never formed.
+3. Per-example squared norms per layer (Li et al. 2021, Bu et al. 2022):
+
+   - dense on one position: ``||a_i||^2 ||g_i||^2`` (+ ``||g_i||^2`` for the bias);
+   - dense over ``T`` positions or conv (``a`` = im2col patches from
+     :func:`jax.lax.conv_general_dilated_patches`): either the Gram trick
+     ``sum_{t,s} (a_t . a_s)(g_t . g_s)`` or the per-example kernel gradient
+     ``a_i^T g_i``, whichever costs fewer flops for that layer (decided
+     statically in :func:`plan`).
+4. Book-keeping: with ``c_i = min(1, C / ||grad_i||)`` the clipped sum of a kernel
+   is ``sum_i a_i^T (c_i g_i)``, one einsum, no second backward pass. Rows of
+   examples that are masked or not finite are zeroed first (``0 * nan = nan``).
+
+When it applies (:func:`plan`): every parameter leaf is the kernel or bias of
+exactly one plain ``nn.Dense`` / ``nn.Conv`` (``feature_group_count=1``, no
+mask, no custom ``dot_general``/``conv_general_dilated``, zero/``SAME``/``VALID``
+/explicit padding) called exactly once per example, the params reach the layers
+unchanged (no casting, no copies), and the loss depends on the params only
+through those layers (checked on the jaxpr, so e.g. an L2 penalty inside
+``loss_fn`` or weight tying makes it fall back). Otherwise
+:func:`fedjax_room.dp.clipping.clipped_grad` with ``method="auto"`` uses the vmap
+path. Like the vmap path, each example is its own batch of one, so the result is
+the same function of the data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax.linen import dtypes as flax_dtypes
+from flax.linen.linear import canonicalize_padding
+from jax.extend.core import Var
+
+__all__ = ["LayerPlan", "Plan", "clipped_chunk", "plan"]
+
+Params = Any
+Batch = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerPlan:
+    """One captured layer, as seen on a single example (shapes include the example's batch-of-one axis)."""
+
+    kind: str  # "dense" | "conv"
+    path: tuple[str, ...]
+    kernel_leaf: int
+    bias_leaf: int | None
+    x_shape: tuple[int, ...]
+    y_shape: tuple[int, ...]
+    y_dtype: Any
+    strategy: str  # "outer" | "gram" | "materialise"
+    kernel_size: tuple[int, ...] = ()
+    strides: tuple[int, ...] = ()
+    padding: Any = None
+    input_dilation: tuple[int, ...] = ()
+    kernel_dilation: tuple[int, ...] = ()
+
+    @property
+    def positions(self) -> int:
+        """Positions per example over which the kernel is shared (1 for a plain dense layer)."""
+        if self.kind == "dense":
+            return math.prod(self.x_shape[:-1])
+        return math.prod(self.y_shape[:-1])
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Whether the fast path applies, why not, and the captured layers in call order."""
+
+    supported: bool
+    reason: str = ""
+    layers: tuple[LayerPlan, ...] = ()
+
+
+def _is_target(context: Any) -> bool:
+    return context.method_name == "__call__" and type(context.module) in (nn.Dense, nn.Conv)
+
+
+def _unsupported_config(module: nn.Module) -> str:
+    if module.promote_dtype is not flax_dtypes.promote_dtype:
+        return "a custom promote_dtype"
+    if isinstance(module, nn.Dense):
+        if module.dot_general is not None or module.dot_general_cls is not None:
+            return "a custom dot_general"
+        return ""
+    if module.feature_group_count != 1:
+        return "feature_group_count != 1"
+    if module.mask is not None:
+        return "a kernel mask"
+    if module.conv_general_dilated is not None or module.conv_general_dilated_cls is not None:
+        return "a custom conv_general_dilated"
+    kernel_size = (module.kernel_size,) if isinstance(module.kernel_size, int) else tuple(module.kernel_size)
+    padding = canonicalize_padding(module.padding, len(kernel_size))
+    if isinstance(padding, str) and padding not in ("SAME", "VALID"):
+        return f"{padding} padding"
+    return ""
+
+
+def _broadcast(value: Any, n: int) -> tuple[int, ...]:
+    if value is None:
+        value = 1
+    if isinstance(value, int):
+        return (value,) * n
+    return tuple(int(v) for v in value)
+
+
+def _strategy(kind: str, positions: int, fan_in: int, fan_out: int) -> str:
+    if kind == "dense" and positions == 1:
+        return "outer"
+    materialise = positions * fan_in * fan_out
+    gram = positions * positions * (fan_in + fan_out)
+    return "gram" if gram < materialise else "materialise"
+
+
+def _depends_on_inputs(closed: Any, num_inputs: int) -> bool:
+    """Whether any output of the jaxpr depends (data flow) on its first ``num_inputs`` inputs."""
+    jaxpr = closed.jaxpr
+    tainted = set(jaxpr.invars[:num_inputs])
+    for eqn in jaxpr.eqns:
+        if any(isinstance(v, Var) and v in tainted for v in eqn.invars):
+            tainted.update(eqn.outvars)
+    return any(isinstance(v, Var) and v in tainted for v in jaxpr.outvars)
+
+
+def _example_struct(batch: Batch) -> Batch:
+    return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct((1, *jnp.shape(x)[1:]), jnp.result_type(x)), batch)
+
+
+def plan(loss_fn: Callable[[Params, Batch], jax.Array], params: Params, batch: Batch) -> Plan:
+    """Analyse ``loss_fn`` on one example of ``batch`` (abstractly, nothing is computed).
+
+    Returns a :class:`Plan`; ``plan.supported`` is ``False`` with a ``reason`` when
+    the fast path does not apply.
+    """
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    leaf_structs = [jax.ShapeDtypeStruct(jnp.shape(leaf), jnp.result_type(leaf)) for leaf in leaves]
+    example = _example_struct(batch)
+    found: list[dict[str, Any]] = []
+    problems: list[str] = []
+
+    def discover(leaf_values: list[Any], ex: Batch) -> jax.Array:
+        index = {id(leaf): i for i, leaf in enumerate(leaf_values)}
+
+        def interceptor(next_fun, args, kwargs, context):
+            if not _is_target(context):
+                return next_fun(*args, **kwargs)
+            module = context.module
+            x = args[0] if args else kwargs.get("inputs")
+            y = next_fun(*args, **kwargs)
+            name = "/".join(module.path) or type(module).__name__
+            bad = _unsupported_config(module)
+            if bad:
+                problems.append(f"layer {name} uses {bad}")
+            kernel = module.get_variable("params", "kernel")
+            bias = module.get_variable("params", "bias") if module.use_bias else None
+            kernel_leaf = index.get(id(kernel))
+            bias_leaf = index.get(id(bias)) if bias is not None else None
+            if kernel_leaf is None or (bias is not None and bias_leaf is None):
+                problems.append(f"the parameters of layer {name} are not the params passed to loss_fn unchanged")
+            found.append(
+                {"module": module, "name": name, "x": x, "y": y, "kernel_leaf": kernel_leaf, "bias_leaf": bias_leaf}
+            )
+            return y
+
+        with nn.intercept_methods(interceptor):
+            return loss_fn(jax.tree_util.tree_unflatten(treedef, leaf_values), ex)
+
+    try:
+        out = jax.eval_shape(discover, leaf_structs, example)
+    except Exception as exc:  # noqa: BLE001 - any failure to trace means "not supported"
+        return Plan(False, f"loss_fn could not be traced on a single example ({type(exc).__name__}: {exc})")
+    if jnp.shape(out) != ():
+        return Plan(False, f"loss_fn must return a scalar, got shape {jnp.shape(out)}")
+    if not found:
+        return Plan(False, "no flax.linen.Dense or Conv layer is called by loss_fn")
+    if problems:
+        return Plan(False, problems[0])
+
+    owners: dict[int, str] = {}
+    layers: list[LayerPlan] = []
+    for rec in found:
+        for leaf in (rec["kernel_leaf"], rec["bias_leaf"]):
+            if leaf is None:
+                continue
+            if leaf in owners:
+                return Plan(False, f"parameters used by more than one layer call ({owners[leaf]} and {rec['name']})")
+            owners[leaf] = rec["name"]
+        module, x, y = rec["module"], rec["x"], rec["y"]
+        x_shape, y_shape = tuple(x.shape), tuple(y.shape)
+        if isinstance(module, nn.Dense):
+            fan_in, fan_out = x_shape[-1], y_shape[-1]
+            positions = math.prod(x_shape[:-1])
+            layers.append(
+                LayerPlan(
+                    kind="dense",
+                    path=tuple(module.path),
+                    kernel_leaf=rec["kernel_leaf"],
+                    bias_leaf=rec["bias_leaf"],
+                    x_shape=x_shape,
+                    y_shape=y_shape,
+                    y_dtype=y.dtype,
+                    strategy=_strategy("dense", positions, fan_in, fan_out),
+                )
+            )
+        else:
+            kernel_size = (module.kernel_size,) if isinstance(module.kernel_size, int) else tuple(module.kernel_size)
+            nd = len(kernel_size)
+            if len(x_shape) < nd + 2:
+                return Plan(False, f"layer {rec['name']} is called without a batch axis")
+            fan_in = math.prod(kernel_size) * x_shape[-1]
+            fan_out = y_shape[-1]
+            positions = math.prod(y_shape[:-1])
+            layers.append(
+                LayerPlan(
+                    kind="conv",
+                    path=tuple(module.path),
+                    kernel_leaf=rec["kernel_leaf"],
+                    bias_leaf=rec["bias_leaf"],
+                    x_shape=x_shape,
+                    y_shape=y_shape,
+                    y_dtype=y.dtype,
+                    strategy=_strategy("conv", positions, fan_in, fan_out),
+                    kernel_size=kernel_size,
+                    strides=_broadcast(module.strides, nd),
+                    padding=canonicalize_padding(module.padding, nd),
+                    input_dilation=_broadcast(module.input_dilation, nd),
+                    kernel_dilation=_broadcast(module.kernel_dilation, nd),
+                )
+            )
+    missing = [i for i in range(len(leaves)) if i not in owners]
+    if missing:
+        paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+        return Plan(False, f"parameter {paths[missing[0]]} is not the kernel or bias of a Dense/Conv layer")
+
+    # The loss must depend on the params only through the captured layers: replace
+    # every captured layer by zeros and check that the params drop out of the jaxpr.
+    def detached(leaf_values: list[Any], ex: Batch) -> jax.Array:
+        counter = iter(layers)
+
+        def interceptor(next_fun, args, kwargs, context):
+            if not _is_target(context):
+                return next_fun(*args, **kwargs)
+            layer = next(counter)
+            return jnp.zeros(layer.y_shape, layer.y_dtype)
+
+        with nn.intercept_methods(interceptor):
+            return loss_fn(jax.tree_util.tree_unflatten(treedef, leaf_values), ex)
+
+    try:
+        closed = jax.make_jaxpr(detached)(leaf_structs, example)
+    except Exception as exc:  # noqa: BLE001
+        return Plan(False, f"loss_fn could not be traced with detached layers ({type(exc).__name__}: {exc})")
+    if _depends_on_inputs(closed, len(leaves)):
+        return Plan(False, "loss_fn uses parameters outside their Dense/Conv layer (e.g. a penalty or weight tying)")
+    return Plan(True, "", tuple(layers))
+
+
+def _conv_patches(layer: LayerPlan, x: jax.Array) -> jax.Array:
+    """im2col: ``(N, *spatial, cin) -> (N, P, cin * prod(kernel))``, features ordered (cin, *kernel)."""
+    nd = len(layer.kernel_size)
+    spec = (0, nd + 1, *range(1, nd + 1))
+    numbers = jax.lax.ConvDimensionNumbers(spec, (nd + 1, nd, *range(nd)), spec)
+    patches = jax.lax.conv_general_dilated_patches(
+        x,
+        filter_shape=layer.kernel_size,
+        window_strides=layer.strides,
+        padding=layer.padding,
+        lhs_dilation=layer.input_dilation,
+        rhs_dilation=layer.kernel_dilation,
+        dimension_numbers=numbers,
+        precision=jax.lax.Precision.HIGHEST,
+    )
+    return patches.reshape(patches.shape[0], -1, patches.shape[-1])
+
+
+def _layer_terms(layer: LayerPlan, x: jax.Array, g: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Per-example activations ``a: (B, P, fan_in)`` and output gradients ``g: (B, P, fan_out)``."""
+    batch = x.shape[0]
+    if layer.kind == "dense":
+        return x.reshape(batch, -1, x.shape[-1]), g.reshape(batch, -1, g.shape[-1])
+    nd = len(layer.kernel_size)
+    flat = x.reshape((-1,) + x.shape[-(nd + 1) :])
+    patches = _conv_patches(layer, flat)
+    return patches.reshape(batch, -1, patches.shape[-1]), g.reshape(batch, -1, g.shape[-1])
+
+
+def _kernel_layout(layer: LayerPlan, kernel: jax.Array) -> jax.Array:
+    """``(fan_in, cout)`` in patch order -> the flax kernel layout."""
+    if layer.kind == "dense":
+        return kernel
+    nd = len(layer.kernel_size)
+    cin = layer.x_shape[-1]
+    kernel = kernel.reshape((cin, *layer.kernel_size, kernel.shape[-1]))
+    return jnp.transpose(kernel, (*range(1, nd + 1), 0, nd + 1))
+
+
+def clipped_chunk(
+    loss_fn: Callable[[Params, Batch], jax.Array],
+    clip_norm: float,
+    the_plan: Plan,
+    params: Params,
+    batch: Batch,
+    mask: jax.Array,
+) -> tuple[Params, jax.Array, jax.Array]:
+    """``(clipped_sum, norms, per_example_losses)`` for one chunk, by the fast path.
+
+    Same contract as the vmap path in :mod:`fedjax_room.dp.clipping` (masked rows
+    report norm 0, non-finite rows contribute zero and report their norm).
+    ``the_plan`` must come from :func:`plan` on the same loss, params and batch shapes.
+    """
+    from fedjax_room.dp.clipping import clip_weights  # local: clipping imports this module
+
+    layers = the_plan.layers
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    size = mask.shape[0]
+    perturb = [jnp.zeros((size, *layer.y_shape), layer.y_dtype) for layer in layers]
+
+    def one_example(perts: list[jax.Array], example: Batch) -> tuple[jax.Array, list[jax.Array]]:
+        acts: list[jax.Array] = []
+
+        def interceptor(next_fun, args, kwargs, context):
+            if not _is_target(context):
+                return next_fun(*args, **kwargs)
+            k = len(acts)
+            acts.append(args[0] if args else kwargs["inputs"])
+            return next_fun(*args, **kwargs) + perts[k]
+
+        single = jax.tree_util.tree_map(lambda v: jnp.expand_dims(v, 0), example)
+        with nn.intercept_methods(interceptor):
+            loss = loss_fn(jax.tree_util.tree_unflatten(treedef, leaves), single)
+        if len(acts) != len(layers):
+            raise RuntimeError("loss_fn called its layers differently than when it was planned")
+        return loss, acts
+
+    def summed(perts: list[jax.Array]) -> tuple[jax.Array, tuple[jax.Array, list[jax.Array]]]:
+        losses, acts = jax.vmap(one_example)(perts, batch)
+        return jnp.sum(losses), (losses, acts)
+
+    grads, (losses, acts) = jax.grad(summed, has_aux=True)(perturb)
+
+    # Per-example squared norms, layer by layer.
+    terms = []
+    sq = jnp.zeros((size,), jnp.float32)
+    for layer, x, g in zip(layers, acts, grads, strict=True):
+        a, gg = _layer_terms(layer, x, g)
+        a32, g32 = a.astype(jnp.float32), gg.astype(jnp.float32)
+        per_example = None
+        if layer.strategy == "outer":
+            sq = sq + jnp.sum(jnp.square(a32), axis=(1, 2)) * jnp.sum(jnp.square(g32), axis=(1, 2))
+        elif layer.strategy == "gram":
+            ga = jnp.einsum("bpi,bqi->bpq", a32, a32)
+            gg_ = jnp.einsum("bpo,bqo->bpq", g32, g32)
+            sq = sq + jnp.sum(ga * gg_, axis=(1, 2))
+        else:
+            per_example = jnp.einsum("bpi,bpo->bio", a, gg)
+            sq = sq + jnp.sum(jnp.square(per_example.astype(jnp.float32)), axis=(1, 2))
+        bias_grad = jnp.sum(gg, axis=1) if layer.bias_leaf is not None else None
+        if bias_grad is not None:
+            sq = sq + jnp.sum(jnp.square(bias_grad.astype(jnp.float32)), axis=1)
+        terms.append((a, gg, per_example, bias_grad))
+    norms = jnp.sqrt(sq)
+    weights, ok = clip_weights(norms, clip_norm, mask)
+
+    # Book-keeping: the clipped sum without a second backward pass.
+    out: list[Any] = [None] * len(leaves)
+    for layer, (a, gg, per_example, bias_grad) in zip(layers, terms, strict=True):
+        kernel_dtype = leaves[layer.kernel_leaf].dtype
+        if per_example is not None:
+            rows = jnp.where(ok[:, None, None], per_example, jnp.zeros((), per_example.dtype))
+            kernel = jnp.einsum("b,bio->io", weights.astype(rows.dtype), rows)
+        else:
+            okr = ok[:, None, None]
+            a_z = jnp.where(okr, a, jnp.zeros((), a.dtype))
+            g_w = jnp.where(okr, gg * weights.astype(gg.dtype)[:, None, None], jnp.zeros((), gg.dtype))
+            kernel = jnp.einsum("bpi,bpo->io", a_z, g_w)
+        out[layer.kernel_leaf] = _kernel_layout(layer, kernel).astype(kernel_dtype)
+        if bias_grad is not None:
+            rows = jnp.where(ok[:, None], bias_grad, jnp.zeros((), bias_grad.dtype))
+            bias = jnp.einsum("b,bo->o", weights.astype(rows.dtype), rows)
+            out[layer.bias_leaf] = bias.astype(leaves[layer.bias_leaf].dtype)
+    total = jax.tree_util.tree_unflatten(treedef, out)
+    norms = jnp.where(mask, norms, 0.0)
+    return total, norms, losses
