@@ -14,7 +14,7 @@ being the hex sha256 of the exact payload bytes on the wire. The two logs agree 
   two different updates from the site for one round (*mismatch*; the same digest twice is a warning).
 
 The site's name is the ``writer`` of its log's ``log_opened`` record. Both logs are verified in full
-first (:func:`~fedjax_room.audit.log.verify_log`); a log that does not verify raises
+first (:func:`~fedjax_room.audit.verify.verify_log`); a log that does not verify raises
 :class:`~fedjax_room.errors.AuditError` before anything is compared.
 """
 
@@ -26,7 +26,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from fedjax_room.audit.log import PublicKeyLike, verify_log
+from fedjax_room.audit.verify import PublicKeyLike, verify_log
 from fedjax_room.errors import ConfigError
 
 __all__ = ["CrossCheckReport", "compare_logs", "cross_check"]

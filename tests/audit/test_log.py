@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from fedjax_room.audit import GENESIS, LOG_FILENAME, AuditLog, canonical_json, head_path, read_log, verify_log
-from fedjax_room.audit.log import RECORD_DOMAIN, record_hash, resolve_log_path
+from fedjax_room.audit.verify import RECORD_DOMAIN, record_hash, resolve_log_path
 from fedjax_room.errors import AuditError, ConfigError, StateError
 from fedjax_room.identity import generate_key, public_key_bytes, save_private_key, sign
 
