@@ -1,0 +1,70 @@
+"""Notebook-native access to a clean room: magics, live widgets, rich displays, a kernelspec.
+
+``%load_ext fedjax_room`` (or the "Clean Room (Python 3)" kernel, which loads it for you) registers
+``%room`` / ``%%room train`` (:mod:`.magics`). The widgets — :class:`RunDashboard` and
+:class:`LaunchForm` — and the HTML helpers in :mod:`.display` are a thin layer over the analyst API
+(:mod:`fedjax_room.analyst`); nothing here trains, accounts or talks to a site.
+
+Submodules are imported lazily, so ``import fedjax_room`` stays cheap and the CLI can install the
+kernelspec without importing IPython widgets.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fedjax_room.jupyter.dashboard import RunDashboard
+    from fedjax_room.jupyter.launch import LaunchForm
+    from fedjax_room.jupyter.magics import RoomMagics
+
+__all__ = [
+    "LaunchForm",
+    "RoomMagics",
+    "RunDashboard",
+    "current_room",
+    "load_ipython_extension",
+    "unload_ipython_extension",
+]
+
+_LAZY = {
+    "LaunchForm": "fedjax_room.jupyter.launch",
+    "RoomMagics": "fedjax_room.jupyter.magics",
+    "RunDashboard": "fedjax_room.jupyter.dashboard",
+}
+
+_magics: RoomMagics | None = None
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'fedjax_room.jupyter' has no attribute {name!r}")
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """Register ``%room`` and ``%%room`` in this IPython shell (``%load_ext fedjax_room``)."""
+    global _magics
+    from fedjax_room.jupyter.magics import RoomMagics
+
+    if _magics is not None and _magics.shell is ipython:
+        return
+    _magics = RoomMagics(ipython)
+    ipython.register_magics(_magics)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    """Remove the magics, close the connection and stop an embedded room (``%unload_ext fedjax_room``)."""
+    global _magics
+    if _magics is None:
+        return
+    _magics.stop(quiet=True)
+    for kind in ("line", "cell"):
+        ipython.magics_manager.magics[kind].pop("room", None)
+    _magics = None
+
+
+def current_room() -> Any:
+    """The Room the magics are connected to (``None`` if none)."""
+    return _magics.room if _magics is not None else None

@@ -1,0 +1,336 @@
+"""Pure argument parsing for the ``%room`` line magic and the ``%%room train`` cell magic.
+
+Nothing here touches IPython or a room: :func:`parse_line` turns the text after ``%room`` into one
+typed command object, and :func:`parse_spec_body` turns a ``%%room train`` cell body (YAML or JSON)
+into a validated :class:`~fedjax_room.models.ModelSpec`. Every mistake raises
+:class:`~fedjax_room.errors.ConfigError` with a one-line message that says what to type instead.
+
+Commands::
+
+    %room demo [--sites N] [--dataset D] [--non-iid ALPHA] [--as NAME]
+    %room connect URL --key PATH [--as NAME]
+    %room sites | runs | budget | launch | stop
+    %room audit [--last N]
+    %%room train [--rounds R] [--target-epsilon E] [--delta D] [--clip-norm C] [--aggregator A]
+                 [--secure-aggregation] [--batch-size B] [--local-steps S] [--learning-rate LR]
+                 [--server-optimizer O] [--server-learning-rate SLR] [--min-sites M]
+                 [--round-timeout T] [--seed S] [--as NAME] [--no-dashboard]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shlex
+from typing import Any
+
+import yaml
+
+from fedjax_room.errors import ConfigError, ModelSpecError
+from fedjax_room.models import ModelSpec
+
+__all__ = [
+    "AGGREGATORS",
+    "COMMANDS",
+    "DATASETS",
+    "SERVER_OPTIMIZERS",
+    "AuditArgs",
+    "ConnectArgs",
+    "DemoArgs",
+    "HelpArgs",
+    "SimpleArgs",
+    "TrainArgs",
+    "help_text",
+    "parse_line",
+    "parse_spec_body",
+    "parse_train_line",
+]
+
+#: Aggregators the magics and the launch form offer (the room checks the final word).
+AGGREGATORS = ("fedavg", "median", "trimmed_mean", "krum")
+#: Server optimisers offered by ``--server-optimizer``.
+SERVER_OPTIMIZERS = ("fedavg", "fedadam", "fedyogi", "fedadagrad", "fedavgm")
+#: Built-in datasets an embedded demo room can serve.
+DATASETS = ("digits", "breast_cancer", "mnist", "fraud")
+
+#: Every sub-command of ``%room``, with a one-line summary (in ``--help`` order).
+COMMANDS: dict[str, str] = {
+    "demo": "start an embedded room on loopback in the background and connect to it",
+    "connect": "connect to a running room as an analyst",
+    "sites": "the enrolled sites: schema, coarse record counts, status, policy",
+    "runs": "the runs this room knows about",
+    "budget": "privacy spent per site against its cap",
+    "audit": "the latest coordinator audit records",
+    "launch": "a form that starts a run and opens its live dashboard",
+    "stop": "disconnect (and stop an embedded room started by %room demo)",
+    "train": "(cell magic, %%room train) train the model spec in the cell body; shows a live dashboard",
+}
+
+_DEFAULT_VAR = "room"
+
+
+@dataclasses.dataclass(frozen=True)
+class HelpArgs:
+    """``%room --help`` or ``%room CMD --help``; ``topic`` is the command ('' for the overview)."""
+
+    topic: str = ""
+    name: str = "help"
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoArgs:
+    """``%room demo``: how many sites, which dataset, optional Dirichlet label skew."""
+
+    sites: int = 3
+    dataset: str = "digits"
+    non_iid: float | None = None
+    var: str = _DEFAULT_VAR
+    name: str = "demo"
+
+
+@dataclasses.dataclass(frozen=True)
+class ConnectArgs:
+    """``%room connect URL --key PATH``."""
+
+    url: str
+    key: str
+    var: str = _DEFAULT_VAR
+    name: str = "connect"
+
+
+@dataclasses.dataclass(frozen=True)
+class AuditArgs:
+    """``%room audit [--last N]``."""
+
+    last: int = 20
+    name: str = "audit"
+
+
+@dataclasses.dataclass(frozen=True)
+class SimpleArgs:
+    """A command without options: ``sites``, ``runs``, ``budget``, ``launch`` or ``stop``."""
+
+    name: str
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainArgs:
+    """``%%room train`` options. ``options`` holds only what the user set, as ``room.train`` keywords."""
+
+    options: dict[str, Any]
+    var: str = "run"
+    dashboard: bool = True
+    name: str = "train"
+
+
+Parsed = HelpArgs | DemoArgs | ConnectArgs | AuditArgs | SimpleArgs | TrainArgs
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argparse parser that raises :class:`ConfigError` instead of printing and exiting."""
+
+    def _magic(self) -> str:
+        name = self.prog.split()[-1]
+        return f"%%room {name}" if name == "train" else f"%room {name}"
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise ConfigError(f"{self._magic()}: {message}; see `{self._magic()} --help`")
+
+    def exit(self, status: int = 0, message: str | None = None) -> None:  # type: ignore[override]
+        raise ConfigError(message or f"{self._magic()}: invalid arguments")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _probability(text: str) -> float:
+    value = _positive_float(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"expected a number strictly between 0 and 1, got {text!r}")
+    return value
+
+
+def _identifier(text: str) -> str:
+    if not text.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected a Python variable name, got {text!r}")
+    return text
+
+
+def _sub(name: str, description: str) -> _Parser:
+    return _Parser(prog=name, description=description, add_help=False, allow_abbrev=False)
+
+
+def _build(name: str) -> _Parser:
+    """The argparse parser for one sub-command (used both for parsing and for ``--help``)."""
+    parser = _sub(name, COMMANDS[name])
+    if name == "demo":
+        parser.add_argument("--sites", type=_positive_int, default=3, help="number of sites (default 3)")
+        parser.add_argument("--dataset", choices=DATASETS, default="digits", help="built-in dataset (default digits)")
+        parser.add_argument(
+            "--non-iid",
+            type=_positive_float,
+            default=None,
+            metavar="ALPHA",
+            help="Dirichlet label skew",
+        )
+        parser.add_argument("--as", dest="var", type=_identifier, default=_DEFAULT_VAR, help="variable for the Room")
+    elif name == "connect":
+        parser.add_argument("url", help="the room's URL, e.g. ws://127.0.0.1:8765")
+        parser.add_argument("--key", required=True, metavar="PATH", help="the analyst's private key file")
+        parser.add_argument("--as", dest="var", type=_identifier, default=_DEFAULT_VAR, help="variable for the Room")
+    elif name == "audit":
+        parser.add_argument("--last", type=_positive_int, default=20, metavar="N", help="how many records (20)")
+    elif name == "train":
+        add = parser.add_argument
+        add("--rounds", type=_positive_int, help="federated rounds")
+        add("--target-epsilon", type=_positive_float, metavar="EPS", help="per-site epsilon the run may spend")
+        add("--delta", type=_probability, help="DP delta")
+        add("--clip-norm", type=_positive_float, help="per-example gradient clip norm")
+        add("--aggregator", choices=AGGREGATORS, help="how the coordinator combines updates")
+        add("--secure-aggregation", action="store_true", default=None, help="mask updates (SecAgg)")
+        add("--batch-size", type=_positive_int, help="expected local batch size")
+        add("--local-steps", type=_positive_int, help="local DP-SGD steps per round")
+        add("--learning-rate", type=_positive_float, metavar="LR", help="local learning rate")
+        add("--server-optimizer", choices=SERVER_OPTIMIZERS, help="server optimiser")
+        add("--server-learning-rate", type=_positive_float, metavar="LR", help="server learning rate")
+        add("--min-sites", type=_positive_int, help="fewest sites a round may close with")
+        add("--round-timeout", type=_positive_float, metavar="SECONDS", help="round deadline")
+        add("--seed", type=int, help="random seed")
+        add("--as", dest="var", type=_identifier, default="run", help="variable for the Run (default run)")
+        add("--no-dashboard", dest="dashboard", action="store_false", help="do not show the live dashboard")
+    return parser
+
+
+def _split(line: str) -> list[str]:
+    try:
+        return shlex.split(line)
+    except ValueError as exc:
+        raise ConfigError(f"%room: cannot parse {line!r}: {exc}") from None
+
+
+def _is_help(tokens: list[str]) -> bool:
+    return any(t in ("-h", "--help") for t in tokens)
+
+
+def parse_line(line: str) -> Parsed:
+    """Parse the text after ``%room`` into one command object; raises :class:`ConfigError`."""
+    tokens = _split(line)
+    if not tokens or tokens[0] in ("-h", "--help", "help"):
+        topic = tokens[1] if len(tokens) > 1 and tokens[1] in COMMANDS else ""
+        return HelpArgs(topic=topic)
+    command, rest = tokens[0], tokens[1:]
+    if command not in COMMANDS:
+        raise ConfigError(f"%room: unknown command {command!r}; choose one of {', '.join(COMMANDS)} (see %room --help)")
+    if _is_help(rest):
+        return HelpArgs(topic=command)
+    if command == "train":
+        raise ConfigError("%room train is a cell magic: write `%%room train [options]` with the model spec below it")
+    if command in ("sites", "runs", "budget", "launch", "stop"):
+        if rest:
+            raise ConfigError(f"%room {command} takes no arguments, got {' '.join(rest)!r}")
+        return SimpleArgs(name=command)
+    ns = _build(command).parse_args(rest)
+    if command == "demo":
+        return DemoArgs(sites=ns.sites, dataset=ns.dataset, non_iid=ns.non_iid, var=ns.var)
+    if command == "connect":
+        return ConnectArgs(url=ns.url, key=ns.key, var=ns.var)
+    return AuditArgs(last=ns.last)
+
+
+def parse_train_line(line: str) -> TrainArgs | HelpArgs:
+    """Parse the options of ``%%room train`` (the text after ``train``, or including it)."""
+    tokens = _split(line)
+    if tokens and tokens[0] == "train":
+        tokens = tokens[1:]
+    if _is_help(tokens):
+        return HelpArgs(topic="train")
+    ns = vars(_build("train").parse_args(tokens))
+    var = ns.pop("var")
+    dashboard = ns.pop("dashboard")
+    options = {key: value for key, value in ns.items() if value is not None}
+    return TrainArgs(options=options, var=var, dashboard=dashboard)
+
+
+def parse_spec_body(body: str) -> ModelSpec:
+    """A ``%%room train`` cell body (YAML or JSON) as a validated model spec."""
+    missing = ModelSpecError(
+        "%%room train needs a model spec in the cell body, e.g. "
+        '{"family": "logistic", "input_shape": [64], "num_classes": 10, '
+        '"layers": [{"type": "dense", "features": 10}]}'
+    )
+    if not body or not body.strip():
+        raise missing
+    try:
+        data = yaml.safe_load(body)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise ModelSpecError(f"the model spec is neither valid YAML nor JSON{where}: {problem}") from None
+    if data is None:
+        raise missing
+    if not isinstance(data, dict):
+        raise ModelSpecError(f"the model spec must be a mapping (YAML) or object (JSON), got {type(data).__name__}")
+    # Round-trip through JSON so only plain data (no YAML tags, dates, ...) reaches the validator.
+    try:
+        data = json.loads(json.dumps(data))
+    except (TypeError, ValueError) as exc:
+        raise ModelSpecError(f"the model spec holds a value that is not plain data: {exc}") from None
+    return ModelSpec.from_dict(data)
+
+
+def _format_parser_help(name: str) -> str:
+    parser = _build(name)
+    parser.prog = f"%%room {name}" if name == "train" else f"%room {name}"
+    text = parser.format_help()
+    if name == "train":
+        text += "\nThe cell body is the model spec in YAML or JSON (family, input_shape, num_classes, layers).\n"
+    return text
+
+
+def help_text(topic: str = "") -> str:
+    """``%room --help`` (overview) or ``%room CMD --help`` (one command's options)."""
+    if topic:
+        if topic not in COMMANDS:
+            raise ConfigError(f"%room: no help for unknown command {topic!r}")
+        return _format_parser_help(topic)
+    width = max(len(name) for name in COMMANDS)
+    lines = [
+        "%room: work with a fedjax_room clean room from a notebook.",
+        "",
+        "usage: %room COMMAND [options]      %%room train [options]  (cell body: model spec)",
+        "",
+        "commands:",
+        *(f"  {name.ljust(width)}  {summary}" for name, summary in COMMANDS.items()),
+        "",
+        "examples:",
+        "  %room demo --sites 3 --dataset digits",
+        "  %room connect ws://127.0.0.1:8765 --key analyst.key",
+        "  %room budget",
+        "  %%room train --rounds 5 --target-epsilon 3 --aggregator median",
+        "  family: logistic",
+        "  input_shape: [64]",
+        "  num_classes: 10",
+        "  layers: [{type: dense, features: 10}]",
+        "",
+        "`%room COMMAND --help` lists a command's options. Errors show as one line (UsageError: ...).",
+    ]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,359 @@
+"""Rich displays for the analyst's data: pure functions from plain data to HTML (and text) strings.
+
+Each ``*_html`` function takes what the analyst API returns — a list of dataclasses or dicts, a mapping
+``{site: record}``, or an object with ``to_dict()`` — and returns an HTML string with every value
+escaped, so a site name or a policy field can never inject markup. They are what the analyst types use
+as ``_repr_html_``, what ``%room sites|runs|budget|audit`` show, and what renders in static HTML exports.
+
+:func:`records` is the one normaliser all of them share; :func:`text_table` is the plain-text twin
+used for ``text/plain`` output (papermill logs, terminals).
+
+:class:`Table` wraps a list of records so that it displays as HTML in a notebook and as a text table
+elsewhere, while still being the list itself (``sites = %room sites`` gives the list of ``SiteInfo``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import json
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+__all__ = [
+    "Table",
+    "audit_html",
+    "budget_html",
+    "epsilon_bar_html",
+    "format_value",
+    "html_table",
+    "privacy_html",
+    "records",
+    "refusals_html",
+    "rounds_html",
+    "runs_html",
+    "sites_html",
+    "text_table",
+]
+
+_STYLE = (
+    "<style>.fjr-table{border-collapse:collapse;font-size:12px;margin:4px 0}"
+    ".fjr-table th,.fjr-table td{border:1px solid #ddd;padding:3px 8px;text-align:left;vertical-align:top}"
+    ".fjr-table th{background:#f4f4f4}.fjr-table caption{text-align:left;font-weight:bold;padding:2px 0}"
+    ".fjr-num{text-align:right!important;font-variant-numeric:tabular-nums}</style>"
+)
+
+
+def _record(item: Any) -> dict[str, Any]:
+    if isinstance(item, Mapping):
+        return dict(item)
+    if dataclasses.is_dataclass(item) and not isinstance(item, type):
+        return {f.name: getattr(item, f.name) for f in dataclasses.fields(item)}
+    if hasattr(item, "_asdict"):
+        return dict(item._asdict())
+    if hasattr(item, "to_dict") and callable(item.to_dict):
+        data = item.to_dict()
+        if isinstance(data, Mapping):
+            return dict(data)
+    if hasattr(item, "__dict__"):
+        return {k: v for k, v in vars(item).items() if not k.startswith("_")}
+    return {"value": item}
+
+
+def _is_record_like(value: Any) -> bool:
+    return isinstance(value, Mapping) or (dataclasses.is_dataclass(value) and not isinstance(value, type))
+
+
+def records(data: Any, *, key: str = "site") -> list[dict[str, Any]]:
+    """Normalise what an analyst call returns into a list of flat dicts.
+
+    Accepts ``None``; a list/tuple of dataclasses, named tuples, dicts or plain objects; a mapping
+    ``{name: record}`` (the name goes under ``key``); a dataclass or object with ``to_dict()`` whose
+    ``sites`` field holds either of those; or a single record (one row).
+    """
+    if data is None:
+        return []
+    if not isinstance(data, Mapping | list | tuple):
+        if dataclasses.is_dataclass(data) and not isinstance(data, type):
+            data = {f.name: getattr(data, f.name) for f in dataclasses.fields(data)}
+        elif hasattr(data, "to_dict") and callable(data.to_dict):
+            data = data.to_dict()
+        elif isinstance(data, Iterable) and not isinstance(data, str | bytes):
+            data = list(data)
+        else:
+            data = _record(data)
+    if isinstance(data, Mapping):
+        inner = data.get("sites")
+        if (
+            isinstance(inner, Mapping | list | tuple)
+            and inner
+            and all(_is_record_like(v) for v in (inner.values() if isinstance(inner, Mapping) else inner))
+        ):
+            return records(inner, key=key)
+        if data and all(_is_record_like(v) for v in data.values()):
+            return [{key: name, **_record(value)} for name, value in data.items()]
+        return [dict(data)]
+    return [_record(item) for item in data]
+
+
+def format_value(value: Any) -> str:
+    """A short human string for one cell (floats to 4 significant digits, ``None`` as a dash)."""
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "—"
+        if math.isinf(value):
+            return "∞" if value > 0 else "-∞"
+        if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e6):
+            return f"{value:.3g}"
+        return f"{value:.4g}"
+    if isinstance(value, Mapping):
+        return ", ".join(f"{k}={format_value(v)}" for k, v in value.items())
+    if isinstance(value, list | tuple | set | frozenset):
+        return ", ".join(format_value(v) for v in value)
+    if hasattr(value, "tolist"):  # numpy scalars and small arrays
+        return format_value(value.tolist())
+    return str(value)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def html_table(
+    rows: Sequence[Mapping[str, Any]],
+    columns: Sequence[str] | None = None,
+    *,
+    headers: Mapping[str, str] | None = None,
+    caption: str = "",
+    cell_html: Mapping[str, Callable[[Mapping[str, Any]], str]] | None = None,
+    empty: str = "nothing to show",
+) -> str:
+    """An escaped HTML table. ``cell_html`` maps a column to a function returning *trusted* cell HTML."""
+    cols = list(columns) if columns is not None else list(dict.fromkeys(k for row in rows for k in row))
+    headers = headers or {}
+    cell_html = cell_html or {}
+    out = [_STYLE, '<table class="fjr-table">']
+    if caption:
+        out.append(f"<caption>{html.escape(caption)}</caption>")
+    out.append("<thead><tr>")
+    out.extend(f"<th>{html.escape(headers.get(c, c.replace('_', ' ')))}</th>" for c in cols)
+    out.append("</tr></thead><tbody>")
+    if not rows:
+        out.append(f'<tr><td colspan="{max(len(cols), 1)}"><i>{html.escape(empty)}</i></td></tr>')
+    for row in rows:
+        out.append("<tr>")
+        for c in cols:
+            if c in cell_html:
+                out.append(f"<td>{cell_html[c](row)}</td>")
+            else:
+                value = row.get(c)
+                cls = ' class="fjr-num"' if _is_number(value) else ""
+                out.append(f"<td{cls}>{html.escape(format_value(value))}</td>")
+        out.append("</tr>")
+    out.append("</tbody></table>")
+    return "".join(out)
+
+
+def text_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None, *, caption: str = "") -> str:
+    """The plain-text twin of :func:`html_table` (fixed-width columns)."""
+    cols = list(columns) if columns is not None else list(dict.fromkeys(k for row in rows for k in row))
+    cells = [[format_value(row.get(c)) for c in cols] for row in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(cols)]
+    lines = [caption] if caption else []
+    lines.append("  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)).rstrip())
+    lines.append("  ".join("-" * w for w in widths))
+    lines.extend("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in cells)
+    if not rows:
+        lines.append("(none)")
+    return "\n".join(lines)
+
+
+def epsilon_bar_html(spent: float | None, cap: float | None, *, width: int = 120) -> str:
+    """A small inline bar: epsilon spent against the cap, green under 80%, amber under 100%, red past it."""
+    if not _is_number(spent) or not _is_number(cap) or not cap or cap <= 0 or math.isinf(cap):
+        return html.escape(f"{format_value(spent)} / {format_value(cap)}")
+    frac = max(0.0, float(spent) / float(cap))
+    colour = "#2ca02c" if frac < 0.8 else "#ff9f0e" if frac < 1.0 else "#d62728"
+    fill = min(frac, 1.0) * width
+    label = html.escape(f"{format_value(float(spent))} / {format_value(float(cap))} ({frac:.0%})")
+    return (
+        f'<div title="{label}" style="display:inline-block;width:{width}px;height:10px;background:#eee;'
+        f'border-radius:3px;vertical-align:middle"><div style="width:{fill:.1f}px;height:10px;'
+        f'background:{colour};border-radius:3px"></div></div> <span>{label}</span>'
+    )
+
+
+def _first(row: Mapping[str, Any], *names: str) -> Any:
+    for name in names:
+        if row.get(name) is not None:
+            return row[name]
+    return None
+
+
+def _schema_summary(schema: Any) -> str:
+    if not isinstance(schema, Mapping):
+        return format_value(schema)
+    parts = []
+    shape = schema.get("feature_shape")
+    features = schema.get("features")
+    if shape:
+        parts.append(f"x: {'×'.join(str(s) for s in shape)}")
+    elif features:
+        parts.append(f"x: {len(features)} features")
+    if schema.get("label"):
+        parts.append(f"label: {schema['label']}")
+    classes = schema.get("classes")
+    if classes:
+        shown = ", ".join(str(c) for c in list(classes)[:6]) + (", …" if len(classes) > 6 else "")
+        parts.append(f"classes: {shown}")
+    return "; ".join(parts) if parts else format_value(dict(schema))
+
+
+def sites_html(sites: Any) -> str:
+    """The enrolled sites: name, status, coarse record count, schema summary and policy."""
+    rows = records(sites, key="name")
+    for row in rows:
+        row["schema"] = _schema_summary(row.get("schema"))
+    return html_table(
+        rows,
+        ["name", "status", "record_count", "schema", "policy"],
+        headers={"record_count": "records"},
+        caption=f"Sites ({len(rows)})",
+        empty="no sites enrolled",
+    )
+
+
+def runs_html(runs: Any) -> str:
+    """The room's runs: id, status, rounds done of rounds, spec hash (shortened)."""
+    rows = records(runs, key="id")
+    for row in rows:
+        if isinstance(row.get("spec_hash"), str):
+            row["spec_hash"] = row["spec_hash"][:12]
+        done, total = row.get("rounds_done"), row.get("rounds")
+        row["progress"] = f"{format_value(done)} / {format_value(total)}"
+    return html_table(rows, ["id", "status", "progress", "spec_hash"], caption=f"Runs ({len(rows)})", empty="no runs")
+
+
+def _budget_rows(report: Any) -> list[dict[str, Any]]:
+    rows = records(report)
+    for row in rows:
+        row["epsilon"] = _first(row, "epsilon_spent", "epsilon", "spent")
+        row["cap"] = _first(row, "epsilon_cap", "cap")
+        if row.get("remaining") is None and _is_number(row["epsilon"]) and _is_number(row["cap"]):
+            row["remaining"] = max(0.0, float(row["cap"]) - float(row["epsilon"]))
+    return rows
+
+
+def _spent_cell(row: Mapping[str, Any]) -> str:
+    return epsilon_bar_html(row.get("epsilon"), row.get("cap"))
+
+
+def budget_html(report: Any) -> str:
+    """Privacy spent per site (epsilon against the site's cap, delta, what remains)."""
+    rows = _budget_rows(report)
+    return html_table(
+        rows,
+        ["site", "epsilon", "delta", "cap", "remaining"],
+        headers={"epsilon": "ε spent / cap", "delta": "δ", "cap": "ε cap", "remaining": "ε remaining"},
+        caption="Privacy budget",
+        cell_html={"epsilon": _spent_cell},
+        empty="no site has spent any budget",
+    )
+
+
+def privacy_html(report: Any) -> str:
+    """A run's privacy report: each site's epsilon for this run against its cap, and delta."""
+    rows = _budget_rows(report)
+    return html_table(
+        rows,
+        ["site", "epsilon", "delta", "cap", "remaining"],
+        headers={"epsilon": "ε / cap", "delta": "δ", "cap": "ε cap", "remaining": "ε remaining"},
+        caption="Privacy report",
+        cell_html={"epsilon": _spent_cell},
+        empty="no privacy spent yet",
+    )
+
+
+def rounds_html(history: Any) -> str:
+    """Per-round results: round, sites that contributed, dropped sites, DP-noised loss and accuracy."""
+    rows = records(history)
+    for row in rows:
+        eps = row.get("epsilon")
+        if isinstance(eps, Mapping) and eps:
+            row["max ε"] = max(float(v) for v in eps.values())
+    return html_table(
+        rows,
+        ["round", "sites", "dropped", "loss", "accuracy", "max ε"],
+        caption="Rounds",
+        empty="no round finished yet",
+    )
+
+
+def refusals_html(refusals: Any) -> str:
+    """Sites that refused a run, with the rule (reason) and their message."""
+    rows = records(refusals)
+    return html_table(rows, ["site", "reason", "message"], caption="Refusals", empty="no refusals")
+
+
+def _audit_fields(row: Mapping[str, Any]) -> str:
+    skip = {"index", "seq", "kind", "time", "ts", "timestamp", "prev_hash", "hash", "signature", "writer"}
+    fields = {k: v for k, v in row.items() if k not in skip}
+    return html.escape(json.dumps(fields, sort_keys=True, default=str))
+
+
+def audit_html(entries: Any) -> str:
+    """Coordinator audit records: index, time, kind and the record's fields (hashes and signatures hidden)."""
+    rows = records(entries)
+    for row in rows:
+        row.setdefault("index", _first(row, "seq", "i"))
+        row.setdefault("time", _first(row, "ts", "timestamp"))
+    return html_table(
+        rows,
+        ["index", "time", "kind", "fields"],
+        caption=f"Audit log (last {len(rows)})",
+        cell_html={"fields": _audit_fields},
+        empty="no audit records",
+    )
+
+
+class Table(list):
+    """A list that displays itself as an HTML table in notebooks and as a text table elsewhere.
+
+    ``Table(items, html_fn, columns=...)``: ``items`` stay the original objects (``SiteInfo``, ...).
+    """
+
+    def __init__(
+        self,
+        items: Iterable[Any] = (),
+        html_fn: Callable[[Any], str] | None = None,
+        *,
+        columns: Sequence[str] | None = None,
+        caption: str = "",
+        source: Any = None,
+    ) -> None:
+        super().__init__(items)
+        self._html_fn = html_fn
+        self._columns = list(columns) if columns is not None else None
+        self._caption = caption
+        self._source = source
+
+    def _data(self) -> Any:
+        return self._source if self._source is not None else list(self)
+
+    def _repr_html_(self) -> str:
+        if self._html_fn is None:
+            return html_table(records(list(self)), self._columns, caption=self._caption)
+        return self._html_fn(self._data())
+
+    def to_text(self) -> str:
+        rows = records(self._data())
+        columns = [c for c in self._columns if any(c in r for r in rows)] if self._columns else None
+        return text_table(rows, columns, caption=self._caption)
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text("Table(...)" if cycle else self.to_text())

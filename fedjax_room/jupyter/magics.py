@@ -1,0 +1,229 @@
+"""``%room`` and ``%%room train``: IPython magics over the analyst API, and nothing more.
+
+Each magic parses its arguments with :mod:`fedjax_room.jupyter.args` (pure), calls one method of the
+analyst API (``fedjax_room.connect``, ``fedjax_room.analyst.demo.start_room``, ``Room.sites/runs/
+budget/audit/train``) and shows the result with :mod:`fedjax_room.jupyter.display` or a widget. Any
+:class:`~fedjax_room.errors.FedRoomError` (bad arguments, a refusal, a budget that would be exceeded)
+and any failure to reach the room becomes one line — IPython's ``UsageError: ...`` — never a traceback;
+the cell still counts as failed, so papermill stops on it.
+
+The connected ``Room`` is put in the user namespace as ``room`` (``--as NAME`` to rename) and a
+started run as ``run``, so Python cells can go on from there.
+"""
+
+from __future__ import annotations
+
+import atexit
+from collections.abc import Callable
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_cell_magic, magics_class
+from IPython.display import display
+
+from fedjax_room.errors import ConfigError, FedRoomError
+from fedjax_room.jupyter import args as room_args
+from fedjax_room.jupyter.dashboard import RunDashboard, field
+from fedjax_room.jupyter.display import Table, audit_html, budget_html, records, runs_html, sites_html
+
+__all__ = ["RoomMagics", "one_line"]
+
+
+def one_line(exc: BaseException) -> str:
+    """The message a magic shows for an error: class name (unless a usage mistake) and message, one line."""
+    message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    message = " ".join(str(message).split())
+    if isinstance(exc, ConfigError) and message.startswith("%"):
+        return message
+    return f"{type(exc).__name__}: {message}"
+
+
+def _default_connect(url: str, key: str) -> Any:
+    from fedjax_room import analyst
+
+    return analyst.connect(url, key=key)
+
+
+def _default_start_room(**kwargs: Any) -> Any:
+    from fedjax_room.analyst.demo import start_room
+
+    return start_room(**kwargs)
+
+
+def _total_rounds(run: Any, options: dict[str, Any]) -> int:
+    if options.get("rounds"):
+        return int(options["rounds"])
+    for name in ("num_rounds", "total_rounds"):
+        value = getattr(run, name, None)
+        if isinstance(value, int):
+            return value
+    config = getattr(run, "config", None)
+    if isinstance(config, dict) and isinstance(config.get("rounds"), int):
+        return int(config["rounds"])
+    return 0
+
+
+@magics_class
+class RoomMagics(Magics):
+    """The ``%room`` line magic and ``%%room train`` cell magic; holds the connected room."""
+
+    #: How to connect and how to start an embedded room (swappable in tests).
+    connect_fn: Callable[[str, str], Any] = staticmethod(_default_connect)
+    start_room_fn: Callable[..., Any] = staticmethod(_default_start_room)
+
+    def __init__(self, shell: Any = None) -> None:
+        super().__init__(shell)
+        self.room: Any = None
+        self.embedded: Any = None
+        self.room_var: str | None = None
+        self.dashboard: RunDashboard | None = None
+        self._atexit = False
+
+    # ---- entry point ----------------------------------------------------------------------------
+    @line_cell_magic
+    def room(self, line: str, cell: str | None = None) -> Any:
+        """Work with a fedjax_room clean room. ``%room --help`` lists the commands."""
+        try:
+            if cell is None:
+                return self._line(line)
+            return self._cell(line, cell)
+        except (FedRoomError, OSError, TimeoutError) as exc:
+            raise UsageError(one_line(exc)) from None
+
+    def _line(self, line: str) -> Any:
+        parsed = room_args.parse_line(line)
+        if isinstance(parsed, room_args.HelpArgs):
+            print(room_args.help_text(parsed.topic), end="")
+            return None
+        if isinstance(parsed, room_args.DemoArgs):
+            return self.demo(parsed)
+        if isinstance(parsed, room_args.ConnectArgs):
+            return self.connect(parsed)
+        if parsed.name == "stop":
+            return self.stop()
+        room = self.require_room(parsed.name)
+        if parsed.name == "sites":
+            return Table(room.sites(), sites_html, columns=["name", "status", "record_count", "schema", "policy"])
+        if parsed.name == "runs":
+            return Table(room.runs(), runs_html, columns=["id", "status", "rounds_done", "rounds", "spec_hash"])
+        if parsed.name == "budget":
+            report = room.budget()
+            return Table(records(report), budget_html, caption="Privacy budget", source=report)
+        if isinstance(parsed, room_args.AuditArgs):
+            return Table(room.audit(last=parsed.last), audit_html, columns=["index", "kind"], caption="Audit log")
+        if parsed.name == "launch":
+            from fedjax_room.jupyter.launch import LaunchForm
+
+            form = LaunchForm(room, on_launch=self._launched)
+            return form
+        raise ConfigError(f"%room: unhandled command {parsed.name!r}")  # pragma: no cover
+
+    def _cell(self, line: str, cell: str) -> Any:
+        tokens = line.split()
+        if not tokens or tokens[0] != "train":
+            raise ConfigError("%%room: the only cell magic is `%%room train [options]` with a model spec as the body")
+        parsed = room_args.parse_train_line(line)
+        if isinstance(parsed, room_args.HelpArgs):
+            print(room_args.help_text("train"), end="")
+            return None
+        spec = room_args.parse_spec_body(cell)
+        return self.train(spec, parsed)
+
+    # ---- commands -------------------------------------------------------------------------------
+    def require_room(self, command: str) -> Any:
+        if self.room is None:
+            raise ConfigError(
+                f"%room {command}: not connected to a room; run `%room demo` or `%room connect URL --key PATH` first"
+            )
+        return self.room
+
+    def _publish(self, var: str, value: Any) -> None:
+        if self.shell is not None:
+            self.shell.user_ns[var] = value
+
+    def demo(self, parsed: room_args.DemoArgs) -> None:
+        self.stop(quiet=True)
+        kwargs: dict[str, Any] = {"sites": parsed.sites, "dataset": parsed.dataset}
+        if parsed.non_iid is not None:
+            kwargs["non_iid"] = parsed.non_iid
+        embedded = self.start_room_fn(**kwargs)
+        self.embedded = embedded
+        self._register_atexit()
+        try:
+            self.room = embedded.connect()
+        except BaseException:
+            self.stop(quiet=True)
+            raise
+        self.room_var = parsed.var
+        self._publish(parsed.var, self.room)
+        names = ", ".join(str(n) for n in (getattr(embedded, "site_names", None) or []))
+        print(
+            f"Demo room at {getattr(embedded, 'url', '?')}: {parsed.sites} sites ({names}) with {parsed.dataset} data; "
+            f"connected as analyst. The Room is `{parsed.var}`; `%room stop` shuts it down."
+        )
+
+    def connect(self, parsed: room_args.ConnectArgs) -> None:
+        room = self.connect_fn(parsed.url, parsed.key)
+        self.stop(quiet=True)
+        self.room = room
+        self.room_var = parsed.var
+        self._publish(parsed.var, room)
+        print(f"Connected to {parsed.url}. The Room is `{parsed.var}`.")
+
+    def stop(self, *, quiet: bool = False) -> None:
+        """Close the connection and stop an embedded room, if any."""
+        room, embedded = self.room, self.embedded
+        self.room, self.embedded = None, None
+        errors = []
+        for obj, method in ((room, "close"), (embedded, "stop")):
+            if obj is not None:
+                try:
+                    getattr(obj, method)()
+                except Exception as exc:  # keep going: the other one must still be released
+                    errors.append(one_line(exc))
+        if self.shell is not None and self.room_var and self.shell.user_ns.get(self.room_var) is room:
+            self.shell.user_ns.pop(self.room_var, None)
+        if not quiet:
+            what = "stopped the demo room" if embedded is not None else "disconnected" if room is not None else None
+            print(f"%room: {what}." if what else "%room: no room to stop.")
+            if errors:
+                raise ConfigError("; ".join(errors))
+
+    def _register_atexit(self) -> None:
+        if not self._atexit:
+            atexit.register(self.stop, quiet=True)
+            self._atexit = True
+
+    def _caps(self) -> dict[str, float]:
+        caps: dict[str, float] = {}
+        try:
+            report = self.room.budget()
+        except Exception:  # the gauges fall back to the target epsilon
+            return caps
+        for row in records(report):
+            site, cap = row.get("site") or row.get("name"), row.get("epsilon_cap", row.get("cap"))
+            if site and isinstance(cap, int | float) and cap > 0:
+                caps[str(site)] = float(cap)
+        return caps
+
+    def train(self, spec: Any, parsed: room_args.TrainArgs) -> Any:
+        room = self.require_room("train")
+        caps = self._caps() if parsed.dashboard else {}
+        run = room.train(spec, **parsed.options)
+        self._publish(parsed.var, run)
+        if parsed.dashboard:
+            dashboard = RunDashboard(
+                run_id=str(field(run, "id", "")),
+                rounds=_total_rounds(run, parsed.options),
+                sites=caps.keys(),
+                caps=caps,
+                target_epsilon=parsed.options.get("target_epsilon"),
+            )
+            display(dashboard)
+            dashboard.attach(run)
+            self.dashboard = dashboard
+        return run
+
+    def _launched(self, run: Any, dashboard: RunDashboard) -> None:
+        self.dashboard = dashboard
+        self._publish("run", run)
