@@ -332,8 +332,9 @@ class AuditLog:
     # ---- reading and closing
 
     def records(self) -> list[dict[str, Any]]:
-        """Every record, verified (reads the file again)."""
-        return verify_log(self._path, self.public_key)
+        """Every record, verified (reads the file again, between appends of this process)."""
+        with self._lock:
+            return verify_log(self._path, self.public_key)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         return iter(self.records())
