@@ -1,0 +1,74 @@
+"""``fedjax-room install-kernel``: a kernelspec in a temporary prefix whose kernel has the %room magics."""
+
+import json
+import sys
+
+import pytest
+
+from fedjax_room.cli import main
+from fedjax_room.errors import ConfigError
+from fedjax_room.jupyter.kernelspec import DISPLAY_NAME, KERNEL_NAME, install_kernel_spec, kernel_json
+
+
+def test_kernel_json_loads_the_extension():
+    spec = kernel_json()
+    assert spec["display_name"] == "Clean Room (Python 3)" and spec["language"] == "python"
+    assert spec["argv"][:3] == [sys.executable, "-m", "ipykernel_launcher"]
+    assert "{connection_file}" in spec["argv"] and "--ext=fedjax_room" in spec["argv"]
+
+
+def test_cli_installs_into_a_prefix(tmp_path, capsys):
+    assert main(["install-kernel", "--prefix", str(tmp_path)]) == 0
+    kernel_dir = tmp_path / "share" / "jupyter" / "kernels" / KERNEL_NAME
+    assert str(kernel_dir) in capsys.readouterr().out
+    spec = json.loads((kernel_dir / "kernel.json").read_text())
+    assert spec["display_name"] == DISPLAY_NAME and "--ext=fedjax_room" in spec["argv"]
+    assert (kernel_dir / "logo-64x64.png").exists()
+    # installing again replaces it
+    assert main(["install-kernel", "--prefix", str(tmp_path), "--display-name", "Room 2"]) == 0
+    assert json.loads((kernel_dir / "kernel.json").read_text())["display_name"] == "Room 2"
+
+
+def test_location_flags_are_exclusive(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["install-kernel", "--user", "--prefix", str(tmp_path)])
+    assert "not allowed with" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="at most one"):
+        install_kernel_spec(user=True, sys_prefix=True)
+    assert main(["install-kernel", "--prefix", str(tmp_path), "--name", "bad name!"]) == 2
+    assert "Invalid kernel name" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_kernel_started_from_the_spec_has_the_magics(tmp_path):
+    from jupyter_client.kernelspec import KernelSpecManager
+    from jupyter_client.manager import KernelManager
+
+    install_kernel_spec(prefix=tmp_path)
+    ksm = KernelSpecManager(kernel_dirs=[str(tmp_path / "share" / "jupyter" / "kernels")])
+    assert ksm.get_kernel_spec(KERNEL_NAME).display_name == DISPLAY_NAME
+    km = KernelManager(kernel_name=KERNEL_NAME, kernel_spec_manager=ksm)
+    km.start_kernel()
+    try:
+        client = km.client()
+        client.start_channels()
+        client.wait_for_ready(timeout=60)
+        outputs: list[str] = []
+
+        def hook(msg):
+            if msg["msg_type"] == "stream":
+                outputs.append(msg["content"]["text"])
+            elif msg["msg_type"] == "error":
+                outputs.append(msg["content"]["ename"])
+
+        reply = client.execute_interactive("%room --help", timeout=60, output_hook=hook)
+        assert reply["content"]["status"] == "ok", outputs
+        text = "".join(outputs)
+        assert "%room COMMAND" in text and "demo" in text and "budget" in text
+        outputs.clear()
+        reply = client.execute_interactive("%room sites", timeout=60, output_hook=hook)
+        assert reply["content"]["status"] == "error" and reply["content"]["ename"] == "UsageError"
+        assert "not connected to a room" in "".join(outputs)
+        client.stop_channels()
+    finally:
+        km.shutdown_kernel(now=True)

@@ -1,0 +1,107 @@
+import pytest
+import traitlets
+
+from fedjax_room.errors import ConfigError
+from fedjax_room.jupyter.dashboard import RunDashboard
+from fedjax_room.jupyter.launch import LaunchForm, parse_sizes, schema_shape
+
+
+def test_parse_sizes():
+    assert parse_sizes("64, 32") == (64, 32) and parse_sizes("") == () and parse_sizes("8 4;2") == (8, 4, 2)
+    for bad in ("a", "0", "-3", "1.5"):
+        with pytest.raises(ConfigError):
+            parse_sizes(bad)
+
+
+def test_schema_shape(fakes):
+    assert schema_shape(fakes.FakeRoom().sites()) == ((64,), 10)
+    assert schema_shape([{"name": "x", "schema": {}}]) is None
+
+
+def test_controls_and_traits_are_linked(fake_room):
+    form = LaunchForm(fake_room)
+    assert form.controls["rounds"].value == 5 and form.controls["target_epsilon"].value == 3.0
+    form.controls["rounds"].value = 9
+    assert form.rounds == 9
+    form.aggregator = "krum"
+    assert form.controls["aggregator"].value == "krum"
+    form.family = "logistic"
+    assert form.controls["hidden"].layout.display == "none" and form.controls["conv"].layout.display == "none"
+    form.family = "mlp"
+    assert form.controls["hidden"].layout.display is None
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("rounds", 0),
+        ("target_epsilon", 0.0),
+        ("delta", 1.0),
+        ("delta", 0.0),
+        ("clip_norm", -1.0),
+        ("hidden", "a,b"),
+        ("family", "rnn"),
+        ("aggregator", "mode"),
+    ],
+)
+def test_traits_are_validated(fake_room, name, value):
+    form = LaunchForm(fake_room)
+    with pytest.raises(traitlets.TraitError):
+        setattr(form, name, value)
+
+
+def test_button_starts_a_run_and_opens_a_dashboard(fake_room):
+    launched = []
+    form = LaunchForm(
+        fake_room, on_launch=lambda run, dash: launched.append((run, dash)), train_options={"local_steps": 3}
+    )
+    form.family, form.hidden, form.rounds = "mlp", "32, 16", 4
+    form.target_epsilon, form.delta, form.secure_aggregation, form.aggregator = 2.0, 1e-6, True, "median"
+    form.button.click()
+    spec, kwargs = fake_room.trained[-1]
+    assert spec.family == "mlp" and [layer.get("features") for layer in spec.layers if layer["type"] == "dense"] == [
+        32,
+        16,
+        10,
+    ]
+    assert kwargs == {
+        "local_steps": 3,
+        "rounds": 4,
+        "target_epsilon": 2.0,
+        "delta": 1e-6,
+        "clip_norm": 1.0,
+        "aggregator": "median",
+        "secure_aggregation": True,
+    }
+    run, dash = launched[0]
+    assert form.run is run and isinstance(dash, RunDashboard) and dash.rounds_total == 4
+    assert "started run run-1" in form._message.value
+    run.finish()
+    assert dash.wait(5) and dash.status == "finished"
+
+
+def test_errors_show_in_the_form(fake_room, budget_error):
+    form = LaunchForm(fake_room)
+    fake_room.refuse_with = budget_error
+    form.button.click()
+    assert "error: site alpha would spend" in form._message.value and not form.button.disabled
+    form.family = "cnn"  # the sites' data is flat: a cnn cannot be built
+    fake_room.refuse_with = None
+    form.button.click()
+    assert "cnn needs (height, width, channels)" in form._message.value
+
+
+def test_cnn_and_logistic_specs(fake_room):
+    form = LaunchForm(fake_room, input_shape=(8, 8, 1), num_classes=10)
+    form.family, form.conv, form.hidden = "cnn", "4, 8", "16"
+    spec = form.spec()
+    assert spec.family == "cnn" and [layer["features"] for layer in spec.layers if layer["type"] == "conv"] == [4, 8]
+    form.family = "logistic"
+    assert form.spec().param_count() == 64 * 10 + 10
+
+
+def test_needs_a_shape(fakes):
+    room = fakes.FakeRoom()
+    room.sites = lambda: []
+    with pytest.raises(ConfigError, match="input_shape"):
+        LaunchForm(room)
