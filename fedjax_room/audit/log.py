@@ -10,6 +10,8 @@ an action *before* letting it take effect. One process writes a log at a time (a
 ``flock`` on the file; threads within that process are serialised by a lock). Reopening a log
 continues its chain after checking it: the chain of every record, the signatures of the first and the
 last :data:`TAIL_SIGNATURES` records, and the head; a log whose tail is broken refuses to append.
+Checking only the tail's signatures loses nothing: changing any earlier record changes its hash, so
+every later ``prev`` would have to change too, and the last record's signature (and the head) with it.
 """
 
 from __future__ import annotations

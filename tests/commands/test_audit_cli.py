@@ -176,6 +176,11 @@ def test_cross_check_of_a_broken_log_exits_2(rooms, capsys):
     assert "record 3 (update_received)" in capsys.readouterr().err
 
 
+def test_verify_a_directory_without_a_log(tmp_path, capsys):
+    assert main(["audit", "verify", str(tmp_path)]) == 2
+    assert "no audit log at" in capsys.readouterr().err
+
+
 def test_audit_without_subcommand_prints_help(capsys):
     assert main(["audit"]) == 1
     assert "cross-check" in capsys.readouterr().out
