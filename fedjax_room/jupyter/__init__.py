@@ -24,6 +24,7 @@ __all__ = [
     "RoomMagics",
     "RunDashboard",
     "current_room",
+    "current_run",
     "load_ipython_extension",
     "unload_ipython_extension",
 ]
@@ -68,3 +69,8 @@ def unload_ipython_extension(ipython: Any) -> None:
 def current_room() -> Any:
     """The Room the magics are connected to (``None`` if none)."""
     return _magics.room if _magics is not None else None
+
+
+def current_run() -> Any:
+    """The Run most recently started by ``%%room train`` or the launch form (``None`` if none)."""
+    return _magics.run if _magics is not None else None

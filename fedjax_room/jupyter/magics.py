@@ -77,6 +77,7 @@ class RoomMagics(Magics):
         self.embedded: Any = None
         self.room_var: str | None = None
         self.dashboard: RunDashboard | None = None
+        self.run: Any = None
         self._atexit = False
 
     # ---- entry point ----------------------------------------------------------------------------
@@ -210,6 +211,7 @@ class RoomMagics(Magics):
         room = self.require_room("train")
         caps = self._caps() if parsed.dashboard else {}
         run = room.train(spec, **parsed.options)
+        self.run = run
         self._publish(parsed.var, run)
         if parsed.dashboard:
             dashboard = RunDashboard(
@@ -225,5 +227,5 @@ class RoomMagics(Magics):
         return run
 
     def _launched(self, run: Any, dashboard: RunDashboard) -> None:
-        self.dashboard = dashboard
+        self.dashboard, self.run = dashboard, run
         self._publish("run", run)
