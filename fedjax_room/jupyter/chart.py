@@ -55,6 +55,9 @@ def svg_line_chart(
     if hi <= lo:
         pad = abs(hi) * 0.1 or 1.0
         lo, hi = lo - pad, hi + pad
+    elif y_min is None and y_max is None:  # fitted: keep the line off the frame
+        pad = (hi - lo) * 0.06
+        lo, hi = lo - pad, hi + pad
 
     def sx(i: int) -> float:
         return left + (plot_w * i / (n - 1) if n > 1 else plot_w / 2)
