@@ -1,1 +1,3 @@
-"""fedjax_room.transport"""
+"""Websockets glue: :mod:`.server` (serve a sans-I/O machine) and :mod:`.client` (connect, authenticate, backoff)."""
+
+__all__: list[str] = []

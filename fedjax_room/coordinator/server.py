@@ -1,0 +1,99 @@
+"""The coordinator process: store + audit log + state machine + websocket server.
+
+``fedjax-room coordinator --state DIR`` calls :func:`run_coordinator`. It opens (or creates) the
+room in ``DIR`` (:class:`~fedjax_room.coordinator.store.Store`), its signing key
+``DIR/coordinator.key`` and audit log ``DIR/audit.jsonl``, starts listening, writes the URL it
+listens on to ``DIR/coordinator.url`` (so ``--port 0`` works), resumes any unfinished run, and
+serves until SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from pathlib import Path
+from typing import Any
+
+from fedjax_room.coordinator.store import Store, atomic_write
+from fedjax_room.errors import ConfigError
+from fedjax_room.protocol.codec import MAX_FRAME_BYTES
+from fedjax_room.protocol.coordinator import CoordinatorMachine
+from fedjax_room.transport.server import MachineServer, server_ssl_context
+
+__all__ = ["LogAudit", "coordinator_key", "run_coordinator", "serve_coordinator"]
+
+log = logging.getLogger("fedjax_room.coordinator")
+
+
+def coordinator_key(state_dir: Path) -> Any:
+    """The coordinator's Ed25519 key in ``state_dir`` (created on first use)."""
+    from fedjax_room.identity import generate_key, load_private_key, save_private_key
+
+    path = state_dir / "coordinator.key"
+    if not path.exists():
+        save_private_key(generate_key(), path)
+    return load_private_key(path)
+
+
+class LogAudit:
+    """Adapter from an :class:`~fedjax_room.audit.AuditLog` to the machine's audit sink."""
+
+    def __init__(self, log_: Any) -> None:
+        self._log = log_
+
+    def append(self, kind: str, **fields: Any) -> Any:
+        return self._log.append(kind, **fields)
+
+    def tail(self, last: int) -> list[dict[str, Any]]:
+        records = self._log.records()
+        return records[-last:] if last > 0 else []
+
+
+async def serve_coordinator(
+    state_dir: str | Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    tls_cert: str | Path | None = None,
+    tls_key: str | Path | None = None,
+    max_frame: int = MAX_FRAME_BYTES,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Serve the room in ``state_dir`` until ``stop`` is set (or SIGTERM/SIGINT)."""
+    from fedjax_room.audit import AuditLog
+
+    state = Path(state_dir)
+    store = Store.open(state)
+    key = coordinator_key(state)
+    audit_log = AuditLog.open(state, key, writer="coordinator")
+    if (tls_cert is None) != (tls_key is None):
+        raise ConfigError("give both --tls-cert and --tls-key (or neither)")
+    ssl_ctx = server_ssl_context(tls_cert, tls_key) if tls_cert else None
+    machine = CoordinatorMachine(store, audit=LogAudit(audit_log), max_frame=max_frame)
+    server = MachineServer(machine, host=host, port=port, ssl_context=ssl_ctx, max_frame=max_frame)
+    url = await server.start()
+    atomic_write(state / "coordinator.url", url.encode())
+    log.info("room %s listening on %s (state in %s)", store.room_id, url, state)
+    print(f"fedjax-room coordinator: room {store.room_id} listening on {url}", flush=True)
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await server.close()
+        with contextlib.suppress(Exception):
+            audit_log.close()
+        store.close()
+        with contextlib.suppress(OSError):
+            (state / "coordinator.url").unlink()
+
+
+def run_coordinator(state_dir: str | Path, **kwargs: Any) -> int:
+    """Blocking entry point for the CLI; returns an exit code."""
+    asyncio.run(serve_coordinator(state_dir, **kwargs))
+    return 0

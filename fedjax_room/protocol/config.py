@@ -1,0 +1,132 @@
+"""The run configuration an analyst asks for: validated plain data, shared by all three parties.
+
+:class:`RunConfig` is what travels in ``StartRun`` and ``RunOffer`` next to the model spec. It keeps
+privacy settings (``target_epsilon`` or ``noise_multiplier``, ``delta``, ``clip_norm``) apart from
+performance settings (``batch_size``, ``local_steps``, learning rates). Exactly one of
+``target_epsilon`` and ``noise_multiplier`` is set: with a target, each site calibrates its own noise
+so that the whole run (training and evaluation releases) stays within it; with a fixed noise
+multiplier, each site spends what that costs on its data and refuses a round that would pass its cap.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from fedjax_room.errors import ConfigError
+
+__all__ = ["AGGREGATORS", "SERVER_OPTIMIZERS", "RunConfig"]
+
+#: Aggregators the coordinator implements: example-weighted mean (FedAvg) and plain mean.
+AGGREGATORS = ("fedavg", "mean")
+#: Server optimisers applied to the aggregated update.
+SERVER_OPTIMIZERS = ("fedavg", "fedadam")
+
+_MAX_ROUNDS = 10_000
+_MAX_STEPS = 100_000
+
+
+def _num(data: Mapping[str, Any], key: str, default: Any, *, positive: bool = True, allow_none: bool = False) -> Any:
+    value = data.get(key, default)
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(float(value)):
+        raise ConfigError(f"{key} must be a finite number, got {value!r}")
+    value = float(value)
+    if positive and value <= 0:
+        raise ConfigError(f"{key} must be positive, got {value}")
+    return value
+
+
+def _int(data: Mapping[str, Any], key: str, default: Any, *, lo: int, hi: int, allow_none: bool = False) -> Any:
+    value = data.get(key, default)
+    if value is None and allow_none:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ConfigError(f"{key} must be an integer in [{lo}, {hi}], got {value!r}")
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Everything about a run except the model spec. Build with :meth:`from_dict` (validated)."""
+
+    rounds: int = 5
+    target_epsilon: float | None = 3.0
+    noise_multiplier: float | None = None
+    delta: float = 1e-5
+    clip_norm: float = 1.0
+    batch_size: int = 32
+    local_steps: int = 10
+    learning_rate: float = 0.1
+    aggregator: str = "fedavg"
+    server_optimizer: str = "fedavg"
+    server_learning_rate: float = 1.0
+    secure_aggregation: bool = False
+    min_sites: int | None = None
+    round_timeout: float = 60.0
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | RunConfig) -> RunConfig:
+        """Validate plain data into a config; raise :class:`ConfigError` saying what to change."""
+        if isinstance(data, RunConfig):
+            data = data.to_dict()
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"a run config must be a map, got {type(data).__name__}")
+        fields = {f.name: f.default for f in dataclasses.fields(cls)}
+        extra = set(data) - set(fields)
+        if extra:
+            raise ConfigError(f"unknown run settings {sorted(extra)}; known: {sorted(fields)}")
+        target = _num(data, "target_epsilon", fields["target_epsilon"], allow_none=True)
+        noise = _num(data, "noise_multiplier", fields["noise_multiplier"], allow_none=True)
+        if "noise_multiplier" in data and data["noise_multiplier"] is not None and "target_epsilon" not in data:
+            target = None
+        if (target is None) == (noise is None):
+            raise ConfigError(
+                "give exactly one of target_epsilon (each site calibrates its noise) and noise_multiplier "
+                "(fixed noise); set the other to None"
+            )
+        delta = _num(data, "delta", fields["delta"])
+        if not delta < 1:
+            raise ConfigError(f"delta must be in (0, 1), typically below 1/num_examples, got {delta}")
+        aggregator = data.get("aggregator", fields["aggregator"])
+        if aggregator not in AGGREGATORS:
+            raise ConfigError(f"unknown aggregator {aggregator!r}; choose one of {', '.join(AGGREGATORS)}")
+        server_optimizer = data.get("server_optimizer", fields["server_optimizer"])
+        if server_optimizer not in SERVER_OPTIMIZERS:
+            raise ConfigError(
+                f"unknown server_optimizer {server_optimizer!r}; choose one of {', '.join(SERVER_OPTIMIZERS)}"
+            )
+        secure = data.get("secure_aggregation", False)
+        if not isinstance(secure, bool):
+            raise ConfigError(f"secure_aggregation must be true or false, got {secure!r}")
+        return cls(
+            rounds=_int(data, "rounds", fields["rounds"], lo=1, hi=_MAX_ROUNDS),
+            target_epsilon=target,
+            noise_multiplier=noise,
+            delta=delta,
+            clip_norm=_num(data, "clip_norm", fields["clip_norm"]),
+            batch_size=_int(data, "batch_size", fields["batch_size"], lo=1, hi=1 << 20),
+            local_steps=_int(data, "local_steps", fields["local_steps"], lo=1, hi=_MAX_STEPS),
+            learning_rate=_num(data, "learning_rate", fields["learning_rate"]),
+            aggregator=aggregator,
+            server_optimizer=server_optimizer,
+            server_learning_rate=_num(data, "server_learning_rate", fields["server_learning_rate"]),
+            secure_aggregation=secure,
+            min_sites=_int(data, "min_sites", None, lo=1, hi=10_000, allow_none=True),
+            round_timeout=_num(data, "round_timeout", fields["round_timeout"]),
+            seed=_int(data, "seed", fields["seed"], lo=0, hi=2**63 - 1),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able data."""
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> RunConfig:
+        """A validated copy with ``changes``."""
+        return RunConfig.from_dict({**self.to_dict(), **changes})

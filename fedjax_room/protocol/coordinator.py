@@ -1,0 +1,804 @@
+"""The coordinator's protocol as a sans-I/O state machine: frames and the clock in, actions out.
+
+:class:`CoordinatorMachine` never touches a socket or sleeps. Its glue
+(:mod:`fedjax_room.coordinator.server`) calls :meth:`~CoordinatorMachine.open` when a connection
+arrives, :meth:`~CoordinatorMachine.receive` for each frame, :meth:`~CoordinatorMachine.close` when
+it goes, and :meth:`~CoordinatorMachine.tick` with the time; each returns a list of
+:class:`~fedjax_room.protocol.actions.Send` / :class:`~fedjax_room.protocol.actions.Close` to perform.
+State that must survive a crash goes to the :class:`~fedjax_room.coordinator.store.Store` as it
+changes; audit records go to an :class:`AuditSink` before the action they record. Tests drive it by
+feeding frames and times (``tests/protocol``).
+
+Strictness: a frame that cannot be decoded, is over its size limit, breaks the handshake, or is out
+of order for its connection (anything but ``hello`` before authentication, a second ``hello``, a
+message of the other role, site traffic before ``site_status``) gets a fatal typed ``error`` frame
+and its connection is closed; nothing in the store changes and the room carries on. A well-formed
+message about a run or round that is no longer open (a straggler's late update) gets a non-fatal
+``error`` and is ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from fedjax_room.errors import (
+    ConfigError,
+    FedRoomError,
+    FrameTooLargeError,
+    ProtocolError,
+    RefusedError,
+    RoleError,
+    RoundError,
+    UnknownIdentityError,
+    error_from_dict,
+)
+from fedjax_room.protocol import messages as m
+from fedjax_room.protocol.actions import Action, Close, Send
+from fedjax_room.protocol.codec import MAX_FRAME_BYTES, Tree, digest, pack_tree, unpack_tree
+from fedjax_room.protocol.config import RunConfig
+from fedjax_room.protocol.handshake import NONCE_BYTES, ROLES, verify_hello
+
+__all__ = ["HANDSHAKE_MAX_BYTES", "AuditSink", "CoordinatorMachine", "MemoryAudit"]
+
+log = logging.getLogger("fedjax_room.coordinator")
+
+#: Largest frame accepted before a connection has authenticated.
+HANDSHAKE_MAX_BYTES = 4096
+_SITE_TYPES = (m.SiteStatus, m.RunAccept, m.RunRefuse, m.Update, m.Metrics, m.Error)
+_ANALYST_TYPES = (m.ListSites, m.ListRuns, m.StartRun, m.WatchRun, m.GetModel, m.GetBudget, m.GetAudit, m.Error)
+_MAX_AUDIT = 1000
+
+
+class AuditSink(Protocol):
+    """Where the machine records what it does (an :class:`~fedjax_room.audit.AuditLog` adapter)."""
+
+    def append(self, kind: str, **fields: Any) -> Any: ...
+
+    def tail(self, last: int) -> list[dict[str, Any]]: ...
+
+
+class MemoryAudit:
+    """An in-memory :class:`AuditSink` (tests, or a room without a log)."""
+
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+
+    def append(self, kind: str, **fields: Any) -> dict[str, Any]:
+        rec = {"index": len(self.records), "kind": kind, "fields": fields}
+        self.records.append(rec)
+        return rec
+
+    def tail(self, last: int) -> list[dict[str, Any]]:
+        return self.records[-last:] if last > 0 else []
+
+
+@dataclasses.dataclass
+class _Conn:
+    id: int
+    nonce: bytes
+    opened: float
+    state: str = "challenged"  # challenged | ready | closed
+    role: str = ""
+    name: str = ""
+    reported: bool = False
+    watching: set[str] = dataclasses.field(default_factory=set)
+
+
+@dataclasses.dataclass
+class _Active:
+    id: str
+    analyst: str
+    spec: dict[str, Any]
+    config: RunConfig
+    phase: str  # offer | train | eval
+    round: int
+    deadline: float
+    params: Tree
+    opt_state: Tree
+    params_bytes: bytes
+    accepted: dict[str, dict[str, Any]]
+    invited: set[str] = dataclasses.field(default_factory=set)
+    answered: dict[str, Any] = dataclasses.field(default_factory=dict)
+    min_sites: int = 1
+
+
+def _default_init(spec: dict[str, Any], seed: int) -> Tree:
+    import jax
+    import numpy as np
+
+    from fedjax_room.models import init_params
+
+    params = init_params(spec, jax.random.PRNGKey(seed))
+    return jax.tree.map(lambda a: np.asarray(a, np.float32), dict(params))
+
+
+def _finite(*values: float) -> bool:
+    return all(isinstance(v, float) and math.isfinite(v) for v in values)
+
+
+class CoordinatorMachine:
+    """The room's logic. ``store`` persists, ``audit`` records, ``nonce`` makes challenge nonces."""
+
+    def __init__(
+        self,
+        store: Any,
+        *,
+        audit: AuditSink | None = None,
+        nonce: Callable[[int], bytes] = os.urandom,
+        init_params: Callable[[dict[str, Any], int], Tree] = _default_init,
+        max_frame: int = MAX_FRAME_BYTES,
+        handshake_timeout: float = 10.0,
+    ) -> None:
+        self.store = store
+        self.room_id: str = store.room_id
+        self.audit: AuditSink = audit if audit is not None else MemoryAudit()
+        self._nonce = nonce
+        self._init_params = init_params
+        self.max_frame = max_frame
+        self.handshake_timeout = handshake_timeout
+        self._conns: dict[int, _Conn] = {}
+        self._site_conns: dict[str, int] = {}
+        self._active: _Active | None = None
+        self._out: list[Action] = []
+        self._started = False
+
+    # ================================================================== glue entry points
+
+    def start(self, now: float) -> list[Action]:
+        """Resume an unfinished run from the store (call once, when listening)."""
+        if not self._started:
+            self._started = True
+            self._audit_enrollments()
+            self._activate_next(now)
+        return self._flush()
+
+    def open(self, conn: int, now: float) -> list[Action]:
+        """A connection arrived: challenge it."""
+        nonce = self._nonce(NONCE_BYTES)
+        self._conns[conn] = _Conn(id=conn, nonce=nonce, opened=now)
+        self._send(conn, m.Challenge(nonce=nonce, room_id=self.room_id, version=m.VERSION))
+        return self._flush()
+
+    def close(self, conn: int, now: float) -> list[Action]:
+        """A connection went away."""
+        self._forget(conn)
+        return self._flush()
+
+    def _forget(self, conn: int) -> None:
+        c = self._conns.pop(conn, None)
+        if c and c.role == "site" and self._site_conns.get(c.name) == conn:
+            del self._site_conns[c.name]
+            log.info("site %s disconnected", c.name)
+
+    def receive(self, conn: int, data: bytes | str, now: float) -> list[Action]:
+        """One frame from ``conn``."""
+        c = self._conns.get(conn)
+        if c is None or c.state == "closed":
+            return []
+        try:
+            if isinstance(data, str):
+                raise ProtocolError("text frames are not part of the protocol; send binary msgpack frames")
+            limit = HANDSHAKE_MAX_BYTES if c.state == "challenged" else self.max_frame
+            msg = m.decode(data, max_bytes=limit)
+            if c.state == "challenged":
+                self._on_hello(c, msg, now)
+            else:
+                self._dispatch(c, msg, now)
+        except FedRoomError as exc:
+            self._refuse(c, exc)
+        return self._flush()
+
+    def tick(self, now: float) -> list[Action]:
+        """Advance the clock: handshake timeouts, round deadlines, waiting runs."""
+        self._started = True
+        self._audit_enrollments()
+        for c in list(self._conns.values()):
+            if c.state == "challenged" and now - c.opened > self.handshake_timeout:
+                self._refuse(c, ProtocolError("no hello within the handshake timeout; answer the challenge promptly"))
+        a = self._active
+        if a is not None and now >= a.deadline:
+            self._close_phase(now, timed_out=True)
+        if self._active is None:
+            self._activate_next(now)
+        return self._flush()
+
+    def next_deadline(self) -> float | None:
+        """The earliest time :meth:`tick` has something to do (None: nothing scheduled)."""
+        times = [c.opened + self.handshake_timeout for c in self._conns.values() if c.state == "challenged"]
+        if self._active is not None:
+            times.append(self._active.deadline)
+        return min(times) if times else None
+
+    @property
+    def connected_sites(self) -> list[str]:
+        """Names of the sites connected and reported, sorted."""
+        return sorted(n for n, cid in self._site_conns.items() if self._conns.get(cid, _Conn(0, b"", 0)).reported)
+
+    @property
+    def active_run(self) -> str | None:
+        """The id of the run in progress, if any."""
+        return self._active.id if self._active else None
+
+    # ================================================================== plumbing
+
+    def _flush(self) -> list[Action]:
+        out, self._out = self._out, []
+        return out
+
+    def _send(self, conn: int, msg: m.Message) -> None:
+        self._out.append(Send(conn, m.encode(msg)))
+
+    def _refuse(self, c: _Conn, exc: FedRoomError) -> None:
+        who = f"{c.role} {c.name}" if c.name else f"connection {c.id}"
+        log.warning("refused %s: %s: %s", who, exc.code, exc.message)
+        try:
+            self.audit.append(
+                "connection_refused", who=c.name or "", role=c.role or "", code=exc.code, message=exc.message
+            )
+        except FedRoomError:  # pragma: no cover - the refusal goes ahead regardless
+            log.exception("could not audit a refused connection")
+        self._send(c.id, m.Error.of(exc, fatal=True))
+        if isinstance(exc, FrameTooLargeError):
+            code = 1009
+        elif isinstance(exc, ProtocolError):
+            code = 1002
+        else:
+            code = 1008
+        self._out.append(Close(c.id, code, exc.code))
+        c.state = "closed"
+        self._forget(c.id)
+
+    def _audit_enrollments(self) -> None:
+        for ident in self.store.unaudited_identities():
+            self.audit.append("identity_enrolled", name=ident.name, role=ident.role, fingerprint=ident.fingerprint)
+            self.store.mark_audited(ident.name)
+
+    # ================================================================== handshake
+
+    def _on_hello(self, c: _Conn, msg: m.Message, now: float) -> None:
+        if not isinstance(msg, m.Hello):
+            raise ProtocolError(f"expected a hello answering the challenge first, got {msg.TYPE}")
+        if msg.role not in ROLES:
+            raise RoleError(f"role must be one of {', '.join(ROLES)}, got {msg.role!r}")
+        verify_hello(msg, room_id=self.room_id, nonce=c.nonce)
+        ident = self.store.identity_by_key(msg.public_key)
+        if ident is None or ident.revoked:
+            raise UnknownIdentityError(
+                f"this public key is not enrolled in room {self.room_id} (or was revoked); ask the operator to run "
+                "`fedjax-room enroll --state DIR --name NAME --role ROLE --public-key YOUR.key.pub`"
+            )
+        if ident.role != msg.role:
+            raise RoleError(
+                f"{ident.name!r} is enrolled as {ident.role}, not {msg.role}; connect with the {ident.role} role "
+                "or enroll a separate key for the other role"
+            )
+        if msg.name and msg.name != ident.name:
+            raise UnknownIdentityError(f"this key is enrolled as {ident.name!r}, not {msg.name!r}")
+        c.state, c.role, c.name = "ready", ident.role, ident.name
+        c.nonce = b""
+        log.info("%s %s authenticated (connection %d)", c.role, c.name, c.id)
+        self._send(c.id, m.Welcome(name=ident.name, role=ident.role, room_id=self.room_id))
+        if c.role == "site":
+            old = self._site_conns.get(c.name)
+            if old is not None and old in self._conns:
+                self._out.append(Close(old, 4000, "replaced by a newer connection"))
+                self._conns[old].state = "closed"
+                self._conns.pop(old, None)
+            self._site_conns[c.name] = c.id
+
+    # ================================================================== dispatch
+
+    def _dispatch(self, c: _Conn, msg: m.Message, now: float) -> None:
+        if isinstance(msg, m.Error):
+            log.warning("%s %s reports %s: %s", c.role, c.name, msg.code, msg.message)
+            if msg.fatal:
+                self._out.append(Close(c.id, 1000, "peer reported a fatal error"))
+                c.state = "closed"
+                self._forget(c.id)
+            return
+        allowed = _SITE_TYPES if c.role == "site" else _ANALYST_TYPES
+        if not isinstance(msg, allowed):
+            raise ProtocolError(f"out of order: a {c.role} may not send {msg.TYPE} at this point")
+        if c.role == "site":
+            if not c.reported and not isinstance(msg, m.SiteStatus):
+                raise ProtocolError(f"out of order: send site_status before {msg.TYPE}")
+            getattr(self, f"_on_{msg.TYPE}")(c, msg, now)
+        else:
+            try:
+                getattr(self, f"_on_{msg.TYPE}")(c, msg, now)
+            except (ConfigError, RefusedError, RoundError) as exc:
+                self._send(c.id, m.Error.of(exc, req=getattr(msg, "req", None)))
+
+    # ================================================================== site messages
+
+    def _on_site_status(self, c: _Conn, msg: m.SiteStatus, now: float) -> None:
+        if len(msg.record_count) > 32:
+            raise ProtocolError("site_status record_count must be a short coarse count such as '~500'")
+        self.store.save_site(
+            c.name, schema=msg.schema, record_count=msg.record_count, policy=msg.policy, ledger=msg.ledger
+        )
+        c.reported = True
+        a = self._active
+        if a is None:
+            return
+        if a.phase == "offer" and c.name not in a.answered:
+            a.invited.add(c.name)
+            self._send(c.id, m.RunOffer(run_id=a.id, spec=a.spec, config=a.config.to_dict()))
+        elif a.phase in ("train", "eval") and c.name in a.accepted and c.name not in a.answered:
+            self._send(c.id, self._round_start(a))
+
+    def _stale(self, c: _Conn, run_id: str, what: str) -> None:
+        log.info("ignored %s from %s for %s (not open)", what, c.name, run_id)
+        err = ProtocolError(f"{what} for {run_id} ignored: that run, round or phase is not open (late or unknown)")
+        self._send(c.id, m.Error.of(err, run_id=run_id))
+
+    def _on_run_accept(self, c: _Conn, msg: m.RunAccept, now: float) -> None:
+        a = self._active
+        if a is None or a.id != msg.run_id or a.phase != "offer" or c.name not in a.invited:
+            if not (a is not None and a.id == msg.run_id and c.name in a.accepted):
+                self._stale(c, msg.run_id, "run_accept")
+            return
+        if c.name in a.answered:
+            return
+        self.audit.append("run_accepted", run_id=a.id, site=c.name, reason="")
+        self.store.set_run_site(a.id, c.name, "accepted", plan=msg.plan)
+        a.accepted[c.name] = dict(msg.plan)
+        a.answered[c.name] = "accepted"
+        self._maybe_close(now)
+
+    def _on_run_refuse(self, c: _Conn, msg: m.RunRefuse, now: float) -> None:
+        a = self._active
+        if a is None or a.id != msg.run_id or (c.name not in a.invited and c.name not in a.accepted):
+            self._stale(c, msg.run_id, "run_refuse")
+            return
+        err = error_from_dict(msg.error if isinstance(msg.error, dict) else {})
+        reason = getattr(err, "reason", "") or err.code
+        self.audit.append("run_refused", run_id=a.id, site=c.name, reason=reason, round=msg.round)
+        state = "refused" if a.phase == "offer" else "left"
+        self.store.set_run_site(a.id, c.name, state, error=err.to_dict(), round=msg.round)
+        a.accepted.pop(c.name, None)
+        a.answered[c.name] = "refused"
+        refusal = {"site": c.name, "reason": reason, "message": err.message, "round": msg.round}
+        self._event(a.id, "refusal", refusal)
+        if a.phase != "offer" and len(a.accepted) < a.min_sites:
+            self._fail(
+                now,
+                RoundError(
+                    f"run {a.id} stopped at round {a.round}: site {c.name} refused ({reason}: {err.message}); "
+                    f"{len(a.accepted)} site(s) remain but the run needs at least {a.min_sites}"
+                ),
+            )
+            return
+        self._maybe_close(now)
+
+    def _on_update(self, c: _Conn, msg: m.Update, now: float) -> None:
+        if not _finite(msg.epsilon, msg.ledger_epsilon, msg.delta) or msg.weight <= 0:
+            raise ProtocolError("update: weight must be positive and epsilon/delta finite numbers")
+        self.store.record_spend(
+            c.name,
+            msg.run_id,
+            msg.round,
+            "train",
+            epsilon=msg.epsilon,
+            ledger_epsilon=msg.ledger_epsilon,
+            delta=msg.delta,
+        )
+        self.store.update_site_ledger(c.name, {"epsilon": msg.ledger_epsilon})
+        a = self._active
+        if (
+            a is None
+            or a.id != msg.run_id
+            or a.phase != "train"
+            or a.round != msg.round
+            or c.name not in a.accepted
+            or c.name in a.answered
+        ):
+            self._stale(c, msg.run_id, f"update for round {msg.round}")
+            return
+        from fedjax_room.coordinator.aggregation import check_update
+
+        delta = check_update(unpack_tree(msg.payload, max_bytes=self.max_frame), a.params)
+        self.audit.append("update_received", run_id=a.id, round=a.round, site=c.name, digest=digest(msg.payload))
+        a.answered[c.name] = (delta, float(msg.weight))
+        self._maybe_close(now)
+
+    def _on_metrics(self, c: _Conn, msg: m.Metrics, now: float) -> None:
+        if not _finite(msg.correct, msg.count, msg.loss_sum, msg.epsilon, msg.ledger_epsilon, msg.delta):
+            raise ProtocolError("metrics: every value must be a finite number")
+        self.store.record_spend(
+            c.name,
+            msg.run_id,
+            msg.round,
+            "eval",
+            epsilon=msg.epsilon,
+            ledger_epsilon=msg.ledger_epsilon,
+            delta=msg.delta,
+        )
+        self.store.update_site_ledger(c.name, {"epsilon": msg.ledger_epsilon})
+        a = self._active
+        if (
+            a is None
+            or a.id != msg.run_id
+            or a.phase != "eval"
+            or a.round != msg.round
+            or c.name not in a.accepted
+            or c.name in a.answered
+        ):
+            self._stale(c, msg.run_id, f"metrics for round {msg.round}")
+            return
+        a.answered[c.name] = (msg.correct, msg.count, msg.loss_sum)
+        self._maybe_close(now)
+
+    # ================================================================== analyst messages
+
+    def _on_list_sites(self, c: _Conn, msg: m.ListSites, now: float) -> None:
+        connected = set(self.connected_sites)
+        sites = [
+            {
+                "name": name,
+                "schema": info["schema"],
+                "record_count": info["record_count"],
+                "status": "connected" if name in connected else "offline",
+                "policy": info["policy"],
+            }
+            for name, info in self.store.sites().items()
+        ]
+        self._send(c.id, m.SitesReply(req=msg.req, sites=sites))
+
+    def _on_list_runs(self, c: _Conn, msg: m.ListRuns, now: float) -> None:
+        from fedjax_room.models import spec_hash
+
+        runs = [
+            {
+                "id": r.id,
+                "spec_hash": spec_hash(r.spec),
+                "status": r.status,
+                "rounds_done": r.rounds_done,
+                "rounds": int(r.config.get("rounds", 0)),
+            }
+            for r in self.store.runs()
+        ]
+        self._send(c.id, m.RunsReply(req=msg.req, runs=runs))
+
+    def _on_start_run(self, c: _Conn, msg: m.StartRun, now: float) -> None:
+        from fedjax_room.models import ModelSpec
+
+        spec = ModelSpec.from_dict(msg.spec)
+        config = RunConfig.from_dict(msg.config)
+        if config.secure_aggregation:
+            raise ConfigError(
+                "secure aggregation is not available yet in this room; start the run with "
+                "secure_aggregation=False (sites whose policy requires it will refuse)"
+            )
+        run_id = self.store.create_run(c.name, spec.to_dict(), config.to_dict())
+        self.audit.append("run_requested", run_id=run_id, analyst=c.name, spec_hash=spec.hash, config=config.to_dict())
+        params = self._init_params(spec.to_dict(), config.seed)
+        from fedjax_room.coordinator.aggregation import server_optimizer
+
+        opt = server_optimizer(config.server_optimizer, config.server_learning_rate)
+        self.store.save_checkpoint(run_id, 0, params, opt.init(params))
+        self._send(c.id, m.RunCreated(req=msg.req, run_id=run_id))
+        log.info("run %s requested by %s", run_id, c.name)
+        if self._active is None:
+            self._activate_next(now)
+
+    def _on_watch_run(self, c: _Conn, msg: m.WatchRun, now: float) -> None:
+        snapshot = self.snapshot(msg.run_id)
+        c.watching.add(msg.run_id)
+        self._send(c.id, m.RunSnapshot(req=msg.req, run=snapshot))
+
+    def _on_get_model(self, c: _Conn, msg: m.GetModel, now: float) -> None:
+        run = self._run_or_error(msg.run_id)
+        if self._active is not None and self._active.id == run.id:
+            params_bytes, rnd = self._active.params_bytes, run.rounds_done
+        else:
+            _, _, params_bytes = self.store.load_checkpoint(run.id, run.rounds_done)
+            rnd = run.rounds_done
+        self.audit.append("model_downloaded", run_id=run.id, by=c.name, round=rnd)
+        self._send(c.id, m.ModelReply(req=msg.req, run_id=run.id, round=rnd, params=params_bytes))
+
+    def _on_get_budget(self, c: _Conn, msg: m.GetBudget, now: float) -> None:
+        self._send(c.id, m.BudgetReply(req=msg.req, sites=self.budget()))
+
+    def _on_get_audit(self, c: _Conn, msg: m.GetAudit, now: float) -> None:
+        last = max(0, min(int(msg.last), _MAX_AUDIT))
+        self._send(c.id, m.AuditReply(req=msg.req, records=list(self.audit.tail(last))))
+
+    def _run_or_error(self, run_id: str) -> Any:
+        run = self.store.run(run_id)
+        if run is None:
+            raise ConfigError(f"no run {run_id!r} in this room; list them with room.runs()")
+        return run
+
+    # ================================================================== views
+
+    def budget(self) -> list[dict[str, Any]]:
+        """Per site: epsilon spent (as the site reports its ledger), delta, cap and remaining."""
+        out = []
+        for name, info in self.store.sites().items():
+            ledger, policy = info["ledger"], info["policy"]
+            cap = float(ledger.get("epsilon_cap", policy.get("epsilon_cap", math.inf)))
+            spent = float(ledger.get("epsilon", 0.0))
+            out.append(
+                {
+                    "site": name,
+                    "epsilon_spent": spent,
+                    "delta": float(ledger.get("delta", policy.get("delta_cap", 0.0))),
+                    "epsilon_cap": cap,
+                    "remaining": max(0.0, cap - spent),
+                }
+            )
+        return out
+
+    def _privacy(self, run_id: str, delta: float) -> dict[str, dict[str, float]]:
+        sites = self.store.sites()
+        out = {}
+        for site, spend in self.store.run_spend(run_id).items():
+            policy = sites.get(site, {}).get("policy", {})
+            cap = float(policy.get("epsilon_cap", math.inf))
+            out[site] = {
+                "epsilon": spend["epsilon"],
+                "delta": spend["delta"] or delta,
+                "cap": cap,
+                "remaining": max(0.0, cap - spend["ledger_epsilon"]),
+            }
+        return out
+
+    def _round_result(self, row: Any, run_id: str) -> dict[str, Any]:
+        return {
+            "round": row.round,
+            "sites": row.sites,
+            "dropped": row.dropped,
+            "loss": row.loss,
+            "accuracy": row.accuracy,
+            "epsilon": row.epsilon,
+        }
+
+    def snapshot(self, run_id: str) -> dict[str, Any]:
+        """Everything an analyst may see about a run (no per-site updates, no un-noised metrics)."""
+        run = self._run_or_error(run_id)
+        config = run.config
+        refusals = [
+            {
+                "site": s,
+                "reason": (info["error"] or {}).get("reason") or (info["error"] or {}).get("code", ""),
+                "message": (info["error"] or {}).get("message", ""),
+                "round": info["round"],
+            }
+            for s, info in self.store.run_sites(run_id).items()
+            if info["state"] in ("refused", "left")
+        ]
+        return {
+            "id": run.id,
+            "spec": run.spec,
+            "config": config,
+            "status": run.status,
+            "rounds_done": run.rounds_done,
+            "rounds": int(config.get("rounds", 0)),
+            "history": [self._round_result(r, run_id) for r in self.store.rounds(run_id) if r.status == "evaluated"],
+            "refusals": refusals,
+            "error": run.error,
+            "privacy": self._privacy(run_id, float(config.get("delta", 0.0))),
+        }
+
+    def _event(self, run_id: str, kind: str, data: dict[str, Any]) -> None:
+        for c in self._conns.values():
+            if c.state == "ready" and run_id in c.watching:
+                self._send(c.id, m.RunEvent(run_id=run_id, kind=kind, data=data))
+
+    def _status_event(self, run_id: str) -> None:
+        run = self.store.run(run_id)
+        self._event(
+            run_id,
+            "status",
+            {
+                "status": run.status,
+                "error": run.error,
+                "rounds_done": run.rounds_done,
+                "privacy": self._privacy(run_id, float(run.config.get("delta", 0.0))),
+            },
+        )
+
+    # ================================================================== run driving
+
+    def _activate_next(self, now: float) -> None:
+        if self._active is not None:
+            return
+        for run in self.store.runs():
+            if run.status in ("pending", "running"):
+                self._activate(run, now)
+                return
+
+    def _activate(self, run: Any, now: float) -> None:
+        config = RunConfig.from_dict(run.config)
+        params, opt_state, params_bytes = self.store.load_checkpoint(run.id, run.rounds_done)
+        a = _Active(
+            id=run.id,
+            analyst=run.analyst,
+            spec=run.spec,
+            config=config,
+            phase="offer",
+            round=run.rounds_done,
+            deadline=now + config.round_timeout,
+            params=params,
+            opt_state=opt_state,
+            params_bytes=params_bytes,
+            accepted={},
+        )
+        self._active = a
+        if run.status == "pending":
+            log.info("offering run %s to %s", run.id, self.connected_sites)
+            for name in self.connected_sites:
+                a.invited.add(name)
+                self._send(self._site_conns[name], m.RunOffer(run_id=a.id, spec=a.spec, config=config.to_dict()))
+            self._maybe_close(now)
+            return
+        # resuming a running run after a restart
+        a.accepted = {
+            s: info["plan"] or {} for s, info in self.store.run_sites(run.id).items() if info["state"] == "accepted"
+        }
+        a.min_sites = self._min_sites(a)
+        rounds = self.store.rounds(run.id)
+        if rounds and rounds[-1].status == "aggregated":
+            log.info("resuming run %s: evaluating round %d", run.id, rounds[-1].round)
+            self._open_phase("eval", rounds[-1].round, now)
+        else:
+            log.info("resuming run %s at round %d", run.id, run.rounds_done + 1)
+            self._open_phase("train", run.rounds_done + 1, now)
+
+    def _min_sites(self, a: _Active) -> int:
+        wanted = [a.config.min_sites or 1]
+        wanted += [int(p.get("min_sites", 1)) for p in a.accepted.values()]
+        return max(wanted)
+
+    def _round_start(self, a: _Active) -> m.RoundStart:
+        return m.RoundStart(
+            run_id=a.id,
+            round=a.round,
+            phase=a.phase,
+            params=a.params_bytes,
+            cohort=len(a.accepted),
+            timeout=a.config.round_timeout,
+        )
+
+    def _open_phase(self, phase: str, round: int, now: float) -> None:
+        a = self._active
+        assert a is not None
+        a.phase, a.round, a.answered = phase, round, {}
+        a.deadline = now + a.config.round_timeout
+        if phase == "train":
+            self.audit.append("round_opened", run_id=a.id, round=round, sites=sorted(a.accepted))
+        frame = self._round_start(a)
+        for name in sorted(a.accepted):
+            cid = self._site_conns.get(name)
+            if cid is not None and self._conns[cid].reported:
+                self._send(cid, frame)
+
+    def _maybe_close(self, now: float) -> None:
+        a = self._active
+        if a is None:
+            return
+        waiting = (a.invited if a.phase == "offer" else set(a.accepted)) - set(a.answered)
+        if not waiting:
+            self._close_phase(now, timed_out=False)
+
+    def _close_phase(self, now: float, *, timed_out: bool) -> None:
+        a = self._active
+        assert a is not None
+        if a.phase == "offer":
+            self._close_offer(now)
+        elif a.phase == "train":
+            self._close_train(now)
+        else:
+            self._close_eval(now)
+
+    def _close_offer(self, now: float) -> None:
+        a = self._active
+        assert a is not None
+        a.min_sites = self._min_sites(a)
+        if len(a.accepted) < a.min_sites:
+            refusals = [
+                f"{s} ({info['error'].get('reason') or info['error'].get('code')}: {info['error'].get('message')})"
+                for s, info in self.store.run_sites(a.id).items()
+                if info["state"] == "refused" and info["error"]
+            ]
+            silent = sorted(a.invited - set(a.answered))
+            detail = "; ".join(refusals) or "no refusals"
+            if silent:
+                detail += f"; no answer from {', '.join(silent)}"
+            if not a.invited:
+                detail = "no site was connected"
+            self._fail(
+                now,
+                RefusedError(
+                    f"run {a.id} cannot start: {len(a.accepted)} site(s) accepted but it needs at least "
+                    f"{a.min_sites}. {detail}",
+                    party="room",
+                    reason="too_few_sites",
+                ),
+            )
+            return
+        self.store.set_run_status(a.id, "running")
+        log.info("run %s running with %s (min_sites %d)", a.id, sorted(a.accepted), a.min_sites)
+        self._status_event(a.id)
+        self._open_phase("train", a.round + 1, now)
+
+    def _close_train(self, now: float) -> None:
+        from fedjax_room.coordinator.aggregation import aggregate, server_optimizer
+
+        a = self._active
+        assert a is not None
+        updates = {s: v for s, v in a.answered.items() if isinstance(v, tuple)}
+        dropped = sorted(s for s in a.accepted if s not in a.answered)
+        if len(updates) < a.min_sites:
+            self._fail(
+                now,
+                RoundError(
+                    f"round {a.round} of {a.id}: {len(updates)} site(s) sent an update before the "
+                    f"{a.config.round_timeout:g}s deadline but the run needs at least {a.min_sites}"
+                    + (f" (no answer from {', '.join(dropped)})" if dropped else "")
+                ),
+            )
+            return
+        if dropped:
+            log.warning("round %d of %s closes without %s (deadline)", a.round, a.id, dropped)
+        delta = aggregate(updates, a.config.aggregator)
+        opt = server_optimizer(a.config.server_optimizer, a.config.server_learning_rate)
+        params, opt_state = opt.update(delta, a.opt_state, a.params)
+        model_digest = self.store.commit_round(
+            a.id, a.round, params=params, opt_state=opt_state, sites=sorted(updates), dropped=dropped
+        )
+        self.audit.append(
+            "aggregate_applied", run_id=a.id, round=a.round, sites=sorted(updates), model_digest=model_digest
+        )
+        a.params, a.opt_state, a.params_bytes = params, opt_state, pack_tree(params)
+        self._open_phase("eval", a.round, now)
+
+    def _close_eval(self, now: float) -> None:
+        a = self._active
+        assert a is not None
+        metrics = {s: v for s, v in a.answered.items() if isinstance(v, tuple)}
+        loss = accuracy = None
+        if metrics:
+            correct = sum(v[0] for v in metrics.values())
+            count = sum(v[1] for v in metrics.values())
+            loss_sum = sum(v[2] for v in metrics.values())
+            if count >= 1.0:
+                accuracy = min(1.0, max(0.0, correct / count))
+                loss = max(0.0, loss_sum / count)
+        spend = self.store.run_spend(a.id)
+        epsilon = {s: v["epsilon"] for s, v in sorted(spend.items())}
+        self.store.record_metrics(
+            a.id, a.round, loss=loss, accuracy=accuracy, epsilon=epsilon, eval_sites=sorted(metrics)
+        )
+        row = next(r for r in self.store.rounds(a.id) if r.round == a.round)
+        result = self._round_result(row, a.id)
+        result["privacy"] = self._privacy(a.id, a.config.delta)
+        self._event(a.id, "round", result)
+        if a.round >= a.config.rounds:
+            self._finish(now, "finished", None)
+        else:
+            self._open_phase("train", a.round + 1, now)
+
+    def _fail(self, now: float, exc: FedRoomError) -> None:
+        log.warning("run %s failed: %s", self._active.id if self._active else "?", exc.message)
+        self._finish(now, "failed", exc)
+
+    def _finish(self, now: float, status: str, exc: FedRoomError | None) -> None:
+        a = self._active
+        assert a is not None
+        self.audit.append("run_finished", run_id=a.id, status=status, message=exc.message if exc else "")
+        self.store.set_run_status(a.id, status, exc.to_dict() if exc else None)
+        self._status_event(a.id)
+        end = m.RunEnd(run_id=a.id, status=status, message=exc.message if exc else "")
+        for name in sorted(set(a.accepted) | a.invited):
+            cid = self._site_conns.get(name)
+            if cid is not None:
+                self._send(cid, end)
+        self._active = None
+        self._activate_next(now)
