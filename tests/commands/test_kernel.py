@@ -1,7 +1,10 @@
 """``fedjax-room install-kernel``: a kernelspec in a temporary prefix whose kernel has the %room magics."""
 
 import json
+import os
+import queue
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -39,11 +42,29 @@ def test_location_flags_are_exclusive(tmp_path, capsys):
     assert "Invalid kernel name" in capsys.readouterr().err
 
 
+FEED_THREAD = """
+import threading, time
+from IPython.display import display
+from fedjax_room.jupyter import RunDashboard
+dash = RunDashboard(rounds=3)
+display(dash)
+def feed():  # stands in for a Run's background thread
+    for r in (1, 2, 3):
+        time.sleep(0.3)
+        dash.update({"round": r, "loss": 1.0 / r, "accuracy": 0.3 * r, "epsilon": {"a": float(r)}, "sites": ["a"]})
+    dash.finish()
+feeder = threading.Thread(target=feed)
+feeder.start()
+"""
+
+
 @pytest.mark.slow
-def test_a_kernel_started_from_the_spec_has_the_magics(tmp_path):
+def test_a_kernel_started_from_the_spec_has_the_magics(tmp_path, monkeypatch):
     from jupyter_client.kernelspec import KernelSpecManager
     from jupyter_client.manager import KernelManager
 
+    repo = str(Path(__file__).resolve().parents[2])  # the kernel imports this checkout, installed or not
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")])))
     install_kernel_spec(prefix=tmp_path)
     ksm = KernelSpecManager(kernel_dirs=[str(tmp_path / "share" / "jupyter" / "kernels")])
     assert ksm.get_kernel_spec(KERNEL_NAME).display_name == DISPLAY_NAME
@@ -69,6 +90,33 @@ def test_a_kernel_started_from_the_spec_has_the_magics(tmp_path):
         reply = client.execute_interactive("%room sites", timeout=60, output_hook=hook)
         assert reply["content"]["status"] == "error" and reply["content"]["ename"] == "UsageError"
         assert "not connected to a room" in "".join(outputs)
+
+        # The dashboard updates from another thread while the kernel stays free for the next cell.
+        messages: list[dict] = []
+
+        def keep(msg):
+            messages.append(msg)
+            hook(msg)
+
+        outputs.clear()
+        reply = client.execute_interactive(FEED_THREAD, timeout=60, output_hook=keep)
+        assert reply["content"]["status"] == "ok"
+        client.execute_interactive("print(feeder.is_alive())", timeout=60, output_hook=keep)
+        assert outputs == ["True\n"]  # the kernel answered while the rounds were still coming in
+        outputs.clear()
+        client.execute_interactive("feeder.join(); print(dash.rounds_done, dash.status)", timeout=60, output_hook=keep)
+        assert outputs == ["3 finished\n"]
+        while True:
+            try:
+                messages.append(client.get_iopub_msg(timeout=1))
+            except queue.Empty:
+                break
+        states = [
+            m["content"]["data"]["state"]
+            for m in messages
+            if m["msg_type"] == "comm_msg" and m["content"]["data"].get("method") == "update"
+        ]
+        assert {"value": 3} in states  # the progress bar reached round 3 in the front end's model
         client.stop_channels()
     finally:
         km.shutdown_kernel(now=True)
