@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -62,8 +63,11 @@ def _room_available() -> bool:
 @pytest.mark.slow
 @pytest.mark.skipif(not _room_available(), reason="needs the embedded room (fedjax_room.analyst.demo)")
 @pytest.mark.parametrize("name", sorted(SMALL))
-def test_notebook_runs_under_papermill(name, tmp_path):
+def test_notebook_runs_under_papermill(name, tmp_path, monkeypatch):
     import papermill
+
+    repo = str(NOTEBOOKS.parent)  # the kernel imports this checkout, installed or not
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")])))
 
     output = tmp_path / name
     papermill.execute_notebook(
