@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "fedjax_room.commands.train_local",
     "fedjax_room.commands.audit",
     "fedjax_room.commands.kernel",
+    "fedjax_room.commands.room",
 ]
 
 

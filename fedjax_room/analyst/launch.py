@@ -1,0 +1,125 @@
+"""Starting room processes on this machine: a coordinator and site agents, each ``python -m fedjax_room``.
+
+Used by the embedded room (:mod:`fedjax_room.analyst.demo`) and by the integration tests. Every
+process writes its log to ``<state>/logs/<name>.log``; :func:`stop_process` sends SIGTERM and, if
+the process has not exited within a grace period, SIGKILL.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from fedjax_room.errors import StateError
+
+__all__ = ["spawn", "spawn_coordinator", "spawn_site", "stop_process", "wait_for_url"]
+
+
+def spawn(args: Sequence[str], log_path: Path, *, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """Start ``python -m fedjax_room ARGS`` with stdout+stderr appended to ``log_path``."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    full_env = {**os.environ, **(env or {})}
+    full_env.setdefault("PYTHONUNBUFFERED", "1")
+    # Small processes on a shared machine: one intra-op thread each keeps them from fighting.
+    full_env.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "fedjax_room", *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=full_env,
+            start_new_session=True,
+        )
+
+
+def wait_for_url(state_dir: Path, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> str:
+    """Wait until the coordinator in ``state_dir`` writes ``coordinator.url``; return it."""
+    path = Path(state_dir) / "coordinator.url"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise StateError(f"the coordinator exited with status {proc.returncode}; see {state_dir}/logs")
+        if path.exists():
+            text = path.read_text().strip()
+            if text:
+                return text
+        time.sleep(0.05)
+    raise StateError(f"the coordinator did not start listening within {timeout:g}s; see {state_dir}/logs")
+
+
+def spawn_coordinator(
+    state_dir: Path,
+    *,
+    port: int = 0,
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
+    log_name: str = "coordinator",
+    timeout: float = 60.0,
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Start a coordinator on 127.0.0.1 and wait for its URL. Returns ``(process, url)``."""
+    state_dir = Path(state_dir)
+    with_stale = state_dir / "coordinator.url"
+    if with_stale.exists():
+        with_stale.unlink()  # left behind by a killed coordinator
+    args = ["coordinator", "--state", str(state_dir), "--host", "127.0.0.1", "--port", str(port)]
+    if tls_cert:
+        args += ["--tls-cert", str(tls_cert), "--tls-key", str(tls_key)]
+    proc = spawn(args, state_dir / "logs" / f"{log_name}.log")
+    try:
+        return proc, wait_for_url(state_dir, proc, timeout)
+    except BaseException:
+        stop_process(proc)
+        raise
+
+
+def spawn_site(
+    url: str,
+    *,
+    key: Path,
+    data: Path,
+    policy: Path,
+    state_dir: Path,
+    name: str,
+    heldout: Path | None = None,
+    log_dir: Path,
+    tls_ca: Path | None = None,
+    extra: Sequence[str] = (),
+) -> subprocess.Popen[bytes]:
+    """Start a site agent."""
+    args = [
+        "site",
+        "--coordinator",
+        url,
+        "--key",
+        str(key),
+        "--data",
+        str(data),
+        "--policy",
+        str(policy),
+        "--state",
+        str(state_dir),
+        "--name",
+        name,
+    ]
+    if heldout:
+        args += ["--heldout", str(heldout)]
+    if tls_ca:
+        args += ["--tls-ca", str(tls_ca)]
+    return spawn([*args, *extra], log_dir / f"{name}.log")
+
+
+def stop_process(proc: subprocess.Popen[bytes], grace: float = 10.0) -> int | None:
+    """SIGTERM, wait up to ``grace`` seconds, then SIGKILL. Returns the exit status."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    return proc.returncode

@@ -1,0 +1,156 @@
+"""``fedjax-room keygen | enroll | coordinator | site | demo``: running a room.
+
+* ``keygen --out site.key`` writes an Ed25519 key (and ``site.key.pub``).
+* ``enroll --state DIR --name NAME --role site|analyst --public-key F`` enrolls an identity in the
+  coordinator's database (offline; the coordinator audits it when it next starts or ticks).
+* ``coordinator --state DIR [--host 127.0.0.1] [--port 8765] [--tls-cert F --tls-key F]`` serves the room.
+* ``site --coordinator URL --key site.key --data PATH --policy policy.toml [--state DIR]`` runs a data
+  owner's agent.
+* ``demo [--sites 3] [--dataset digits] [--rounds R] [--target-epsilon E] [--non-iid ALPHA] [--state DIR]
+  [--json]`` runs an embedded room end to end (see :mod:`fedjax_room.analyst.demo`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from fedjax_room.errors import ConfigError
+
+__all__ = ["register", "run_coordinator_cmd", "run_demo", "run_enroll", "run_keygen", "run_site_cmd"]
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("websockets").setLevel(logging.WARNING)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``keygen``, ``enroll``, ``coordinator``, ``site`` and ``demo``."""
+    p = subparsers.add_parser("keygen", help="write a new Ed25519 identity key", description="Write an Ed25519 key.")
+    p.add_argument("--out", required=True, type=Path, help="private key file to write (also writes OUT.pub)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing key")
+    p.set_defaults(func=run_keygen)
+
+    p = subparsers.add_parser(
+        "enroll", help="enroll a site or analyst key in a room", description="Enroll an identity (offline)."
+    )
+    p.add_argument("--state", required=True, type=Path, help="the coordinator's state directory")
+    p.add_argument("--name", required=True, help="the identity's name (letters, digits, - _ .)")
+    p.add_argument("--role", required=True, choices=("site", "analyst"))
+    p.add_argument("--public-key", required=True, type=Path, help="its public key file (KEY.pub; a private key works)")
+    p.set_defaults(func=run_enroll)
+
+    p = subparsers.add_parser("coordinator", help="run the room service", description="Run the coordinator.")
+    p.add_argument("--state", required=True, type=Path, help="state directory (SQLite, checkpoints, audit log)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8765, help="port (0: pick a free one; see DIR/coordinator.url)")
+    p.add_argument("--tls-cert", type=Path, help="PEM certificate chain for wss://")
+    p.add_argument("--tls-key", type=Path, help="PEM private key of the certificate")
+    p.add_argument("--log-level", default="info")
+    p.set_defaults(func=run_coordinator_cmd)
+
+    p = subparsers.add_parser("site", help="run a data owner's agent", description="Run a site agent.")
+    p.add_argument("--coordinator", required=True, help="the room's URL (ws://HOST:PORT or wss://...)")
+    p.add_argument("--key", required=True, type=Path, help="this site's private key")
+    p.add_argument("--data", required=True, type=Path, help="the site's training data (.npz/.csv/.parquet)")
+    p.add_argument("--heldout", type=Path, help="held-out data for evaluation (default: 20%% of --data)")
+    p.add_argument("--policy", required=True, type=Path, help="policy TOML (caps, allowed models, ...)")
+    p.add_argument("--state", type=Path, help="state directory (ledger, releases, audit; default KEYDIR/NAME-state)")
+    p.add_argument("--name", help="enrolled name (default: the key file's name without suffix)")
+    p.add_argument("--tls-ca", type=Path, help="CA certificate to trust for wss://")
+    p.add_argument("--log-level", default="info")
+    p.add_argument("--train-delay", type=float, default=0.0, help=argparse.SUPPRESS)  # tests: a straggler
+    p.set_defaults(func=run_site_cmd)
+
+    p = subparsers.add_parser(
+        "demo",
+        help="run an embedded room end to end (coordinator + sites on loopback)",
+        description="Start a coordinator and N sites as processes on 127.0.0.1, train a DP federated model "
+        "from the analyst client, and compare it with a non-private central baseline.",
+    )
+    p.add_argument("--sites", type=int, default=3)
+    p.add_argument("--dataset", default="digits", choices=("digits", "breast_cancer", "mnist", "fraud"))
+    p.add_argument("--rounds", type=int, default=None, help="federated rounds (default: per dataset)")
+    p.add_argument("--target-epsilon", type=float, default=3.0, help="each site's epsilon for the whole run")
+    p.add_argument("--non-iid", type=float, default=None, metavar="ALPHA", help="Dirichlet(alpha) label skew")
+    p.add_argument("--state", type=Path, default=None, help="state directory (default: a new temporary one)")
+    p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=run_demo)
+
+
+def run_keygen(args: argparse.Namespace) -> int:
+    """Write a fresh Ed25519 key."""
+    from fedjax_room.identity import fingerprint, generate_key, save_private_key
+
+    if args.out.exists() and not args.force:
+        raise ConfigError(f"{args.out} already exists; pass --force to overwrite it (the old identity is lost)")
+    key = generate_key()
+    save_private_key(key, args.out)
+    print(f"wrote {args.out} and {args.out}.pub (fingerprint {fingerprint(key)})")
+    return 0
+
+
+def run_enroll(args: argparse.Namespace) -> int:
+    """Enroll a public key in the coordinator's store."""
+    from fedjax_room.coordinator.store import Store
+    from fedjax_room.identity import fingerprint, load_public_key, public_key_bytes
+
+    key = load_public_key(args.public_key)
+    store = Store.open(args.state)
+    try:
+        ident, created = store.enroll(args.name, args.role, public_key_bytes(key), fingerprint(key))
+    finally:
+        store.close()
+    verb = "enrolled" if created else "already enrolled:"
+    print(f"{verb} {ident.name} as {ident.role} (fingerprint {ident.fingerprint}) in room {args.state}")
+    return 0
+
+
+def run_coordinator_cmd(args: argparse.Namespace) -> int:
+    """Serve the room until interrupted."""
+    from fedjax_room.coordinator.server import run_coordinator
+
+    _logging(args.log_level)
+    return run_coordinator(args.state, host=args.host, port=args.port, tls_cert=args.tls_cert, tls_key=args.tls_key)
+
+
+def run_site_cmd(args: argparse.Namespace) -> int:
+    """Run a site agent until interrupted."""
+    from fedjax_room.site.runner import run_site
+
+    _logging(args.log_level)
+    return run_site(
+        coordinator=args.coordinator,
+        key=args.key,
+        cafile=args.tls_ca,
+        data=args.data,
+        heldout=args.heldout,
+        policy=args.policy,
+        state_dir=args.state,
+        name=args.name,
+        train_delay=args.train_delay,
+    )
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """The embedded end-to-end demo."""
+    from fedjax_room.analyst.demo import run_demo as demo
+
+    return demo(
+        sites=args.sites,
+        dataset=args.dataset,
+        rounds=args.rounds,
+        target_epsilon=args.target_epsilon,
+        non_iid=args.non_iid,
+        state_dir=args.state,
+        as_json=args.json,
+        seed=args.seed,
+    )
