@@ -39,6 +39,7 @@ the same function of the data.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -54,6 +55,8 @@ __all__ = ["LayerPlan", "Plan", "clipped_chunk", "plan"]
 
 Params = Any
 Batch = Any
+
+_SLICE_MIN_CHANNELS = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +76,7 @@ class LayerPlan:
     padding: Any = None
     input_dilation: tuple[int, ...] = ()
     kernel_dilation: tuple[int, ...] = ()
+    patches: str = ""  # conv only: "slice" (features ordered (*kernel, cin)) or "lax" ((cin, *kernel))
 
     @property
     def positions(self) -> int:
@@ -229,6 +233,7 @@ def plan(loss_fn: Callable[[Params, Batch], jax.Array], params: Params, batch: B
             fan_in = math.prod(kernel_size) * x_shape[-1]
             fan_out = y_shape[-1]
             positions = math.prod(y_shape[:-1])
+            input_dilation = _broadcast(module.input_dilation, nd)
             layers.append(
                 LayerPlan(
                     kind="conv",
@@ -242,8 +247,11 @@ def plan(loss_fn: Callable[[Params, Batch], jax.Array], params: Params, batch: B
                     kernel_size=kernel_size,
                     strides=_broadcast(module.strides, nd),
                     padding=canonicalize_padding(module.padding, nd),
-                    input_dilation=_broadcast(module.input_dilation, nd),
+                    input_dilation=input_dilation,
                     kernel_dilation=_broadcast(module.kernel_dilation, nd),
+                    # Strided slices are much faster than lax's identity convolution on CPU unless
+                    # there are very few input channels (then each slice is a thin gather).
+                    patches="slice" if x_shape[-1] >= _SLICE_MIN_CHANNELS and set(input_dilation) == {1} else "lax",
                 )
             )
     missing = [i for i in range(len(leaves)) if i not in owners]
@@ -274,8 +282,30 @@ def plan(loss_fn: Callable[[Params, Batch], jax.Array], params: Params, batch: B
     return Plan(True, "", tuple(layers))
 
 
+def _slice_patches(layer: LayerPlan, x: jax.Array) -> jax.Array:
+    """im2col by strided slices: ``(N, *spatial, cin) -> (N, P, prod(kernel) * cin)``, ordered (*kernel, cin)."""
+    nd = len(layer.kernel_size)
+    spatial = x.shape[1 : nd + 1]
+    dilated = tuple((k - 1) * d + 1 for k, d in zip(layer.kernel_size, layer.kernel_dilation, strict=True))
+    if isinstance(layer.padding, str):
+        pads = jax.lax.padtype_to_pads(spatial, dilated, layer.strides, layer.padding)
+    else:
+        pads = layer.padding
+    x = jnp.pad(x, ((0, 0), *[tuple(p) for p in pads], (0, 0)))
+    out = tuple((n - k) // s + 1 for n, k, s in zip(x.shape[1 : nd + 1], dilated, layer.strides, strict=True))
+    cols = []
+    for offset in itertools.product(*[range(k) for k in layer.kernel_size]):
+        start = tuple(o * d for o, d in zip(offset, layer.kernel_dilation, strict=True))
+        stop = tuple(b + s * (n - 1) + 1 for b, s, n in zip(start, layer.strides, out, strict=True))
+        cols.append(jax.lax.slice(x, (0, *start, 0), (x.shape[0], *stop, x.shape[-1]), (1, *layer.strides, 1)))
+    patches = jnp.stack(cols, axis=-2)
+    return patches.reshape(x.shape[0], -1, len(cols) * x.shape[-1])
+
+
 def _conv_patches(layer: LayerPlan, x: jax.Array) -> jax.Array:
-    """im2col: ``(N, *spatial, cin) -> (N, P, cin * prod(kernel))``, features ordered (cin, *kernel)."""
+    """im2col: ``(N, *spatial, cin) -> (N, P, cin * prod(kernel))``, features ordered as ``layer.patches`` says."""
+    if layer.patches == "slice":
+        return _slice_patches(layer, x)
     nd = len(layer.kernel_size)
     spec = (0, nd + 1, *range(1, nd + 1))
     numbers = jax.lax.ConvDimensionNumbers(spec, (nd + 1, nd, *range(nd)), spec)
@@ -309,6 +339,8 @@ def _kernel_layout(layer: LayerPlan, kernel: jax.Array) -> jax.Array:
         return kernel
     nd = len(layer.kernel_size)
     cin = layer.x_shape[-1]
+    if layer.patches == "slice":
+        return kernel.reshape((*layer.kernel_size, cin, kernel.shape[-1]))
     kernel = kernel.reshape((cin, *layer.kernel_size, kernel.shape[-1]))
     return jnp.transpose(kernel, (*range(1, nd + 1), 0, nd + 1))
 

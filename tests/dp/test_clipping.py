@@ -21,7 +21,7 @@ SPECS = {
     "logistic": logistic([5], 3),
     "mlp": mlp([5], 3, hidden=(4,), activation="tanh"),
     # conv -> relu -> max_pool -> conv (stride 2) -> relu -> max_pool -> flatten -> dense -> relu -> dense
-    "cnn": cnn([8, 8, 2], 3, conv=((3, 3, 1), (4, 2, 2)), dense=(5,)),
+    "cnn": cnn([8, 8, 2], 3, conv=((4, 3, 1), (4, 2, 2)), dense=(5,)),
 }
 
 
@@ -142,6 +142,8 @@ def test_auto_picks_fast_for_spec_models(name):
     loss_fn, params, batch = _setup(name)
     plan = fast_clipping.plan(loss_fn, params, batch)
     assert plan.supported, plan.reason
+    if name == "cnn":
+        assert [layer.patches for layer in plan.layers if layer.kind == "conv"] == ["lax", "slice"]
     assert make_clipper(loss_fn, 1.0)(params, batch, None)[3] == "fast"
 
 
@@ -192,7 +194,7 @@ class _Sequence(nn.Module):
     @nn.compact
     def __call__(self, x):  # x: (B, T, d)
         h = jnp.tanh(nn.Dense(self.features)(x))  # per-example (1, T, d): gram or materialise
-        h = nn.Conv(3, kernel_size=(3,), kernel_dilation=2, padding="VALID")(h)  # 1-D, dilated
+        h = nn.Conv(4, kernel_size=(3,), kernel_dilation=2, padding="VALID")(h)  # 1-D, dilated
         h = nn.Conv(2, kernel_size=(2,), strides=2, padding=((1, 0),), use_bias=False)(jnp.tanh(h))
         return nn.Dense(3)(h.reshape(h.shape[0], -1))
 
@@ -208,6 +210,9 @@ def test_fast_path_positions_and_conv_options(features):
     assert plan.supported, plan.reason
     strategies = {layer.strategy for layer in plan.layers}
     assert "gram" in strategies or "materialise" in strategies
+    assert {layer.patches for layer in plan.layers if layer.kind == "conv"} == (
+        {"slice"} if features >= 4 else {"lax", "slice"}
+    )
     ref_total, ref_norms = _reference(loss_fn, params, batch, 0.2)
     total, norms = clipped_grad(loss_fn, 0.2, method="fast")(params, batch)
     np.testing.assert_allclose(np.asarray(norms), ref_norms, rtol=RTOL)
