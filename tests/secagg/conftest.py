@@ -29,9 +29,7 @@ class Room:
         )
         rng = np.random.default_rng(seed)
         dtype = np.dtype("<u4") if bits <= 32 else np.dtype("<u8")
-        self.inputs = {
-            cid: (rng.integers(0, 2**63, length, dtype=np.uint64) % (1 << bits)).astype(dtype) for cid in self.keys
-        }
+        self.inputs = {cid: rng.integers(0, 1 << bits, length, dtype=np.uint64).astype(dtype) for cid in self.keys}
 
     def expected(self, ids):
         bits = self.config.modulus_bits
