@@ -1,0 +1,423 @@
+"""The data owner's agent: policy and budget checks, local DP training, noised evaluation, idempotent releases.
+
+:class:`SiteAgent` does the work a :class:`~fedjax_room.protocol.site.SiteMachine` asks for, on a
+single worker thread (so ledger writes are serialised and the websocket stays alive):
+
+* ``offer`` — check the policy (:meth:`~fedjax_room.site.policy.Policy.check`), the schema, plan the
+  noise for this site's data size (:func:`~fedjax_room.site.plan.make_plan`) and check that the
+  planned run fits under the cap; answer ``run_accept`` with the plan or a typed ``run_refuse``.
+* ``train`` — DP-SGD for ``local_steps`` steps from the global model
+  (:class:`fedjax_room.local.LocalTrainer`), then **commit the event to the ledger (fsynced) before
+  the update leaves**; a round that would pass the cap is refused (``epsilon_cap``).
+* ``eval`` — evaluate the global model on the local held-out split and release only
+  Gaussian-noised (count, correct, clipped loss sum), accounted like training.
+
+Each release is keyed ``run/round/phase``: asked again (a coordinator restarted), the agent resends
+the stored frame and spends nothing. Seeds come from HMAC(secret, run id, run seed, round, phase),
+the secret living in ``STATE/secret``: replays are bit-identical, and nobody without the secret can
+reproduce the noise. Nothing un-noised — rows, per-example values, raw losses — is ever returned.
+
+State directory layout::
+
+    STATE/secret            32 random bytes (mode 0600)
+    STATE/ledger.json       the privacy ledger (fedjax_room.site.ledger)
+    STATE/runs/<run>.json   accepted runs: spec, config, plan
+    STATE/releases/<run>/<round>-<phase>.msgpack   the exact frames released
+    STATE/audit.jsonl       the site's audit log
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import hmac
+import json
+import logging
+import os
+import re
+import secrets
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedjax_room.coordinator.store import atomic_write
+from fedjax_room.data import Dataset
+from fedjax_room.errors import (
+    BudgetExceededError,
+    FedRoomError,
+    PolicyViolation,
+    PrivacyError,
+    ProtocolError,
+    RefusedError,
+    StateError,
+)
+from fedjax_room.models import ModelSpec
+from fedjax_room.protocol import messages as m
+from fedjax_room.protocol.codec import Tree, digest, pack, pack_tree, unpack_tree
+from fedjax_room.protocol.config import RunConfig
+from fedjax_room.site.ledger import Ledger
+from fedjax_room.site.plan import EVAL_SENSITIVITY, LOSS_CLIP, Plan, coarse_count, make_plan
+from fedjax_room.site.policy import Policy
+
+__all__ = ["SiteAgent", "load_secret"]
+
+log = logging.getLogger("fedjax_room.site")
+
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def load_secret(state_dir: Path) -> bytes:
+    """The site's seed secret (created on first use, mode 0600)."""
+    path = state_dir / "secret"
+    if not path.exists():
+        state_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(secrets.token_bytes(32))
+            fh.flush()
+            os.fsync(fh.fileno())
+    data = path.read_bytes()
+    if len(data) != 32:
+        raise StateError(f"{path} must hold 32 bytes; restore it (deleting it changes every future seed)")
+    return data
+
+
+@functools.lru_cache(maxsize=16)
+def _eval_fn(spec_json: str) -> Callable[..., Any]:
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from fedjax_room.models import make_predict_fn
+
+    predict = make_predict_fn(ModelSpec.from_json(spec_json))
+
+    @jax.jit
+    def fn(params: Any, x: Any, y: Any) -> tuple[Any, Any]:
+        logits = predict(params, x)
+        losses = jnp.clip(optax.softmax_cross_entropy_with_integer_labels(logits, y), 0.0, LOSS_CLIP)
+        return jnp.sum(losses), jnp.sum(jnp.argmax(logits, axis=-1) == y)
+
+    return fn
+
+
+class SiteAgent:
+    """One site's agent. ``train`` and ``heldout`` never leave this object."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        train: Dataset,
+        heldout: Dataset,
+        policy: Policy,
+        state_dir: str | os.PathLike[str],
+        audit: Any = None,
+        train_delay: float = 0.0,
+    ) -> None:
+        self.name = name
+        self._train = train
+        self._heldout = heldout
+        self.policy = policy
+        self.state_dir = Path(state_dir)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._secret = load_secret(self.state_dir)
+        self.ledger = Ledger.open(
+            self.state_dir / "ledger.json", epsilon_cap=policy.epsilon_cap, delta=policy.delta_cap
+        )
+        self._summary = self.ledger.summary()
+        self.audit = audit
+        self.train_delay = train_delay
+        self._trainers: dict[str, Any] = {}
+        self._references: dict[str, Tree] = {}
+        self._audit("policy_loaded", policy_digest=self.policy.digest, policy=self.policy.to_dict())
+
+    # ------------------------------------------------------------------ helpers
+
+    def _audit(self, kind: str, **fields: Any) -> None:
+        if self.audit is not None:
+            self.audit.append(kind, **fields)
+
+    def status(self) -> m.SiteStatus:
+        """The ``site_status`` frame: schema, coarse count, policy and ledger summaries (no rows)."""
+        return m.SiteStatus(
+            schema=self._train.schema.to_dict(),
+            record_count=f"~{coarse_count(len(self._train) + len(self._heldout))}",
+            policy=self.policy.to_dict(),
+            ledger=dict(self._summary),
+        )
+
+    def _seed(self, run_id: str, seed: int, round: int, phase: str) -> int:
+        mac = hmac.new(self._secret, pack([run_id, seed, round, phase]), hashlib.sha256).digest()
+        return int.from_bytes(mac[:8], "big") & ((1 << 63) - 1)
+
+    def _run_path(self, run_id: str) -> Path:
+        if not _RUN_ID.fullmatch(run_id):
+            raise ProtocolError(f"run id {run_id!r} is not a plain name")
+        return self.state_dir / "runs" / f"{run_id}.json"
+
+    def _release_path(self, run_id: str, round: int, phase: str) -> Path:
+        return self.state_dir / "releases" / run_id / f"{round}-{phase}.msgpack"
+
+    def _load_run(self, run_id: str) -> tuple[ModelSpec, RunConfig, Plan]:
+        path = self._run_path(run_id)
+        try:
+            rec = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise RefusedError(
+                f"{self.name} never accepted run {run_id}; offer it first", party=self.name, reason="unknown_run"
+            ) from None
+        return ModelSpec.from_dict(rec["spec"]), RunConfig.from_dict(rec["config"]), Plan.from_dict(rec["plan"])
+
+    def _reference(self, spec: ModelSpec) -> Tree:
+        ref = self._references.get(spec.hash)
+        if ref is None:
+            import jax
+
+            from fedjax_room.models import init_params
+
+            ref = jax.tree.map(np.asarray, dict(init_params(spec, jax.random.PRNGKey(0))))
+            self._references[spec.hash] = ref
+        return ref
+
+    def _global_params(self, msg: m.RoundStart, spec: ModelSpec) -> Tree:
+        from fedjax_room.coordinator.aggregation import check_update
+
+        return check_update(unpack_tree(msg.params), self._reference(spec))
+
+    # ------------------------------------------------------------------ dispatch
+
+    def handle(self, kind: str, msg: m.Message) -> m.Message | None:
+        """Run one job (``offer`` / ``train`` / ``eval`` / ``end``); any failure becomes a typed refusal."""
+        run_id = getattr(msg, "run_id", "")
+        rnd = getattr(msg, "round", None) if kind != "offer" else None
+        try:
+            if kind == "offer":
+                return self.offer(msg)
+            if kind == "train":
+                return self.train(msg)
+            if kind == "eval":
+                return self.evaluate(msg)
+            if kind == "end":
+                self._trainers.pop(run_id, None)
+                return None
+            raise ProtocolError(f"unknown job {kind!r}")
+        except FedRoomError as exc:
+            log.warning("%s refuses %s %s round %s: %s", self.name, kind, run_id, rnd, exc.message)
+            return m.RunRefuse(run_id=run_id, round=rnd, error=exc.to_dict())
+        except Exception as exc:  # a bug or a broken environment: refuse, say so, keep the agent alive
+            log.exception("%s failed on %s %s", self.name, kind, run_id)
+            err = RefusedError(f"{self.name} failed: {type(exc).__name__}: {exc}", party=self.name, reason="site_error")
+            return m.RunRefuse(run_id=run_id, round=rnd, error=err.to_dict())
+
+    # ------------------------------------------------------------------ offer
+
+    def offer(self, msg: m.RunOffer) -> m.RunAccept | m.RunRefuse:
+        """Check a run against the policy and the ledger; accept with a plan or refuse with a reason."""
+        path = self._run_path(msg.run_id)
+        spec = ModelSpec.from_dict(msg.spec)
+        config = RunConfig.from_dict(msg.config)
+        if path.exists():
+            rec = json.loads(path.read_text())
+            if rec["spec_hash"] == spec.hash and RunConfig.from_dict(rec["config"]) == config:
+                return m.RunAccept(run_id=msg.run_id, plan=Plan.from_dict(rec["plan"]).public())
+            raise RefusedError(
+                f"{self.name}: run id {msg.run_id} was already used for another run",
+                party=self.name,
+                reason="run_id_reused",
+            )
+        try:
+            self.policy.check(spec, config, party=self.name)
+            schema = self._train.schema
+            if tuple(spec.input_shape) != tuple(schema.feature_shape) or spec.num_classes != len(schema.classes):
+                raise PolicyViolation(
+                    f"{self.name}: the model takes inputs {list(spec.input_shape)} with {spec.num_classes} classes, "
+                    f"but this site's data has shape {list(schema.feature_shape)} and {len(schema.classes)} classes",
+                    party=self.name,
+                    reason="schema",
+                )
+            try:
+                plan = make_plan(config, n_train=len(self._train), min_sites=self.policy.min_sites)
+            except PrivacyError as exc:
+                raise PolicyViolation(f"{self.name}: {exc.message}", party=self.name, reason="privacy") from None
+            self._check_budget(plan, msg.run_id)
+        except PolicyViolation as exc:
+            self._audit("run_refused", run_id=msg.run_id, spec_hash=spec.hash, reason=exc.reason)
+            raise
+        self._audit("run_approved", run_id=msg.run_id, spec_hash=spec.hash, reason="", plan=plan.public())
+        rec = {"spec_hash": spec.hash, "spec": spec.to_dict(), "config": config.to_dict(), "plan": plan.to_dict()}
+        atomic_write(path, json.dumps(rec, sort_keys=True).encode())
+        return m.RunAccept(run_id=msg.run_id, plan=plan.public())
+
+    def _check_budget(self, plan: Plan, run_id: str) -> None:
+        import dp_accounting as dpa
+
+        from fedjax_room.dp.accounting import dpsgd_event
+
+        rounds = plan.rounds if plan.mode == "target" else 1
+        event = dpa.ComposedDpEvent(
+            [
+                dpsgd_event(plan.noise_multiplier, plan.sampling_rate, plan.local_steps * rounds),
+                dpsgd_event(plan.eval_noise_multiplier, 1.0, rounds),
+            ]
+        )
+        if self.ledger.would_exceed(event):
+            spent = self.ledger.epsilon()
+            cap = self.ledger.epsilon_cap
+            what = "this run" if plan.mode == "target" else "even one round of this run"
+            raise PolicyViolation(
+                f"{self.name}: {what} (epsilon {plan.epsilon_planned:.3g} planned) would take its ledger past its cap: "
+                f"{spent:.3g} of {cap:g} already spent, {max(0.0, cap - spent):.3g} left; ask for a smaller "
+                "target_epsilon or fewer rounds",
+                party=self.name,
+                reason="epsilon_cap",
+            )
+
+    # ------------------------------------------------------------------ releases
+
+    def _resend(self, run_id: str, round: int, phase: str) -> m.Message | None:
+        path = self._release_path(run_id, round, phase)
+        if path.exists():
+            log.info("%s resends %s/%d/%s (already released, nothing spent)", self.name, run_id, round, phase)
+            return m.decode(path.read_bytes())
+        return None
+
+    def _commit(self, key: str, event: Any, record: dict[str, Any], config: RunConfig, spec: ModelSpec) -> tuple:
+        run_id = key.split("/", 1)[0]
+        try:
+            run_eps, total = self.ledger.commit(key, event, record, run_delta=config.delta)
+        except BudgetExceededError as exc:
+            self._audit("run_refused", run_id=run_id, spec_hash=spec.hash, reason="epsilon_cap", round=record["round"])
+            raise PolicyViolation(
+                f"{self.name}: {exc.message}; refusing round {record['round']} (ledger stays at "
+                f"{self.ledger.epsilon():.4g} of {self.ledger.epsilon_cap:g})",
+                party=self.name,
+                reason="epsilon_cap",
+            ) from None
+        self._summary = self.ledger.summary()
+        return run_eps, total
+
+    def train(self, msg: m.RoundStart) -> m.Update | m.RunRefuse:
+        """One round of local DP training; the ledger is committed before the update is returned."""
+        key = f"{msg.run_id}/{msg.round}/train"
+        spec, config, plan = self._load_run(msg.run_id)
+        record = self.ledger.released(key)
+        if record is not None:
+            again = self._resend(msg.run_id, msg.round, "train")
+            if again is not None:
+                return again
+        if msg.cohort < self.policy.min_sites:
+            raise PolicyViolation(
+                f"{self.name}: round {msg.round} has {msg.cohort} sites, fewer than this site's minimum "
+                f"{self.policy.min_sites}",
+                party=self.name,
+                reason="min_sites",
+            )
+        params = self._global_params(msg, spec)
+        trainer = self._trainers.get(msg.run_id)
+        if trainer is None:
+            from fedjax_room.local import LocalTrainer
+
+            trainer = LocalTrainer(
+                spec,
+                clip_norm=config.clip_norm,
+                noise_multiplier=plan.noise_multiplier,
+                batch_size=config.batch_size,
+                learning_rate=config.learning_rate,
+            )
+            self._trainers[msg.run_id] = trainer
+        started = time.perf_counter()
+        new_params, _stats = trainer.train(
+            params, self._train, plan.local_steps, self._seed(msg.run_id, config.seed, msg.round, "train")
+        )
+        import jax
+
+        delta = jax.tree.map(
+            lambda new, old: (np.asarray(new, np.float32) - old).astype(np.float32), new_params, params
+        )
+        payload = pack_tree(dict(delta))
+        payload_digest = digest(payload)
+        if self.train_delay:
+            time.sleep(self.train_delay)
+        if record is None:
+            run_eps, total = self._commit(
+                key, plan.train_event(), {"round": msg.round, "phase": "train", "digest": payload_digest}, config, spec
+            )
+        else:  # committed before a crash, frame never stored: the replay is bit-identical
+            if record.get("digest") != payload_digest:
+                raise StateError(f"{self.name}: replayed update for {key} differs from the one committed")
+            run_eps, total = record["epsilon"], record["ledger_epsilon"]
+        update = m.Update(
+            run_id=msg.run_id,
+            round=msg.round,
+            weight=plan.weight,
+            payload=payload,
+            epsilon=run_eps,
+            ledger_epsilon=total,
+            delta=config.delta,
+        )
+        atomic_write(self._release_path(msg.run_id, msg.round, "train"), m.encode(update))
+        self._audit(
+            "update_released",
+            run_id=msg.run_id,
+            round=msg.round,
+            digest=payload_digest,
+            epsilon=run_eps,
+            delta=config.delta,
+            ledger_epsilon=total,
+        )
+        log.info(
+            "%s released update %s (%.1fs, run epsilon %.3f, ledger %.3f)",
+            self.name,
+            key,
+            time.perf_counter() - started,
+            run_eps,
+            total,
+        )
+        return update
+
+    def evaluate(self, msg: m.RoundStart) -> m.Metrics | m.RunRefuse:
+        """Noised evaluation counts of the global model on the held-out split, accounted before release."""
+        key = f"{msg.run_id}/{msg.round}/eval"
+        spec, config, plan = self._load_run(msg.run_id)
+        if self.ledger.released(key) is not None:
+            again = self._resend(msg.run_id, msg.round, "eval")
+            if again is not None:
+                return again
+        params = self._global_params(msg, spec)
+        loss_sum, correct, count = 0.0, 0, len(self._heldout)
+        fn = _eval_fn(spec.to_json())
+        for start in range(0, count, 1024):
+            ls, c = fn(params, self._heldout.x[start : start + 1024], self._heldout.y[start : start + 1024])
+            loss_sum += float(ls)
+            correct += int(c)
+        seed = self._seed(msg.run_id, config.seed, msg.round, "eval")
+        rng = np.random.default_rng([seed, 7])
+        noise = rng.normal(0.0, plan.eval_noise_multiplier * EVAL_SENSITIVITY, size=3)
+        noised = (count + noise[0], correct + noise[1], loss_sum + LOSS_CLIP * noise[2])
+        record = self.ledger.released(key)
+        if record is None:
+            run_eps, total = self._commit(key, plan.eval_event(), {"round": msg.round, "phase": "eval"}, config, spec)
+        else:
+            run_eps, total = record["epsilon"], record["ledger_epsilon"]
+        metrics = m.Metrics(
+            run_id=msg.run_id,
+            round=msg.round,
+            count=float(noised[0]),
+            correct=float(noised[1]),
+            loss_sum=float(noised[2]),
+            epsilon=run_eps,
+            ledger_epsilon=total,
+            delta=config.delta,
+        )
+        atomic_write(self._release_path(msg.run_id, msg.round, "eval"), m.encode(metrics))
+        self._audit("metrics_released", run_id=msg.run_id, round=msg.round, epsilon=run_eps, ledger_epsilon=total)
+        return metrics
+
+    # used by tests and the CLI
+    def describe(self) -> dict[str, Any]:
+        """What the operator sees: name, sizes, ledger summary (this stays on the site)."""
+        return {"name": self.name, "train": len(self._train), "heldout": len(self._heldout), **self._summary}

@@ -1,0 +1,147 @@
+"""A site's privacy ledger: every release it made, as DP events, persisted before anything leaves.
+
+``STATE/ledger.json`` holds the :class:`~fedjax_room.dp.accounting.Accountant` events (JSON, never
+pickle), a tag per event (``run/round/phase``) and, per release key, what was released (digest,
+epsilon). It is rewritten atomically (temporary file, fsync, rename, fsync of the folder) by
+:meth:`Ledger.commit`, which refuses — :class:`~fedjax_room.errors.BudgetExceededError`, nothing
+written — any event that would take the total epsilon at the site's ``delta_cap`` past its cap. So
+the ledger on disk is never past the cap, and a release key is spent at most once.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from fedjax_room.coordinator.store import atomic_write
+from fedjax_room.dp.accounting import Accountant, event_to_dict
+from fedjax_room.errors import BudgetExceededError, StateError
+
+__all__ = ["Ledger"]
+
+_VERSION = 1
+
+
+class Ledger:
+    """Open with :meth:`open`; query with :meth:`epsilon` / :meth:`run_epsilon` / :meth:`would_exceed`."""
+
+    def __init__(self, path: Path, *, epsilon_cap: float, delta: float, kind: str = "pld") -> None:
+        self.path = path
+        self.epsilon_cap = float(epsilon_cap)
+        self.delta = float(delta)
+        self.kind = kind
+        self._acc = Accountant(kind)
+        self._tags: list[str] = []
+        self._releases: dict[str, dict[str, Any]] = {}
+        self._runs: dict[str, Accountant] = {}
+        self._total: float | None = 0.0
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], *, epsilon_cap: float, delta: float, kind: str = "pld") -> Ledger:
+        """Load ``path`` (or start an empty ledger there)."""
+        ledger = cls(Path(path), epsilon_cap=epsilon_cap, delta=delta, kind=kind)
+        if ledger.path.exists():
+            try:
+                data = json.loads(ledger.path.read_text())
+                if data.get("version") != _VERSION:
+                    raise ValueError(f"version {data.get('version')!r}")
+                ledger._acc = Accountant.from_dict(data["accountant"])
+                ledger._tags = [str(t) for t in data["tags"]]
+                ledger._releases = dict(data["releases"])
+                if len(ledger._tags) != len(ledger._acc):
+                    raise ValueError("tags and events differ in length")
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise StateError(
+                    f"privacy ledger {ledger.path} is unreadable ({exc}); restore it from a backup — "
+                    "never delete a ledger, that would forget spent privacy"
+                ) from None
+            ledger._total = None
+        return ledger
+
+    # ------------------------------------------------------------------ queries
+
+    def epsilon(self, delta: float | None = None) -> float:
+        """Total epsilon spent (all runs) at ``delta`` (default: the site's delta cap)."""
+        if delta is None or delta == self.delta:
+            if self._total is None:
+                self._total = self._acc.epsilon(self.delta)
+            return self._total
+        return self._acc.epsilon(delta)
+
+    def run_epsilon(self, run_id: str, delta: float) -> float:
+        """Epsilon spent by one run at ``delta``."""
+        return self._run_acc(run_id).epsilon(delta)
+
+    def _run_acc(self, run_id: str) -> Accountant:
+        acc = self._runs.get(run_id)
+        if acc is None:
+            acc = Accountant(self.kind)
+            for tag, event in zip(self._tags, self._acc.events, strict=True):
+                if tag.split("/", 1)[0] == run_id:
+                    acc.compose(event)
+            self._runs[run_id] = acc
+        return acc
+
+    def would_exceed(self, event: Any) -> bool:
+        """Whether composing ``event`` would take the total past the cap (nothing is spent)."""
+        return self._acc.would_exceed(event, epsilon_cap=self.epsilon_cap, delta=self.delta)
+
+    def released(self, key: str) -> dict[str, Any] | None:
+        """The record of release ``key`` (``run/round/phase``) if it was made."""
+        return self._releases.get(key)
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        """Every composed event (JSON dicts), oldest first."""
+        return self._acc.events
+
+    @property
+    def tags(self) -> list[str]:
+        """The release key of each event."""
+        return list(self._tags)
+
+    def summary(self) -> dict[str, Any]:
+        """What a site tells the room about its ledger: epsilon spent, cap, delta, number of releases."""
+        return {
+            "epsilon": self.epsilon(),
+            "epsilon_cap": self.epsilon_cap,
+            "delta": self.delta,
+            "releases": len(self._releases),
+        }
+
+    # ------------------------------------------------------------------ spending
+
+    def commit(self, key: str, event: Any, record: dict[str, Any], *, run_delta: float) -> tuple[float, float]:
+        """Spend ``event`` for release ``key`` and persist; returns ``(run epsilon at run_delta, total epsilon)``.
+
+        Raises :class:`BudgetExceededError` (and spends nothing) if it would pass the cap, and
+        :class:`StateError` if ``key`` was already spent.
+        """
+        if key in self._releases:
+            raise StateError(f"release {key} was already made; resend it instead of spending again")
+        run_id = key.split("/", 1)[0]
+        trial = copy.deepcopy(self._acc)
+        trial.compose(event)
+        total = trial.epsilon(self.delta)
+        if total > self.epsilon_cap:
+            raise BudgetExceededError(
+                f"release {key} would take this site's epsilon to {total:.4g}, past its cap {self.epsilon_cap:g}"
+            )
+        run_acc = copy.deepcopy(self._run_acc(run_id))
+        run_acc.compose(event)
+        run_eps = run_acc.epsilon(run_delta)
+        releases = {**self._releases, key: {**record, "epsilon": run_eps, "ledger_epsilon": total}}
+        tags = [*self._tags, key]
+        data = {"version": _VERSION, "accountant": trial.to_dict(), "tags": tags, "releases": releases}
+        atomic_write(self.path, json.dumps(data, sort_keys=True, indent=1).encode())
+        self._acc, self._tags, self._releases, self._total = trial, tags, releases, total
+        self._runs[run_id] = run_acc
+        return run_eps, total
+
+    @staticmethod
+    def event_dict(event: Any) -> dict[str, Any]:
+        """JSON form of an event."""
+        return event if isinstance(event, dict) else event_to_dict(event)

@@ -1,0 +1,169 @@
+"""A site's policy: what work the data owner allows on this dataset, read from TOML.
+
+Example ``policy.toml``::
+
+    epsilon_cap = 5.0            # total epsilon this dataset may ever spend (all runs)
+    delta_cap = 1e-5             # the delta it is accounted at; runs may ask for a smaller one
+    min_sites = 2                # never contribute to a round with fewer sites than this
+    allowed_families = ["logistic", "mlp", "cnn"]
+    max_params = 1_000_000
+    allowed_aggregators = ["fedavg", "mean"]
+    require_secure_aggregation = false
+
+:meth:`Policy.check` raises :class:`~fedjax_room.errors.PolicyViolation` with a ``reason`` code
+(``model_family``, ``max_params``, ``aggregator``, ``secure_aggregation``, ``delta_cap``,
+``min_sites``, ``schema``) and a message saying what would be accepted. The budget check
+(``epsilon_cap``) needs the ledger and lives in :mod:`fedjax_room.site.agent`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from fedjax_room.errors import PolicyError, PolicyViolation
+from fedjax_room.models import FAMILY_LAYERS, ModelSpec
+from fedjax_room.protocol.config import AGGREGATORS, RunConfig
+
+__all__ = ["Policy"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+    """A validated site policy (see the module docstring for the TOML form)."""
+
+    epsilon_cap: float = 5.0
+    delta_cap: float = 1e-5
+    min_sites: int = 1
+    allowed_families: tuple[str, ...] = ("logistic", "mlp", "cnn")
+    max_params: int = 1_000_000
+    allowed_aggregators: tuple[str, ...] = AGGREGATORS
+    require_secure_aggregation: bool = False
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, where: str = "policy") -> Policy:
+        """Validate plain data; raise :class:`PolicyError` naming the bad key."""
+        if not isinstance(data, Mapping):
+            raise PolicyError(f"{where}: a policy must be a table of settings")
+        known = {f.name for f in dataclasses.fields(cls)}
+        extra = set(data) - known
+        if extra:
+            raise PolicyError(f"{where}: unknown settings {sorted(extra)}; known: {sorted(known)}")
+        d = {**{f.name: f.default for f in dataclasses.fields(cls)}, **data}
+
+        def number(key: str) -> float:
+            v = d[key]
+            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v <= 0:
+                raise PolicyError(f"{where}: {key} must be a positive number, got {v!r}")
+            return float(v)
+
+        def integer(key: str) -> int:
+            v = d[key]
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise PolicyError(f"{where}: {key} must be a positive integer, got {v!r}")
+            return v
+
+        def names(key: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
+            v = d[key]
+            if isinstance(v, str) or not isinstance(v, list | tuple) or not all(isinstance(x, str) for x in v):
+                raise PolicyError(f"{where}: {key} must be a list of names, got {v!r}")
+            bad = [x for x in v if x not in allowed]
+            if bad:
+                raise PolicyError(f"{where}: {key} has unknown names {bad}; choose from {list(allowed)}")
+            return tuple(v)
+
+        delta = number("delta_cap")
+        if delta >= 1:
+            raise PolicyError(f"{where}: delta_cap must be below 1 (typically below 1/number of records)")
+        secure = d["require_secure_aggregation"]
+        if not isinstance(secure, bool):
+            raise PolicyError(f"{where}: require_secure_aggregation must be true or false")
+        return cls(
+            epsilon_cap=number("epsilon_cap"),
+            delta_cap=delta,
+            min_sites=integer("min_sites"),
+            allowed_families=names("allowed_families", tuple(FAMILY_LAYERS)),
+            max_params=integer("max_params"),
+            allowed_aggregators=names("allowed_aggregators", AGGREGATORS),
+            require_secure_aggregation=secure,
+        )
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Policy:
+        """Read and validate a policy TOML file."""
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise PolicyError(f"policy file {path} does not exist; write one (see fedjax_room.site.policy)") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise PolicyError(f"{path} is not valid TOML: {exc}") from None
+        return cls.from_dict(data, where=str(path))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The policy as plain data (also the summary a site shares with the room)."""
+        d = dataclasses.asdict(self)
+        d["allowed_families"] = list(self.allowed_families)
+        d["allowed_aggregators"] = list(self.allowed_aggregators)
+        return d
+
+    def to_toml(self) -> str:
+        """TOML text for this policy."""
+        lines = []
+        for key, value in self.to_dict().items():
+            lines.append(
+                f"{key} = {json.dumps(value)}" if not isinstance(value, bool) else f"{key} = {str(value).lower()}"
+            )
+        return "\n".join(lines) + "\n"
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write this policy as TOML."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.to_toml())
+        return path
+
+    @property
+    def digest(self) -> str:
+        """Hex sha256 of the canonical JSON of this policy (audited as ``policy_loaded``)."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+
+    def check(self, spec: ModelSpec, config: RunConfig, *, party: str = "") -> None:
+        """Raise :class:`PolicyViolation` if this run is not allowed (the budget is checked elsewhere)."""
+
+        def refuse(reason: str, message: str) -> None:
+            raise PolicyViolation(f"{party or 'site'}: {message}", party=party, reason=reason)
+
+        if spec.family not in self.allowed_families:
+            refuse(
+                "model_family",
+                f"model family {spec.family!r} is not allowed here; allowed: {', '.join(self.allowed_families)}",
+            )
+        count = spec.param_count()
+        if count > self.max_params:
+            refuse("max_params", f"the model has {count} parameters, more than this site allows ({self.max_params})")
+        if config.aggregator not in self.allowed_aggregators:
+            refuse(
+                "aggregator",
+                f"aggregator {config.aggregator!r} is not allowed here; allowed: {', '.join(self.allowed_aggregators)}",
+            )
+        if self.require_secure_aggregation and not config.secure_aggregation:
+            refuse(
+                "secure_aggregation",
+                "this site only joins runs with secure aggregation (secure_aggregation=True)",
+            )
+        if config.delta > self.delta_cap:
+            refuse("delta_cap", f"delta {config.delta:g} is above this site's cap {self.delta_cap:g}; ask for less")
+        if config.min_sites is not None and config.min_sites < self.min_sites:
+            refuse(
+                "min_sites",
+                f"min_sites={config.min_sites} is below this site's minimum cohort of {self.min_sites}; "
+                f"ask for min_sites >= {self.min_sites} (or leave it unset)",
+            )

@@ -1,0 +1,164 @@
+"""The site process: load data and policy, open the ledger and audit log, serve the coordinator.
+
+``fedjax-room site --coordinator URL --key site.key --data PATH --policy policy.toml`` calls
+:func:`run_site`. The agent reconnects with backoff when the connection drops (the coordinator may
+restart), gives up with a clear message if its identity is refused, and runs every job on one
+worker thread so the websocket keeps answering pings while it trains.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from websockets.exceptions import ConnectionClosed
+
+from fedjax_room.errors import AuthError, VersionError
+from fedjax_room.protocol.actions import Close, Send, Work
+from fedjax_room.protocol.site import SiteMachine
+from fedjax_room.transport.client import Backoff, open_connection
+
+__all__ = ["build_agent", "run_site", "serve_site"]
+
+log = logging.getLogger("fedjax_room.site")
+
+
+def build_agent(
+    *,
+    key: Path,
+    data: Path,
+    policy: Path,
+    state_dir: Path | None = None,
+    name: str | None = None,
+    heldout: Path | None = None,
+    heldout_fraction: float = 0.2,
+    train_delay: float = 0.0,
+) -> Any:
+    """Load everything a site needs and return its :class:`~fedjax_room.site.agent.SiteAgent`."""
+    from fedjax_room.audit import AuditLog
+    from fedjax_room.data import load_dataset
+    from fedjax_room.identity import load_private_key
+    from fedjax_room.site.agent import SiteAgent
+    from fedjax_room.site.policy import Policy
+
+    name = name or Path(key).name.split(".")[0]
+    signing_key = load_private_key(key)
+    rules = Policy.load(policy)
+    dataset = load_dataset(data)
+    if heldout is not None:
+        train, held = dataset, load_dataset(heldout)
+    else:
+        train, held = dataset.split(heldout_fraction, seed=0)
+    state = Path(state_dir) if state_dir else Path(key).parent / f"{name}-state"
+    audit = AuditLog.open(state, signing_key, writer=name)
+    return SiteAgent(
+        name=name, train=train, heldout=held, policy=rules, state_dir=state, audit=audit, train_delay=train_delay
+    )
+
+
+async def serve_site(
+    url: str,
+    key: Any,
+    agent: Any,
+    *,
+    cafile: str | Path | None = None,
+    stop: asyncio.Event | None = None,
+    backoff: Backoff | None = None,
+) -> None:
+    """Keep the agent connected to the coordinator at ``url`` until ``stop`` is set.
+
+    Raises the coordinator's :class:`~fedjax_room.errors.AuthError` / ``VersionError`` (retrying
+    cannot fix those); any network failure is retried with backoff.
+    """
+    stop = stop or asyncio.Event()
+    backoff = backoff or Backoff()
+    machine = SiteMachine(agent.status)
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"site-{agent.name}")
+    loop = asyncio.get_running_loop()
+    current: dict[str, Any] = {"ws": None}
+    lock = asyncio.Lock()
+    jobs: set[asyncio.Future[Any]] = set()
+
+    async def perform(actions: list[Any]) -> None:
+        for action in actions:
+            ws = current["ws"]
+            if isinstance(action, Send) and ws is not None:
+                async with lock:
+                    with contextlib.suppress(ConnectionClosed):
+                        await ws.send(action.data)
+            elif isinstance(action, Close) and ws is not None:
+                await ws.close(action.code, action.reason)
+            elif isinstance(action, Work):
+                fut = loop.run_in_executor(executor, agent.handle, action.kind, action.message)
+                jobs.add(fut)
+                fut.add_done_callback(lambda f, key=action.key: on_done(key, f))
+
+    def on_done(key: str, fut: asyncio.Future[Any]) -> None:
+        jobs.discard(fut)
+        result = fut.result() if not fut.cancelled() and fut.exception() is None else None
+        if fut.exception() is not None:
+            log.error("job %s failed: %s", key, fut.exception())
+        loop.create_task(perform(machine.work_done(key, result)))
+
+    try:
+        while not stop.is_set():
+            try:
+                ws, welcome = await open_connection(url, key, role="site", name=agent.name, cafile=cafile)
+            except (AuthError, VersionError):
+                raise
+            except OSError as exc:
+                delay = backoff.next()
+                log.info("cannot reach %s (%s); retrying in %.1fs", url, exc, delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+                continue
+            backoff.reset()
+            log.info("%s connected to room %s at %s", agent.name, welcome.room_id, url)
+            current["ws"] = ws
+            await perform(machine.welcomed())
+            stopper = asyncio.ensure_future(stop.wait())
+            try:
+                while True:
+                    recv = asyncio.ensure_future(ws.recv())
+                    done, _ = await asyncio.wait({recv, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                    if stopper in done:
+                        recv.cancel()
+                        await ws.close()
+                        break
+                    await perform(machine.receive(recv.result()))
+            except ConnectionClosed:
+                log.info("%s lost its connection to %s", agent.name, url)
+            finally:
+                stopper.cancel()
+                current["ws"] = None
+                machine.disconnected()
+            if not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), backoff.next())
+    finally:
+        executor.shutdown(wait=False, cancel_futures=True)
+
+
+def run_site(*, coordinator: str, key: Path, cafile: Path | None = None, **kwargs: Any) -> int:
+    """Blocking entry point for the CLI: serve until SIGTERM/SIGINT; returns an exit code."""
+    from fedjax_room.identity import load_private_key
+
+    agent = build_agent(key=key, **kwargs)
+    signing_key = load_private_key(key)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stop.set)
+        print(f"fedjax-room site {agent.name}: serving {coordinator} (state in {agent.state_dir})", flush=True)
+        await serve_site(coordinator, signing_key, agent, cafile=cafile, stop=stop)
+
+    asyncio.run(main())
+    return 0
