@@ -74,3 +74,13 @@ def current_room() -> Any:
 def current_run() -> Any:
     """The Run most recently started by ``%%room train`` or the launch form (``None`` if none)."""
     return _magics.run if _magics is not None else None
+
+
+def _jupyter_server_extension_points() -> list[dict[str, str]]:
+    """jupyter_server: the Clean Room REST routes live in :mod:`fedjax_room.jupyter.server`."""
+    return [{"module": "fedjax_room.jupyter.server"}]
+
+
+def _jupyter_labextension_paths() -> list[dict[str, str]]:
+    """``jupyter labextension develop``: the built sidebar extension and where it installs."""
+    return [{"src": "../labextension", "dest": "fedjax-room"}]
