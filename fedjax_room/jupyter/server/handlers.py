@@ -1,0 +1,218 @@
+"""REST routes under ``/fedjax-room/`` for the Clean Room sidebar; every one requires authentication.
+
+=========================================  ======  =====================================================
+route                                      method  does
+=========================================  ======  =====================================================
+``/fedjax-room/status``                    GET     version, connected rooms, whether a run is active
+``/fedjax-room/rooms``                     GET     connected rooms
+``/fedjax-room/rooms``                     POST    connect ``{"url": ..., "key": path}`` -> 201 room
+``/fedjax-room/rooms/demo``                POST    start a demo room ``{"sites": 3, "dataset": "digits"}``
+``/fedjax-room/rooms/<id>``                GET     one call with all the sidebar shows (sites, runs, ...)
+``/fedjax-room/rooms/<id>``                DELETE  disconnect (and stop a demo room) -> 204
+``/fedjax-room/rooms/<id>/sites``          GET     sites: status, schema, coarse size, policy
+``/fedjax-room/rooms/<id>/runs``           GET     runs with round history (DP-noised metrics), refusals
+``/fedjax-room/rooms/<id>/runs``           POST    start a run ``{"model": "logistic", "rounds": 5, ...}``
+``/fedjax-room/rooms/<id>/budget``         GET     each site's epsilon spent against its cap
+``/fedjax-room/rooms/<id>/audit?last=N``   GET     the latest coordinator audit records
+``/fedjax-room/rooms/<id>/notebook``       POST    create (or reuse) a dashboard notebook ``{"run": id}``
+=========================================  ======  =====================================================
+
+Each handler is a :class:`jupyter_server.base.handlers.APIHandler` whose methods carry
+``@tornado.web.authenticated`` (no token: 403; POST/DELETE also need the XSRF token or the
+``Authorization`` header, as JupyterLab sends). The analyst API blocks, so each call runs on a worker
+thread. A :class:`~fedjax_room.errors.FedRoomError` answers 400 (404 for an unknown room) with
+``{"code", "message"}``; an unexpected failure answers 500 with one line, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from typing import Any
+
+import tornado.web
+from jupyter_server.base.handlers import APIHandler
+from jupyter_server.utils import ensure_async, url_path_join
+
+from fedjax_room.errors import FedRoomError
+from fedjax_room.jupyter.server.notebook import dashboard_notebook, notebook_path
+from fedjax_room.jupyter.server.registry import RoomRegistry, UnknownRoomError, _message
+
+__all__ = ["NAMESPACE", "ROUTES", "route_patterns", "setup_handlers"]
+
+NAMESPACE = "fedjax-room"
+_ROOM = r"(?P<room_id>room-[0-9]+)"
+
+
+class BaseHandler(APIHandler):
+    """Shared plumbing: the registry, JSON in and out, errors as JSON."""
+
+    def initialize(self, registry: RoomRegistry) -> None:
+        self.registry = registry
+
+    async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return await asyncio.to_thread(fn, *args)
+        except UnknownRoomError as exc:
+            raise _Reply(404, exc.to_dict()) from exc
+        except FedRoomError as exc:
+            raise _Reply(400, exc.to_dict()) from exc
+        except Exception as exc:
+            self.log.warning("fedjax-room: %s failed: %s", self.request.path, _message(exc))
+            raise _Reply(500, {"code": "internal", "message": _message(exc)}) from exc
+
+    def body(self) -> dict[str, Any]:
+        if not self.request.body:
+            return {}
+        try:
+            data = json.loads(self.request.body)
+        except ValueError as exc:
+            raise _Reply(400, {"code": "config", "message": f"the body is not JSON: {exc}"}) from exc
+        if not isinstance(data, dict):
+            raise _Reply(400, {"code": "config", "message": "the body must be a JSON object"})
+        return data
+
+    def reply(self, data: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(data, allow_nan=False))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, _Reply):
+            self.set_header("Content-Type", "application/json")
+            self.finish(json.dumps(exc.data))
+            return
+        super().write_error(status_code, **kwargs)
+
+
+class _Reply(tornado.web.HTTPError):
+    """An error answer with a JSON body."""
+
+    def __init__(self, status: int, data: dict[str, Any]) -> None:
+        super().__init__(status, reason=None, log_message=None)
+        self.data = data
+
+
+class StatusHandler(BaseHandler):
+    @tornado.web.authenticated
+    async def get(self) -> None:
+        self.reply(await self.call(self.registry.status))
+
+
+class RoomsHandler(BaseHandler):
+    @tornado.web.authenticated
+    async def get(self) -> None:
+        status = await self.call(self.registry.status)
+        self.reply({"rooms": status["rooms"]})
+
+    @tornado.web.authenticated
+    async def post(self) -> None:
+        body = self.body()
+        self.reply(await self.call(self.registry.connect, body.get("url"), body.get("key")), 201)
+
+
+class DemoHandler(BaseHandler):
+    @tornado.web.authenticated
+    async def post(self) -> None:
+        body = self.body()
+        info = await self.call(
+            self.registry.start_demo, body.get("sites", 3), body.get("dataset", "digits"), body.get("non_iid")
+        )
+        self.reply(info, 201)
+
+
+class RoomHandler(BaseHandler):
+    @tornado.web.authenticated
+    async def get(self, room_id: str) -> None:
+        self.reply(await self.call(self.registry.snapshot, room_id))
+
+    @tornado.web.authenticated
+    async def delete(self, room_id: str) -> None:
+        await self.call(self.registry.remove, room_id)
+        self.set_status(204)
+        self.finish()
+
+
+class SitesHandler(BaseHandler):
+    @tornado.web.authenticated
+    async def get(self, room_id: str) -> None:
+        self.reply({"sites": await self.call(self.registry.sites, room_id)})
+
+
+class RunsHandler(BaseHandler):
+    @tornado.web.authenticated
+    async def get(self, room_id: str) -> None:
+        self.reply({"runs": await self.call(self.registry.runs, room_id)})
+
+    @tornado.web.authenticated
+    async def post(self, room_id: str) -> None:
+        self.reply(await self.call(self.registry.start_run, room_id, self.body()), 201)
+
+
+class BudgetHandler(BaseHandler):
+    @tornado.web.authenticated
+    async def get(self, room_id: str) -> None:
+        self.reply({"sites": await self.call(self.registry.budget, room_id)})
+
+
+class AuditHandler(BaseHandler):
+    @tornado.web.authenticated
+    async def get(self, room_id: str) -> None:
+        raw = self.get_argument("last", "20")
+        try:
+            last = int(raw)
+        except ValueError as exc:
+            raise _Reply(400, {"code": "config", "message": f"'last' must be a whole number, not {raw!r}"}) from exc
+        self.reply({"records": await self.call(self.registry.audit, room_id, last)})
+
+
+class NotebookHandler(BaseHandler):
+    """Write ``clean-room-dashboard-<run>.ipynb`` (unless it exists) and answer its path."""
+
+    @tornado.web.authenticated
+    async def post(self, room_id: str) -> None:
+        body = self.body()
+        entry = await self.call(self.registry.get, room_id)
+        run_id = body.get("run")
+        if run_id is not None and not isinstance(run_id, str):
+            raise _Reply(400, {"code": "config", "message": "'run' must be a run id (a string) or null"})
+        path = notebook_path(run_id)
+        cm = self.contents_manager
+        created = False
+        if not await ensure_async(cm.file_exists(path)):
+            kernel = getattr(self.kernel_spec_manager, "default_kernel_name", None) or "python3"
+            content = dashboard_notebook(entry.url, entry.key, run_id, kernel_name=kernel)
+            await ensure_async(cm.save({"type": "notebook", "format": "json", "content": content}, path))
+            created = True
+        self.reply({"path": path, "created": created}, 201 if created else 200)
+
+
+#: (pattern relative to /fedjax-room/, handler) — every route this extension registers.
+ROUTES: list[tuple[str, type[BaseHandler]]] = [
+    (r"status", StatusHandler),
+    (r"rooms", RoomsHandler),
+    (r"rooms/demo", DemoHandler),
+    (rf"rooms/{_ROOM}", RoomHandler),
+    (rf"rooms/{_ROOM}/sites", SitesHandler),
+    (rf"rooms/{_ROOM}/runs", RunsHandler),
+    (rf"rooms/{_ROOM}/budget", BudgetHandler),
+    (rf"rooms/{_ROOM}/audit", AuditHandler),
+    (rf"rooms/{_ROOM}/notebook", NotebookHandler),
+]
+
+
+def route_patterns(base_url: str = "/") -> list[str]:
+    """The full URL patterns, as registered with tornado."""
+    return [url_path_join(base_url, NAMESPACE, pattern) for pattern, _ in ROUTES]
+
+
+def setup_handlers(web_app: Any, registry: RoomRegistry) -> None:
+    """Register every route on the server's tornado application."""
+    base_url = web_app.settings["base_url"]
+    handlers = [
+        (full, handler, {"registry": registry})
+        for full, (_, handler) in zip(route_patterns(base_url), ROUTES, strict=True)
+    ]
+    web_app.add_handlers(".*$", handlers)

@@ -1,0 +1,464 @@
+"""The rooms one Jupyter server is connected to, and their state as JSON for the sidebar.
+
+:class:`RoomRegistry` holds the ``Room`` objects the analyst API returns (``fedjax_room.analyst.connect``
+for a remote coordinator, ``fedjax_room.analyst.demo.start_room`` for an embedded demo room), the runs
+started through this server (so their round history, refusals and errors are known), and turns what the
+analyst API returns into plain JSON: dataclasses become dicts, NaN and infinities become ``null`` (the
+browser's ``JSON.parse`` rejects them), numpy scalars become numbers.
+
+Everything here is synchronous and blocking (the analyst API is a sync face over async); the tornado
+handlers in :mod:`.handlers` call it on a worker thread. A lock guards the registry's own dicts; the
+analyst objects are thread-safe by contract.
+
+Nothing here ever returns more than the analyst API shows an analyst: schemas, coarse record counts,
+policies, DP-noised metrics, privacy spent, audit records.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from fedjax_room.errors import ConfigError, FedRoomError
+
+__all__ = [
+    "ACTIVE_STATUSES",
+    "DATASETS",
+    "RoomEntry",
+    "RoomRegistry",
+    "UnknownRoomError",
+    "jsonable",
+    "policy_summary",
+    "schema_summary",
+]
+
+ACTIVE_STATUSES = ("pending", "running")
+DATASETS = ("digits", "breast_cancer", "mnist", "fraud")
+MAX_DEMO_SITES = 16
+
+#: Options a POST /runs body may carry through to ``Room.train`` (besides ``spec`` / ``model``).
+TRAIN_OPTIONS = {
+    "rounds": int,
+    "target_epsilon": float,
+    "noise_multiplier": float,
+    "delta": float,
+    "clip_norm": float,
+    "batch_size": int,
+    "local_steps": int,
+    "learning_rate": float,
+    "aggregator": str,
+    "server_optimizer": str,
+    "server_learning_rate": float,
+    "secure_aggregation": bool,
+    "min_sites": int,
+    "round_timeout": float,
+    "seed": int,
+}
+
+
+class UnknownRoomError(ConfigError):
+    """No room with that id is connected to this server."""
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` as plain JSON data (dataclasses, mappings, sequences, numpy values; NaN/inf -> None)."""
+    if value is None or isinstance(value, bool | str):
+        return value
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [jsonable(v) for v in value]
+    if hasattr(value, "tolist"):  # numpy scalars and arrays
+        return jsonable(value.tolist())
+    if hasattr(value, "to_dict") and callable(value.to_dict):
+        return jsonable(value.to_dict())
+    if hasattr(value, "_asdict"):
+        return jsonable(value._asdict())
+    if hasattr(value, "__dict__") and not callable(value):
+        return {k: jsonable(v) for k, v in vars(value).items() if not k.startswith("_")}
+    return str(value)
+
+
+def _get(obj: Any, name: str, default: Any = None) -> Any:
+    if isinstance(obj, Mapping):
+        return obj.get(name, default)
+    return getattr(obj, name, default)
+
+
+def schema_summary(schema: Any) -> str:
+    """One line for a site's schema: ``64 features (f0..f63) -> digit, 10 classes``."""
+    schema = jsonable(schema) or {}
+    if not isinstance(schema, dict):
+        return str(schema)
+    features = schema.get("features") or []
+    shape = schema.get("feature_shape") or []
+    classes = schema.get("classes") or []
+    if features:
+        names = ", ".join(features) if len(features) <= 4 else f"{features[0]}..{features[-1]}"
+        what = f"{len(features)} features ({names})"
+    elif shape:
+        what = "features " + "×".join(str(s) for s in shape)
+    else:
+        what = "features ?"
+    label = schema.get("label") or "label"
+    return f"{what} -> {label}, {len(classes)} classes" if classes else f"{what} -> {label}"
+
+
+def policy_summary(policy: Any) -> str:
+    """One line for a site's policy: its caps and requirements, ``key=value`` joined by commas."""
+    policy = jsonable(policy) or {}
+    if not isinstance(policy, dict):
+        return str(policy)
+    parts = []
+    for key, value in policy.items():
+        if isinstance(value, list):
+            value = "/".join(str(v) for v in value)
+        elif isinstance(value, dict):
+            continue
+        parts.append(f"{key}={value}")
+    return ", ".join(parts) or "—"
+
+
+@dataclasses.dataclass
+class RoomEntry:
+    """One connected room: the ``Room``, the embedded room behind it (demo), runs started here."""
+
+    id: str
+    url: str
+    kind: str  # "demo" | "remote"
+    room: Any
+    key: str = ""
+    embedded: Any = None
+    dataset: str | None = None
+    created: float = dataclasses.field(default_factory=time.time)
+    runs: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        if self.kind == "demo":
+            return f"Demo room ({self.dataset or 'data'}, {len(self.site_names)} sites)"
+        return f"Room {self.url}"
+
+    @property
+    def site_names(self) -> list[str]:
+        return [str(n) for n in (getattr(self.embedded, "site_names", None) or [])]
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "url": self.url,
+            "kind": self.kind,
+            "label": self.label,
+            "site_names": self.site_names,
+            "dataset": self.dataset,
+            "created": self.created,
+        }
+
+
+def _default_connect(url: str, key: str) -> Any:
+    from fedjax_room import analyst
+
+    return analyst.connect(url, key=key)
+
+
+def _default_start_room(**kwargs: Any) -> Any:
+    from fedjax_room.analyst.demo import start_room
+
+    return start_room(**kwargs)
+
+
+class RoomRegistry:
+    """The rooms this server is connected to; every method returns JSON-able data."""
+
+    def __init__(
+        self,
+        *,
+        connect_fn: Callable[[str, str], Any] = _default_connect,
+        start_room_fn: Callable[..., Any] = _default_start_room,
+        state_root: str | None = None,
+    ) -> None:
+        self.connect_fn = connect_fn
+        self.start_room_fn = start_room_fn
+        self.state_root = state_root
+        self._rooms: dict[str, RoomEntry] = {}
+        self._ids = itertools.count(1)
+        self._lock = threading.RLock()
+
+    # -- rooms -------------------------------------------------------------------------------
+
+    def _add(self, **fields: Any) -> RoomEntry:
+        with self._lock:
+            entry = RoomEntry(id=f"room-{next(self._ids)}", **fields)
+            self._rooms[entry.id] = entry
+        return entry
+
+    def connect(self, url: str, key: str) -> dict[str, Any]:
+        """Connect to a coordinator at ``url`` with the analyst key at path ``key``."""
+        if not isinstance(url, str) or not url.strip():
+            raise ConfigError("give the coordinator's URL, e.g. {'url': 'ws://host:8765', 'key': 'analyst.key'}")
+        if not isinstance(key, str) or not key.strip():
+            raise ConfigError("give the path of the analyst's private key on this server, e.g. 'analyst.key'")
+        room = self.connect_fn(url.strip(), key.strip())
+        return self._add(url=url.strip(), kind="remote", room=room, key=key.strip()).info()
+
+    def start_demo(self, sites: Any = 3, dataset: Any = "digits", non_iid: Any = None) -> dict[str, Any]:
+        """Start an embedded demo room (``start_room``) and connect to it as its analyst."""
+        if isinstance(sites, bool) or not isinstance(sites, int) or not 1 <= sites <= MAX_DEMO_SITES:
+            raise ConfigError(f"'sites' must be a whole number from 1 to {MAX_DEMO_SITES}, not {sites!r}")
+        if dataset not in DATASETS:
+            raise ConfigError(f"'dataset' must be one of {', '.join(DATASETS)}, not {dataset!r}")
+        kwargs: dict[str, Any] = {"sites": sites, "dataset": dataset}
+        if non_iid is not None:
+            if isinstance(non_iid, bool) or not isinstance(non_iid, int | float) or non_iid <= 0:
+                raise ConfigError(f"'non_iid' is a Dirichlet alpha > 0 (or null for IID), not {non_iid!r}")
+            kwargs["non_iid"] = float(non_iid)
+        embedded = self.start_room_fn(**kwargs)
+        try:
+            room = embedded.connect()
+        except BaseException:
+            embedded.stop()
+            raise
+        return self._add(
+            url=str(getattr(embedded, "url", "")),
+            kind="demo",
+            room=room,
+            key=str(getattr(embedded, "analyst_key", "") or ""),
+            embedded=embedded,
+            dataset=dataset,
+        ).info()
+
+    def get(self, room_id: str) -> RoomEntry:
+        with self._lock:
+            entry = self._rooms.get(room_id)
+        if entry is None:
+            raise UnknownRoomError(
+                f"no room {room_id!r} is connected to this server; GET /fedjax-room/status lists them"
+            )
+        return entry
+
+    def entries(self) -> list[RoomEntry]:
+        with self._lock:
+            return list(self._rooms.values())
+
+    def remove(self, room_id: str) -> None:
+        """Close the connection (and stop the embedded room, for a demo)."""
+        entry = self.get(room_id)
+        with self._lock:
+            self._rooms.pop(room_id, None)
+        self._close(entry)
+
+    @staticmethod
+    def _close(entry: RoomEntry) -> None:
+        for obj, method in ((entry.room, "close"), (entry.embedded, "stop")):
+            if obj is not None:
+                try:
+                    getattr(obj, method)()
+                except Exception:  # keep going: the other one must still be released
+                    pass
+
+    def close_all(self) -> None:
+        with self._lock:
+            entries, self._rooms = list(self._rooms.values()), {}
+        for entry in entries:
+            self._close(entry)
+
+    # -- what the sidebar shows ---------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        from fedjax_room import __version__
+
+        entries = self.entries()
+        active = any(_get(run, "status") in ACTIVE_STATUSES for e in entries for run in list(e.runs.values()))
+        return {"version": __version__, "rooms": [e.info() for e in entries], "active": active}
+
+    def sites(self, room_id: str) -> list[dict[str, Any]]:
+        rows = []
+        for site in self.get(room_id).room.sites():
+            row = jsonable(site)
+            if not isinstance(row, dict):
+                row = {"name": str(row)}
+            row.setdefault("name", "?")
+            row.setdefault("status", "unknown")
+            row.setdefault("record_count", "?")
+            row["schema_summary"] = schema_summary(row.get("schema"))
+            row["policy_summary"] = policy_summary(row.get("policy"))
+            rows.append(row)
+        return rows
+
+    def runs(self, room_id: str) -> list[dict[str, Any]]:
+        """Every run the room knows, with round history for those this server can follow."""
+        entry = self.get(room_id)
+        out: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        for summary in entry.room.runs():
+            run_id = str(_get(summary, "id"))
+            seen.add(run_id)
+            out.append(self._run_dict(entry, run_id, summary))
+        for run_id in list(entry.runs):
+            if run_id not in seen:  # started here, not yet listed by the coordinator
+                out.append(self._run_dict(entry, run_id, None))
+        return out
+
+    def _handle(self, entry: RoomEntry, run_id: str) -> Any:
+        run = entry.runs.get(run_id)
+        if run is not None:
+            return run
+        lookup = getattr(entry.room, "run", None)  # a handle on a run started elsewhere, if the API offers one
+        if callable(lookup):
+            try:
+                run = lookup(run_id)
+            except (FedRoomError, KeyError, LookupError):
+                return None
+            if run is not None:
+                entry.runs[run_id] = run
+        return run
+
+    def _run_dict(self, entry: RoomEntry, run_id: str, summary: Any) -> dict[str, Any]:
+        run = self._handle(entry, run_id)
+        history = [jsonable(r) for r in (list(_get(run, "history", None) or []) if run is not None else [])]
+        history = [h for h in history if isinstance(h, dict) and isinstance(h.get("round"), int)]
+        for h in history:
+            for name in ("sites", "dropped"):
+                value = h.get(name)
+                h[name] = (
+                    [str(v) for v in value]
+                    if isinstance(value, list)
+                    else list(value)
+                    if isinstance(value, dict)
+                    else []
+                )
+            h["epsilon"] = {k: v for k, v in (h.get("epsilon") or {}).items() if isinstance(v, int | float)}
+        status = _get(run, "status", None) if run is not None else None
+        status = status or _get(summary, "status", "pending")
+        rounds_done = max([int(_get(summary, "rounds_done", 0) or 0)] + [h["round"] for h in history])
+        rounds = int(_get(summary, "rounds", 0) or 0) or int(getattr(run, "rounds_total", 0) or 0)
+        if not rounds and run is not None:
+            config = getattr(run, "config", None)
+            if isinstance(config, Mapping):
+                rounds = int(config.get("rounds", 0) or 0)
+        refusals = jsonable(list(_get(run, "refusals", None) or [])) if run is not None else []
+        error = _get(run, "error", None) if run is not None else None
+        return {
+            "id": run_id,
+            "spec_hash": str(_get(summary, "spec_hash", "") or _get(_get(run, "spec", None), "hash", "") or ""),
+            "status": str(status),
+            "rounds_done": rounds_done,
+            "rounds": rounds,
+            "history": sorted(history, key=lambda h: h["round"]),
+            "refusals": [
+                r if isinstance(r, dict) else {"site": "?", "reason": "", "message": str(r)} for r in refusals
+            ],
+            "error": None if error is None else str(error),
+            "started_here": run_id in entry.runs and run is not None,
+        }
+
+    def start_run(self, room_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Start a run from a JSON body: ``spec`` (a model spec dict) or ``model`` (a family name), options."""
+        from fedjax_room.models import ModelSpec, cnn, logistic, mlp
+
+        entry = self.get(room_id)
+        if not isinstance(body, Mapping):
+            raise ConfigError("the body must be a JSON object such as {'model': 'logistic', 'rounds': 5}")
+        unknown = set(body) - set(TRAIN_OPTIONS) - {"spec", "model", "hidden", "room"}
+        if unknown:
+            raise ConfigError(
+                f"unknown option(s) {', '.join(sorted(unknown))}; allowed: spec, model, hidden, "
+                + ", ".join(TRAIN_OPTIONS)
+            )
+        if body.get("spec") is not None:
+            spec = ModelSpec.from_dict(body["spec"])
+        else:
+            family = body.get("model", "logistic")
+            sites = entry.room.sites()
+            if not sites:
+                raise ConfigError("the room has no sites yet, so no schema to build a model for; give a 'spec'")
+            schema = jsonable(_get(sites[0], "schema")) or {}
+            shape = schema.get("feature_shape") or [len(schema.get("features") or [])]
+            classes = len(schema.get("classes") or []) or 2
+            if family == "logistic":
+                spec = logistic(shape, classes)
+            elif family == "mlp":
+                spec = mlp(shape, classes, hidden=tuple(body.get("hidden") or (64,)))
+            elif family == "cnn":
+                spec = cnn(shape, classes)
+            else:
+                raise ConfigError(f"'model' must be logistic, mlp or cnn (or give a 'spec'), not {family!r}")
+        options: dict[str, Any] = {}
+        for name, kind in TRAIN_OPTIONS.items():
+            value = body.get(name)
+            if value is None:
+                continue
+            if kind is bool:
+                ok = isinstance(value, bool)
+            elif kind is str:
+                ok = isinstance(value, str)
+            else:
+                ok = isinstance(value, int | float) and not isinstance(value, bool)
+                if ok and not math.isfinite(float(value)):
+                    ok = False
+                if ok and kind is int:
+                    ok = float(value).is_integer()
+            if not ok:
+                raise ConfigError(f"option {name!r} must be a {kind.__name__}, not {value!r}")
+            options[name] = kind(value)
+        run = entry.room.train(spec, **options)
+        run_id = str(_get(run, "id"))
+        entry.runs[run_id] = run
+        return self._run_dict(entry, run_id, {"id": run_id, "rounds": options.get("rounds", 0)})
+
+    def budget(self, room_id: str) -> list[dict[str, Any]]:
+        from fedjax_room.jupyter.display import records
+
+        rows = []
+        for row in records(self.get(room_id).room.budget()):
+            row = jsonable(row)
+            rows.append(
+                {
+                    "site": str(row.get("site") or row.get("name") or "?"),
+                    "epsilon_spent": row.get("epsilon_spent", row.get("epsilon")),
+                    "epsilon_cap": row.get("epsilon_cap", row.get("cap")),
+                    "delta": row.get("delta"),
+                    "remaining": row.get("remaining"),
+                }
+            )
+        return rows
+
+    def audit(self, room_id: str, last: int = 20) -> list[dict[str, Any]]:
+        if isinstance(last, bool) or not isinstance(last, int) or not 1 <= last <= 1000:
+            raise ConfigError(f"'last' must be a whole number from 1 to 1000, not {last!r}")
+        records = jsonable(list(self.get(room_id).room.audit(last=last)))
+        return [r if isinstance(r, dict) else {"kind": "?", "value": r} for r in records]
+
+    def snapshot(self, room_id: str, audit_last: int = 15) -> dict[str, Any]:
+        """Everything the sidebar shows for one room, in one call; a part that fails is named in ``errors``."""
+        entry = self.get(room_id)
+        out: dict[str, Any] = {"room": entry.info(), "sites": [], "runs": [], "budget": [], "audit": [], "errors": {}}
+        parts: dict[str, Callable[[], Any]] = {
+            "sites": lambda: self.sites(room_id),
+            "runs": lambda: self.runs(room_id),
+            "budget": lambda: self.budget(room_id),
+            "audit": lambda: self.audit(room_id, audit_last),
+        }
+        for name, fn in parts.items():
+            try:
+                out[name] = fn()
+            except Exception as exc:  # one failing part must not blank the whole panel
+                out["errors"][name] = _message(exc)
+        out["active"] = any(r["status"] in ACTIVE_STATUSES for r in out["runs"])
+        return out
+
+
+def _message(exc: BaseException) -> str:
+    message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {' '.join(str(message).split())}"
