@@ -4,7 +4,17 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "load_ipython_extension", "unload_ipython_extension"]
+__all__ = ["__version__", "connect", "load_ipython_extension", "unload_ipython_extension"]
+
+
+def connect(url: str, key: Any, **kwargs: Any) -> Any:
+    """Connect to a room as an analyst: ``fedjax_room.connect(url, key="analyst.key") -> Room``.
+
+    See :func:`fedjax_room.analyst.connect` (imported on first use, so ``import fedjax_room`` stays light).
+    """
+    from fedjax_room.analyst import connect as _connect
+
+    return _connect(url, key, **kwargs)
 
 
 def load_ipython_extension(ipython: Any) -> None:

@@ -1,1 +1,32 @@
-"""fedjax_room.analyst"""
+"""The analyst's Python API: ``connect(url, key=...) -> Room`` (sync face over an async core).
+
+:mod:`.client` (:class:`Room`, :class:`Run`), :mod:`.results` (what calls return),
+:mod:`.demo` (an embedded room: :func:`~fedjax_room.analyst.demo.start_room`), :mod:`.launch`
+(starting room processes).
+"""
+
+from fedjax_room.analyst.client import Room, Run, connect
+from fedjax_room.analyst.results import (
+    BudgetReport,
+    PrivacyReport,
+    Refusal,
+    RoundResult,
+    RunSummary,
+    SiteBudget,
+    SiteInfo,
+    SitePrivacy,
+)
+
+__all__ = [
+    "BudgetReport",
+    "PrivacyReport",
+    "Refusal",
+    "Room",
+    "RoundResult",
+    "Run",
+    "RunSummary",
+    "SiteBudget",
+    "SiteInfo",
+    "SitePrivacy",
+    "connect",
+]

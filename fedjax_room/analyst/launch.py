@@ -24,6 +24,9 @@ def spawn(args: Sequence[str], log_path: Path, *, env: dict[str, str] | None = N
     log_path.parent.mkdir(parents=True, exist_ok=True)
     full_env = {**os.environ, **(env or {})}
     full_env.setdefault("PYTHONUNBUFFERED", "1")
+    # the children import this very copy of fedjax_room, wherever they start
+    package_root = str(Path(__file__).resolve().parents[2])
+    full_env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, full_env.get("PYTHONPATH", "")) if p)
     # Small processes on a shared machine: one intra-op thread each keeps them from fighting.
     full_env.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
     with open(log_path, "ab") as log:

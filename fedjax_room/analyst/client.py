@@ -1,0 +1,550 @@
+"""The analyst's client: a synchronous :class:`Room` over an asyncio core on a background thread.
+
+``room = fedjax_room.connect(url, key="analyst.key")`` connects and authenticates (a refused
+identity raises at once), then keeps the connection up, reconnecting with backoff if the coordinator
+restarts, re-sending idempotent requests and re-watching live runs. Every public method blocks the
+calling thread only, so it works in a plain script and inside a running event loop (a Jupyter
+kernel) alike. Callbacks given to :meth:`Run.subscribe` run on a dedicated thread, so they may call
+the room.
+
+What comes back is only what the room lets an analyst see (:mod:`fedjax_room.analyst.results`):
+schemas and coarse counts, DP-noised metrics, per-site privacy spend, the global model, audit
+records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import itertools
+import logging
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from websockets.exceptions import ConnectionClosed
+
+from fedjax_room.analyst.results import (
+    BudgetReport,
+    PrivacyReport,
+    Refusal,
+    RoundResult,
+    RunSummary,
+    SiteInfo,
+)
+from fedjax_room.errors import AuthError, ConfigError, FedRoomError, VersionError, error_from_dict
+from fedjax_room.models import ModelSpec
+from fedjax_room.protocol import messages as m
+from fedjax_room.protocol.codec import Tree, unpack_tree
+from fedjax_room.protocol.config import RunConfig
+from fedjax_room.transport.client import Backoff, open_connection
+
+__all__ = ["Room", "Run", "connect"]
+
+log = logging.getLogger("fedjax_room.analyst")
+
+_RESULT_TYPES = (
+    m.SitesReply,
+    m.RunsReply,
+    m.RunCreated,
+    m.RunSnapshot,
+    m.ModelReply,
+    m.BudgetReply,
+    m.AuditReply,
+)
+
+
+def connect(
+    url: str,
+    key: str | Path | Any,
+    *,
+    name: str = "",
+    tls_ca: str | Path | None = None,
+    timeout: float = 30.0,
+) -> Room:
+    """Connect to the room at ``url`` as the analyst whose private key is ``key`` (a path or a key object).
+
+    Raises :class:`~fedjax_room.errors.AuthError` if the room refuses the identity and
+    :class:`ConnectionError` if it cannot be reached within ``timeout`` seconds.
+    """
+    return Room(url, key, name=name, tls_ca=tls_ca, timeout=timeout)
+
+
+class _Core:
+    """The asyncio side: one event loop thread, one connection, request/response by ``req`` id."""
+
+    def __init__(self, url: str, key: Any, *, name: str, tls_ca: Any, timeout: float) -> None:
+        self.url, self.key, self.name, self.tls_ca, self.timeout = url, key, name, tls_ca, timeout
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="fedjax-room-analyst", daemon=True)
+        self.thread.start()
+        self.callbacks = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fedjax-room-callbacks")
+        self.ids = itertools.count(1)
+        self.pending: dict[int, tuple[asyncio.Future[Any], Callable[[int], m.Message], bool]] = {}
+        self.runs: dict[str, Run] = {}
+        self.ws: Any = None
+        self.fatal: FedRoomError | None = None
+        self.closing = False
+        self.room_id = ""
+        self.connected: asyncio.Event = self.call(self._make_event())
+        try:
+            self.call(self._connect(), timeout=timeout + 5)
+        except BaseException:
+            self.shutdown()
+            raise
+        self.maintainer = asyncio.run_coroutine_threadsafe(self._maintain(), self.loop)
+
+    async def _make_event(self) -> asyncio.Event:
+        return asyncio.Event()
+
+    # -------------------------------------------------------------- sync bridge
+
+    def call(self, coro: Any, timeout: float | None = None) -> Any:
+        """Run ``coro`` on the core's loop and wait for its result from this (other) thread."""
+        if threading.current_thread() is self.thread:
+            coro.close()
+            raise RuntimeError("the room's blocking API cannot be called from its own event loop thread")
+        fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return fut.result(timeout)
+        except concurrent.futures.TimeoutError:
+            fut.cancel()
+            raise TimeoutError(f"the room did not answer within {timeout:g}s") from None
+
+    # -------------------------------------------------------------- connection
+
+    async def _connect(self) -> None:
+        try:
+            ws, welcome = await asyncio.wait_for(
+                open_connection(self.url, self.key, role="analyst", name=self.name, cafile=self.tls_ca),
+                self.timeout,
+            )
+        except TimeoutError:
+            raise ConnectionError(f"could not reach the room at {self.url} within {self.timeout:g}s") from None
+        except OSError as exc:
+            raise ConnectionError(f"could not reach the room at {self.url}: {exc}") from None
+        self.ws, self.room_id = ws, welcome.room_id
+        self.connected.set()
+
+    async def _maintain(self) -> None:
+        backoff = Backoff()
+        while not self.closing:
+            ws = self.ws
+            if ws is not None:
+                try:
+                    async for data in ws:
+                        self._dispatch(data)
+                except ConnectionClosed:
+                    pass
+                except Exception:  # pragma: no cover - keep the client alive, say why
+                    log.exception("analyst client failed on a frame")
+                self.connected.clear()
+                self.ws = None
+                self._connection_lost()
+            if self.closing:
+                return
+            await asyncio.sleep(backoff.next())
+            try:
+                await self._connect()
+            except (AuthError, VersionError) as exc:
+                self._fail_all(exc)
+                self.fatal = exc
+                return
+            except (ConnectionError, OSError) as exc:
+                log.info("room at %s unreachable (%s); retrying", self.url, exc)
+                continue
+            backoff.reset()
+            await self._resume()
+
+    def _connection_lost(self) -> None:
+        for req, (fut, _, resend) in list(self.pending.items()):
+            if not resend and not fut.done():
+                fut.set_exception(
+                    ConnectionError("the connection to the room dropped before it answered; check room.runs()")
+                )
+                self.pending.pop(req, None)
+
+    async def _resume(self) -> None:
+        for req, (fut, build, _) in list(self.pending.items()):
+            if not fut.done():
+                await self._send(build(req))
+        for run in list(self.runs.values()):
+            if not run.done:
+                asyncio.ensure_future(self._rewatch(run))
+
+    async def _rewatch(self, run: Run) -> None:
+        with contextlib.suppress(Exception):
+            await self.request(lambda req: m.WatchRun(req=req, run_id=run.id))
+
+    def _fail_all(self, exc: BaseException) -> None:
+        for fut, _, _ in self.pending.values():
+            if not fut.done():
+                fut.set_exception(exc)
+        self.pending.clear()
+
+    async def _send(self, msg: m.Message) -> None:
+        ws = self.ws
+        if ws is None:
+            return
+        with contextlib.suppress(ConnectionClosed):
+            await ws.send(m.encode(msg))
+
+    async def request(self, build: Callable[[int], m.Message], *, resend: bool = True) -> Any:
+        """Send a request and wait for its reply (re-sent after a reconnect when ``resend``)."""
+        if self.fatal is not None:
+            raise self.fatal
+        try:
+            await asyncio.wait_for(self.connected.wait(), self.timeout)
+        except TimeoutError:
+            raise ConnectionError(f"not connected to the room at {self.url}; is the coordinator running?") from None
+        req = next(self.ids)
+        fut: asyncio.Future[Any] = self.loop.create_future()
+        self.pending[req] = (fut, build, resend)
+        try:
+            await self._send(build(req))
+            return await asyncio.wait_for(fut, self.timeout)
+        except TimeoutError:
+            raise TimeoutError(f"the room did not answer within {self.timeout:g}s") from None
+        finally:
+            self.pending.pop(req, None)
+
+    # -------------------------------------------------------------- incoming
+
+    def _dispatch(self, data: bytes | str) -> None:
+        try:
+            msg = m.decode(data) if isinstance(data, bytes) else None
+        except FedRoomError as exc:
+            log.warning("ignoring a bad frame from the coordinator: %s", exc.message)
+            return
+        if isinstance(msg, _RESULT_TYPES):
+            if isinstance(msg, m.RunSnapshot):  # applied here, in frame order with the run's events
+                run = self.runs.get(str(msg.run.get("id")))
+                if run is not None:
+                    run._apply_snapshot(msg.run)
+            entry = self.pending.get(msg.req)
+            if entry and not entry[0].done():
+                entry[0].set_result(msg)
+        elif isinstance(msg, m.Error):
+            entry = self.pending.get(msg.req) if msg.req is not None else None
+            if entry and not entry[0].done():
+                entry[0].set_exception(error_from_dict(msg.error_dict()))
+            else:
+                log.warning("room says %s: %s", msg.code, msg.message)
+        elif isinstance(msg, m.RunEvent):
+            run = self.runs.get(msg.run_id)
+            if run is not None:
+                run._on_event(msg.kind, msg.data)
+
+    # -------------------------------------------------------------- shutdown
+
+    def shutdown(self) -> None:
+        self.closing = True
+
+        async def close() -> None:
+            if self.ws is not None:
+                with contextlib.suppress(Exception):
+                    await self.ws.close()
+            self._fail_all(ConnectionError("the room connection was closed"))
+
+        if self.loop.is_running() and threading.current_thread() is not self.thread:
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(close(), self.loop).result(5)
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(5)
+        self.callbacks.shutdown(wait=False)
+
+
+class Run:
+    """A federated run, updated live in the background. Created by :meth:`Room.train`."""
+
+    def __init__(self, core: _Core, run_id: str) -> None:
+        self._core = core
+        self.id = run_id
+        self.spec: ModelSpec | None = None
+        self.config: dict[str, Any] = {}
+        self._cond = threading.Condition()
+        self._status = "pending"
+        self._history: dict[int, RoundResult] = {}
+        self._refusals: list[Refusal] = []
+        self._error: FedRoomError | None = None
+        self._privacy = PrivacyReport(run_id, {})
+        self._rounds_done = 0
+        self._callbacks: list[Callable[[RoundResult], Any]] = []
+        self._params: tuple[int, Tree] | None = None
+
+    # -------------------------------------------------------------- state (updated on the loop thread)
+
+    def _apply_snapshot(self, snap: Mapping[str, Any]) -> None:
+        fresh: list[RoundResult] = []
+        with self._cond:
+            if snap.get("spec") and self.spec is None:
+                self.spec = ModelSpec.from_dict(snap["spec"])
+            if snap.get("config"):
+                self.config = dict(snap["config"])
+            for row in snap.get("history") or []:
+                rr = RoundResult.from_dict(row)
+                if rr.round not in self._history:
+                    self._history[rr.round] = rr
+                    fresh.append(rr)
+            self._refusals = [Refusal.from_dict(r) for r in snap.get("refusals") or []]
+            self._privacy = PrivacyReport.from_dict(self.id, snap.get("privacy") or {})
+            self._rounds_done = int(snap.get("rounds_done", 0))
+            self._set_status(snap.get("status", "pending"), snap.get("error"))
+            self._cond.notify_all()
+        self._fire(fresh)
+
+    def _set_status(self, status: str, error: Any) -> None:
+        self._status = status
+        if error:
+            self._error = error_from_dict(error) if isinstance(error, Mapping) else FedRoomError(str(error))
+
+    def _on_event(self, kind: str, data: Mapping[str, Any]) -> None:
+        fresh: list[RoundResult] = []
+        with self._cond:
+            if kind == "round":
+                rr = RoundResult.from_dict(data)
+                if rr.round not in self._history:
+                    self._history[rr.round] = rr
+                    fresh.append(rr)
+                self._rounds_done = max(self._rounds_done, rr.round)
+                if self._status == "pending":
+                    self._status = "running"
+            elif kind == "status":
+                self._rounds_done = int(data.get("rounds_done", self._rounds_done))
+                self._set_status(str(data.get("status", self._status)), data.get("error"))
+            elif kind == "refusal":
+                refusal = Refusal.from_dict(data)
+                if refusal not in self._refusals:
+                    self._refusals.append(refusal)
+            if data.get("privacy"):
+                self._privacy = PrivacyReport.from_dict(self.id, data["privacy"])
+            self._cond.notify_all()
+        self._fire(fresh)
+
+    def _fire(self, results: list[RoundResult]) -> None:
+        for rr in results:
+            for cb in list(self._callbacks):
+                self._core.callbacks.submit(self._safe, cb, rr)
+
+    @staticmethod
+    def _safe(cb: Callable[[RoundResult], Any], rr: RoundResult) -> None:
+        try:
+            cb(rr)
+        except Exception:
+            log.exception("a run callback failed")
+
+    # -------------------------------------------------------------- public
+
+    @property
+    def done(self) -> bool:
+        """Whether the run has finished or failed."""
+        return self._status in ("finished", "failed")
+
+    @property
+    def status(self) -> str:
+        """``"pending"``, ``"running"``, ``"finished"`` or ``"failed"``."""
+        return self._status
+
+    @property
+    def rounds_done(self) -> int:
+        """Rounds aggregated so far."""
+        return self._rounds_done
+
+    @property
+    def history(self) -> list[RoundResult]:
+        """Every round's result so far, in order."""
+        with self._cond:
+            return [self._history[k] for k in sorted(self._history)]
+
+    @property
+    def privacy(self) -> PrivacyReport:
+        """Each site's epsilon (and delta) spent in this run, its cap and what is left of its ledger."""
+        return self._privacy
+
+    @property
+    def refusals(self) -> list[Refusal]:
+        """Sites that refused the run or a round, and why."""
+        with self._cond:
+            return list(self._refusals)
+
+    @property
+    def error(self) -> FedRoomError | None:
+        """Why the run failed (None unless ``status == "failed"``)."""
+        return self._error
+
+    def rounds(self, timeout: float | None = None) -> Iterator[RoundResult]:
+        """Yield each round's result as it arrives (earlier ones first); stops when the run ends.
+
+        ``timeout`` bounds the wait for each next round (:class:`TimeoutError`).
+        """
+        seen = 0
+        while True:
+            with self._cond:
+                ok = self._cond.wait_for(lambda n=seen: len(self._history) > n or self.done, timeout)
+                if not ok:
+                    raise TimeoutError(f"no round of {self.id} within {timeout:g}s")
+                ordered = [self._history[k] for k in sorted(self._history)]
+                finished = self.done
+            yield from ordered[seen:]
+            seen = len(ordered)
+            if finished and seen >= len(self._history):
+                return
+
+    def wait(self, timeout: float | None = None) -> Run:
+        """Block until the run finishes or fails; returns the run (check :attr:`status` / :attr:`error`)."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: self.done, timeout):
+                raise TimeoutError(f"run {self.id} still {self._status} after {timeout:g}s")
+        return self
+
+    @property
+    def params(self) -> Tree | None:
+        """The global model's parameters after the last finished round (downloaded; audited)."""
+        cached = self._params
+        if cached is not None and cached[0] == self._rounds_done and self.done:
+            return cached[1]
+        reply = self._core.call(self._core.request(lambda req: m.GetModel(req=req, run_id=self.id)))
+        params = unpack_tree(reply.params)
+        self._params = (reply.round, params)
+        return params
+
+    def subscribe(self, callback: Callable[[RoundResult], Any]) -> Callable[[], None]:
+        """Call ``callback(RoundResult)`` for every round from now on (on a background thread).
+
+        Returns a function that unsubscribes.
+        """
+        self._callbacks.append(callback)
+
+        def unsubscribe() -> None:
+            with contextlib.suppress(ValueError):
+                self._callbacks.remove(callback)
+
+        return unsubscribe
+
+    def __repr__(self) -> str:
+        return f"Run(id={self.id!r}, status={self._status!r}, rounds={self._rounds_done}/{self.config.get('rounds')})"
+
+
+class Room:
+    """A connection to a room as an analyst. Use :func:`connect`; close with :meth:`close` (or ``with``)."""
+
+    def __init__(
+        self, url: str, key: str | Path | Any, *, name: str = "", tls_ca: Any = None, timeout: float = 30.0
+    ) -> None:
+        from fedjax_room.identity import load_private_key
+
+        signing_key = load_private_key(key) if isinstance(key, str | Path) else key
+        self.url = url
+        self._core = _Core(url, signing_key, name=name, tls_ca=tls_ca, timeout=timeout)
+
+    @property
+    def room_id(self) -> str:
+        """The room's id."""
+        return self._core.room_id
+
+    def _ask(self, build: Callable[[int], m.Message], *, resend: bool = True) -> Any:
+        return self._core.call(self._core.request(build, resend=resend))
+
+    def sites(self) -> list[SiteInfo]:
+        """Every site that has reported to the room: name, schema, coarse record count, status, policy."""
+        reply = self._ask(lambda req: m.ListSites(req=req))
+        return [SiteInfo.from_dict(s) for s in reply.sites]
+
+    def runs(self) -> list[RunSummary]:
+        """Every run in the room, oldest first."""
+        reply = self._ask(lambda req: m.ListRuns(req=req))
+        return [RunSummary.from_dict(r) for r in reply.runs]
+
+    def train(
+        self,
+        spec: ModelSpec | Mapping[str, Any],
+        rounds: int = 5,
+        target_epsilon: float | None = 3.0,
+        delta: float = 1e-5,
+        clip_norm: float = 1.0,
+        batch_size: int = 32,
+        local_steps: int = 10,
+        learning_rate: float = 0.1,
+        aggregator: str = "fedavg",
+        server_optimizer: str = "fedavg",
+        server_learning_rate: float = 1.0,
+        secure_aggregation: bool = False,
+        min_sites: int | None = None,
+        round_timeout: float = 60.0,
+        seed: int = 0,
+        noise_multiplier: float | None = None,
+    ) -> Run:
+        """Start a federated run of ``spec``; returns at once (the run goes on in the background).
+
+        With ``target_epsilon`` each site calibrates its own noise so the whole run stays within it;
+        pass ``noise_multiplier`` (and ``target_epsilon=None``) for fixed noise instead.
+        """
+        model = ModelSpec.from_dict(spec)
+        if secure_aggregation:
+            raise ConfigError(
+                "secure aggregation is not available yet in this room; run with secure_aggregation=False "
+                "(sites whose policy requires it will refuse)"
+            )
+        if noise_multiplier is not None and target_epsilon == 3.0:
+            target_epsilon = None  # the default target gives way to an explicit noise multiplier
+        config = RunConfig.from_dict(
+            {
+                "rounds": rounds,
+                "target_epsilon": target_epsilon,
+                "noise_multiplier": noise_multiplier,
+                "delta": delta,
+                "clip_norm": clip_norm,
+                "batch_size": batch_size,
+                "local_steps": local_steps,
+                "learning_rate": learning_rate,
+                "aggregator": aggregator,
+                "server_optimizer": server_optimizer,
+                "server_learning_rate": server_learning_rate,
+                "secure_aggregation": secure_aggregation,
+                "min_sites": min_sites,
+                "round_timeout": round_timeout,
+                "seed": seed,
+            }
+        ).to_dict()
+        created = self._ask(lambda req: m.StartRun(req=req, spec=model.to_dict(), config=config), resend=False)
+        return self.run(created.run_id)
+
+    def run(self, run_id: str) -> Run:
+        """Follow an existing run (yours or another analyst's)."""
+        core = self._core
+        existing = core.runs.get(run_id)
+        if existing is not None:
+            return existing
+        run = Run(core, run_id)
+        core.runs[run_id] = run  # registered first: events that follow the snapshot reach it
+        try:
+            self._ask(lambda req: m.WatchRun(req=req, run_id=run_id))
+        except BaseException:
+            core.runs.pop(run_id, None)
+            raise
+        return run
+
+    def budget(self) -> BudgetReport:
+        """Each site's whole ledger: epsilon spent, delta, cap, remaining."""
+        return BudgetReport.from_list(self._ask(lambda req: m.GetBudget(req=req)).sites)
+
+    def audit(self, last: int = 20) -> list[dict[str, Any]]:
+        """The coordinator's last ``last`` audit records (hash-chained, signed)."""
+        if isinstance(last, bool) or not isinstance(last, int) or last < 0:
+            raise ConfigError(f"last must be a non-negative integer, got {last!r}")
+        return list(self._ask(lambda req: m.GetAudit(req=req, last=last)).records)
+
+    def close(self) -> None:
+        """Disconnect (runs go on in the room)."""
+        self._core.shutdown()
+
+    def __enter__(self) -> Room:
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Room(url={self.url!r}, room_id={self._core.room_id!r})"

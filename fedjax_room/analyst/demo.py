@@ -1,0 +1,390 @@
+"""An embedded room on this machine, and the ``fedjax-room demo`` that drives it.
+
+:func:`start_room` makes a complete room under one state directory::
+
+    STATE/coordinator/          the coordinator's state (room.sqlite3, checkpoints, audit.jsonl, coordinator.url)
+    STATE/keys/                 Ed25519 keys of the analyst and every site (enrolled in the coordinator)
+    STATE/sites/<name>/         train.npz, heldout.npz and policy.toml of one site, and its state/
+                                (ledger.json, releases, audit.jsonl)
+    STATE/central_test.npz      a test split no site ever gets (the demo's final evaluation)
+    STATE/logs/                 one log per process
+
+It partitions a built-in dataset (IID or Dirichlet label skew), starts the coordinator and one
+process per site (``python -m fedjax_room coordinator|site``) on 127.0.0.1, and returns once every
+site is connected. :meth:`EmbeddedRoom.stop` ends the processes (SIGTERM, then SIGKILL).
+
+:func:`run_demo` is the command: it trains a DP federated model from the analyst client with a live
+progress bar and a per-round table, then evaluates the final global model on the central test split
+— which only the demo holds, because it generated the partitions — next to a non-private model
+trained centrally on the union of the sites' training data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from fedjax_room.analyst.launch import spawn_coordinator, spawn_site, stop_process
+from fedjax_room.errors import ConfigError, StateError
+
+__all__ = ["DEMO_RECIPES", "EmbeddedRoom", "run_demo", "start_room"]
+
+#: Per dataset: the model and the run settings the demo uses (tuned for accuracy at epsilon 3).
+DEMO_RECIPES: dict[str, dict[str, Any]] = {
+    "digits": {
+        "model": ("logistic", {}),
+        "train": {
+            "rounds": 6,
+            "local_steps": 25,
+            "batch_size": 48,
+            "learning_rate": 0.5,
+            "clip_norm": 1.0,
+            "server_learning_rate": 1.0,
+        },
+        "baseline_epochs": 30,
+    },
+    "breast_cancer": {
+        "model": ("logistic", {}),
+        "train": {"rounds": 5, "local_steps": 15, "batch_size": 16, "learning_rate": 0.5, "clip_norm": 1.0},
+        "baseline_epochs": 30,
+    },
+    "fraud": {
+        "model": ("mlp", {"hidden": (16,)}),
+        "train": {"rounds": 5, "local_steps": 30, "batch_size": 128, "learning_rate": 0.5, "clip_norm": 1.0},
+        "baseline_epochs": 5,
+    },
+    "mnist": {
+        "model": ("mlp", {"hidden": (64,)}),
+        "train": {"rounds": 5, "local_steps": 30, "batch_size": 64, "learning_rate": 0.5, "clip_norm": 1.0},
+        "baseline_epochs": 10,
+    },
+}
+
+
+def _site_names(n: int) -> list[str]:
+    if n <= 26:
+        return [f"site-{chr(ord('a') + i)}" for i in range(n)]
+    return [f"site-{i + 1}" for i in range(n)]
+
+
+@dataclasses.dataclass
+class EmbeddedRoom:
+    """A room running on this machine. Use as a context manager, or call :meth:`stop`."""
+
+    url: str
+    analyst_key: Path
+    state_dir: Path
+    site_names: list[str]
+    dataset: str
+    processes: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)
+
+    @property
+    def coordinator_dir(self) -> Path:
+        """The coordinator's state directory."""
+        return self.state_dir / "coordinator"
+
+    def site_dir(self, name: str) -> Path:
+        """One site's folder (its data, policy and ``state/``)."""
+        return self.state_dir / "sites" / name
+
+    def connect(self, **kwargs: Any) -> Any:
+        """A :class:`~fedjax_room.analyst.client.Room` connected as the analyst."""
+        from fedjax_room.analyst.client import connect
+
+        return connect(self.url, key=self.analyst_key, **kwargs)
+
+    def central_test(self) -> Any:
+        """The held-back central test split (only the demo has it)."""
+        from fedjax_room.data import load_dataset
+
+        return load_dataset(self.state_dir / "central_test.npz")
+
+    def pooled_train(self) -> Any:
+        """The union of the sites' training data (for the non-private central baseline only)."""
+        import numpy as np
+
+        from fedjax_room.data import Dataset, load_dataset
+
+        parts = [load_dataset(self.site_dir(n) / "train.npz") for n in self.site_names]
+        return Dataset(np.concatenate([p.x for p in parts]), np.concatenate([p.y for p in parts]), parts[0].schema)
+
+    def restart_coordinator(self, *, kill: bool = False) -> None:
+        """Stop (``kill``: SIGKILL, no goodbye) and start the coordinator again on the same port."""
+        proc = self.processes["coordinator"]
+        if kill:
+            proc.kill()
+            proc.wait(10)
+        else:
+            stop_process(proc)
+        port = int(self.url.rsplit(":", 1)[1])
+        new, url = spawn_coordinator(self.coordinator_dir, port=port)
+        self.processes["coordinator"] = new
+        self.url = url
+
+    def stop(self) -> None:
+        """End every process of the room (sites first, then the coordinator)."""
+        for name in [n for n in self.processes if n != "coordinator"] + ["coordinator"]:
+            proc = self.processes.get(name)
+            if proc is not None:
+                stop_process(proc)
+        self.processes.clear()
+
+    def __enter__(self) -> EmbeddedRoom:
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self.stop()
+
+
+def _policy_for(policy: Any, sites: int) -> Any:
+    from fedjax_room.site.policy import Policy
+
+    if isinstance(policy, Policy):
+        return policy
+    defaults: dict[str, Any] = {"epsilon_cap": 10.0, "delta_cap": 1e-5, "min_sites": min(2, sites)}
+    return Policy.from_dict({**defaults, **(policy or {})})
+
+
+def start_room(
+    sites: int = 3,
+    dataset: str = "digits",
+    non_iid: float | None = None,
+    state_dir: str | Path | None = None,
+    policy: Any = None,
+    *,
+    seed: int = 0,
+    policies: Mapping[str, Any] | None = None,
+    site_args: Mapping[str, list[str]] | None = None,
+    timeout: float = 120.0,
+) -> EmbeddedRoom:
+    """Start a coordinator and ``sites`` site processes on 127.0.0.1 over a partitioned built-in dataset.
+
+    ``policy`` (a :class:`~fedjax_room.site.policy.Policy` or a dict of its settings) applies to every
+    site; ``policies`` overrides it per site name. ``site_args`` adds command-line arguments per site.
+    Keys, enrollments and a site's ``state/`` already in ``state_dir`` are reused. Returns when every
+    site is connected.
+    """
+    from fedjax_room.coordinator.store import Store
+    from fedjax_room.data import load_builtin, partition
+    from fedjax_room.identity import fingerprint, generate_key, load_private_key, public_key_bytes, save_private_key
+
+    if isinstance(sites, bool) or not isinstance(sites, int) or not 1 <= sites <= 64:
+        raise ConfigError(f"sites must be an integer from 1 to 64, got {sites!r}")
+    state = Path(state_dir) if state_dir else Path(tempfile.mkdtemp(prefix="fedjax-room-"))
+    state.mkdir(parents=True, exist_ok=True)
+    names = _site_names(sites)
+
+    full = load_builtin(dataset, seed=seed)
+    pool, central_test = full.split(0.2, seed=seed)
+    central_test.save(state / "central_test.npz")
+    parts = partition(pool, sites, alpha=non_iid, seed=seed)
+
+    keys_dir = state / "keys"
+
+    def key_for(name: str) -> Path:
+        path = keys_dir / f"{name}.key"
+        if not path.exists():
+            save_private_key(generate_key(), path)
+        return path
+
+    store = Store.open(state / "coordinator")
+    try:
+        for name, role in [("analyst", "analyst"), *((n, "site") for n in names)]:
+            key = load_private_key(key_for(name))
+            store.enroll(name, role, public_key_bytes(key), fingerprint(key))
+    finally:
+        store.close()
+
+    for name, part in zip(names, parts, strict=True):
+        folder = state / "sites" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        train, heldout = part.split(0.2, seed=seed)
+        train.save(folder / "train.npz")
+        heldout.save(folder / "heldout.npz")
+        chosen = (policies or {}).get(name, policy)
+        _policy_for(chosen, sites).save(folder / "policy.toml")
+
+    room = EmbeddedRoom(url="", analyst_key=key_for("analyst"), state_dir=state, site_names=names, dataset=dataset)
+    try:
+        proc, url = spawn_coordinator(state / "coordinator", timeout=timeout)
+        room.processes["coordinator"] = proc
+        room.url = url
+        for name in names:
+            folder = state / "sites" / name
+            room.processes[name] = spawn_site(
+                url,
+                key=key_for(name),
+                data=folder / "train.npz",
+                heldout=folder / "heldout.npz",
+                policy=folder / "policy.toml",
+                state_dir=folder / "state",
+                name=name,
+                log_dir=state / "logs",
+                extra=(site_args or {}).get(name, []),
+            )
+        wait_for_sites(room, names, timeout=timeout)
+    except BaseException:
+        room.stop()
+        raise
+    return room
+
+
+def wait_for_sites(room: EmbeddedRoom, names: list[str], *, timeout: float = 120.0) -> None:
+    """Block until every named site is connected to the room (raise :class:`StateError` after ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    client = None
+    try:
+        while time.monotonic() < deadline:
+            for name, proc in room.processes.items():
+                if proc.poll() is not None:
+                    log = room.state_dir / "logs" / f"{name}.log"
+                    tail = log.read_text()[-2000:] if log.exists() else ""
+                    raise StateError(f"{name} exited with status {proc.returncode}; its log ends:\n{tail}")
+            try:
+                client = client or room.connect(timeout=10.0)
+                connected = {s.name for s in client.sites() if s.status == "connected"}
+            except (ConnectionError, TimeoutError):
+                connected = set()
+            if set(names) <= connected:
+                return
+            time.sleep(0.2)
+        raise StateError(f"not every site connected within {timeout:g}s; see the logs in {room.state_dir / 'logs'}")
+    finally:
+        if client is not None:
+            client.close()
+
+
+# --------------------------------------------------------------------------------------------- the demo
+
+
+def _spec_for(dataset: Any, recipe: dict[str, Any]) -> Any:
+    from fedjax_room import models
+
+    family, kwargs = recipe["model"]
+    shape, classes = list(dataset.schema.feature_shape), dataset.num_classes
+    return getattr(models, family)(shape, classes, **kwargs)
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "   -  " if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def run_demo(
+    *,
+    sites: int = 3,
+    dataset: str = "digits",
+    rounds: int | None = None,
+    target_epsilon: float = 3.0,
+    non_iid: float | None = None,
+    state_dir: str | Path | None = None,
+    as_json: bool = False,
+    seed: int = 0,
+    out: Any = None,
+) -> int:
+    """The ``fedjax-room demo`` command; returns the exit status."""
+    from tqdm.auto import tqdm
+
+    from fedjax_room.local import evaluate, train_central
+
+    out = out or sys.stdout
+    recipe = DEMO_RECIPES[dataset]
+    settings = {**recipe["train"]}
+    if rounds is not None:
+        settings["rounds"] = rounds
+    started = time.perf_counter()
+
+    def say(text: str = "") -> None:
+        tqdm.write(text, file=out)
+
+    say(
+        f"Starting an embedded room: a coordinator and {sites} sites as separate processes on 127.0.0.1 "
+        f"({dataset}{'' if non_iid is None else f', non-IID alpha={non_iid:g}'}) ..."
+    )
+    with start_room(sites=sites, dataset=dataset, non_iid=non_iid, state_dir=state_dir, seed=seed) as er:
+        say(f"Room {er.url}; sites {', '.join(er.site_names)} connected; state in {er.state_dir}")
+        room = er.connect()
+        try:
+            for s in room.sites():
+                say(
+                    f"  {s.name}: {s.record_count} records, features {s.schema.get('feature_shape')}, "
+                    f"classes {len(s.schema.get('classes', []))}, epsilon cap {s.policy.get('epsilon_cap')}"
+                )
+            test = er.central_test()
+            spec = _spec_for(test, recipe)
+            say(
+                f"Training a {spec.family} model ({spec.param_count()} parameters) for {settings['rounds']} rounds, "
+                f"target epsilon {target_epsilon:g} per site (delta 1e-5), FedAvg ..."
+            )
+            run = room.train(spec, target_epsilon=target_epsilon, delta=1e-5, seed=seed, **settings)
+            header = f"{'round':>5}  {'sites':>5}  {'loss*':>7}  {'acc*':>6}  epsilon so far per site"
+            say(header)
+            bar = tqdm(
+                total=settings["rounds"],
+                desc="federated rounds",
+                unit="round",
+                file=sys.stderr,
+                leave=False,
+                disable=not sys.stderr.isatty() and as_json,
+            )
+            for r in run.rounds():
+                eps = "  ".join(f"{k}={v:.2f}" for k, v in sorted(r.epsilon.items()))
+                dropped = f"  (dropped: {', '.join(r.dropped)})" if r.dropped else ""
+                say(f"{r.round:>5}  {len(r.sites):>5}  {_fmt(r.loss):>7}  {_fmt(r.accuracy):>6}  {eps}{dropped}")
+                bar.update(1)
+            bar.close()
+            run.wait()
+            say("  (* loss and accuracy are DP-noised counts released by the sites on their own held-out data)")
+            if run.status != "finished":
+                say(f"The run {run.status}: {run.error.message if run.error else 'no reason given'}")
+                for refusal in run.refusals:
+                    say(f"  {refusal.site} refused ({refusal.reason}): {refusal.message}")
+                return 1
+            params = run.params
+            privacy = run.privacy
+        finally:
+            room.close()
+        accuracy = evaluate(spec, params, test).accuracy
+        say("Training the non-private central baseline on the union of the sites' training data ...")
+        baseline_params = train_central(spec, er.pooled_train(), recipe["baseline_epochs"], seed, learning_rate=1e-2)
+        baseline = evaluate(spec, baseline_params, test).accuracy
+        elapsed = time.perf_counter() - started
+        say("")
+        say(f"Global model test accuracy: {accuracy:.4f}  (DP federated, epsilon <= {target_epsilon:g} per site)")
+        say(f"Non-private central baseline: {baseline:.4f}")
+        say(
+            f"  Both measured on a central test split of {len(test)} examples that no site ever held "
+            "(the demo generated the partitions, so only it has this split)."
+        )
+        say("Privacy spent per site (this run):")
+        for name, p in privacy.sites.items():
+            say(f"  {name}: epsilon {p.epsilon:.3f} at delta {p.delta:g} (cap {p.cap:g}, {p.remaining:.3f} left)")
+        say(f"State: {er.state_dir}")
+        say(f"  coordinator audit log: {er.coordinator_dir / 'audit.jsonl'}")
+        for name in er.site_names:
+            say(f"  {name} audit log and ledger: {er.site_dir(name) / 'state'}/audit.jsonl, ledger.json")
+        say(f"Verify a log with: fedjax-room audit verify {er.coordinator_dir / 'audit.jsonl'}")
+        say(f"Done in {elapsed:.0f}s.")
+        if as_json:
+            summary = {
+                "accuracy": accuracy,
+                "baseline_accuracy": baseline,
+                "rounds": run.rounds_done,
+                "target_epsilon": target_epsilon,
+                "dataset": dataset,
+                "state_dir": str(er.state_dir),
+                "secure_aggregation": False,
+                "seconds": round(elapsed, 1),
+                "sites": [
+                    {"name": n, "epsilon": p.epsilon, "delta": p.delta, "cap": p.cap} for n, p in privacy.sites.items()
+                ],
+                "history": [dataclasses.asdict(r) for r in run.history],
+            }
+            print(json.dumps(summary), file=out, flush=True)
+    return 0
