@@ -322,24 +322,22 @@ class SecAggServer:
 
     def _broadcast(self, closed: ServerState, live: frozenset[int]) -> list[Envelope]:
         d, graph = self._digest, self.config.graph
+        recipients = sorted(live - self._dropped)  # a client that left after answering still counts, unsent
         if closed is ServerState.ADVERTISE:
             return [
                 Envelope(i, KeyDirectory(d, tuple(self._adverts[j] for j in sorted(graph[i] & live))))
-                for i in sorted(live)
+                for i in recipients
             ]
         if closed is ServerState.SHARE:
             return [
-                Envelope(
-                    i,
-                    ShareBundle(d, {j: self._shares[j].ciphertexts[i] for j in sorted(graph[i] & live)}),
-                )
-                for i in sorted(live)
+                Envelope(i, ShareBundle(d, {j: self._shares[j].ciphertexts[i] for j in sorted(graph[i] & live)}))
+                for i in recipients
             ]
         if closed is ServerState.COLLECT:
             survivors = SurvivorList(d, tuple(sorted(live)))
-            return [Envelope(i, survivors) for i in sorted(live)]
+            return [Envelope(i, survivors) for i in recipients]
         request = UnmaskRequest(d, {j: self._signatures[j] for j in sorted(live)})
-        return [Envelope(i, request) for i in sorted(live)]
+        return [Envelope(i, request) for i in recipients]
 
     def _abort(self, reason: str, live: frozenset[int], error: FedRoomError | None = None) -> list[Envelope]:
         self._state = ServerState.ABORTED

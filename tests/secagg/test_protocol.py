@@ -251,3 +251,25 @@ def test_wire_and_in_memory_agree_and_bytes_are_counted(room):
     b = run_round(r.config, r.keys, r.inputs, wire=False)
     assert np.array_equal(a.total, b.total)
     assert all(a.bytes_up[c] > 4000 for c in r.config.ids) and not b.bytes_up
+
+
+def test_a_client_that_leaves_after_its_input_is_still_summed(room):
+    r = room(5)
+    cfg = r.config
+    server = SecAggServer(cfg)
+    clients = {cid: SecAggClient(cfg, cid, r.keys[cid]) for cid in cfg.ids}
+    out = []
+    for cid in cfg.ids:
+        clients[cid].set_input(r.inputs[cid])
+        out += server.receive(clients[cid].advertise())
+    while out:
+        nxt = []
+        for env in sorted(out, key=lambda e: -e.recipient):  # client 5 uploads first
+            assert env.recipient != 5 or server.state in (ServerState.SHARE, ServerState.COLLECT)
+            for m in clients[env.recipient].receive(env.message):
+                nxt += server.receive(m)
+                if isinstance(m, MaskedInput) and m.sender == 5:
+                    nxt += server.drop(5)  # its connection closes right after the upload
+        out = nxt
+    assert server.survivors == cfg.ids and server.participants["U4"] == (1, 2, 3, 4)
+    assert np.array_equal(server.result(), r.expected(cfg.ids))
