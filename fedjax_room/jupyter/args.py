@@ -11,7 +11,8 @@ Commands::
     %room connect URL --key PATH [--as NAME]
     %room sites | runs | budget | launch | stop
     %room audit [--last N]
-    %%room train [--rounds R] [--target-epsilon E] [--delta D] [--clip-norm C] [--aggregator A]
+    %room watch RUN_ID [--as NAME]
+    %%room train [--rounds R] [--target-epsilon E | --noise-multiplier S] [--delta D] [--clip-norm C] [--aggregator A]
                  [--secure-aggregation] [--batch-size B] [--local-steps S] [--learning-rate LR]
                  [--server-optimizer O] [--server-learning-rate SLR] [--min-sites M]
                  [--round-timeout T] [--seed S] [--as NAME] [--no-dashboard]
@@ -23,12 +24,15 @@ import argparse
 import dataclasses
 import json
 import shlex
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from fedjax_room.errors import ConfigError, ModelSpecError
-from fedjax_room.models import ModelSpec
+from fedjax_room.protocol.config import AGGREGATORS, SERVER_OPTIMIZERS
+
+if TYPE_CHECKING:
+    from fedjax_room.models import ModelSpec
 
 __all__ = [
     "AGGREGATORS",
@@ -41,16 +45,14 @@ __all__ = [
     "HelpArgs",
     "SimpleArgs",
     "TrainArgs",
+    "WatchArgs",
     "help_text",
     "parse_line",
     "parse_spec_body",
     "parse_train_line",
 ]
 
-#: Aggregators the magics and the launch form offer (the room checks the final word).
-AGGREGATORS = ("fedavg", "median", "trimmed_mean", "krum")
-#: Server optimisers offered by ``--server-optimizer``.
-SERVER_OPTIMIZERS = ("fedavg", "fedadam", "fedyogi", "fedadagrad", "fedavgm")
+# AGGREGATORS and SERVER_OPTIMIZERS are the room's own (fedjax_room.protocol.config), re-exported here.
 #: Built-in datasets an embedded demo room can serve.
 DATASETS = ("digits", "breast_cancer", "mnist", "fraud")
 
@@ -63,6 +65,7 @@ COMMANDS: dict[str, str] = {
     "budget": "privacy spent per site against its cap",
     "audit": "the latest coordinator audit records",
     "launch": "a form that starts a run and opens its live dashboard",
+    "watch": "a live dashboard for a run that is already going (yours or another analyst's)",
     "stop": "disconnect (and stop an embedded room started by %room demo)",
     "train": "(cell magic, %%room train) train the model spec in the cell body; shows a live dashboard",
 }
@@ -108,6 +111,15 @@ class AuditArgs:
 
 
 @dataclasses.dataclass(frozen=True)
+class WatchArgs:
+    """``%room watch RUN_ID [--as NAME]``."""
+
+    run_id: str
+    var: str = "run"
+    name: str = "watch"
+
+
+@dataclasses.dataclass(frozen=True)
 class SimpleArgs:
     """A command without options: ``sites``, ``runs``, ``budget``, ``launch`` or ``stop``."""
 
@@ -124,7 +136,7 @@ class TrainArgs:
     name: str = "train"
 
 
-Parsed = HelpArgs | DemoArgs | ConnectArgs | AuditArgs | SimpleArgs | TrainArgs
+Parsed = HelpArgs | DemoArgs | ConnectArgs | AuditArgs | WatchArgs | SimpleArgs | TrainArgs
 
 
 class _Parser(argparse.ArgumentParser):
@@ -198,10 +210,14 @@ def _build(name: str) -> _Parser:
         parser.add_argument("--as", dest="var", type=_identifier, default=_DEFAULT_VAR, help="variable for the Room")
     elif name == "audit":
         parser.add_argument("--last", type=_positive_int, default=20, metavar="N", help="how many records (20)")
+    elif name == "watch":
+        parser.add_argument("run_id", help="the run's id, as `%%room runs` lists it")
+        parser.add_argument("--as", dest="var", type=_identifier, default="run", help="variable for the Run")
     elif name == "train":
         add = parser.add_argument
         add("--rounds", type=_positive_int, help="federated rounds")
         add("--target-epsilon", type=_positive_float, metavar="EPS", help="per-site epsilon the run may spend")
+        add("--noise-multiplier", type=_positive_float, metavar="SIGMA", help="fixed noise instead of a target")
         add("--delta", type=_probability, help="DP delta")
         add("--clip-norm", type=_positive_float, help="per-example gradient clip norm")
         add("--aggregator", choices=AGGREGATORS, help="how the coordinator combines updates")
@@ -252,6 +268,8 @@ def parse_line(line: str) -> Parsed:
         return DemoArgs(sites=ns.sites, dataset=ns.dataset, non_iid=ns.non_iid, var=ns.var)
     if command == "connect":
         return ConnectArgs(url=ns.url, key=ns.key, var=ns.var)
+    if command == "watch":
+        return WatchArgs(run_id=ns.run_id, var=ns.var)
     return AuditArgs(last=ns.last)
 
 
@@ -271,6 +289,8 @@ def parse_train_line(line: str) -> TrainArgs | HelpArgs:
 
 def parse_spec_body(body: str) -> ModelSpec:
     """A ``%%room train`` cell body (YAML or JSON) as a validated model spec."""
+    from fedjax_room.models import ModelSpec  # imported here: it brings in JAX and Flax
+
     missing = ModelSpecError(
         "%%room train needs a model spec in the cell body, e.g. "
         '{"family": "logistic", "input_shape": [64], "num_classes": 10, '

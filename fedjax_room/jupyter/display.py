@@ -300,21 +300,27 @@ def refusals_html(refusals: Any) -> str:
     return html_table(rows, ["site", "reason", "message"], caption="Refusals", empty="no refusals")
 
 
+#: Audit keys shown in their own columns or never shown (chain hashes, signatures, format version).
+_AUDIT_HIDDEN = frozenset(
+    {"index", "seq", "kind", "time", "ts", "timestamp", "writer", "prev", "prev_hash", "hash", "sig", "signature", "v"}
+)
+
+
 def _audit_fields(row: Mapping[str, Any]) -> str:
-    skip = {"index", "seq", "kind", "time", "ts", "timestamp", "prev_hash", "hash", "signature", "writer"}
-    fields = {k: v for k, v in row.items() if k not in skip}
+    inner = row.get("fields")
+    fields = dict(inner) if isinstance(inner, Mapping) else {k: v for k, v in row.items() if k not in _AUDIT_HIDDEN}
     return html.escape(json.dumps(fields, sort_keys=True, default=str))
 
 
 def audit_html(entries: Any) -> str:
-    """Coordinator audit records: index, time, kind and the record's fields (hashes and signatures hidden)."""
+    """Coordinator audit records: index, time, writer, kind and the record's fields (hashes, signatures hidden)."""
     rows = records(entries)
     for row in rows:
         row.setdefault("index", _first(row, "seq", "i"))
         row.setdefault("time", _first(row, "ts", "timestamp"))
     return html_table(
         rows,
-        ["index", "time", "kind", "fields"],
+        ["index", "time", "writer", "kind", "fields"],
         caption=f"Audit log (last {len(rows)})",
         cell_html={"fields": _audit_fields},
         empty="no audit records",

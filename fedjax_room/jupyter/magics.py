@@ -102,6 +102,8 @@ class RoomMagics(Magics):
             return self.connect(parsed)
         if parsed.name == "stop":
             return self.stop()
+        if isinstance(parsed, room_args.WatchArgs):
+            return self.watch(parsed)
         room = self.require_room(parsed.name)
         if parsed.name == "sites":
             return Table(room.sites(), sites_html, columns=["name", "status", "record_count", "schema", "policy"])
@@ -111,7 +113,8 @@ class RoomMagics(Magics):
             report = room.budget()
             return Table(records(report), budget_html, caption="Privacy budget", source=report)
         if isinstance(parsed, room_args.AuditArgs):
-            return Table(room.audit(last=parsed.last), audit_html, columns=["index", "kind"], caption="Audit log")
+            entries = room.audit(last=parsed.last)
+            return Table(entries, audit_html, columns=["index", "time", "kind", "fields"], caption="Audit log")
         if parsed.name == "launch":
             from fedjax_room.jupyter.launch import LaunchForm
 
@@ -209,22 +212,33 @@ class RoomMagics(Magics):
 
     def train(self, spec: Any, parsed: room_args.TrainArgs) -> Any:
         room = self.require_room("train")
-        caps = self._caps() if parsed.dashboard else {}
         run = room.train(spec, **parsed.options)
         self.run = run
         self._publish(parsed.var, run)
         if parsed.dashboard:
-            dashboard = RunDashboard(
-                run_id=str(field(run, "id", "")),
-                rounds=_total_rounds(run, parsed.options),
-                sites=caps.keys(),
-                caps=caps,
-                target_epsilon=parsed.options.get("target_epsilon"),
-            )
-            display(dashboard)
-            dashboard.attach(run)
-            self.dashboard = dashboard
+            self._show_dashboard(run, parsed.options)
         return run
+
+    def _show_dashboard(self, run: Any, options: dict[str, Any]) -> RunDashboard:
+        caps = self._caps()
+        dashboard = RunDashboard(
+            run_id=str(field(run, "id", "")),
+            rounds=_total_rounds(run, options),
+            sites=caps.keys(),
+            caps=caps,
+            target_epsilon=options.get("target_epsilon") or (getattr(run, "config", None) or {}).get("target_epsilon"),
+        )
+        display(dashboard)
+        dashboard.attach(run)
+        self.dashboard = dashboard
+        return dashboard
+
+    def watch(self, parsed: room_args.WatchArgs) -> None:
+        room = self.require_room("watch")
+        run = room.run(parsed.run_id)
+        self.run = run
+        self._publish(parsed.var, run)
+        self._show_dashboard(run, {})
 
     def _launched(self, run: Any, dashboard: RunDashboard) -> None:
         self.dashboard, self.run = dashboard, run

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from fedjax_room.errors import BudgetExceededError
+from fedjax_room.errors import BudgetExceededError, StateError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +69,7 @@ class FakeRun:
 
     def __init__(self, run_id: str, spec: Any, kwargs: dict) -> None:
         self.id, self.spec, self.kwargs = run_id, spec, kwargs
+        self.config = {"rounds": kwargs.get("rounds", 5), "target_epsilon": kwargs.get("target_epsilon", 3.0)}
         self.status = "running"
         self.history: list[RoundResult] = []
         self.refusals: list[Refusal] = []
@@ -137,6 +138,12 @@ class FakeRoom:
         run = FakeRun(f"run-{len(self.runs_) + 1}", spec, kwargs)
         self.runs_.append(run)
         return run
+
+    def run(self, run_id: str) -> FakeRun:
+        for run in self.runs_:
+            if run.id == run_id:
+                return run
+        raise StateError(f"no run {run_id!r} in this room; `%room runs` lists them")
 
     def budget(self) -> BudgetReport:
         return BudgetReport(sites=[SiteBudget(n, 1.5, 1e-5, 10.0, 8.5) for n in self.site_names])

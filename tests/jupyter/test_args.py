@@ -9,6 +9,7 @@ from fedjax_room.jupyter.args import (
     HelpArgs,
     SimpleArgs,
     TrainArgs,
+    WatchArgs,
     help_text,
     parse_line,
     parse_spec_body,
@@ -36,6 +37,8 @@ from fedjax_room.jupyter.args import (
         ("stop", SimpleArgs("stop")),
         ("audit", AuditArgs()),
         ("audit --last 5", AuditArgs(last=5)),
+        ("watch run-3", WatchArgs("run-3")),
+        ("watch run-3 --as r3", WatchArgs("run-3", var="r3")),
     ],
 )
 def test_parse_line(line, expected):
@@ -55,6 +58,7 @@ def test_parse_line(line, expected):
         ("connect ws://h:1", "--key"),
         ("connect --key k", "url"),
         ("audit --last 0", "positive integer"),
+        ("watch", "run_id"),
         ("sites extra", "takes no arguments"),
         ("train --rounds 3", "cell magic"),
         ("demo --dataset 'unclosed", "cannot parse"),
@@ -69,7 +73,7 @@ def test_parse_line_errors_are_one_line(line, match):
 def test_parse_train_line_keeps_only_what_was_set():
     assert parse_train_line("") == TrainArgs(options={})
     parsed = parse_train_line(
-        "train --rounds 3 --target-epsilon 2.5 --delta 1e-6 --clip-norm 0.5 --aggregator median "
+        "train --rounds 3 --target-epsilon 2.5 --delta 1e-6 --clip-norm 0.5 --aggregator mean "
         "--secure-aggregation --batch-size 16 --local-steps 4 --learning-rate 0.2 --server-optimizer fedadam "
         "--server-learning-rate 0.01 --min-sites 2 --round-timeout 30 --seed 7 --as r --no-dashboard"
     )
@@ -78,7 +82,7 @@ def test_parse_train_line_keeps_only_what_was_set():
         "target_epsilon": 2.5,
         "delta": 1e-6,
         "clip_norm": 0.5,
-        "aggregator": "median",
+        "aggregator": "mean",
         "secure_aggregation": True,
         "batch_size": 16,
         "local_steps": 4,
@@ -91,6 +95,7 @@ def test_parse_train_line_keeps_only_what_was_set():
     }
     assert parsed.var == "r" and parsed.dashboard is False
     assert parse_train_line("--help") == HelpArgs(topic="train")
+    assert parse_train_line("--noise-multiplier 1.1").options == {"noise_multiplier": 1.1}
 
 
 @pytest.mark.parametrize(

@@ -23,8 +23,8 @@ def test_controls_and_traits_are_linked(fake_room):
     assert form.controls["rounds"].value == 5 and form.controls["target_epsilon"].value == 3.0
     form.controls["rounds"].value = 9
     assert form.rounds == 9
-    form.aggregator = "krum"
-    assert form.controls["aggregator"].value == "krum"
+    form.aggregator = "mean"
+    assert form.controls["aggregator"].value == "mean"
     form.family = "logistic"
     assert form.controls["hidden"].layout.display == "none" and form.controls["conv"].layout.display == "none"
     form.family = "mlp"
@@ -56,7 +56,7 @@ def test_button_starts_a_run_and_opens_a_dashboard(fake_room):
         fake_room, on_launch=lambda run, dash: launched.append((run, dash)), train_options={"local_steps": 3}
     )
     form.family, form.hidden, form.rounds = "mlp", "32, 16", 4
-    form.target_epsilon, form.delta, form.secure_aggregation, form.aggregator = 2.0, 1e-6, True, "median"
+    form.target_epsilon, form.delta, form.secure_aggregation, form.aggregator = 2.0, 1e-6, True, "mean"
     form.button.click()
     spec, kwargs = fake_room.trained[-1]
     assert spec.family == "mlp" and [layer.get("features") for layer in spec.layers if layer["type"] == "dense"] == [
@@ -70,7 +70,7 @@ def test_button_starts_a_run_and_opens_a_dashboard(fake_room):
         "target_epsilon": 2.0,
         "delta": 1e-6,
         "clip_norm": 1.0,
-        "aggregator": "median",
+        "aggregator": "mean",
         "secure_aggregation": True,
     }
     run, dash = launched[0]

@@ -65,12 +65,12 @@ def test_sites_runs_budget_audit_render_tables(ip, fake_room):
 
 
 def test_train_cell_starts_a_run_and_shows_the_dashboard(ip, fake_room, fakes):
-    line = "%%room train --rounds 2 --target-epsilon 3 --aggregator median --secure-aggregation\n"
+    line = "%%room train --rounds 2 --target-epsilon 3 --aggregator mean --secure-aggregation\n"
     result, cap = run(ip, line + SPEC)
     assert result.success, result.error_in_exec
     spec, kwargs = fake_room.trained[-1]
     assert isinstance(spec, ModelSpec) and spec.family == "logistic"
-    assert kwargs == {"rounds": 2, "target_epsilon": 3.0, "aggregator": "median", "secure_aggregation": True}
+    assert kwargs == {"rounds": 2, "target_epsilon": 3.0, "aggregator": "mean", "secure_aggregation": True}
     the_run = result.result
     assert ip.user_ns["run"] is the_run
     dashboard = jupyter._magics.dashboard
@@ -169,3 +169,31 @@ def test_unload_removes_magics(ip):
     assert "room" not in ip.magics_manager.magics["line"]
     ip.run_line_magic("load_ext", "fedjax_room")
     assert "room" in ip.magics_manager.magics["line"] and "room" in ip.magics_manager.magics["cell"]
+
+
+def test_watch_follows_an_existing_run(ip, fake_room, fakes):
+    started = fake_room.train("spec", rounds=4)
+    started.emit(fakes.RoundResult(1, ["alpha"], [], 1.0, 0.5, {"alpha": 0.7}))
+    result, cap = run(ip, "%room watch run-1 --as w")
+    assert result.success and ip.user_ns["w"] is started and jupyter.current_run() is started
+    dashboard = jupyter._magics.dashboard
+    assert dashboard.run_id == "run-1" and dashboard.rounds_done == 1 and dashboard.rounds_total == 4
+    assert "no run 'run-9'" in usage_error(ip, "%room watch run-9")
+
+
+def test_audit_hides_chain_hashes_and_signatures():
+    from fedjax_room.jupyter.display import audit_html
+
+    record = {
+        "fields": {"run_id": "run-1", "round": 2},
+        "index": 13,
+        "kind": "update_received",
+        "prev": "p" * 64,
+        "sig": "s" * 128,
+        "time": "2026-01-01T00:00:00+00:00",
+        "v": 1,
+        "writer": "coordinator",
+    }
+    html = audit_html([record])
+    assert "p" * 64 not in html and "s" * 128 not in html and "coordinator" in html
+    assert "&quot;round&quot;: 2" in html and "update_received" in html
