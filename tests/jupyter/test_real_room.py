@@ -1,0 +1,106 @@
+"""The magics and the dashboard against a real embedded room (coordinator and sites as processes)."""
+
+from __future__ import annotations
+
+import pytest
+from IPython.core.error import UsageError
+from IPython.utils.capture import capture_output
+
+pytestmark = pytest.mark.slow
+
+SPEC = """\
+family: logistic
+input_shape: [64]
+num_classes: 10
+layers: [{type: dense, features: 10}]
+"""
+
+
+@pytest.fixture(scope="module")
+def shell():
+    pytest.importorskip("fedjax_room.analyst.demo")
+    from IPython.testing.globalipapp import get_ipython
+
+    ip = get_ipython()
+    ip.run_line_magic("load_ext", "fedjax_room")
+    with capture_output() as cap:
+        result = ip.run_cell("%room demo --sites 2 --dataset digits")
+    assert result.success, (result.error_in_exec, cap.stderr)
+    yield ip
+    ip.run_cell("%room stop")
+    ip.run_line_magic("unload_ext", "fedjax_room")
+
+
+def cell(ip, source):
+    with capture_output() as cap:
+        result = ip.run_cell(source)
+    return result, cap
+
+
+def test_magics_and_dashboard_follow_a_real_run(shell):
+    import fedjax_room.jupyter as jupyter
+    from fedjax_room.analyst import Room, Run
+
+    room = shell.user_ns["room"]
+    assert isinstance(room, Room) and jupyter.current_room() is room
+
+    result, _ = cell(shell, "%room sites")
+    assert [s.name for s in result.result] == ["site-a", "site-b"]
+    html = result.result._repr_html_()
+    assert "site-a" in html and "x: 64" in html and "classes: 0, 1, 2" in html
+
+    seen_rounds: list[int] = []
+    result, cap = cell(
+        shell,
+        "%%room train --rounds 2 --target-epsilon 3 --local-steps 25 --batch-size 48 --learning-rate 0.5\n" + SPEC,
+    )
+    assert result.success, (result.error_in_exec, cap.stderr)
+    run = result.result
+    assert isinstance(run, Run) and shell.user_ns["run"] is run
+    dashboard = jupyter._magics.dashboard
+    dashboard.observe(lambda change: seen_rounds.append(change["new"]), names="rounds_done")
+    assert dashboard.rounds_total == 2 and dashboard.epsilon_cap == {"site-a": 10.0, "site-b": 10.0}
+    run.wait(timeout=240)
+    assert dashboard.wait(30)
+    assert run.status == "finished", run.error
+    assert dashboard.status == "finished" and dashboard.rounds_done == 2
+    assert seen_rounds in ([], [2], [1, 2])  # rounds arrive one at a time (none if both came before observe)
+    assert dashboard.losses == pytest.approx([r.loss for r in run.history])
+    assert dashboard.accuracies == pytest.approx([r.accuracy for r in run.history])
+    assert dashboard.epsilon == pytest.approx({s: p.epsilon for s, p in run.privacy.sites.items()})
+    assert dashboard.site_status == {"site-a": "active", "site-b": "active"}
+    assert all(0 < eps <= 3.0 + 1e-6 for eps in dashboard.epsilon.values())
+    assert dashboard._gauge_widgets["site-a"][0].max == 10.0
+
+    result, _ = cell(shell, "%room budget")
+    assert "site-b" in result.result._repr_html_() and "ε spent" in result.result._repr_html_()
+    result, _ = cell(shell, "%room runs")
+    assert [r.id for r in result.result] == [run.id] and "2 / 2" in result.result._repr_html_()
+    result, _ = cell(shell, "%room audit --last 3")
+    assert len(result.result) == 3 and "run_finished" in result.result._repr_html_()
+
+    result, _ = cell(shell, f"%room watch {run.id} --as again")
+    assert result.success and shell.user_ns["again"] is run
+    assert jupyter._magics.dashboard.wait(30) and jupyter._magics.dashboard.rounds_done == 2
+
+
+def test_refusals_show_on_the_dashboard_and_bad_requests_are_one_line(shell):
+    import fedjax_room.jupyter as jupyter
+
+    # Every site caps epsilon at 10: a run planned at 50 is refused by each, with the rule and a reason.
+    result, cap = cell(shell, "%%room train --rounds 1 --target-epsilon 50\n" + SPEC)
+    assert result.success, cap.stderr
+    run = result.result
+    dashboard = jupyter._magics.dashboard
+    run.wait(timeout=120)
+    assert dashboard.wait(30)
+    assert run.status == "failed" and dashboard.status == "failed"
+    assert "0 site(s) accepted" in dashboard.error
+    assert sorted(r["site"] for r in dashboard.refusals) == ["site-a", "site-b"]
+    assert {r["reason"] for r in dashboard.refusals} == {"epsilon_cap"}
+    assert dashboard.site_status == {"site-a": "refused", "site-b": "refused"}
+    assert "would take its ledger past its cap" in dashboard._notes.value
+
+    result, cap = cell(shell, "%room watch no-such-run")
+    assert isinstance(result.error_in_exec, UsageError)
+    assert cap.stderr.strip().startswith("UsageError: ConfigError: no run 'no-such-run' in this room")
