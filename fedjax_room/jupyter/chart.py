@@ -38,18 +38,20 @@ def svg_line_chart(
     y_min: float | None = None,
     y_max: float | None = None,
     x_start: int = 1,
+    x_count: int = 0,
 ) -> str:
     """Render named series (one value per x step; ``None`` or NaN leaves a gap) as an SVG string.
 
     ``y_min``/``y_max`` fix the y range (e.g. 0..1 for accuracy); otherwise it is fitted to the data.
-    x values are ``x_start, x_start + 1, ...``.
+    x values are ``x_start, x_start + 1, ...``; ``x_count`` reserves room for that many steps (e.g. the
+    run's total rounds) so a line grows across the chart as rounds arrive.
     """
     if width < 80 or height < 60:
         raise ValueError("the chart needs at least 80x60 pixels")
     left, right, top, bottom = 44, 10, 22 if title else 10, 30
     plot_w, plot_h = width - left - right, height - top - bottom
     values = [float(v) for ys in series.values() for v in ys if _finite(v)]
-    n = max((len(ys) for ys in series.values()), default=0)
+    n = max([len(ys) for ys in series.values()] + [x_count])
     lo = y_min if y_min is not None else (min(values) if values else 0.0)
     hi = y_max if y_max is not None else (max(values) if values else 1.0)
     if hi <= lo:

@@ -304,7 +304,7 @@ class RunDashboard(widgets.VBox):
                 self._render_notes()
             if name in ("rounds_total", "rounds_done", "status"):
                 self._render_progress()
-            if name in ("losses", "accuracies"):
+            if name in ("losses", "accuracies", "rounds_total"):
                 self._render_chart()
             if name in ("epsilon", "epsilon_cap", "target_epsilon", "site_status"):
                 self._render_gauges()
@@ -335,10 +335,10 @@ class RunDashboard(widgets.VBox):
         self._progress_label.value = f"{self.rounds_done} / {self.rounds_total or '?'}"
 
     def _render_chart(self) -> None:
-        loss = svg_line_chart({"loss": list(self.losses)}, title="loss (DP-noised)", width=300, height=170)
-        acc = svg_line_chart(
-            {"accuracy": list(self.accuracies)}, title="accuracy (DP-noised)", width=300, height=170, y_min=0, y_max=1
-        )
+        size = {"width": 300, "height": 170, "x_count": self.rounds_total}
+        loss = svg_line_chart({"loss": list(self.losses)}, title="loss (DP-noised)", **size)
+        accuracy = list(self.accuracies)
+        acc = svg_line_chart({"accuracy": accuracy}, title="accuracy (DP-noised)", y_min=0, y_max=1, **size)
         self._chart.value = f'<div style="display:flex;gap:8px;flex-wrap:wrap">{loss}{acc}</div>'
 
     def cap_for(self, site: str) -> float | None:

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 __all__ = [
+    "VIEWS",
     "Table",
     "audit_html",
     "budget_html",
@@ -35,6 +36,7 @@ __all__ = [
     "runs_html",
     "sites_html",
     "text_table",
+    "view_text",
 ]
 
 _STYLE = (
@@ -214,29 +216,20 @@ def _schema_summary(schema: Any) -> str:
     return "; ".join(parts) if parts else format_value(dict(schema))
 
 
-def sites_html(sites: Any) -> str:
-    """The enrolled sites: name, status, coarse record count, schema summary and policy."""
+def _site_rows(sites: Any) -> list[dict[str, Any]]:
     rows = records(sites, key="name")
     for row in rows:
         row["schema"] = _schema_summary(row.get("schema"))
-    return html_table(
-        rows,
-        ["name", "status", "record_count", "schema", "policy"],
-        headers={"record_count": "records"},
-        caption=f"Sites ({len(rows)})",
-        empty="no sites enrolled",
-    )
+    return rows
 
 
-def runs_html(runs: Any) -> str:
-    """The room's runs: id, status, rounds done of rounds, spec hash (shortened)."""
+def _run_rows(runs: Any) -> list[dict[str, Any]]:
     rows = records(runs, key="id")
     for row in rows:
         if isinstance(row.get("spec_hash"), str):
             row["spec_hash"] = row["spec_hash"][:12]
-        done, total = row.get("rounds_done"), row.get("rounds")
-        row["progress"] = f"{format_value(done)} / {format_value(total)}"
-    return html_table(rows, ["id", "status", "progress", "spec_hash"], caption=f"Runs ({len(rows)})", empty="no runs")
+        row["progress"] = f"{format_value(row.get('rounds_done'))} / {format_value(row.get('rounds'))}"
+    return rows
 
 
 def _budget_rows(report: Any) -> list[dict[str, Any]]:
@@ -249,55 +242,13 @@ def _budget_rows(report: Any) -> list[dict[str, Any]]:
     return rows
 
 
-def _spent_cell(row: Mapping[str, Any]) -> str:
-    return epsilon_bar_html(row.get("epsilon"), row.get("cap"))
-
-
-def budget_html(report: Any) -> str:
-    """Privacy spent per site (epsilon against the site's cap, delta, what remains)."""
-    rows = _budget_rows(report)
-    return html_table(
-        rows,
-        ["site", "epsilon", "delta", "cap", "remaining"],
-        headers={"epsilon": "ε spent / cap", "delta": "δ", "cap": "ε cap", "remaining": "ε remaining"},
-        caption="Privacy budget",
-        cell_html={"epsilon": _spent_cell},
-        empty="no site has spent any budget",
-    )
-
-
-def privacy_html(report: Any) -> str:
-    """A run's privacy report: each site's epsilon for this run against its cap, and delta."""
-    rows = _budget_rows(report)
-    return html_table(
-        rows,
-        ["site", "epsilon", "delta", "cap", "remaining"],
-        headers={"epsilon": "ε / cap", "delta": "δ", "cap": "ε cap", "remaining": "ε remaining"},
-        caption="Privacy report",
-        cell_html={"epsilon": _spent_cell},
-        empty="no privacy spent yet",
-    )
-
-
-def rounds_html(history: Any) -> str:
-    """Per-round results: round, sites that contributed, dropped sites, DP-noised loss and accuracy."""
+def _round_rows(history: Any) -> list[dict[str, Any]]:
     rows = records(history)
     for row in rows:
         eps = row.get("epsilon")
         if isinstance(eps, Mapping) and eps:
             row["max ε"] = max(float(v) for v in eps.values())
-    return html_table(
-        rows,
-        ["round", "sites", "dropped", "loss", "accuracy", "max ε"],
-        caption="Rounds",
-        empty="no round finished yet",
-    )
-
-
-def refusals_html(refusals: Any) -> str:
-    """Sites that refused a run, with the rule (reason) and their message."""
-    rows = records(refusals)
-    return html_table(rows, ["site", "reason", "message"], caption="Refusals", empty="no refusals")
+    return rows
 
 
 #: Audit keys shown in their own columns or never shown (chain hashes, signatures, format version).
@@ -306,60 +257,145 @@ _AUDIT_HIDDEN = frozenset(
 )
 
 
-def _audit_fields(row: Mapping[str, Any]) -> str:
-    inner = row.get("fields")
-    fields = dict(inner) if isinstance(inner, Mapping) else {k: v for k, v in row.items() if k not in _AUDIT_HIDDEN}
-    return html.escape(json.dumps(fields, sort_keys=True, default=str))
-
-
-def audit_html(entries: Any) -> str:
-    """Coordinator audit records: index, time, writer, kind and the record's fields (hashes, signatures hidden)."""
+def _audit_rows(entries: Any) -> list[dict[str, Any]]:
     rows = records(entries)
     for row in rows:
         row.setdefault("index", _first(row, "seq", "i"))
         row.setdefault("time", _first(row, "ts", "timestamp"))
-    return html_table(
-        rows,
-        ["index", "time", "writer", "kind", "fields"],
-        caption=f"Audit log (last {len(rows)})",
-        cell_html={"fields": _audit_fields},
-        empty="no audit records",
-    )
+        inner = row.get("fields")
+        fields = dict(inner) if isinstance(inner, Mapping) else {k: v for k, v in row.items() if k not in _AUDIT_HIDDEN}
+        row["fields"] = json.dumps(fields, sort_keys=True, default=str)
+    return rows
+
+
+def _spent_cell(row: Mapping[str, Any]) -> str:
+    return epsilon_bar_html(row.get("epsilon"), row.get("cap"))
+
+
+@dataclasses.dataclass(frozen=True)
+class _View:
+    rows: Callable[[Any], list[dict[str, Any]]]
+    columns: tuple[str, ...]
+    caption: str
+    empty: str
+    headers: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    cell_html: Mapping[str, Callable[[Mapping[str, Any]], str]] = dataclasses.field(default_factory=dict)
+
+    def html(self, data: Any) -> str:
+        rows = self.rows(data)
+        caption = self.caption.format(n=len(rows))
+        return html_table(
+            rows, self.columns, headers=self.headers, caption=caption, cell_html=self.cell_html, empty=self.empty
+        )
+
+    def text(self, data: Any) -> str:
+        rows = self.rows(data)
+        return text_table(rows, self.columns, caption=self.caption.format(n=len(rows)))
+
+
+_EPS_HEADERS = {"delta": "δ", "cap": "ε cap", "remaining": "ε remaining"}
+VIEWS: dict[str, _View] = {
+    "sites": _View(
+        _site_rows,
+        ("name", "status", "record_count", "schema", "policy"),
+        "Sites ({n})",
+        "no sites enrolled",
+        headers={"record_count": "records"},
+    ),
+    "runs": _View(_run_rows, ("id", "status", "progress", "spec_hash"), "Runs ({n})", "no runs"),
+    "budget": _View(
+        _budget_rows,
+        ("site", "epsilon", "delta", "cap", "remaining"),
+        "Privacy budget",
+        "no site has spent any budget",
+        headers={"epsilon": "ε spent / cap", **_EPS_HEADERS},
+        cell_html={"epsilon": _spent_cell},
+    ),
+    "privacy": _View(
+        _budget_rows,
+        ("site", "epsilon", "delta", "cap", "remaining"),
+        "Privacy report",
+        "no privacy spent yet",
+        headers={"epsilon": "ε / cap", **_EPS_HEADERS},
+        cell_html={"epsilon": _spent_cell},
+    ),
+    "rounds": _View(
+        _round_rows, ("round", "sites", "dropped", "loss", "accuracy", "max ε"), "Rounds", "no round finished yet"
+    ),
+    "refusals": _View(records, ("site", "reason", "message"), "Refusals", "no refusals"),
+    "audit": _View(
+        _audit_rows, ("index", "time", "writer", "kind", "fields"), "Audit log (last {n})", "no audit records"
+    ),
+}
+
+
+def sites_html(sites: Any) -> str:
+    """The enrolled sites: name, status, coarse record count, schema summary and policy."""
+    return VIEWS["sites"].html(sites)
+
+
+def runs_html(runs: Any) -> str:
+    """The room's runs: id, status, rounds done of rounds, spec hash (shortened)."""
+    return VIEWS["runs"].html(runs)
+
+
+def budget_html(report: Any) -> str:
+    """Privacy spent per site (epsilon against the site's cap, delta, what remains)."""
+    return VIEWS["budget"].html(report)
+
+
+def privacy_html(report: Any) -> str:
+    """A run's privacy report: each site's epsilon for this run against its cap, and delta."""
+    return VIEWS["privacy"].html(report)
+
+
+def rounds_html(history: Any) -> str:
+    """Per-round results: round, sites that contributed, dropped sites, DP-noised loss and accuracy."""
+    return VIEWS["rounds"].html(history)
+
+
+def refusals_html(refusals: Any) -> str:
+    """Sites that refused a run, with the rule (reason) and their message."""
+    return VIEWS["refusals"].html(refusals)
+
+
+def audit_html(entries: Any) -> str:
+    """Coordinator audit records: index, time, writer, kind and the record's fields (hashes, signatures hidden)."""
+    return VIEWS["audit"].html(entries)
+
+
+def view_text(view: str, data: Any) -> str:
+    """The plain-text twin of ``<view>_html`` (``view`` is a key of :data:`VIEWS`)."""
+    return VIEWS[view].text(data)
 
 
 class Table(list):
     """A list that displays itself as an HTML table in notebooks and as a text table elsewhere.
 
-    ``Table(items, html_fn, columns=...)``: ``items`` stay the original objects (``SiteInfo``, ...).
+    ``Table(items, view)``: ``items`` stay the original objects (``SiteInfo``, ...); ``view`` names how to
+    show them (a key of :data:`VIEWS`); ``source`` is what the view renders if not the items themselves.
     """
 
-    def __init__(
-        self,
-        items: Iterable[Any] = (),
-        html_fn: Callable[[Any], str] | None = None,
-        *,
-        columns: Sequence[str] | None = None,
-        caption: str = "",
-        source: Any = None,
-    ) -> None:
+    def __init__(self, items: Iterable[Any] = (), view: str = "", *, source: Any = None) -> None:
         super().__init__(items)
-        self._html_fn = html_fn
-        self._columns = list(columns) if columns is not None else None
-        self._caption = caption
+        if view and view not in VIEWS:
+            raise ValueError(f"unknown view {view!r}; choose one of {', '.join(VIEWS)}")
+        self._view = view
         self._source = source
 
     def _data(self) -> Any:
         return self._source if self._source is not None else list(self)
 
     def _repr_html_(self) -> str:
-        if self._html_fn is None:
-            return html_table(records(list(self)), self._columns, caption=self._caption)
-        return self._html_fn(self._data())
+        if not self._view:
+            return html_table(records(list(self)))
+        return VIEWS[self._view].html(self._data())
 
     def to_text(self) -> str:
-        rows = records(self._data())
-        columns = [c for c in self._columns if any(c in r for r in rows)] if self._columns else None
-        return text_table(rows, columns, caption=self._caption)
+        """The table as fixed-width text."""
+        if not self._view:
+            return text_table(records(list(self)))
+        return VIEWS[self._view].text(self._data())
 
     def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
         printer.text("Table(...)" if cycle else self.to_text())

@@ -24,7 +24,7 @@ from IPython.display import display
 from fedjax_room.errors import ConfigError, FedRoomError
 from fedjax_room.jupyter import args as room_args
 from fedjax_room.jupyter.dashboard import RunDashboard, field
-from fedjax_room.jupyter.display import Table, audit_html, budget_html, records, runs_html, sites_html
+from fedjax_room.jupyter.display import Table, records
 
 __all__ = ["RoomMagics", "one_line"]
 
@@ -106,15 +106,15 @@ class RoomMagics(Magics):
             return self.watch(parsed)
         room = self.require_room(parsed.name)
         if parsed.name == "sites":
-            return Table(room.sites(), sites_html, columns=["name", "status", "record_count", "schema", "policy"])
+            return Table(room.sites(), "sites")
         if parsed.name == "runs":
-            return Table(room.runs(), runs_html, columns=["id", "status", "rounds_done", "rounds", "spec_hash"])
+            return Table(room.runs(), "runs")
         if parsed.name == "budget":
             report = room.budget()
-            return Table(records(report), budget_html, caption="Privacy budget", source=report)
+            return Table(records(report), "budget", source=report)
         if isinstance(parsed, room_args.AuditArgs):
             entries = room.audit(last=parsed.last)
-            return Table(entries, audit_html, columns=["index", "time", "kind", "fields"], caption="Audit log")
+            return Table(entries, "audit")
         if parsed.name == "launch":
             from fedjax_room.jupyter.launch import LaunchForm
 

@@ -96,9 +96,14 @@ def test_format_value_and_text_table():
 
 def test_table_is_the_list_and_renders(fakes):
     sites = [fakes.SiteInfo("a", {}, "1", "online", {})]
-    table = Table(sites, sites_html, columns=["name", "status"])
+    table = Table(sites, "sites")
     assert table == sites and table[0].name == "a"
-    assert "<table" in table._repr_html_() and table.to_text().splitlines()[0] == "name  status"
+    assert "<table" in table._repr_html_() and table.to_text().splitlines()[:2] == [
+        "Sites (1)",
+        "name  status  record_count  schema  policy",
+    ]
+    with pytest.raises(ValueError):
+        Table([], "nope")
 
 
 def test_chart_shapes():
@@ -109,3 +114,5 @@ def test_chart_shapes():
     assert "<polyline" in svg_line_chart({"flat": [1.0, 1.0, 1.0]})  # constant series still draws
     with pytest.raises(ValueError):
         svg_line_chart({}, width=10)
+    partial = svg_line_chart({"loss": [3.0, 2.0]}, x_count=6)
+    assert ">6</text>" in partial  # the x axis already runs to the last round
