@@ -148,6 +148,10 @@ const plugin: JupyterFrontEndPlugin<void> = {
       const snaps = panel.snapshots;
       return snaps.length ? snaps[0].room.id : null;
     };
+    const latestRun = (room: string): string | null => {
+      const runs = panel.snapshots.find(s => s.room.id === room)?.runs ?? [];
+      return runs.length ? runs[runs.length - 1].id : null;
+    };
 
     commands.addCommand(CommandIDs.show, {
       label: 'Clean Room: Show sidebar',
@@ -239,7 +243,8 @@ const plugin: JupyterFrontEndPlugin<void> = {
             [
               { name: 'model', label: 'Model', value: 'logistic', options: ['logistic', 'mlp', 'cnn'] },
               { name: 'rounds', label: 'Rounds', value: '5' },
-              { name: 'target_epsilon', label: 'Target ε (per site)', value: '3.0' }
+              { name: 'target_epsilon', label: 'Target ε (per site)', value: '3.0' },
+              { name: 'local_steps', label: 'Local DP-SGD steps per round', value: '10' }
             ],
             'Train'
           );
@@ -249,7 +254,8 @@ const plugin: JupyterFrontEndPlugin<void> = {
           options = {
             model: form.model,
             rounds: parseInt(form.rounds, 10),
-            target_epsilon: parseFloat(form.target_epsilon)
+            target_epsilon: parseFloat(form.target_epsilon),
+            local_steps: parseInt(form.local_steps, 10)
           };
         }
         try {
@@ -272,7 +278,8 @@ const plugin: JupyterFrontEndPlugin<void> = {
           return;
         }
         try {
-          const { path } = await api.dashboardNotebook(room, str(args.run));
+          const run = 'run' in args ? str(args.run) : latestRun(room);
+          const { path } = await api.dashboardNotebook(room, run);
           const widget = (await commands.execute('docmanager:open', { path })) as ISessionWidget | undefined;
           if (args.execute !== false && widget?.context?.sessionContext) {
             await widget.context.sessionContext.ready;

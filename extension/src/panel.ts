@@ -80,15 +80,16 @@ function runRows(run: IRun): HTMLElement {
   const last = run.history.length ? run.history[run.history.length - 1] : null;
   const total = run.rounds || Math.max(run.rounds_done, 1);
   const statusCls = `fjr-status fjr-status-${run.status}`;
-  const rounds = run.history.map(r => [
-    String(r.round),
-    fmt(r.loss),
-    fmt(r.accuracy),
-    Object.entries(r.epsilon)
-      .map(([site, eps]) => `${site} ${fmt(eps)}`)
-      .join(', ') || '—',
-    r.dropped.length ? r.dropped.join(', ') : '—'
-  ]);
+  const rounds = run.history.map(r => {
+    const eps = Object.values(r.epsilon);
+    return [
+      String(r.round),
+      fmt(r.loss),
+      fmt(r.accuracy),
+      eps.length ? fmt(Math.max(...eps)) : '—',
+      r.dropped.length ? r.dropped.join(', ') : '—'
+    ];
+  });
   const refusals = run.refusals.map(f =>
     el('li', { class: 'fjr-refusal' }, el('b', {}, f.site), ` refused (${f.reason}): ${f.message}`)
   );
@@ -112,7 +113,8 @@ function runRows(run: IRun): HTMLElement {
           `DP-noised loss ${fmt(last.loss)} · accuracy ${fmt(last.accuracy)}`
         )
       : null,
-    rounds.length ? table(['round', 'loss', 'acc', 'ε per site', 'dropped'], rounds, 'fjr-rounds') : null,
+    rounds.length ? table(['round', 'loss*', 'acc*', 'max ε', 'dropped'], rounds, 'fjr-rounds') : null,
+    rounds.length ? el('div', { class: 'fjr-note' }, '* DP-noised, released by the sites') : null,
     refusals.length ? el('ul', { class: 'fjr-refusals' }, ...refusals) : null,
     run.error ? el('div', { class: 'fjr-error' }, `error: ${run.error}`) : null
   );
@@ -139,21 +141,35 @@ function budgetRows(rows: IBudgetRow[]): HTMLElement {
 }
 
 function siteRows(sites: ISite[]): HTMLElement {
-  return table(
-    ['site', 'status', 'records', 'schema', 'policy'],
-    sites.map(s => [
-      el('b', {}, s.name),
-      el('span', { class: `fjr-site-status fjr-site-${s.status}` }, s.status),
-      s.record_count,
-      s.schema_summary,
-      s.policy_summary
-    ]),
-    'fjr-sites'
+  return el(
+    'div',
+    { class: 'fjr-sites' },
+    ...sites.map(s =>
+      el(
+        'div',
+        { class: 'fjr-site', 'data-site': s.name },
+        el(
+          'div',
+          { class: 'fjr-site-head' },
+          el('b', {}, s.name),
+          el('span', { class: `fjr-site-status fjr-site-${s.status}` }, `● ${s.status}`),
+          el('span', { class: 'fjr-site-count' }, `${s.record_count} records`)
+        ),
+        el('div', { class: 'fjr-site-line', title: JSON.stringify(s.schema) }, s.schema_summary),
+        el('div', { class: 'fjr-site-line fjr-site-policy', title: JSON.stringify(s.policy) }, `policy: ${s.policy_summary}`)
+      )
+    )
   );
 }
 
+/** One audit field for a person: lists joined, long hex digests shortened. */
+function auditValue(value: unknown): string {
+  const text = Array.isArray(value) ? value.map(String).join(',') : String(value);
+  return text.length > 20 ? `${text.slice(0, 10)}…` : text;
+}
+
 function auditRows(records: Record<string, unknown>[]): HTMLElement {
-  const skip = new Set(['kind', 'index', 'hash', 'prev', 'signature', 'sig', 'writer', 'time', 'ts']);
+  const skip = new Set(['kind', 'index', 'hash', 'prev', 'signature', 'sig', 'writer', 'time', 'ts', 'v', 'fields']);
   return el(
     'ol',
     { class: 'fjr-audit' },
@@ -161,11 +177,20 @@ function auditRows(records: Record<string, unknown>[]): HTMLElement {
       .slice()
       .reverse()
       .map(r => {
-        const fields = Object.entries(r)
-          .filter(([k, v]) => !skip.has(k) && v !== null && typeof v !== 'object')
-          .map(([k, v]) => `${k}=${String(v)}`)
+        const nested = r.fields && typeof r.fields === 'object' ? (r.fields as Record<string, unknown>) : {};
+        const fields = Object.entries({ ...r, ...nested })
+          .filter(([k, v]) => !skip.has(k) && v !== null && (typeof v !== 'object' || Array.isArray(v)))
+          .map(([k, v]) => `${k}=${auditValue(v)}`)
           .join(' ');
-        return el('li', {}, el('b', {}, String(r.kind ?? '?')), ' ', fields);
+        const time = typeof r.time === 'string' ? r.time.slice(11, 19) : '';
+        return el(
+          'li',
+          { title: JSON.stringify(r) },
+          time ? el('span', { class: 'fjr-audit-time' }, `${time} `) : null,
+          el('b', {}, String(r.kind ?? '?')),
+          ' ',
+          fields
+        );
       })
   );
 }
@@ -305,8 +330,12 @@ export class CleanRoomPanel extends Widget {
       el(
         'div',
         { class: 'fjr-room-head' },
-        el('span', { class: 'fjr-room-label' }, room.label),
-        el('span', { class: 'fjr-room-url' }, room.url),
+        el(
+          'div',
+          { class: 'fjr-room-title' },
+          el('span', { class: 'fjr-room-label' }, room.label),
+          el('span', { class: 'fjr-room-url', title: room.url }, room.url)
+        ),
         el(
           'span',
           { class: 'fjr-toolbar' },

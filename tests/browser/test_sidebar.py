@@ -1,0 +1,275 @@
+"""The Clean Room sidebar in a real JupyterLab, driven through Debian's Chromium by Playwright.
+
+JupyterLab runs on 127.0.0.1 (a free port, a token, a temporary root and config) with the server
+extension enabled and the labextension built from this checkout. Through the palette and the sidebar
+the test starts a demo room (two site processes), sees the sites, starts a run and watches its rounds
+advance, then opens the dashboard notebook and sees the run dashboard widget render. It asserts on the
+page's text; screenshots go to artifacts/browser/ for a person to look at.
+
+Chromium is /usr/bin/chromium (``apt-get install chromium``; .ci/run installs it); no browser is
+downloaded. The test skips only when that binary is absent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = Path("/usr/bin/chromium")
+REPO = Path(__file__).resolve().parents[2]
+LABEXTENSION = REPO / "fedjax_room" / "labextension"
+ARTIFACTS = REPO / "artifacts" / "browser"
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ROUNDS = 8
+
+if not CHROMIUM.exists():
+    pytest.skip(
+        "Debian's Chromium is not installed at /usr/bin/chromium "
+        "(apt-get install -y --no-install-recommends chromium; .ci/run does this)",
+        allow_module_level=True,
+    )
+
+from playwright.sync_api import Page, expect, sync_playwright  # noqa: E402
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Lab:
+    def __init__(self, port: int, token: str, root: Path, proc: subprocess.Popen, log: Path) -> None:
+        self.port, self.token, self.root, self.proc, self.log = port, token, root, proc, log
+        self.base = f"http://127.0.0.1:{port}"
+
+    def api(self, path: str, method: str = "GET", body: dict | None = None, timeout: float = 10) -> dict | None:
+        request = urllib.request.Request(
+            f"{self.base}/{path}",
+            method=method,
+            data=None if body is None else json.dumps(body).encode(),
+            headers={"Authorization": f"token {self.token}"},
+        )
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            data = response.read()
+        return json.loads(data) if data else None
+
+    def log_tail(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    if not (LABEXTENSION / "package.json").exists():
+        pytest.fail(
+            f"the labextension is not built at {LABEXTENSION}: pip install -e . (or `npm install && npm run build` "
+            "in extension/) builds it"
+        )
+    tmp = tmp_path_factory.mktemp("lab")
+    root, config, labext = tmp / "root", tmp / "config", tmp / "labextensions"
+    for folder in (root, config / "labconfig", labext, tmp / "settings", tmp / "workspaces"):
+        folder.mkdir(parents=True)
+    (labext / "fedjax-room").symlink_to(LABEXTENSION, target_is_directory=True)  # this checkout's build wins
+    (config / "jupyter_server_config.json").write_text(
+        json.dumps(
+            {
+                "ServerApp": {"jpserver_extensions": {"fedjax_room.jupyter": True}},
+                "LabApp": {"extra_labextensions_path": [str(labext)], "news_url": None},
+            }
+        )
+    )
+    (config / "labconfig" / "page_config.json").write_text(
+        json.dumps({"disabledExtensions": {"@jupyterlab/apputils-extension:announcements": True}})
+    )
+    port, token = _free_port(), secrets.token_hex(16)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]),
+        "JUPYTER_CONFIG_DIR": str(config),
+        "JUPYTERLAB_SETTINGS_DIR": str(tmp / "settings"),
+        "JUPYTERLAB_WORKSPACES_DIR": str(tmp / "workspaces"),
+        "JUPYTER_RUNTIME_DIR": str(tmp / "runtime"),
+        "JUPYTER_PLATFORM_DIRS": "1",
+    }
+    log = tmp / "lab.log"
+    cmd = [
+        sys.executable,
+        "-m",
+        "jupyterlab",
+        "--no-browser",
+        "--allow-root",
+        "--ServerApp.ip=127.0.0.1",
+        f"--ServerApp.port={port}",
+        "--ServerApp.port_retries=0",
+        f"--ServerApp.root_dir={root}",
+        f"--IdentityProvider.token={token}",
+        "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+    ]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    server = Lab(port, token, root, proc, log)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"jupyter lab exited with {proc.returncode}:\n{server.log_tail()}")
+            try:
+                status = server.api("fedjax-room/status", timeout=2)
+                break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                if time.monotonic() > deadline:
+                    pytest.fail(f"jupyter lab did not answer within 90 s:\n{server.log_tail()}")
+                time.sleep(0.5)
+        assert status["rooms"] == []
+        yield server
+    finally:
+        try:  # stop the demo rooms first: their processes live in their own sessions
+            for room in (server.api("fedjax-room/status", timeout=5) or {}).get("rooms", []):
+                server.api(f"fedjax-room/rooms/{room['id']}", method="DELETE", timeout=30)
+        except Exception:
+            pass
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+        if ARTIFACTS.exists():
+            shutil.copy(log, ARTIFACTS / "jupyterlab.log")
+
+
+@pytest.fixture(scope="module")
+def page(lab, tmp_path_factory):
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    for old in ARTIFACTS.glob("*.png"):
+        old.unlink()
+    with sync_playwright() as pw:
+        context = pw.chromium.launch_persistent_context(
+            str(tmp_path_factory.mktemp("chromium-profile")),
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=CHROMIUM_FLAGS,
+            viewport={"width": 1500, "height": 950},
+        )
+        try:
+            page = context.new_page()
+            page.set_default_timeout(30_000)
+            yield page
+        finally:
+            context.close()
+
+
+def shot(page: Page, name: str) -> None:
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+
+
+def run_command(page: Page, label: str) -> None:
+    """Run a command from the palette by its label (as a person would)."""
+    page.keyboard.press("Control+Shift+C")
+    palette = page.locator("#modal-command-palette input, .lm-CommandPalette-input").first
+    expect(palette).to_be_visible()
+    palette.fill(label)
+    item = page.locator(".lm-CommandPalette-item", has_text=label).first
+    expect(item).to_be_visible()
+    item.click()
+
+
+def test_sidebar_demo_room_live_run_and_dashboard(lab: Lab, page: Page) -> None:
+    t0 = time.monotonic()
+    page.goto(f"{lab.base}/lab?token={lab.token}")
+    tab = page.locator('.jp-SideBar .lm-TabBar-tab[data-id="fedjax-room-sidebar"]')
+    expect(tab).to_be_visible(timeout=60_000)
+    tab.click()
+    sidebar = page.locator("#fedjax-room-sidebar")
+    expect(sidebar).to_contain_text("Clean Room")
+    expect(sidebar).to_contain_text("Not connected to a room")
+    shot(page, "01-sidebar-empty")
+
+    # Palette: "Clean Room: Start demo room" -> its dialog -> two sites with digits.
+    run_command(page, "Clean Room: Start demo room")
+    dialog = page.locator(".jp-Dialog")
+    expect(dialog).to_contain_text("Start a demo room")
+    dialog.locator("input[name=sites]").fill("2")
+    dialog.locator("select[name=dataset]").select_option("digits")
+    dialog.locator(".jp-Dialog-button.jp-mod-accept").click()
+    expect(sidebar.locator(".fjr-sites")).to_contain_text("site-a", timeout=120_000)
+    expect(sidebar.locator(".fjr-sites")).to_contain_text("site-b")
+    expect(sidebar).to_contain_text("Demo room (digits, 2 sites)")
+    expect(sidebar.locator(".fjr-sites")).to_contain_text("64 features")
+    expect(sidebar.locator(".fjr-sites")).to_contain_text("epsilon_cap=10")
+    expect(sidebar).to_contain_text("No runs yet.")
+    shot(page, "02-sites")
+
+    # The sidebar's Run button -> the run dialog.
+    sidebar.locator(".fjr-room-head button", has_text="Run").click()
+    expect(dialog).to_contain_text("Start a run")
+    dialog.locator("input[name=rounds]").fill(str(ROUNDS))
+    dialog.locator("input[name=target_epsilon]").fill("3")
+    dialog.locator("input[name=local_steps]").fill("20")
+    dialog.locator(".jp-Dialog-button.jp-mod-accept").click()
+    progress = sidebar.locator(".fjr-run .fjr-progress-label").first
+    expect(progress).to_contain_text(f"/ {ROUNDS}")
+
+    seen: list[int] = []
+    mid_shot = False
+    deadline = time.monotonic() + 150
+    while time.monotonic() < deadline:
+        match = re.search(r"round (\d+) /", progress.inner_text())
+        done = int(match.group(1)) if match else -1
+        if not seen or seen[-1] != done:
+            seen.append(done)
+        if 0 < done < ROUNDS and not mid_shot:
+            shot(page, "03-run-in-progress")
+            mid_shot = True
+        if done == ROUNDS and "finished" in sidebar.locator(".fjr-run").first.inner_text():
+            break
+        time.sleep(0.2)
+    assert seen and seen[-1] == ROUNDS, f"the run did not finish in the sidebar; progress seen: {seen}"
+    assert seen == sorted(seen) and len([d for d in seen if d > 0]) >= 2, f"rounds did not advance live: {seen}"
+    run_box = sidebar.locator(".fjr-run").first
+    expect(run_box).to_contain_text("finished")
+    expect(run_box).to_contain_text("DP-noised loss")
+    expect(run_box.locator(".fjr-rounds tbody tr")).to_have_count(ROUNDS)
+    budget = sidebar.locator(".fjr-budget")
+    expect(budget).to_contain_text("site-a")
+    assert re.search(r"ε \d\.\d+ / 10", budget.inner_text()), budget.inner_text()
+    expect(sidebar.locator(".fjr-audit")).to_contain_text("aggregate_applied")
+    expect(sidebar.locator(".fjr-audit")).to_contain_text("run_finished")
+    shot(page, "04-run-finished")
+
+    # Palette: "Clean Room: Open dashboard notebook" -> a notebook whose first cell shows the dashboard.
+    run_command(page, "Clean Room: Open dashboard notebook")
+    notebook = page.locator(".jp-NotebookPanel:visible")
+    expect(notebook.locator(".jp-Cell").first).to_contain_text("show_dashboard(", timeout=60_000)
+    output = notebook.locator(".jp-Cell").first.locator(".jp-OutputArea-output")
+    expect(output).to_contain_text("run-1", timeout=120_000)
+    expect(output).to_contain_text("finished", timeout=60_000)
+    expect(output).to_contain_text("ε")
+    assert output.locator(".widget-progress, .jupyter-widgets").count() > 0, "the dashboard is not a live widget"
+    assert not notebook.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']").count()
+    shot(page, "05-dashboard-notebook")
+    assert (lab.root / "clean-room-dashboard-run-1.ipynb").exists()
+    print(f"browser test: {time.monotonic() - t0:.0f} s; progress seen in the sidebar: {seen}")

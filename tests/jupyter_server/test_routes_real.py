@@ -1,0 +1,132 @@
+"""The /fedjax-room/ routes over a real embedded demo room (a coordinator and two site processes).
+
+One room is started for the module and shared: each test's server "starts a demo" that is that room,
+so the processes start once. The kernel-side ``show_dashboard`` is checked against the same room.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import time
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+SMALL_RUN = {"model": "logistic", "rounds": 2, "local_steps": 5}
+
+
+def _room_available() -> bool:
+    try:
+        return importlib.util.find_spec("fedjax_room.analyst.demo") is not None
+    except ModuleNotFoundError:
+        return False
+
+
+if not _room_available():
+    pytest.skip("fedjax_room.analyst.demo (the embedded room) is not there yet", allow_module_level=True)
+
+
+class Shared:
+    """The module's embedded room, whose stop() is deferred to the end of the module."""
+
+    def __init__(self, embedded) -> None:
+        self.embedded = embedded
+        self.url, self.analyst_key, self.site_names = embedded.url, embedded.analyst_key, embedded.site_names
+
+    def connect(self):
+        return self.embedded.connect()
+
+    def stop(self) -> None:  # the registry's DELETE / unload: keep the processes for the next test
+        pass
+
+
+@pytest.fixture(scope="module")
+def shared_room():
+    from fedjax_room.analyst.demo import start_room
+
+    embedded = start_room(sites=2, dataset="digits")
+    try:
+        yield Shared(embedded)
+    finally:
+        embedded.stop()
+
+
+@pytest.fixture
+def real_registry(jp_serverapp, shared_room):
+    reg = jp_serverapp.web_app.settings["fedjax_room_registry"]
+    reg.start_room_fn = lambda **kwargs: shared_room
+    return reg
+
+
+async def get(jp_fetch, *parts, **kwargs):
+    response = await jp_fetch("fedjax-room", *parts, **kwargs)
+    return json.loads(response.body) if response.body else None
+
+
+async def post(jp_fetch, *parts, body):
+    response = await jp_fetch("fedjax-room", *parts, method="POST", body=json.dumps(body))
+    return response.code, json.loads(response.body)
+
+
+async def test_status_sites_runs_budget_audit(jp_fetch, real_registry, shared_room):
+    code, room = await post(jp_fetch, "rooms", "demo", body={"sites": 2, "dataset": "digits"})
+    assert code == 201 and room["url"].startswith("ws://127.0.0.1:") and room["site_names"] == ["site-a", "site-b"]
+    status = await get(jp_fetch, "status")
+    assert [r["id"] for r in status["rooms"]] == ["room-1"]
+
+    sites = (await get(jp_fetch, "rooms", "room-1", "sites"))["sites"]
+    assert [s["name"] for s in sites] == ["site-a", "site-b"]
+    for site in sites:
+        assert site["schema_summary"].startswith("64 features (pixel_0_0..pixel_7_7) -> ")
+        assert "10 classes" in site["schema_summary"]
+        assert "epsilon_cap=10" in site["policy_summary"]
+        assert not {"x", "y", "records", "data"} & set(site)  # schema and a coarse count, never records
+
+    code, run = await post(jp_fetch, "rooms", "room-1", "runs", body=SMALL_RUN)
+    assert code == 201 and run["status"] in ("pending", "running") and run["rounds"] == 2
+
+    seen = set()
+    deadline = time.monotonic() + 150
+    while True:
+        runs = (await get(jp_fetch, "rooms", "room-1", "runs"))["runs"]
+        [r] = [r for r in runs if r["id"] == run["id"]]
+        seen.add(r["rounds_done"])
+        if r["status"] in ("finished", "failed") or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.5)
+    assert r["status"] == "finished", r
+    assert r["rounds_done"] == 2 and [h["round"] for h in r["history"]] == [1, 2]
+    last = r["history"][-1]
+    assert set(last["epsilon"]) == {"site-a", "site-b"} and all(0 < e <= 10 for e in last["epsilon"].values())
+    assert last["loss"] is None or last["loss"] > 0
+
+    budget = (await get(jp_fetch, "rooms", "room-1", "budget"))["sites"]
+    assert {b["site"] for b in budget} == {"site-a", "site-b"}
+    for row in budget:
+        assert 0 < row["epsilon_spent"] <= row["epsilon_cap"] == 10
+        assert row["remaining"] == pytest.approx(row["epsilon_cap"] - row["epsilon_spent"], rel=1e-6)
+
+    records = (await get(jp_fetch, "rooms", "room-1", "audit", params={"last": 50}))["records"]
+    kinds = [a["kind"] for a in records]
+    assert {"run_requested", "round_opened", "aggregate_applied", "run_finished"} <= set(kinds)
+
+    snap = await get(jp_fetch, "rooms", "room-1")
+    assert snap["errors"] == {} and snap["active"] is False and len(snap["audit"]) == 15
+
+
+async def test_show_dashboard_follows_a_run_from_another_connection(jp_fetch, real_registry, shared_room):
+    from fedjax_room.jupyter.server.notebook import show_dashboard
+
+    await post(jp_fetch, "rooms", "demo", body={})
+    code, run = await post(jp_fetch, "rooms", "room-1", "runs", body=SMALL_RUN)
+    dashboard = await asyncio.to_thread(show_dashboard, shared_room.url, shared_room.analyst_key, run["id"])
+    try:
+        assert await asyncio.to_thread(dashboard.wait, 150)
+        assert dashboard.run_id == run["id"] and dashboard.status == "finished"
+        assert dashboard.rounds_total == 2 and dashboard.rounds_done == 2
+        assert set(dashboard.epsilon) == {"site-a", "site-b"} and dashboard.epsilon_cap["site-a"] == 10
+    finally:
+        dashboard.room.close()
