@@ -11,6 +11,7 @@ so a kernel can import :mod:`.notebook` without them.
 
 from __future__ import annotations
 
+import atexit
 from typing import Any
 
 __all__ = ["load_jupyter_server_extension"]
@@ -24,6 +25,7 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
     from fedjax_room.jupyter.server.registry import RoomRegistry
 
     registry = RoomRegistry()
+    atexit.register(registry.close_all)  # demo rooms' processes outlive a server that is not shut down cleanly
     serverapp.web_app.settings[_REGISTRY_KEY] = registry
     setup_handlers(serverapp.web_app, registry)
     serverapp.log.info("fedjax-room: Clean Room routes registered under /fedjax-room/")
@@ -34,6 +36,7 @@ def _unload_jupyter_server_extension(serverapp: Any) -> None:
     registry = serverapp.web_app.settings.pop(_REGISTRY_KEY, None)
     if registry is not None:
         registry.close_all()
+        atexit.unregister(registry.close_all)
 
 
 # The name older jupyter_server / notebook versions look for.
