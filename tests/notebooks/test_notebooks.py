@@ -19,9 +19,9 @@ NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 
 #: Small parameters per notebook (rounds, epsilon, sites, and the claim's floor).
 SMALL = {
-    "quickstart.ipynb": {"rounds": 3, "epsilon": 3.0, "sites": 2, "accuracy_floor": 0.5},
-    "hospitals.ipynb": {"rounds": 3, "epsilon": 2.0, "sites": 4, "accuracy_floor": 0.7},
-    "fraud.ipynb": {"rounds": 3, "epsilon": 3.0, "sites": 2, "average_precision_floor": 0.08},
+    "quickstart.ipynb": {"rounds": 2, "epsilon": 3.0, "sites": 2, "accuracy_floor": 0.6},
+    "hospitals.ipynb": {"rounds": 2, "epsilon": 2.0, "sites": 4, "accuracy_floor": 0.6},
+    "fraud.ipynb": {"rounds": 2, "epsilon": 3.0, "sites": 2, "average_precision_floor": 0.15},
 }
 
 
