@@ -33,6 +33,7 @@ __all__ = [
     "records",
     "refusals_html",
     "rounds_html",
+    "run_html",
     "runs_html",
     "sites_html",
     "text_table",
@@ -362,6 +363,36 @@ def refusals_html(refusals: Any) -> str:
 def audit_html(entries: Any) -> str:
     """Coordinator audit records: index, time, writer, kind and the record's fields (hashes, signatures hidden)."""
     return VIEWS["audit"].html(entries)
+
+
+def run_html(run: Any) -> str:
+    """A static view of a run: id, status, rounds, the per-round table, privacy report, refusals, error.
+
+    Reads only the documented ``Run`` attributes (``id``, ``status``, ``rounds_done``, ``config``,
+    ``history``, ``privacy``, ``refusals``, ``error``); a dict with those keys works too.
+    """
+
+    def get(name: str, default: Any = None) -> Any:
+        return run.get(name, default) if isinstance(run, Mapping) else getattr(run, name, default)
+
+    config = get("config") or {}
+    total = config.get("rounds") if isinstance(config, Mapping) else None
+    status = str(get("status", ""))
+    colour = {"finished": "#2ca02c", "failed": "#d62728", "running": "#1f77b4"}.get(status, "#888")
+    parts = [
+        f"<div><b>Run {html.escape(str(get('id', '')))}</b> "
+        f'<span style="color:#fff;background:{colour};border-radius:3px;padding:1px 6px">{html.escape(status)}</span>'
+        f" — round {html.escape(format_value(get('rounds_done')))} / {html.escape(format_value(total))}</div>"
+    ]
+    error = get("error")
+    if error:
+        message = getattr(error, "message", None) or str(error)
+        parts.append(f'<div style="color:#d62728"><b>error:</b> {html.escape(message)}</div>')
+    parts.append(rounds_html(get("history") or []))
+    parts.append(privacy_html(get("privacy")))
+    if get("refusals"):
+        parts.append(refusals_html(get("refusals")))
+    return "".join(parts)
 
 
 def view_text(view: str, data: Any) -> str:

@@ -14,6 +14,7 @@ from fedjax_room.jupyter.display import (
     records,
     refusals_html,
     rounds_html,
+    run_html,
     runs_html,
     sites_html,
     text_table,
@@ -116,3 +117,16 @@ def test_chart_shapes():
         svg_line_chart({}, width=10)
     partial = svg_line_chart({"loss": [3.0, 2.0]}, x_count=6)
     assert ">6</text>" in partial  # the x axis already runs to the last round
+
+
+def test_run_html(fakes):
+    room = fakes.FakeRoom()
+    run = room.train("spec", rounds=2)
+    run.emit(fakes.RoundResult(1, ["alpha"], [], 1.5, 0.6, {"alpha": 1.0}))
+    run.refusals = [fakes.Refusal("beta", "epsilon_cap", "too much")]
+    run.rounds_done = 1
+    run.finish("failed", error=EVIL)
+    html = run_html(run)
+    assert "Run run-1" in html and "failed" in html and "round 1 / 2" in html
+    assert "&lt;script&gt;" in html and "<script>" not in html
+    assert "Rounds" in html and "Privacy report" in html and "too much" in html
