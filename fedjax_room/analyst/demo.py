@@ -41,10 +41,10 @@ DEMO_RECIPES: dict[str, dict[str, Any]] = {
     "digits": {
         "model": ("logistic", {}),
         "train": {
-            "rounds": 6,
-            "local_steps": 25,
-            "batch_size": 48,
-            "learning_rate": 0.5,
+            "rounds": 5,
+            "local_steps": 40,
+            "batch_size": 96,
+            "learning_rate": 2.0,
             "clip_norm": 1.0,
             "server_learning_rate": 1.0,
         },
@@ -130,10 +130,15 @@ class EmbeddedRoom:
 
     def stop(self) -> None:
         """End every process of the room (sites first, then the coordinator)."""
-        for name in [n for n in self.processes if n != "coordinator"] + ["coordinator"]:
-            proc = self.processes.get(name)
-            if proc is not None:
-                stop_process(proc)
+        sites = [p for n, p in self.processes.items() if n != "coordinator"]
+        for proc in sites:  # all at once: they shut down in parallel
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in sites:
+            stop_process(proc)
+        coordinator = self.processes.get("coordinator")
+        if coordinator is not None:
+            stop_process(coordinator)
         self.processes.clear()
 
     def __enter__(self) -> EmbeddedRoom:

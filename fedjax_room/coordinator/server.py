@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,7 @@ async def serve_coordinator(
     machine = CoordinatorMachine(store, audit=LogAudit(audit_log), max_frame=max_frame)
     server = MachineServer(machine, host=host, port=port, ssl_context=ssl_ctx, max_frame=max_frame)
     url = await server.start()
+    threading.Thread(target=_warm_up, name="warm-up", daemon=True).start()
     atomic_write(state / "coordinator.url", url.encode())
     log.info("room %s listening on %s (state in %s)", store.room_id, url, state)
     print(f"fedjax-room coordinator: room {store.room_id} listening on {url}", flush=True)
@@ -91,6 +93,18 @@ async def serve_coordinator(
         store.close()
         with contextlib.suppress(OSError):
             (state / "coordinator.url").unlink()
+
+
+def _warm_up() -> None:
+    """Import JAX/Flax in the background so the first run's initial model is quick to make."""
+    try:
+        import jax.numpy as jnp
+
+        import fedjax_room.models.build  # noqa: F401
+
+        jnp.zeros(1).block_until_ready()
+    except Exception:  # pragma: no cover - only an optimisation
+        log.debug("warm-up failed", exc_info=True)
 
 
 def run_coordinator(state_dir: str | Path, **kwargs: Any) -> int:

@@ -105,6 +105,8 @@ async def serve_site(
             log.error("job %s failed: %s", key, fut.exception())
         loop.create_task(perform(machine.work_done(key, result)))
 
+    # Import JAX and start its backend while connecting: the first offer then answers sooner.
+    loop.run_in_executor(executor, _warm_up)
     try:
         while not stop.is_set():
             try:
@@ -142,6 +144,17 @@ async def serve_site(
                     await asyncio.wait_for(stop.wait(), backoff.next())
     finally:
         executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _warm_up() -> None:
+    try:
+        import jax.numpy as jnp
+
+        import fedjax_room.local  # noqa: F401
+
+        jnp.zeros(1).block_until_ready()
+    except Exception:  # pragma: no cover - warming up is only an optimisation
+        log.debug("warm-up failed", exc_info=True)
 
 
 def run_site(*, coordinator: str, key: Path, cafile: Path | None = None, **kwargs: Any) -> int:
