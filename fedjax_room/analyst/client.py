@@ -426,6 +426,11 @@ class Run:
     def __repr__(self) -> str:
         return f"Run(id={self.id!r}, status={self._status!r}, rounds={self._rounds_done}/{self.config.get('rounds')})"
 
+    def _repr_html_(self) -> str:
+        from fedjax_room.jupyter.display import run_html
+
+        return run_html(self)
+
 
 class Room:
     """A connection to a room as an analyst. Use :func:`connect`; close with :meth:`close` (or ``with``)."""
