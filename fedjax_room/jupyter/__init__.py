@@ -23,6 +23,7 @@ __all__ = [
     "LaunchForm",
     "RoomMagics",
     "RunDashboard",
+    "current_demo",
     "current_room",
     "current_run",
     "load_ipython_extension",
@@ -69,6 +70,11 @@ def unload_ipython_extension(ipython: Any) -> None:
 def current_room() -> Any:
     """The Room the magics are connected to (``None`` if none)."""
     return _magics.room if _magics is not None else None
+
+
+def current_demo() -> Any:
+    """The embedded room ``%room demo`` started (an ``EmbeddedRoom``; ``None`` if none)."""
+    return _magics.embedded if _magics is not None else None
 
 
 def current_run() -> Any:

@@ -141,14 +141,14 @@ def test_demo_connect_stop(ip, fake_room):
     assert embedded.kwargs == {"sites": 2, "dataset": "breast_cancer", "non_iid": 0.3}
     assert "ws://127.0.0.1:9999" in cap.stdout and "site-0, site-1" in cap.stdout
     assert ip.user_ns["room"] is embedded.room and fake_room.closed  # the earlier connection was closed
-    assert jupyter.current_room() is embedded.room
+    assert jupyter.current_room() is embedded.room and jupyter.current_demo() is embedded
 
     result, cap = run(ip, "%room connect ws://elsewhere:1 --key analyst.key --as other")
     assert result.success and embedded.stopped and ip.user_ns["other"] is fake_room
     assert "room" not in ip.user_ns  # the stopped room is no longer offered
 
     result, cap = run(ip, "%room stop")
-    assert "disconnected" in cap.stdout and jupyter.current_room() is None
+    assert "disconnected" in cap.stdout and jupyter.current_room() is None and jupyter.current_demo() is None
     _, cap = run(ip, "%room stop")
     assert "no room to stop" in cap.stdout
 

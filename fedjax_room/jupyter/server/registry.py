@@ -163,6 +163,8 @@ class RoomEntry:
             "site_names": self.site_names,
             "dataset": self.dataset,
             "created": self.created,
+            # where a demo room keeps its keys, ledgers and process logs (on this server's machine)
+            "state_dir": str(getattr(self.embedded, "state_dir", "") or "") or None,
         }
 
 
