@@ -19,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "install-kernel",
         help=f"install the {DISPLAY_NAME!r} Jupyter kernel",
-        description=f"Install the {DISPLAY_NAME!r} Jupyter kernel: IPython with the %%room magics loaded.",
+        description=f"Install the {DISPLAY_NAME!r} Jupyter kernel: IPython with the %room magics loaded.",
     )
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--user", action="store_true", help="install for the current user")

@@ -53,7 +53,7 @@ __all__ = [
 ]
 
 # AGGREGATORS and SERVER_OPTIMIZERS are the room's own (fedjax_room.protocol.config), re-exported here.
-#: Built-in datasets an embedded demo room can serve.
+#: Built-in datasets an embedded demo room can serve (fedjax_room.data.BUILTIN_DATASETS, kept light to import).
 DATASETS = ("digits", "breast_cancer", "mnist", "fraud")
 
 #: Every sub-command of ``%room``, with a one-line summary (in ``--help`` order).

@@ -163,3 +163,12 @@ def test_help_mentions_every_command():
     assert "--sites" in help_text("demo") and "--key" in help_text("connect")
     with pytest.raises(ConfigError):
         help_text("nope")
+
+
+def test_choices_are_the_rooms_own():
+    from fedjax_room.data import BUILTIN_DATASETS
+    from fedjax_room.jupyter.args import AGGREGATORS, DATASETS, SERVER_OPTIMIZERS
+    from fedjax_room.protocol import config
+
+    assert set(DATASETS) == set(BUILTIN_DATASETS)
+    assert AGGREGATORS == config.AGGREGATORS and SERVER_OPTIMIZERS == config.SERVER_OPTIMIZERS
