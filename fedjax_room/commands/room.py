@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
+from typing import Any
 
-from fedjax_room.errors import ConfigError
+from fedjax_room.errors import ConfigError, FedRoomError
 
 __all__ = ["register", "run_coordinator_cmd", "run_demo", "run_enroll", "run_keygen", "run_site_cmd"]
 
@@ -119,7 +121,11 @@ def run_coordinator_cmd(args: argparse.Namespace) -> int:
     from fedjax_room.coordinator.server import run_coordinator
 
     _logging(args.log_level)
-    return run_coordinator(args.state, host=args.host, port=args.port, tls_cert=args.tls_cert, tls_key=args.tls_key)
+    return _serve_then_exit(
+        lambda: run_coordinator(
+            args.state, host=args.host, port=args.port, tls_cert=args.tls_cert, tls_key=args.tls_key
+        )
+    )
 
 
 def run_site_cmd(args: argparse.Namespace) -> int:
@@ -127,17 +133,39 @@ def run_site_cmd(args: argparse.Namespace) -> int:
     from fedjax_room.site.runner import run_site
 
     _logging(args.log_level)
-    return run_site(
-        coordinator=args.coordinator,
-        key=args.key,
-        cafile=args.tls_ca,
-        data=args.data,
-        heldout=args.heldout,
-        policy=args.policy,
-        state_dir=args.state,
-        name=args.name,
-        train_delay=args.train_delay,
+    return _serve_then_exit(
+        lambda: run_site(
+            coordinator=args.coordinator,
+            key=args.key,
+            cafile=args.tls_ca,
+            data=args.data,
+            heldout=args.heldout,
+            policy=args.policy,
+            state_dir=args.state,
+            name=args.name,
+            train_delay=args.train_delay,
+        )
     )
+
+
+def _serve_then_exit(serve: Any) -> int:
+    """Run a long-lived service; once it has shut down cleanly (state closed), leave the process at once.
+
+    A background JAX import or a training job cut short by SIGTERM must not keep the process alive:
+    nothing is released before it is fully written (ledger and release files are atomic), so nothing is
+    lost by not waiting for them.
+    """
+    try:
+        code = int(serve() or 0)
+    except FedRoomError as exc:
+        print(f"fedjax-room: error: {exc.message}", file=sys.stderr)
+        code = 2
+    except KeyboardInterrupt:
+        code = 130
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
 
 
 def run_demo(args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import threading
 from pathlib import Path
@@ -24,6 +25,7 @@ from fedjax_room.protocol.coordinator import CoordinatorMachine
 from fedjax_room.transport.server import MachineServer, server_ssl_context
 
 __all__ = ["LogAudit", "coordinator_key", "run_coordinator", "serve_coordinator"]
+
 
 log = logging.getLogger("fedjax_room.coordinator")
 
@@ -83,7 +85,7 @@ async def serve_coordinator(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, _stopper(stop))
     try:
         await stop.wait()
     finally:
@@ -93,6 +95,22 @@ async def serve_coordinator(
         store.close()
         with contextlib.suppress(OSError):
             (state / "coordinator.url").unlink()
+
+
+def _stopper(stop: asyncio.Event, grace: float = 5.0) -> Any:
+    """A signal handler: ask for a clean shutdown, and exit anyway if it has not happened in ``grace`` s.
+
+    (A shutdown can stall behind an import lock held by the background JAX warm-up; every write this
+    process makes is atomic, so leaving is always safe.)
+    """
+
+    def handler() -> None:
+        stop.set()
+        timer = threading.Timer(grace, os._exit, args=(0,))
+        timer.daemon = True
+        timer.start()
+
+    return handler
 
 
 def _warm_up() -> None:

@@ -52,6 +52,8 @@ HANDSHAKE_MAX_BYTES = 4096
 _SITE_TYPES = (m.SiteStatus, m.RunAccept, m.RunRefuse, m.Update, m.Metrics, m.Error)
 _ANALYST_TYPES = (m.ListSites, m.ListRuns, m.StartRun, m.WatchRun, m.GetModel, m.GetBudget, m.GetAudit, m.Error)
 _MAX_AUDIT = 1000
+#: Largest policy / plan / ledger summary a site may send (a schema may be 4x: feature names).
+_MAX_DESCRIPTION = 64 * 1024
 
 
 class AuditSink(Protocol):
@@ -115,6 +117,13 @@ def _default_init(spec: dict[str, Any], seed: int) -> Tree:
 
     params = init_params(spec, jax.random.PRNGKey(seed))
     return jax.tree.map(lambda a: np.asarray(a, np.float32), dict(params))
+
+
+def _small(obj: Any, what: str, limit: int) -> None:
+    from fedjax_room.protocol.codec import pack
+
+    if len(pack(obj)) > limit:
+        raise FrameTooLargeError(f"{what} is over {limit} bytes; send a summary, not data")
 
 
 def _finite(*values: float) -> bool:
@@ -319,6 +328,9 @@ class CoordinatorMachine:
     def _on_site_status(self, c: _Conn, msg: m.SiteStatus, now: float) -> None:
         if len(msg.record_count) > 32:
             raise ProtocolError("site_status record_count must be a short coarse count such as '~500'")
+        _small(msg.schema, "site_status schema", 4 * _MAX_DESCRIPTION)
+        _small(msg.policy, "site_status policy", _MAX_DESCRIPTION)
+        _small(msg.ledger, "site_status ledger", _MAX_DESCRIPTION)
         self.store.save_site(
             c.name, schema=msg.schema, record_count=msg.record_count, policy=msg.policy, ledger=msg.ledger
         )
@@ -345,6 +357,7 @@ class CoordinatorMachine:
             return
         if c.name in a.answered:
             return
+        _small(msg.plan, "run_accept plan", _MAX_DESCRIPTION)
         self.audit.append("run_accepted", run_id=a.id, site=c.name, reason="")
         self.store.set_run_site(a.id, c.name, "accepted", plan=msg.plan)
         a.accepted[c.name] = dict(msg.plan)

@@ -167,9 +167,11 @@ def run_site(*, coordinator: str, key: Path, cafile: Path | None = None, **kwarg
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+        from fedjax_room.coordinator.server import _stopper
+
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, stop.set)
+                loop.add_signal_handler(sig, _stopper(stop))
         print(f"fedjax-room site {agent.name}: serving {coordinator} (state in {agent.state_dir})", flush=True)
         await serve_site(coordinator, signing_key, agent, cafile=cafile, stop=stop)
 

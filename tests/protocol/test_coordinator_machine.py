@@ -312,3 +312,12 @@ def test_restart_resumes_from_the_last_finished_round(tmp_path, harness):
         starts = _round_starts(harness, conn)
         assert [(s.round, s.phase) for s in starts] == [(2, "train")]
         np.testing.assert_allclose(unpack_tree(starts[0].params)["dense_0"]["bias"], 1.0)
+
+
+def test_oversized_site_description_is_refused(harness):
+    harness.enroll("site-a", "site")
+    conn = harness.connect("site-a")
+    harness.take(conn)
+    harness.send(conn, m.SiteStatus(schema={"features": ["x" * 100] * 5000}, record_count="~1", policy={}, ledger={}))
+    _refused(harness, conn, "frame_too_large")
+    assert harness.store.sites() == {}
