@@ -660,6 +660,9 @@ class CoordinatorMachine:
         if rounds and rounds[-1].status == "aggregated":
             log.info("resuming run %s: evaluating round %d", run.id, rounds[-1].round)
             self._open_phase("eval", rounds[-1].round, now)
+        elif run.rounds_done >= config.rounds:  # crashed between the last evaluation and finishing
+            a.round = run.rounds_done
+            self._finish(now, "finished", None)
         else:
             log.info("resuming run %s at round %d", run.id, run.rounds_done + 1)
             self._open_phase("train", run.rounds_done + 1, now)

@@ -321,3 +321,19 @@ def test_oversized_site_description_is_refused(harness):
     harness.send(conn, m.SiteStatus(schema={"features": ["x" * 100] * 5000}, record_count="~1", policy={}, ledger={}))
     _refused(harness, conn, "frame_too_large")
     assert harness.store.sites() == {}
+
+
+def test_restart_after_the_last_round_finishes_the_run(harness):
+    analyst, sites = _setup(harness, n=1)
+    run_id = _start_run(harness, analyst, rounds=1)
+    _offers(harness, sites, run_id)
+    conn = sites["site-a"]
+    harness.send(conn, harness.update(run_id, 1, 1.0))
+    harness.send(conn, harness.metrics(run_id, 1))
+    assert harness.store.run(run_id).status == "finished"
+    harness.store.set_run_status(run_id, "running")  # as if killed between the evaluation and finishing
+    from fedjax_room.protocol.coordinator import CoordinatorMachine
+
+    machine = CoordinatorMachine(harness.store, audit=harness.audit, init_params=lambda s, k: None)
+    machine.start(harness.now)
+    assert harness.store.run(run_id).status == "finished" and machine.active_run is None
