@@ -7,7 +7,7 @@ into a validated :class:`~fedjax_room.models.ModelSpec`. Every mistake raises
 
 Commands::
 
-    %room demo [--sites N] [--dataset D] [--non-iid ALPHA] [--as NAME]
+    %room demo [--sites N] [--dataset D] [--non-iid ALPHA] [--state-dir DIR] [--as NAME]
     %room connect URL --key PATH [--as NAME]
     %room sites | runs | budget | launch | stop
     %room audit [--last N]
@@ -89,6 +89,7 @@ class DemoArgs:
     dataset: str = "digits"
     non_iid: float | None = None
     var: str = _DEFAULT_VAR
+    state_dir: str | None = None
     name: str = "demo"
 
 
@@ -203,6 +204,9 @@ def _build(name: str) -> _Parser:
             metavar="ALPHA",
             help="Dirichlet label skew",
         )
+        parser.add_argument(
+            "--state-dir", metavar="DIR", help="keep the room's state (keys, ledgers, audit) here and reuse it"
+        )
         parser.add_argument("--as", dest="var", type=_identifier, default=_DEFAULT_VAR, help="variable for the Room")
     elif name == "connect":
         parser.add_argument("url", help="the room's URL, e.g. ws://127.0.0.1:8765")
@@ -265,7 +269,7 @@ def parse_line(line: str) -> Parsed:
         return SimpleArgs(name=command)
     ns = _build(command).parse_args(rest)
     if command == "demo":
-        return DemoArgs(sites=ns.sites, dataset=ns.dataset, non_iid=ns.non_iid, var=ns.var)
+        return DemoArgs(sites=ns.sites, dataset=ns.dataset, non_iid=ns.non_iid, var=ns.var, state_dir=ns.state_dir)
     if command == "connect":
         return ConnectArgs(url=ns.url, key=ns.key, var=ns.var)
     if command == "watch":

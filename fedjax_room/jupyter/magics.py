@@ -150,6 +150,8 @@ class RoomMagics(Magics):
         kwargs: dict[str, Any] = {"sites": parsed.sites, "dataset": parsed.dataset}
         if parsed.non_iid is not None:
             kwargs["non_iid"] = parsed.non_iid
+        if parsed.state_dir is not None:
+            kwargs["state_dir"] = parsed.state_dir
         embedded = self.start_room_fn(**kwargs)
         self.embedded = embedded
         self._register_atexit()

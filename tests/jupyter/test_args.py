@@ -29,6 +29,7 @@ from fedjax_room.jupyter.args import (
         ("demo", DemoArgs()),
         ("demo --sites 4 --dataset breast_cancer --non-iid 0.5", DemoArgs(4, "breast_cancer", 0.5)),
         ("demo --as r2", DemoArgs(var="r2")),
+        ("demo --state-dir '/tmp/my room'", DemoArgs(state_dir="/tmp/my room")),
         ("connect ws://h:1 --key 'my key.pem'", ConnectArgs("ws://h:1", "my key.pem")),
         ("sites", SimpleArgs("sites")),
         ("runs", SimpleArgs("runs")),

@@ -135,10 +135,10 @@ def test_not_connected(ip):
 
 
 def test_demo_connect_stop(ip, fake_room):
-    result, cap = run(ip, "%room demo --sites 2 --dataset breast_cancer --non-iid 0.3")
+    result, cap = run(ip, "%room demo --sites 2 --dataset breast_cancer --non-iid 0.3 --state-dir /tmp/r")
     assert result.success and result.result is None
     embedded = jupyter._magics.embedded
-    assert embedded.kwargs == {"sites": 2, "dataset": "breast_cancer", "non_iid": 0.3}
+    assert embedded.kwargs == {"sites": 2, "dataset": "breast_cancer", "non_iid": 0.3, "state_dir": "/tmp/r"}
     assert "ws://127.0.0.1:9999" in cap.stdout and "site-0, site-1" in cap.stdout
     assert ip.user_ns["room"] is embedded.room and fake_room.closed  # the earlier connection was closed
     assert jupyter.current_room() is embedded.room and jupyter.current_demo() is embedded

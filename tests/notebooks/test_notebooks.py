@@ -8,9 +8,11 @@ claims (the run finished, an accuracy or average-precision floor, epsilon within
 from __future__ import annotations
 
 import ast
+import contextlib
 import importlib.util
 import json
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -64,10 +66,30 @@ def _room_available() -> bool:
 @pytest.mark.skipif(not _room_available(), reason="needs the embedded room (fedjax_room.analyst.demo)")
 @pytest.mark.parametrize("name", sorted(SMALL))
 def test_notebook_runs_under_papermill(name, tmp_path, monkeypatch):
-    import papermill
-
     repo = str(NOTEBOOKS.parent)  # the kernel imports this checkout, installed or not
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # the demo room's state (and process arguments) live here
+    try:
+        _execute(name, tmp_path)
+    finally:
+        _stop_room_processes(tmp_path)
+
+
+def _stop_room_processes(tmp_path: Path) -> None:
+    """End room processes this test's kernel started and left behind (a failing notebook skips `%room stop`)."""
+    marker = os.path.join(str(tmp_path), "").encode()
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"fedjax_room" in cmdline and marker in cmdline:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(int(proc.name), signal.SIGTERM)
+
+
+def _execute(name: str, tmp_path: Path) -> None:
+    import papermill
 
     output = tmp_path / name
     papermill.execute_notebook(
