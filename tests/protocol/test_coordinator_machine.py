@@ -337,3 +337,26 @@ def test_restart_after_the_last_round_finishes_the_run(harness):
     machine = CoordinatorMachine(harness.store, audit=harness.audit, init_params=lambda s, k: None)
     machine.start(harness.now)
     assert harness.store.run(run_id).status == "finished" and machine.active_run is None
+
+
+def test_malformed_update_mid_round_closes_that_site_only(harness):
+    analyst, sites = _setup(harness, n=2)
+    run_id = _start_run(harness, analyst, rounds=1, min_sites=1)
+    _offers(harness, sites, run_id)
+    bad = {"dense_0": {"kernel": np.full((3, 2), np.nan, np.float32), "bias": np.zeros(2, np.float32)}}
+    from fedjax_room.protocol.codec import pack_tree
+
+    harness.send(
+        sites["site-a"],
+        m.Update(
+            run_id=run_id, round=1, weight=10, payload=pack_tree(bad), epsilon=0.1, ledger_epsilon=0.1, delta=1e-5
+        ),
+    )
+    err = [x for x in harness.take(sites["site-a"]) if isinstance(x, m.Error)][-1]
+    assert err.fatal and "NaN" in err.message and sites["site-a"] in harness.closed
+    assert sites["site-b"] not in harness.closed
+    assert harness.store.rounds(run_id) == []
+    harness.send(sites["site-b"], harness.update(run_id, 1, 1.0))
+    harness.tick(11)  # site-a's answer never comes: the round closes with site-b
+    (row,) = harness.store.rounds(run_id)
+    assert row.sites == ["site-b"] and row.dropped == ["site-a"]
