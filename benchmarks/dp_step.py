@@ -225,7 +225,10 @@ def _worker(kind: str, model: str, modes: list[str], warmup: int, steps: int) ->
         import jax  # noqa: F401  (imported before measuring the base RSS)
     if any(m in TORCH_MODES for m in modes):
         import opacus  # noqa: F401
-        import torch  # noqa: F401
+        import torch
+
+        if os.environ.get("DP_STEP_THREADS"):
+            torch.set_num_threads(int(os.environ["DP_STEP_THREADS"]))
     base_rss = _rss_mb()
     jax_modes = [m for m in modes if m in JAX_MODES]
     runs = _jax_steps(model, jax_modes) if jax_modes else {}
@@ -266,12 +269,17 @@ def _torch_available() -> bool:
     return True
 
 
-def _spawn(kind: str, model: str, modes: list[str], warmup: int, steps: int, xla_flags: str) -> dict[str, Any]:
+def _spawn(
+    kind: str, model: str, modes: list[str], warmup: int, steps: int, xla_flags: str, threads: int | None
+) -> dict[str, Any]:
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", kind, model, ",".join(modes)]
     cmd += ["--warmup", str(warmup), "--steps", str(steps)]
     env = dict(os.environ)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    if threads:
+        env["DP_STEP_THREADS"] = str(threads)
+        xla_flags = f"{xla_flags} --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads={threads}"
     if xla_flags:
         env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + xla_flags).strip()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
@@ -283,13 +291,21 @@ def _spawn(kind: str, model: str, modes: list[str], warmup: int, steps: int, xla
 
 
 def _measure(
-    model: str, modes: list[str], warmup: int, steps: int, rounds: int, memory: bool, xla_flags: str, log: Any
+    model: str,
+    modes: list[str],
+    warmup: int,
+    steps: int,
+    rounds: int,
+    memory: bool,
+    xla_flags: str,
+    threads: int | None,
+    log: Any,
 ) -> list[dict[str, Any]]:
     rows = {mode: {"model": model, "mode": mode, "times": [], "compile_s": []} for mode in modes}
     groups = [g for g in ([m for m in modes if m in JAX_MODES], [m for m in modes if m in TORCH_MODES]) if g]
     for r in range(rounds):
         for group in groups if r % 2 == 0 else groups[::-1]:
-            out = _spawn("time", model, group, warmup, steps, xla_flags)
+            out = _spawn("time", model, group, warmup, steps, xla_flags, threads)
             log(f"{model} {','.join(group)} round {r + 1}/{rounds}: {out.get('error', 'ok')}")
             for mode in group:
                 if "error" in out:
@@ -302,7 +318,7 @@ def _measure(
                         rows[mode][key] = out[key]
     if memory:
         for mode in modes:
-            out = _spawn("memory", model, [mode], 2, 2, xla_flags)
+            out = _spawn("memory", model, [mode], 2, 2, xla_flags, threads)
             log(f"{model} {mode} memory: {out.get('error', 'ok')}")
             if "error" not in out:
                 rows[mode]["peak_rss_mb"] = round(out["peak_rss_mb"], 1)
@@ -373,6 +389,13 @@ def main(argv: list[str] | None = None) -> int:
         default=DEFAULT_XLA_FLAGS,
         help=f"appended to XLA_FLAGS for the JAX workers (default {DEFAULT_XLA_FLAGS!r}; '' for XLA's defaults)",
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="limit JAX (XLA:CPU) and PyTorch to this many threads each (default: each framework's own default); "
+        "1 gives steadier numbers on a busy shared machine",
+    )
     parser.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
     parser.add_argument("--worker", nargs=3, metavar=("KIND", "MODEL", "MODES"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -394,10 +417,13 @@ def main(argv: list[str] | None = None) -> int:
     log = lambda msg: print(f"  {msg}", file=sys.stderr, flush=True)
     rows = []
     for model in models:
-        rows += _measure(model, modes, args.warmup, args.steps, args.rounds, not args.no_memory, args.xla_flags, log)
+        rows += _measure(
+            model, modes, args.warmup, args.steps, args.rounds, not args.no_memory, args.xla_flags, args.threads, log
+        )
     for row in rows:
         if row["mode"] in JAX_MODES:
             row["xla_flags"] = args.xla_flags
+        row["threads"] = args.threads or "default"
     _ratios(rows)
     if args.json:
         for row in rows:
