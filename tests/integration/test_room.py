@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import math
+import time
 
 import numpy as np
 import pytest
@@ -108,11 +109,16 @@ def test_analyst_api_returns_no_records(room):
         client.train(SPEC, secure_aggregation=True)
     seen = []
     run = client.train(SPEC, rounds=2, target_epsilon=3.0, **FAST)
-    run.subscribe(seen.append)
+    run.subscribe(lambda r: seen.append((r, client.budget())))  # a callback may call the room
     streamed = list(run.rounds(timeout=120))
     run.wait(120)
     assert run.status == "finished", run.error
     assert [r.round for r in streamed] == [1, 2]
+    for _ in range(100):  # callbacks run on their own thread
+        if seen and seen[-1][0].round == 2:
+            break
+        time.sleep(0.1)
+    assert seen and seen[-1][0].round == 2 and "site-a" in seen[-1][1]
     # site-c's cap (2.0) is below the target: it refused the run, the others trained
     assert [(r.site, r.reason) for r in run.refusals] == [("site-c", "epsilon_cap")]
     assert set(streamed[-1].sites) == {"site-a", "site-b"}
@@ -173,7 +179,7 @@ def test_straggler_is_dropped_and_the_round_completes(room, fake_straggler_cls):
     schema = load_dataset(er.site_dir("site-a") / "train.npz").schema.to_dict()
     straggler = fake_straggler_cls(er.url, key, "site-z", schema).start()
     try:
-        run = client.train(SPEC, rounds=1, target_epsilon=1.0, min_sites=2, round_timeout=12.0, **FAST)
+        run = client.train(SPEC, rounds=1, target_epsilon=1.0, min_sites=2, round_timeout=20.0, **FAST)
         run.wait(120)
     finally:
         straggler.stop()
