@@ -116,7 +116,14 @@ function runRows(run: IRun): HTMLElement {
     rounds.length ? table(['round', 'loss*', 'acc*', 'max ε', 'dropped'], rounds, 'fjr-rounds') : null,
     rounds.length ? el('div', { class: 'fjr-note' }, '* DP-noised, released by the sites') : null,
     refusals.length ? el('ul', { class: 'fjr-refusals' }, ...refusals) : null,
-    run.error ? el('div', { class: 'fjr-error' }, `error: ${run.error}`) : null
+    run.error
+      ? el(
+          'div',
+          { class: 'fjr-error', title: run.error },
+          // the refusals above already give each site's reason: keep the error's first sentence
+          `error: ${run.refusals.length ? run.error.split('. ')[0] : run.error}`
+        )
+      : null
   );
 }
 

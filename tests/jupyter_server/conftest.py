@@ -168,7 +168,8 @@ def registry(jp_serverapp):
 
     reg.start_room_fn = start_room
     reg.connect_fn = lambda url, key: FakeRoom(("north", "south"))
-    return reg
+    yield reg
+    reg.close_all()
 
 
 @pytest.fixture

@@ -172,12 +172,14 @@ async def test_a_failing_part_does_not_blank_the_snapshot(jp_fetch, registry):
     assert code == 500 and data["message"] == "ConnectionError: coordinator went away"
 
 
-async def test_unload_stops_demo_rooms(jp_serverapp, jp_fetch, registry):
+async def test_close_all_stops_demo_rooms(jp_fetch, registry):
     await fetch_json(jp_fetch, "rooms", "demo", method="POST", body={"sites": 1})
-    from fedjax_room.jupyter.server import _unload_jupyter_server_extension
-
-    _unload_jupyter_server_extension(jp_serverapp)
-    assert registry.embedded_made[0].stopped
+    await fetch_json(jp_fetch, "rooms", method="POST", body={"url": "ws://10.0.0.1:8765", "key": "a.key"})
+    remote = registry.get("room-2").room
+    registry.close_all()  # what the server does at exit
+    assert registry.embedded_made[0].stopped and registry.embedded_made[0].room.closed and remote.closed
+    _, status = await fetch_json(jp_fetch, "status")
+    assert status["rooms"] == []
 
 
 def test_jsonable_and_summaries():

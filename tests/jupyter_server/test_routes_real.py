@@ -58,7 +58,8 @@ def shared_room():
 def real_registry(jp_serverapp, shared_room):
     reg = jp_serverapp.web_app.settings["fedjax_room_registry"]
     reg.start_room_fn = lambda **kwargs: shared_room
-    return reg
+    yield reg
+    reg.close_all()  # closes this test's connections; Shared.stop keeps the processes for the next test
 
 
 async def get(jp_fetch, *parts, **kwargs):
@@ -130,3 +131,19 @@ async def test_show_dashboard_follows_a_run_from_another_connection(jp_fetch, re
         assert set(dashboard.epsilon) == {"site-a", "site-b"} and dashboard.epsilon_cap["site-a"] == 10
     finally:
         dashboard.room.close()
+
+
+async def test_refusals_come_with_their_reasons(jp_fetch, real_registry):
+    await post(jp_fetch, "rooms", "demo", body={})
+    code, run = await post(jp_fetch, "rooms", "room-1", "runs", body={**SMALL_RUN, "target_epsilon": 50.0})
+    assert code == 201
+    deadline = time.monotonic() + 60
+    while True:
+        [r] = [r for r in (await get(jp_fetch, "rooms", "room-1", "runs"))["runs"] if r["id"] == run["id"]]
+        if r["status"] in ("finished", "failed") or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.5)
+    assert r["status"] == "failed" and r["rounds_done"] == 0
+    assert {f["site"] for f in r["refusals"]} == {"site-a", "site-b"}
+    assert all(f["reason"] == "epsilon_cap" and "cap" in f["message"] for f in r["refusals"])
+    assert "cannot start" in r["error"]
