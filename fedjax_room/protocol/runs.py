@@ -1,0 +1,350 @@
+"""The coordinator's run driver: offers, train and eval phases, deadlines, aggregation, resume.
+
+Half of :class:`~fedjax_room.protocol.coordinator.CoordinatorMachine` (which inherits it): the part
+that moves a run from ``pending`` through its rounds to ``finished`` or ``failed``, and the views an
+analyst gets of it. Like the rest of the machine it does no I/O of its own: it sends frames through
+``self._send``, persists through ``self.store`` and records through ``self.audit``. See
+``docs/protocol.md`` for the round flow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from typing import Any
+
+from fedjax_room.errors import FedRoomError, RefusedError, RoundError
+from fedjax_room.protocol import messages as m
+from fedjax_room.protocol.codec import Tree, pack_tree
+from fedjax_room.protocol.config import RunConfig
+
+__all__ = ["RunDriver"]
+
+log = logging.getLogger("fedjax_room.coordinator")
+
+
+@dataclasses.dataclass
+class _Active:
+    id: str
+    analyst: str
+    spec: dict[str, Any]
+    config: RunConfig
+    phase: str  # offer | train | eval
+    round: int
+    deadline: float
+    params: Tree
+    opt_state: Tree
+    params_bytes: bytes
+    accepted: dict[str, dict[str, Any]]
+    invited: set[str] = dataclasses.field(default_factory=set)
+    answered: dict[str, Any] = dataclasses.field(default_factory=dict)
+    min_sites: int = 1
+
+
+class RunDriver:
+    """Run scheduling and views, mixed into the coordinator machine (which provides the attributes used)."""
+
+    store: Any
+    audit: Any
+    _active: _Active | None
+    _conns: dict[int, Any]
+    _site_conns: dict[str, int]
+
+    def _send(self, conn: int, msg: m.Message) -> None:  # pragma: no cover - provided by the machine
+        raise NotImplementedError
+
+    @property
+    def connected_sites(self) -> list[str]:  # pragma: no cover - provided by the machine
+        raise NotImplementedError
+
+    # ================================================================== views
+
+    def budget(self) -> list[dict[str, Any]]:
+        """Per site: epsilon spent (as the site reports its ledger), delta, cap and remaining."""
+        out = []
+        for name, info in self.store.sites().items():
+            ledger, policy = info["ledger"], info["policy"]
+            cap = float(ledger.get("epsilon_cap", policy.get("epsilon_cap", math.inf)))
+            spent = float(ledger.get("epsilon", 0.0))
+            out.append(
+                {
+                    "site": name,
+                    "epsilon_spent": spent,
+                    "delta": float(ledger.get("delta", policy.get("delta_cap", 0.0))),
+                    "epsilon_cap": cap,
+                    "remaining": max(0.0, cap - spent),
+                }
+            )
+        return out
+
+    def _privacy(self, run_id: str, delta: float) -> dict[str, dict[str, float]]:
+        sites = self.store.sites()
+        out = {}
+        for site, spend in self.store.run_spend(run_id).items():
+            policy = sites.get(site, {}).get("policy", {})
+            cap = float(policy.get("epsilon_cap", math.inf))
+            out[site] = {
+                "epsilon": spend["epsilon"],
+                "delta": spend["delta"] or delta,
+                "cap": cap,
+                "remaining": max(0.0, cap - spend["ledger_epsilon"]),
+            }
+        return out
+
+    def _round_result(self, row: Any, run_id: str) -> dict[str, Any]:
+        return {
+            "round": row.round,
+            "sites": row.sites,
+            "dropped": row.dropped,
+            "loss": row.loss,
+            "accuracy": row.accuracy,
+            "epsilon": row.epsilon,
+        }
+
+    def snapshot(self, run_id: str) -> dict[str, Any]:
+        """Everything an analyst may see about a run (no per-site updates, no un-noised metrics)."""
+        run = self._run_or_error(run_id)
+        config = run.config
+        refusals = [
+            {
+                "site": s,
+                "reason": (info["error"] or {}).get("reason") or (info["error"] or {}).get("code", ""),
+                "message": (info["error"] or {}).get("message", ""),
+                "round": info["round"],
+            }
+            for s, info in self.store.run_sites(run_id).items()
+            if info["state"] in ("refused", "left")
+        ]
+        return {
+            "id": run.id,
+            "spec": run.spec,
+            "config": config,
+            "status": run.status,
+            "rounds_done": run.rounds_done,
+            "rounds": int(config.get("rounds", 0)),
+            "history": [self._round_result(r, run_id) for r in self.store.rounds(run_id) if r.status == "evaluated"],
+            "refusals": refusals,
+            "error": run.error,
+            "privacy": self._privacy(run_id, float(config.get("delta", 0.0))),
+        }
+
+    def _event(self, run_id: str, kind: str, data: dict[str, Any]) -> None:
+        for c in self._conns.values():
+            if c.state == "ready" and run_id in c.watching:
+                self._send(c.id, m.RunEvent(run_id=run_id, kind=kind, data=data))
+
+    def _status_event(self, run_id: str) -> None:
+        run = self.store.run(run_id)
+        self._event(
+            run_id,
+            "status",
+            {
+                "status": run.status,
+                "error": run.error,
+                "rounds_done": run.rounds_done,
+                "privacy": self._privacy(run_id, float(run.config.get("delta", 0.0))),
+            },
+        )
+
+    # ================================================================== run driving
+
+    def _activate_next(self, now: float) -> None:
+        if self._active is not None:
+            return
+        for run in self.store.runs():
+            if run.status in ("pending", "running"):
+                self._activate(run, now)
+                return
+
+    def _activate(self, run: Any, now: float) -> None:
+        config = RunConfig.from_dict(run.config)
+        params, opt_state, params_bytes = self.store.load_checkpoint(run.id, run.rounds_done)
+        a = _Active(
+            id=run.id,
+            analyst=run.analyst,
+            spec=run.spec,
+            config=config,
+            phase="offer",
+            round=run.rounds_done,
+            deadline=now + config.round_timeout,
+            params=params,
+            opt_state=opt_state,
+            params_bytes=params_bytes,
+            accepted={},
+        )
+        self._active = a
+        if run.status == "pending":
+            log.info("offering run %s to %s", run.id, self.connected_sites)
+            for name in self.connected_sites:
+                a.invited.add(name)
+                self._send(self._site_conns[name], m.RunOffer(run_id=a.id, spec=a.spec, config=config.to_dict()))
+            self._maybe_close(now)
+            return
+        # resuming a running run after a restart
+        a.accepted = {
+            s: info["plan"] or {} for s, info in self.store.run_sites(run.id).items() if info["state"] == "accepted"
+        }
+        a.min_sites = self._min_sites(a)
+        rounds = self.store.rounds(run.id)
+        if rounds and rounds[-1].status == "aggregated":
+            log.info("resuming run %s: evaluating round %d", run.id, rounds[-1].round)
+            self._open_phase("eval", rounds[-1].round, now)
+        elif run.rounds_done >= config.rounds:  # crashed between the last evaluation and finishing
+            a.round = run.rounds_done
+            self._finish(now, "finished", None)
+        else:
+            log.info("resuming run %s at round %d", run.id, run.rounds_done + 1)
+            self._open_phase("train", run.rounds_done + 1, now)
+
+    def _min_sites(self, a: _Active) -> int:
+        wanted = [a.config.min_sites or 1]
+        wanted += [int(p.get("min_sites", 1)) for p in a.accepted.values()]
+        return max(wanted)
+
+    def _round_start(self, a: _Active) -> m.RoundStart:
+        return m.RoundStart(
+            run_id=a.id,
+            round=a.round,
+            phase=a.phase,
+            params=a.params_bytes,
+            cohort=len(a.accepted),
+            timeout=a.config.round_timeout,
+        )
+
+    def _open_phase(self, phase: str, round: int, now: float) -> None:
+        a = self._active
+        assert a is not None
+        a.phase, a.round, a.answered = phase, round, {}
+        a.deadline = now + a.config.round_timeout
+        if phase == "train":
+            self.audit.append("round_opened", run_id=a.id, round=round, sites=sorted(a.accepted))
+        frame = self._round_start(a)
+        for name in sorted(a.accepted):
+            cid = self._site_conns.get(name)
+            if cid is not None and self._conns[cid].reported:
+                self._send(cid, frame)
+
+    def _maybe_close(self, now: float) -> None:
+        a = self._active
+        if a is None:
+            return
+        waiting = (a.invited if a.phase == "offer" else set(a.accepted)) - set(a.answered)
+        if not waiting:
+            self._close_phase(now, timed_out=False)
+
+    def _close_phase(self, now: float, *, timed_out: bool) -> None:
+        a = self._active
+        assert a is not None
+        if a.phase == "offer":
+            self._close_offer(now)
+        elif a.phase == "train":
+            self._close_train(now)
+        else:
+            self._close_eval(now)
+
+    def _close_offer(self, now: float) -> None:
+        a = self._active
+        assert a is not None
+        a.min_sites = self._min_sites(a)
+        if len(a.accepted) < a.min_sites:
+            refusals = [
+                f"{s} ({info['error'].get('reason') or info['error'].get('code')}: {info['error'].get('message')})"
+                for s, info in self.store.run_sites(a.id).items()
+                if info["state"] == "refused" and info["error"]
+            ]
+            silent = sorted(a.invited - set(a.answered))
+            detail = "; ".join(refusals) or "no refusals"
+            if silent:
+                detail += f"; no answer from {', '.join(silent)}"
+            if not a.invited:
+                detail = "no site was connected"
+            self._fail(
+                now,
+                RefusedError(
+                    f"run {a.id} cannot start: {len(a.accepted)} site(s) accepted but it needs at least "
+                    f"{a.min_sites}. {detail}",
+                    party="room",
+                    reason="too_few_sites",
+                ),
+            )
+            return
+        self.store.set_run_status(a.id, "running")
+        log.info("run %s running with %s (min_sites %d)", a.id, sorted(a.accepted), a.min_sites)
+        self._status_event(a.id)
+        self._open_phase("train", a.round + 1, now)
+
+    def _close_train(self, now: float) -> None:
+        from fedjax_room.coordinator.aggregation import aggregate, server_optimizer
+
+        a = self._active
+        assert a is not None
+        updates = {s: v for s, v in a.answered.items() if isinstance(v, tuple)}
+        dropped = sorted(s for s in a.accepted if s not in a.answered)
+        if len(updates) < a.min_sites:
+            self._fail(
+                now,
+                RoundError(
+                    f"round {a.round} of {a.id}: {len(updates)} site(s) sent an update before the "
+                    f"{a.config.round_timeout:g}s deadline but the run needs at least {a.min_sites}"
+                    + (f" (no answer from {', '.join(dropped)})" if dropped else "")
+                ),
+            )
+            return
+        if dropped:
+            log.warning("round %d of %s closes without %s (deadline)", a.round, a.id, dropped)
+        delta = aggregate(updates, a.config.aggregator)
+        opt = server_optimizer(a.config.server_optimizer, a.config.server_learning_rate)
+        params, opt_state = opt.update(delta, a.opt_state, a.params)
+        model_digest = self.store.commit_round(
+            a.id, a.round, params=params, opt_state=opt_state, sites=sorted(updates), dropped=dropped
+        )
+        self.audit.append(
+            "aggregate_applied", run_id=a.id, round=a.round, sites=sorted(updates), model_digest=model_digest
+        )
+        a.params, a.opt_state, a.params_bytes = params, opt_state, pack_tree(params)
+        self._open_phase("eval", a.round, now)
+
+    def _close_eval(self, now: float) -> None:
+        a = self._active
+        assert a is not None
+        metrics = {s: v for s, v in a.answered.items() if isinstance(v, tuple)}
+        loss = accuracy = None
+        if metrics:
+            correct = sum(v[0] for v in metrics.values())
+            count = sum(v[1] for v in metrics.values())
+            loss_sum = sum(v[2] for v in metrics.values())
+            if count >= 1.0:
+                accuracy = min(1.0, max(0.0, correct / count))
+                loss = max(0.0, loss_sum / count)
+        spend = self.store.run_spend(a.id)
+        epsilon = {s: v["epsilon"] for s, v in sorted(spend.items())}
+        self.store.record_metrics(
+            a.id, a.round, loss=loss, accuracy=accuracy, epsilon=epsilon, eval_sites=sorted(metrics)
+        )
+        row = next(r for r in self.store.rounds(a.id) if r.round == a.round)
+        result = self._round_result(row, a.id)
+        result["privacy"] = self._privacy(a.id, a.config.delta)
+        self._event(a.id, "round", result)
+        if a.round >= a.config.rounds:
+            self._finish(now, "finished", None)
+        else:
+            self._open_phase("train", a.round + 1, now)
+
+    def _fail(self, now: float, exc: FedRoomError) -> None:
+        log.warning("run %s failed: %s", self._active.id if self._active else "?", exc.message)
+        self._finish(now, "failed", exc)
+
+    def _finish(self, now: float, status: str, exc: FedRoomError | None) -> None:
+        a = self._active
+        assert a is not None
+        self.audit.append("run_finished", run_id=a.id, status=status, message=exc.message if exc else "")
+        self.store.set_run_status(a.id, status, exc.to_dict() if exc else None)
+        self._status_event(a.id)
+        end = m.RunEnd(run_id=a.id, status=status, message=exc.message if exc else "")
+        for name in sorted(set(a.accepted) | a.invited):
+            cid = self._site_conns.get(name)
+            if cid is not None:
+                self._send(cid, end)
+        self._active = None
+        self._activate_next(now)
