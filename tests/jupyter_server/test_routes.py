@@ -192,3 +192,35 @@ def test_jsonable_and_summaries():
     )
     assert policy_summary({"epsilon_cap": 4, "secure_aggregation": True}) == "epsilon_cap=4, secure_aggregation=True"
     assert policy_summary(None) == "—"
+
+
+async def test_a_room_that_does_not_answer_gets_504_and_polls_share_one_call(jp_fetch, registry, monkeypatch):
+    import asyncio
+    import threading
+
+    from fedjax_room.jupyter.server import handlers
+
+    await fetch_json(jp_fetch, "rooms", "demo", method="POST", body={"sites": 1})
+    room = registry.get("room-1").room
+    release, calls = threading.Event(), []
+
+    def hanging_runs():
+        calls.append(1)
+        release.wait(10)
+        return []
+
+    room.runs = hanging_runs
+    monkeypatch.setattr(handlers, "CALL_TIMEOUT", 0.5)
+    try:
+        results = await asyncio.gather(
+            *(error_of(jp_fetch, "rooms", "room-1") for _ in range(3)), return_exceptions=True
+        )
+        for code, data in results:
+            assert code == 504 and "did not answer within 0.5 s" in data["message"]
+        again = await error_of(jp_fetch, "rooms", "room-1")  # still in flight: shared, not called again
+        assert again[0] == 504 and len(calls) == 1
+    finally:
+        release.set()
+    await asyncio.sleep(0.1)
+    code, snap = await fetch_json(jp_fetch, "rooms", "room-1")
+    assert code == 200 and snap["runs"] == [] and len(calls) == 2

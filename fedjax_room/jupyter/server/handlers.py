@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -42,7 +43,38 @@ from fedjax_room.jupyter.server.registry import RoomRegistry, UnknownRoomError, 
 __all__ = ["NAMESPACE", "ROUTES", "route_patterns", "setup_handlers"]
 
 NAMESPACE = "fedjax-room"
+#: Seconds a route waits for the room before answering 504 (starting a demo room takes longer).
+CALL_TIMEOUT = 30.0
+DEMO_TIMEOUT = 300.0
 _ROOM = r"(?P<room_id>room-[0-9]+)"
+
+
+def in_daemon_thread(fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+    """``fn(*args)`` on a daemon thread of its own, as a future of this event loop.
+
+    Not an executor: the analyst API can block for as long as a room does not answer, and a pool's
+    worker blocked that way would hold up the server's exit (pools join their workers); a daemon
+    thread does not.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Any] = loop.create_future()
+
+    def settle(ok: bool, value: Any) -> None:
+        if not future.done():
+            future.set_result(value) if ok else future.set_exception(value)
+
+    def work() -> None:
+        try:
+            outcome = (True, fn(*args))
+        except BaseException as exc:  # delivered to the awaiting handler
+            outcome = (False, exc)
+        try:
+            loop.call_soon_threadsafe(settle, *outcome)
+        except RuntimeError:  # the server's loop closed while the room was answering
+            pass
+
+    threading.Thread(target=work, name="fedjax-room-call", daemon=True).start()
+    return future
 
 
 class BaseHandler(APIHandler):
@@ -51,9 +83,27 @@ class BaseHandler(APIHandler):
     def initialize(self, registry: RoomRegistry) -> None:
         self.registry = registry
 
-    async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+    async def call(
+        self, fn: Callable[..., Any], *args: Any, timeout: float | None = None, share: str | None = None
+    ) -> Any:
+        """Run a blocking registry call on a thread of its own, answering an error as JSON.
+
+        ``share``: callers asking the same thing while it is still being answered (the sidebar polling
+        from several tabs, or polling a room that is slow to answer) wait for that one call instead of
+        each tying up a thread.
+        """
+        timeout = CALL_TIMEOUT if timeout is None else timeout
+        inflight = self.registry.inflight
+        future = inflight.get(share) if share else None
+        if future is None or future.done():
+            future = in_daemon_thread(fn, *args)
+            if share:
+                inflight[share] = future
         try:
-            return await asyncio.to_thread(fn, *args)
+            return await asyncio.wait_for(asyncio.shield(future), timeout)
+        except TimeoutError as exc:
+            message = f"the room did not answer within {timeout:g} s; is its coordinator running and reachable?"
+            raise _Reply(504, {"code": "timeout", "message": message}) from exc
         except UnknownRoomError as exc:
             raise _Reply(404, exc.to_dict()) from exc
         except FedRoomError as exc:
@@ -98,7 +148,7 @@ class _Reply(tornado.web.HTTPError):
 class StatusHandler(BaseHandler):
     @tornado.web.authenticated
     async def get(self) -> None:
-        self.reply(await self.call(self.registry.status))
+        self.reply(await self.call(self.registry.status, share="status"))
 
 
 class RoomsHandler(BaseHandler):
@@ -110,23 +160,23 @@ class RoomsHandler(BaseHandler):
     @tornado.web.authenticated
     async def post(self) -> None:
         body = self.body()
-        self.reply(await self.call(self.registry.connect, body.get("url"), body.get("key")), 201)
+        info = await self.call(self.registry.connect, body.get("url"), body.get("key"), timeout=DEMO_TIMEOUT)
+        self.reply(info, 201)
 
 
 class DemoHandler(BaseHandler):
     @tornado.web.authenticated
     async def post(self) -> None:
         body = self.body()
-        info = await self.call(
-            self.registry.start_demo, body.get("sites", 3), body.get("dataset", "digits"), body.get("non_iid")
-        )
+        sites, dataset, non_iid = body.get("sites", 3), body.get("dataset", "digits"), body.get("non_iid")
+        info = await self.call(self.registry.start_demo, sites, dataset, non_iid, timeout=DEMO_TIMEOUT)
         self.reply(info, 201)
 
 
 class RoomHandler(BaseHandler):
     @tornado.web.authenticated
     async def get(self, room_id: str) -> None:
-        self.reply(await self.call(self.registry.snapshot, room_id))
+        self.reply(await self.call(self.registry.snapshot, room_id, share=f"snapshot:{room_id}"))
 
     @tornado.web.authenticated
     async def delete(self, room_id: str) -> None:

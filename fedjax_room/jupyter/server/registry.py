@@ -196,6 +196,8 @@ class RoomRegistry:
         self._rooms: dict[str, RoomEntry] = {}
         self._ids = itertools.count(1)
         self._lock = threading.RLock()
+        #: Calls in flight that later identical requests share (see handlers.BaseHandler.call).
+        self.inflight: dict[str, Any] = {}
 
     # -- rooms -------------------------------------------------------------------------------
 
