@@ -33,6 +33,7 @@ from fedjax_room.analyst.results import (
     RoundResult,
     RunSummary,
     SiteInfo,
+    SiteList,
 )
 from fedjax_room.errors import AuthError, ConfigError, FedRoomError, VersionError, error_from_dict
 from fedjax_room.models import ModelSpec
@@ -452,10 +453,10 @@ class Room:
     def _ask(self, build: Callable[[int], m.Message], *, resend: bool = True) -> Any:
         return self._core.call(self._core.request(build, resend=resend))
 
-    def sites(self) -> list[SiteInfo]:
+    def sites(self) -> SiteList:
         """Every site that has reported to the room: name, schema, coarse record count, status, policy."""
         reply = self._ask(lambda req: m.ListSites(req=req))
-        return [SiteInfo.from_dict(s) for s in reply.sites]
+        return SiteList(SiteInfo.from_dict(s) for s in reply.sites)
 
     def runs(self) -> list[RunSummary]:
         """Every run in the room, oldest first."""

@@ -8,15 +8,28 @@ the process has not exited within a grace period, SIGKILL.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from fedjax_room.errors import StateError
 
-__all__ = ["spawn", "spawn_coordinator", "spawn_site", "stop_process", "wait_for_url"]
+__all__ = [
+    "PARENT_PID_ENV",
+    "spawn",
+    "spawn_coordinator",
+    "spawn_site",
+    "stop_process",
+    "wait_for_parent",
+    "wait_for_url",
+]
+
+#: Set by :func:`spawn`; a room process started with it stops itself when that parent process dies.
+PARENT_PID_ENV = "FEDJAX_ROOM_PARENT_PID"
 
 
 def spawn(args: Sequence[str], log_path: Path, *, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
@@ -24,6 +37,7 @@ def spawn(args: Sequence[str], log_path: Path, *, env: dict[str, str] | None = N
     log_path.parent.mkdir(parents=True, exist_ok=True)
     full_env = {**os.environ, **(env or {})}
     full_env.setdefault("PYTHONUNBUFFERED", "1")
+    full_env[PARENT_PID_ENV] = str(os.getpid())
     # the children import this very copy of fedjax_room, wherever they start
     package_root = str(Path(__file__).resolve().parents[2])
     full_env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, full_env.get("PYTHONPATH", "")) if p)
@@ -38,6 +52,29 @@ def spawn(args: Sequence[str], log_path: Path, *, env: dict[str, str] | None = N
             env=full_env,
             start_new_session=True,
         )
+
+
+def wait_for_parent(interval: float = 1.0) -> None:
+    """If started by :func:`spawn`, SIGTERM this process once the parent that spawned it is gone.
+
+    A kernel or test runner killed with SIGKILL cannot stop its room; its children notice that they
+    were re-parented and shut down cleanly instead of lingering. (``PR_SET_PDEATHSIG`` is not used: it
+    fires when the spawning *thread* exits, and rooms are often started from short-lived threads.)
+    """
+    raw = os.environ.get(PARENT_PID_ENV)
+    if not raw or not raw.isdigit():
+        return
+    parent = int(raw)
+    if os.getppid() != parent:  # the parent is already gone
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="fedjax-room-parent-watch", daemon=True).start()
 
 
 def wait_for_url(state_dir: Path, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> str:

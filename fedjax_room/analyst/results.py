@@ -20,6 +20,7 @@ __all__ = [
     "RunSummary",
     "SiteBudget",
     "SiteInfo",
+    "SiteList",
     "SitePrivacy",
 ]
 
@@ -50,6 +51,15 @@ class SiteInfo:
             status=str(d.get("status", "")),
             policy=dict(d.get("policy") or {}),
         )
+
+
+class SiteList(list[SiteInfo]):
+    """What ``room.sites()`` returns: a plain list of :class:`SiteInfo` that renders as a table in Jupyter."""
+
+    def _repr_html_(self) -> str:
+        from fedjax_room.jupyter.display import sites_html
+
+        return sites_html(list(self))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,6 +176,11 @@ class PrivacyReport:
     def to_dict(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "sites": {k: dataclasses.asdict(v) for k, v in self.sites.items()}}
 
+    def _repr_html_(self) -> str:
+        from fedjax_room.jupyter.display import privacy_html
+
+        return privacy_html(self)
+
 
 @dataclasses.dataclass(frozen=True)
 class SiteBudget:
@@ -209,3 +224,8 @@ class BudgetReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"sites": {k: dataclasses.asdict(v) for k, v in self.sites.items()}}
+
+    def _repr_html_(self) -> str:
+        from fedjax_room.jupyter.display import budget_html
+
+        return budget_html(self)

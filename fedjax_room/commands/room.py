@@ -153,8 +153,11 @@ def _serve_then_exit(serve: Any) -> int:
 
     A background JAX import or a training job cut short by SIGTERM must not keep the process alive:
     nothing is released before it is fully written (ledger and release files are atomic), so nothing is
-    lost by not waiting for them.
+    lost by not waiting for them. A process spawned by an embedded room also stops once its parent dies.
     """
+    from fedjax_room.analyst.launch import wait_for_parent
+
+    wait_for_parent()
     try:
         code = int(serve() or 0)
     except FedRoomError as exc:
