@@ -218,7 +218,10 @@ class RoomMagics(Magics):
         self.run = run
         self._publish(parsed.var, run)
         if parsed.dashboard:
+            # The live dashboard is the cell's output; returning the run too would print a second, static
+            # summary frozen at "pending" under it. The run is bound to ``run`` (or ``--as``) either way.
             self._show_dashboard(run, parsed.options)
+            return None
         return run
 
     def _show_dashboard(self, run: Any, options: dict[str, Any]) -> RunDashboard:

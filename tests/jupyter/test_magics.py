@@ -71,8 +71,9 @@ def test_train_cell_starts_a_run_and_shows_the_dashboard(ip, fake_room, fakes):
     spec, kwargs = fake_room.trained[-1]
     assert isinstance(spec, ModelSpec) and spec.family == "logistic"
     assert kwargs == {"rounds": 2, "target_epsilon": 3.0, "aggregator": "mean", "secure_aggregation": True}
-    the_run = result.result
-    assert ip.user_ns["run"] is the_run
+    assert result.result is None  # the dashboard is the output, no second static summary
+    the_run = ip.user_ns["run"]
+    assert the_run is fake_room.runs_[-1]
     dashboard = jupyter._magics.dashboard
     assert isinstance(dashboard, RunDashboard)
     assert any("application/vnd.jupyter.widget-view+json" in o.data for o in cap.outputs)

@@ -55,8 +55,9 @@ def test_magics_and_dashboard_follow_a_real_run(shell):
         "%%room train --rounds 2 --target-epsilon 3 --local-steps 25 --batch-size 48 --learning-rate 0.5\n" + SPEC,
     )
     assert result.success, (result.error_in_exec, cap.stderr)
-    run = result.result
-    assert isinstance(run, Run) and shell.user_ns["run"] is run
+    assert result.result is None  # the live dashboard is the output
+    run = shell.user_ns["run"]
+    assert isinstance(run, Run)
     dashboard = jupyter._magics.dashboard
     dashboard.observe(lambda change: seen_rounds.append(change["new"]), names="rounds_done")
     assert dashboard.rounds_total == 2 and dashboard.epsilon_cap == {"site-a": 10.0, "site-b": 10.0}
