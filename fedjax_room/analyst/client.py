@@ -274,6 +274,7 @@ class Run:
         self._rounds_done = 0
         self._callbacks: list[Callable[[RoundResult], Any]] = []
         self._params: tuple[int, Tree] | None = None
+        self._defences: list[dict[str, Any]] = []
 
     # -------------------------------------------------------------- state (updated on the loop thread)
 
@@ -290,6 +291,7 @@ class Run:
                     self._history[rr.round] = rr
                     fresh.append(rr)
             self._refusals = [Refusal.from_dict(r) for r in snap.get("refusals") or []]
+            self._defences = [dict(d) for d in snap.get("defences") or self._defences]
             self._privacy = PrivacyReport.from_dict(self.id, snap.get("privacy") or {})
             self._rounds_done = int(snap.get("rounds_done", 0))
             self._set_status(snap.get("status", "pending"), snap.get("error"))
@@ -369,6 +371,15 @@ class Run:
         """Sites that refused the run or a round, and why."""
         with self._cond:
             return list(self._refusals)
+
+    @property
+    def defences(self) -> list[dict[str, Any]]:
+        """Which poisoning defences run for this run: ``[{name, active, detail}]`` (docs/robustness.md)."""
+        return list(self._defences)
+
+    def defences_text(self) -> str:
+        """:attr:`defences` as lines ``[on ] name: detail`` / ``[off] name: detail``."""
+        return "\n".join(f"[{'on ' if d['active'] else 'off'}] {d['name']}: {d['detail']}" for d in self._defences)
 
     @property
     def error(self) -> FedRoomError | None:
@@ -481,11 +492,14 @@ class Room:
         round_timeout: float = 60.0,
         seed: int = 0,
         noise_multiplier: float | None = None,
+        exclude_below: float | None = None,
     ) -> Run:
         """Start a federated run of ``spec``; returns at once (the run goes on in the background).
 
         With ``target_epsilon`` each site calibrates its own noise so the whole run stays within it;
-        pass ``noise_multiplier`` (and ``target_epsilon=None``) for fixed noise instead.
+        pass ``noise_multiplier`` (and ``target_epsilon=None``) for fixed noise instead. ``aggregator`` is
+        ``fedavg``, ``mean`` or a robust rule (``median``, ``trimmed_mean``, ``krum``, ``multi_krum``,
+        ``norm_bound``); ``exclude_below`` leaves out sites whose trust falls below it (docs/robustness.md).
         """
         model = ModelSpec.from_dict(spec)
         if secure_aggregation:
@@ -512,6 +526,7 @@ class Room:
                 "min_sites": min_sites,
                 "round_timeout": round_timeout,
                 "seed": seed,
+                "exclude_below": exclude_below,
             }
         ).to_dict()
         created = self._ask(lambda req: m.StartRun(req=req, spec=model.to_dict(), config=config), resend=False)

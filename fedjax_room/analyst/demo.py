@@ -292,8 +292,17 @@ def run_demo(
     as_json: bool = False,
     seed: int = 0,
     out: Any = None,
+    aggregator: str = "fedavg",
+    attack: str | None = None,
+    malicious: int = 1,
+    exclude_below: float | None = None,
 ) -> int:
-    """The ``fedjax-room demo`` command; returns the exit status."""
+    """The ``fedjax-room demo`` command; returns the exit status.
+
+    ``attack`` (``sign_flip | boost | label_flip | gaussian``) makes ``malicious`` sites simulated attackers
+    (a hidden ``[simulation]`` table in their policy.toml: a test and demo feature) so that one can watch
+    ``aggregator="fedavg"`` break and ``"median"`` hold.
+    """
     from tqdm.auto import tqdm
 
     from fedjax_room.local import evaluate, train_central
@@ -312,7 +321,17 @@ def run_demo(
         f"Starting an embedded room: a coordinator and {sites} sites as separate processes on 127.0.0.1 "
         f"({dataset}{'' if non_iid is None else f', non-IID alpha={non_iid:g}'}) ..."
     )
-    with start_room(sites=sites, dataset=dataset, non_iid=non_iid, state_dir=state_dir, seed=seed) as er:
+    policies = None
+    if attack:
+        from fedjax_room.robust.attacks import choose_malicious, get_attack
+
+        get_attack(attack)
+        bad = [_site_names(sites)[i] for i in choose_malicious(sites, malicious, seed)]
+        policies = {name: {"simulation": {"attack": attack}} for name in bad}
+        say(f"Simulated attack: {', '.join(bad)} will send {attack!r} updates (a demo feature)")
+    with start_room(
+        sites=sites, dataset=dataset, non_iid=non_iid, state_dir=state_dir, seed=seed, policies=policies
+    ) as er:
         say(f"Room {er.url}; sites {', '.join(er.site_names)} connected; state in {er.state_dir}")
         room = er.connect()
         try:
@@ -325,9 +344,14 @@ def run_demo(
             spec = _spec_for(test, recipe)
             say(
                 f"Training a {spec.family} model ({spec.param_count()} parameters) for {settings['rounds']} rounds, "
-                f"target epsilon {target_epsilon:g} per site (delta 1e-5), FedAvg ..."
+                f"target epsilon {target_epsilon:g} per site (delta 1e-5), aggregator {aggregator} ..."
             )
-            run = room.train(spec, target_epsilon=target_epsilon, delta=1e-5, seed=seed, **settings)
+            extra = {"exclude_below": exclude_below} if exclude_below is not None else {}
+            run = room.train(
+                spec, target_epsilon=target_epsilon, delta=1e-5, seed=seed, aggregator=aggregator, **extra, **settings
+            )
+            for line in run.defences_text().splitlines():
+                say(f"  defence {line}")
             header = f"{'round':>5}  {'sites':>5}  {'loss*':>7}  {'acc*':>6}  epsilon so far per site"
             say(header)
             bar = tqdm(
@@ -341,6 +365,10 @@ def run_demo(
             for r in run.rounds():
                 eps = "  ".join(f"{k}={v:.2f}" for k, v in sorted(r.epsilon.items()))
                 dropped = f"  (dropped: {', '.join(r.dropped)})" if r.dropped else ""
+                if r.flagged:
+                    dropped += f"  flagged: {', '.join(r.flagged)}"
+                if r.excluded:
+                    dropped += f"  excluded: {', '.join(r.excluded)}"
                 say(f"{r.round:>5}  {len(r.sites):>5}  {_fmt(r.loss):>7}  {_fmt(r.accuracy):>6}  {eps}{dropped}")
                 bar.update(1)
             bar.close()
@@ -385,6 +413,10 @@ def run_demo(
                 "dataset": dataset,
                 "state_dir": str(er.state_dir),
                 "secure_aggregation": False,
+                "aggregator": aggregator,
+                "attack": attack,
+                "malicious": sorted(policies or {}),
+                "defences": run.defences,
                 "seconds": round(elapsed, 1),
                 "sites": [
                     {"name": n, "epsilon": p.epsilon, "delta": p.delta, "cap": p.cap} for n, p in privacy.sites.items()

@@ -93,10 +93,29 @@ class RoundResult:
     loss: float | None
     accuracy: float | None
     epsilon: dict[str, float]
+    #: what the poisoning defence did this round (``RoundDefence.to_dict()``: aggregator, flagged {site: reasons},
+    #: excluded, selected, rejected, trust, scores); None when the coordinator saw no individual update
+    defence: dict[str, Any] | None = None
+
+    @property
+    def flagged(self) -> tuple[str, ...]:
+        """Sites whose update the anomaly detector flagged this round."""
+        return tuple(sorted((self.defence or {}).get("flagged") or {}))
+
+    @property
+    def excluded(self) -> tuple[str, ...]:
+        """Sites left out of the aggregate because their trust fell below the run's ``exclude_below``."""
+        return tuple((self.defence or {}).get("excluded") or ())
+
+    @property
+    def trust(self) -> dict[str, float]:
+        """Each site's trust after this round (1: never flagged)."""
+        return dict((self.defence or {}).get("trust") or {})
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> RoundResult:
         loss, acc = d.get("loss"), d.get("accuracy")
+        defence = d.get("defence")
         return cls(
             round=int(d["round"]),
             sites=tuple(d.get("sites") or ()),
@@ -104,6 +123,7 @@ class RoundResult:
             loss=None if loss is None else float(loss),
             accuracy=None if acc is None else float(acc),
             epsilon={str(k): float(v) for k, v in (d.get("epsilon") or {}).items()},
+            defence=dict(defence) if isinstance(defence, Mapping) else None,
         )
 
 

@@ -7,7 +7,8 @@
 * ``site --coordinator URL --key site.key --data PATH --policy policy.toml [--state DIR]`` runs a data
   owner's agent.
 * ``demo [--sites 3] [--dataset digits] [--rounds R] [--target-epsilon E] [--non-iid ALPHA] [--state DIR]
-  [--json]`` runs an embedded room end to end (see :mod:`fedjax_room.analyst.demo`).
+  [--json] [--aggregator NAME] [--attack boost|sign_flip|label_flip|gaussian --malicious K]
+  [--exclude-below T]`` runs an embedded room end to end (see :mod:`fedjax_room.analyst.demo`).
 """
 
 from __future__ import annotations
@@ -85,6 +86,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--state", type=Path, default=None, help="state directory (default: a new temporary one)")
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--aggregator",
+        default="fedavg",
+        choices=("fedavg", "mean", "median", "trimmed_mean", "krum", "multi_krum", "norm_bound"),
+        help="how the coordinator combines updates (robust rules: median, trimmed_mean, krum, ...)",
+    )
+    p.add_argument(
+        "--attack",
+        choices=("boost", "sign_flip", "label_flip", "gaussian"),
+        default=None,
+        help="make --malicious sites simulated attackers (a demo feature: watch fedavg break and median hold)",
+    )
+    p.add_argument("--malicious", type=int, default=1, metavar="K", help="how many sites attack (with --attack)")
+    p.add_argument(
+        "--exclude-below", type=float, default=None, metavar="T", help="leave out sites whose trust falls below T"
+    )
     p.set_defaults(func=run_demo)
 
 
@@ -184,4 +201,8 @@ def run_demo(args: argparse.Namespace) -> int:
         state_dir=args.state,
         as_json=args.json,
         seed=args.seed,
+        aggregator=args.aggregator,
+        attack=args.attack,
+        malicious=args.malicious,
+        exclude_below=args.exclude_below,
     )

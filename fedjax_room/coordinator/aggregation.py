@@ -20,7 +20,7 @@ import numpy as np
 
 from fedjax_room.errors import ConfigError, ProtocolError, RoundError
 from fedjax_room.protocol.codec import Tree, flatten_tree, unflatten_tree
-from fedjax_room.protocol.config import AGGREGATORS
+from fedjax_room.protocol.config import SECURE_AGGREGATORS
 
 __all__ = ["ServerOptimizer", "aggregate", "check_update", "server_optimizer", "tree_digest_order"]
 
@@ -58,8 +58,8 @@ def aggregate(updates: Mapping[str, tuple[Mapping[str, Any], float]], kind: str 
 
     ``"fedavg"`` weights each delta by its (example-count) weight; ``"mean"`` weights all equally.
     """
-    if kind not in AGGREGATORS:
-        raise ConfigError(f"unknown aggregator {kind!r}; choose one of {', '.join(AGGREGATORS)}")
+    if kind not in SECURE_AGGREGATORS:  # the robust rules run in fedjax_room.robust (RobustAggregation)
+        raise ConfigError(f"aggregate() does {', '.join(SECURE_AGGREGATORS)}; robust rules: fedjax_room.robust")
     if not updates:
         raise RoundError("no updates to aggregate")
     sites = sorted(updates)
@@ -93,7 +93,7 @@ class ServerOptimizer:
 def server_optimizer(
     name: str, learning_rate: float = 1.0, *, b1: float = 0.9, b2: float = 0.99, tau: float = 1e-3
 ) -> ServerOptimizer:
-    """``"fedavg"`` (params + lr * delta) or ``"fedadam"`` (adaptive, with momentum ``b1``, ``b2``, ``tau``)."""
+    """``"fedavg"`` (params + lr * delta), ``"fedadam"`` or ``"fedyogi"`` (adaptive: ``b1``, ``b2``, ``tau``)."""
     lr = np.float32(learning_rate)
     if name == "fedavg":
 
@@ -105,8 +105,13 @@ def server_optimizer(
             return new, {"count": np.asarray(state["count"]) + 1}
 
         return ServerOptimizer(init, update)
-    if name == "fedadam":
+    if name in ("fedadam", "fedyogi"):
         f1, f2, ftau = np.float32(b1), np.float32(b2), np.float32(tau)
+
+        def second(v_: np.ndarray, d: np.ndarray) -> np.ndarray:
+            if name == "fedadam":
+                return (f2 * v_ + (1 - f2) * d * d).astype(np.float32)
+            return (v_ - (1 - f2) * d * d * np.sign(v_ - d * d)).astype(np.float32)  # Yogi
 
         def init(params: Tree) -> Tree:
             zeros = _map(lambda p: np.zeros_like(p, np.float32), params)
@@ -114,9 +119,9 @@ def server_optimizer(
 
         def update(delta: Tree, state: Tree, params: Tree) -> tuple[Tree, Tree]:
             m = _map(lambda m_, d: (f1 * m_ + (1 - f1) * d).astype(np.float32), state["m"], delta)
-            v = _map(lambda v_, d: (f2 * v_ + (1 - f2) * d * d).astype(np.float32), state["v"], delta)
+            v = _map(second, state["v"], delta)
             new = _map(lambda p, m_, v_: (p + lr * m_ / (np.sqrt(v_) + ftau)).astype(np.float32), params, m, v)
             return new, {"count": np.asarray(state["count"]) + 1, "m": m, "v": v}
 
         return ServerOptimizer(init, update)
-    raise ConfigError(f"unknown server optimizer {name!r}; choose fedavg or fedadam")
+    raise ConfigError(f"unknown server optimizer {name!r}; choose fedavg, fedadam or fedyogi")

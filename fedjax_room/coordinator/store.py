@@ -50,10 +50,16 @@ CREATE TABLE IF NOT EXISTS rounds (
     run_id TEXT NOT NULL, round INTEGER NOT NULL, status TEXT NOT NULL, sites TEXT NOT NULL,
     dropped TEXT NOT NULL, model_digest TEXT NOT NULL, loss REAL, accuracy REAL, epsilon TEXT,
     eval_sites TEXT, PRIMARY KEY (run_id, round));
+CREATE TABLE IF NOT EXISTS defence (
+    run_id TEXT NOT NULL, round INTEGER NOT NULL, report TEXT NOT NULL, state TEXT NOT NULL,
+    PRIMARY KEY (run_id, round));
 CREATE TABLE IF NOT EXISTS spend (
     site TEXT NOT NULL, run_id TEXT NOT NULL, round INTEGER NOT NULL, phase TEXT NOT NULL,
     epsilon REAL NOT NULL, ledger_epsilon REAL NOT NULL, delta REAL NOT NULL, at REAL NOT NULL,
     PRIMARY KEY (site, run_id, round, phase));
+CREATE TABLE IF NOT EXISTS site_spend (
+    site TEXT NOT NULL, run_id TEXT NOT NULL, round INTEGER NOT NULL, epsilon REAL NOT NULL,
+    PRIMARY KEY (site, run_id, round));
 """
 
 
@@ -419,6 +425,28 @@ class Store:
             )
         return out
 
+    # ------------------------------------------------------------------ poisoning defence
+
+    def record_defence(self, run_id: str, round: int, report: Mapping[str, Any], state: Mapping[str, Any]) -> None:
+        """Keep what the defence did in ``round`` (its report) and its state after it (trust per site)."""
+        with self._tx():
+            self._db.execute(
+                "INSERT OR REPLACE INTO defence VALUES (?, ?, ?, ?)",
+                (run_id, round, json.dumps(report, sort_keys=True), json.dumps(state, sort_keys=True)),
+            )
+
+    def defences(self, run_id: str) -> dict[int, dict[str, Any]]:
+        """``{round: report}`` of a run."""
+        rows = self._db.execute("SELECT round, report FROM defence WHERE run_id = ? ORDER BY round", (run_id,))
+        return {int(r): json.loads(rep) for r, rep in rows}
+
+    def defence_state(self, run_id: str, before: int) -> dict[str, Any] | None:
+        """The defence state after the last round before ``before`` (None: no round yet)."""
+        row = self._db.execute(
+            "SELECT state FROM defence WHERE run_id = ? AND round < ? ORDER BY round DESC LIMIT 1", (run_id, before)
+        ).fetchone()
+        return json.loads(row[0]) if row else None
+
     # ------------------------------------------------------------------ spend
 
     def record_spend(
@@ -442,6 +470,16 @@ class Store:
             if prev is None or eps >= prev["epsilon"]:
                 out[site] = {"epsilon": eps, "ledger_epsilon": ledger, "delta": delta}
         return out
+
+    def record_site_spend(self, site: str, run_id: str, round: int, epsilon: float) -> None:
+        """A site's reported site-level (whole-site, distributed DP) epsilon of a run after ``round``."""
+        with self._tx():
+            self._db.execute("INSERT OR REPLACE INTO site_spend VALUES (?, ?, ?, ?)", (site, run_id, round, epsilon))
+
+    def run_site_spend(self, run_id: str) -> dict[str, float]:
+        """``{site: site-level epsilon}``: each site's largest report for a run (runs with distributed DP)."""
+        rows = self._db.execute("SELECT site, MAX(epsilon) FROM site_spend WHERE run_id = ? GROUP BY site", (run_id,))
+        return {site: float(eps) for site, eps in rows}
 
     def spend_rows(self) -> list[dict[str, Any]]:
         """Every spend report (for audits and tests)."""

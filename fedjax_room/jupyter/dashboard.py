@@ -28,10 +28,18 @@ from fedjax_room.jupyter.display import format_value, records
 __all__ = ["RUN_STATUSES", "SITE_STATUSES", "RunDashboard", "field"]
 
 RUN_STATUSES = ("pending", "running", "finished", "failed")
-SITE_STATUSES = ("waiting", "active", "dropped", "refused")
+SITE_STATUSES = ("waiting", "active", "dropped", "refused", "flagged", "excluded", "awaiting approval")
 
 _STATUS_COLOURS = {"pending": "#888", "running": "#1f77b4", "finished": "#2ca02c", "failed": "#d62728"}
-_SITE_COLOURS = {"waiting": "#888", "active": "#2ca02c", "dropped": "#ff9f0e", "refused": "#d62728"}
+_SITE_COLOURS = {
+    "waiting": "#888",
+    "active": "#2ca02c",
+    "dropped": "#ff9f0e",
+    "refused": "#d62728",
+    "flagged": "#9467bd",  # the anomaly detector flagged its update this round
+    "excluded": "#8c564b",  # left out of the aggregate: its trust fell below exclude_below
+    "awaiting approval": "#1f77b4",  # the site's data owner has not approved the model yet
+}
 
 
 def field(obj: Any, name: str, default: Any = None) -> Any:
@@ -171,6 +179,12 @@ class RunDashboard(widgets.VBox):
                 statuses[site] = "active"
             for site in _names(field(result, "dropped")):
                 statuses[site] = "dropped"
+            defence = field(result, "defence") or {}
+            if isinstance(defence, dict):
+                for site in _names(list(defence.get("flagged") or {})):
+                    statuses[site] = "flagged"
+                for site in _names(defence.get("excluded") or ()):
+                    statuses[site] = "excluded"
             self.site_status = statuses
             if self.status == "pending":
                 self.status = "running"

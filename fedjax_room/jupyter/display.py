@@ -249,6 +249,11 @@ def _round_rows(history: Any) -> list[dict[str, Any]]:
         eps = row.get("epsilon")
         if isinstance(eps, Mapping) and eps:
             row["max ε"] = max(float(v) for v in eps.values())
+        defence = row.get("defence")
+        if isinstance(defence, Mapping):  # poisoning defence: flagged (and excluded) sites
+            flagged = sorted(defence.get("flagged") or {})
+            excluded = list(defence.get("excluded") or ())
+            row["flagged"] = ", ".join(flagged + [f"{s} (excluded)" for s in excluded if s not in flagged])
     return rows
 
 
@@ -321,7 +326,10 @@ VIEWS: dict[str, _View] = {
         cell_html={"epsilon": _spent_cell},
     ),
     "rounds": _View(
-        _round_rows, ("round", "sites", "dropped", "loss", "accuracy", "max ε"), "Rounds", "no round finished yet"
+        _round_rows,
+        ("round", "sites", "dropped", "flagged", "loss", "accuracy", "max ε"),
+        "Rounds",
+        "no round finished yet",
     ),
     "refusals": _View(records, ("site", "reason", "message"), "Refusals", "no refusals"),
     "audit": _View(

@@ -17,12 +17,15 @@ from typing import Any
 
 from fedjax_room.errors import ConfigError
 
-__all__ = ["AGGREGATORS", "SERVER_OPTIMIZERS", "RunConfig"]
+__all__ = ["AGGREGATORS", "SECURE_AGGREGATORS", "SERVER_OPTIMIZERS", "RunConfig"]
 
-#: Aggregators the coordinator implements: example-weighted mean (FedAvg) and plain mean.
-AGGREGATORS = ("fedavg", "mean")
+#: Aggregators the coordinator implements (``fedjax_room.robust.AGGREGATORS``; kept here without importing JAX):
+#: example-weighted mean (FedAvg), plain mean, and the robust rules.
+AGGREGATORS = ("fedavg", "mean", "median", "trimmed_mean", "krum", "multi_krum", "norm_bound")
+#: The aggregators that still work on a sum, i.e. with secure aggregation (``robust.SECURE_AGGREGATORS``).
+SECURE_AGGREGATORS = ("fedavg", "mean")
 #: Server optimisers applied to the aggregated update.
-SERVER_OPTIMIZERS = ("fedavg", "fedadam")
+SERVER_OPTIMIZERS = ("fedavg", "fedadam", "fedyogi")
 
 _MAX_ROUNDS = 10_000
 _MAX_STEPS = 100_000
@@ -70,6 +73,8 @@ class RunConfig:
     min_sites: int | None = None
     round_timeout: float = 60.0
     seed: int = 0
+    #: leave out of the aggregate a site whose trust (anomaly flags over rounds) falls below this; None: flag only
+    exclude_below: float | None = None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | RunConfig) -> RunConfig:
@@ -105,6 +110,20 @@ class RunConfig:
         secure = data.get("secure_aggregation", False)
         if not isinstance(secure, bool):
             raise ConfigError(f"secure_aggregation must be true or false, got {secure!r}")
+        if secure and aggregator not in SECURE_AGGREGATORS:  # mirrors robust.check_secure_compatible
+            raise ConfigError(
+                f"aggregator {aggregator!r} needs each site's update, but secure aggregation shows the coordinator "
+                f"only their sum; use {' or '.join(SECURE_AGGREGATORS)} (each site clips its own update), or turn "
+                "secure aggregation off"
+            )
+        exclude_below = _num(data, "exclude_below", None, allow_none=True)
+        if exclude_below is not None and not 0 < exclude_below <= 1:
+            raise ConfigError(f"exclude_below (a trust threshold) must be in (0, 1] or None, got {exclude_below:g}")
+        if exclude_below is not None and secure:
+            raise ConfigError(
+                "exclude_below needs per-site anomaly flags, but secure aggregation hides each site's update; "
+                "leave exclude_below unset or turn secure aggregation off"
+            )
         return cls(
             rounds=_int(data, "rounds", fields["rounds"], lo=1, hi=_MAX_ROUNDS),
             target_epsilon=target,
@@ -121,6 +140,7 @@ class RunConfig:
             min_sites=_int(data, "min_sites", None, lo=1, hi=10_000, allow_none=True),
             round_timeout=_num(data, "round_timeout", fields["round_timeout"]),
             seed=_int(data, "seed", fields["seed"], lo=0, hi=2**63 - 1),
+            exclude_below=exclude_below,
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -100,7 +100,19 @@ class RunDriver:
             "loss": row.loss,
             "accuracy": row.accuracy,
             "epsilon": row.epsilon,
+            "defence": self.store.defences(run_id).get(row.round),
         }
+
+    def defences(self, config: dict[str, Any]) -> list[dict[str, Any]]:
+        """Which poisoning defences run for a run with ``config`` (name, active, detail), see docs/robustness.md."""
+        from fedjax_room.robust.secure_checks import active_defences
+
+        statuses = active_defences(
+            secure_aggregation=bool(config.get("secure_aggregation", False)),
+            aggregator=str(config.get("aggregator", "fedavg")),
+            exclude_below=config.get("exclude_below"),
+        )
+        return [{"name": d.name, "active": d.active, "detail": d.detail} for d in statuses]
 
     def snapshot(self, run_id: str) -> dict[str, Any]:
         """Everything an analyst may see about a run (no per-site updates, no un-noised metrics)."""
@@ -127,6 +139,7 @@ class RunDriver:
             "refusals": refusals,
             "error": run.error,
             "privacy": self._privacy(run_id, float(config.get("delta", 0.0))),
+            "defences": self.defences(config),
         }
 
     def _event(self, run_id: str, kind: str, data: dict[str, Any]) -> None:
@@ -275,7 +288,7 @@ class RunDriver:
         self._open_phase("train", a.round + 1, now)
 
     def _close_train(self, now: float) -> None:
-        from fedjax_room.coordinator.aggregation import aggregate, server_optimizer
+        from fedjax_room.coordinator.aggregation import server_optimizer
 
         a = self._active
         assert a is not None
@@ -293,7 +306,11 @@ class RunDriver:
             return
         if dropped:
             log.warning("round %d of %s closes without %s (deadline)", a.round, a.id, dropped)
-        delta = aggregate(updates, a.config.aggregator)
+        try:
+            delta = self._defend(a, updates)
+        except FedRoomError as exc:
+            self._fail(now, RoundError(f"round {a.round} of {a.id}: {exc.message}"))
+            return
         opt = server_optimizer(a.config.server_optimizer, a.config.server_learning_rate)
         params, opt_state = opt.update(delta, a.opt_state, a.params)
         model_digest = self.store.commit_round(
@@ -304,6 +321,30 @@ class RunDriver:
         )
         a.params, a.opt_state, a.params_bytes = params, opt_state, pack_tree(params)
         self._open_phase("eval", a.round, now)
+
+    def _defend(self, a: _Active, updates: dict[str, tuple[Tree, float]]) -> Tree:
+        """Score and flag every update, update trust, exclude distrusted sites, aggregate with the run's rule.
+
+        Audits ``defence_report`` and keeps the report and the trust state (for the round results and a resume).
+        """
+        from fedjax_room.robust.anomaly import AnomalyConfig
+        from fedjax_room.robust.defence import RobustAggregation
+
+        options: dict[str, Any] = {}
+        if a.config.aggregator == "trimmed_mean":  # trim at least one value per end when there are 3+ sites
+            options["beta"] = min(max(0.2, 1.0 / len(updates)), 0.49)
+        anomaly = AnomalyConfig(exclude_below=a.config.exclude_below)
+        defence = RobustAggregation(a.config.aggregator, anomaly=anomaly, **options)
+        state = self.store.defence_state(a.id, a.round) or defence.init(a.accepted)
+        delta, state, report = defence.apply(updates, state)
+        record = {**report.to_dict(), "round": a.round}
+        if report.flagged or report.excluded:
+            log.warning(
+                "round %d of %s: flagged %s, excluded %s", a.round, a.id, sorted(report.flagged), list(report.excluded)
+            )
+        self.audit.append("defence_report", run_id=a.id, **record)
+        self.store.record_defence(a.id, a.round, record, state)
+        return delta
 
     def _close_eval(self, now: float) -> None:
         a = self._active

@@ -330,14 +330,22 @@ class SiteAgent:
             )
             self._trainers[msg.run_id] = trainer
         started = time.perf_counter()
-        new_params, _stats = trainer.train(
-            params, self._train, plan.local_steps, self._seed(msg.run_id, config.seed, msg.round, "train")
-        )
+        seed = self._seed(msg.run_id, config.seed, msg.round, "train")
+        attack = self.policy.attack()  # test/demo only: a [simulation] table makes this site an attacker
         import jax
+
+        train_data = self._train
+        if attack is not None and attack.data is not None:
+            train_data = attack.data(train_data, params, jax.random.key(seed % 2**31))
+        new_params, _stats = trainer.train(params, train_data, plan.local_steps, seed)
 
         delta = jax.tree.map(
             lambda new, old: (np.asarray(new, np.float32) - old).astype(np.float32), new_params, params
         )
+        if attack is not None and attack.update is not None:
+            poisoned = attack.update(delta, params, jax.random.key((seed + 1) % 2**31))
+            delta = jax.tree.map(lambda x: np.asarray(x, np.float32), jax.device_get(poisoned))
+            log.warning("%s is a simulated attacker (%s): its update is poisoned", self.name, attack.name)
         payload = pack_tree(dict(delta))
         payload_digest = digest(payload)
         if self.train_delay:

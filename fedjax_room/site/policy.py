@@ -9,6 +9,14 @@ Example ``policy.toml``::
     max_params = 1_000_000
     allowed_aggregators = ["fedavg", "mean"]
     require_secure_aggregation = false
+    approval = "auto"            # or "manual": a spec not in approved_models waits in the site's inbox
+    approved_models = []         # spec hashes this site runs without asking (ModelSpec.hash)
+
+    # A test and demo feature only: make this site a poisoning attacker (fedjax_room.robust.attacks).
+    # Never shared with the room. `fedjax-room demo --attack boost --malicious 1` writes it.
+    [simulation]
+    attack = "boost"             # sign_flip | boost | label_flip | gaussian
+    options = {factor = 10.0}
 
 :meth:`Policy.check` raises :class:`~fedjax_room.errors.PolicyViolation` with a ``reason`` code
 (``model_family``, ``max_params``, ``aggregator``, ``secure_aggregation``, ``delta_cap``,
@@ -46,6 +54,10 @@ class Policy:
     max_params: int = 1_000_000
     allowed_aggregators: tuple[str, ...] = AGGREGATORS
     require_secure_aggregation: bool = False
+    approval: str = "auto"
+    approved_models: tuple[str, ...] = ()
+    #: test/demo only: ``{"attack": name, "options": {...}}`` makes this site malicious; never shared
+    simulation: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, where: str = "policy") -> Policy:
@@ -56,7 +68,11 @@ class Policy:
         extra = set(data) - known
         if extra:
             raise PolicyError(f"{where}: unknown settings {sorted(extra)}; known: {sorted(known)}")
-        d = {**{f.name: f.default for f in dataclasses.fields(cls)}, **data}
+        defaults = {
+            f.name: f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+            for f in dataclasses.fields(cls)
+        }
+        d = {**defaults, **data}
 
         def number(key: str) -> float:
             v = d[key]
@@ -85,7 +101,29 @@ class Policy:
         secure = d["require_secure_aggregation"]
         if not isinstance(secure, bool):
             raise PolicyError(f"{where}: require_secure_aggregation must be true or false")
+        if d["approval"] not in ("auto", "manual"):
+            raise PolicyError(f'{where}: approval must be "auto" or "manual", got {d["approval"]!r}')
+        approved = d["approved_models"]
+        if (
+            isinstance(approved, str)
+            or not isinstance(approved, list | tuple)
+            or not all(isinstance(x, str) and len(x) == 64 and set(x) <= set("0123456789abcdef") for x in approved)
+        ):
+            raise PolicyError(f"{where}: approved_models must list spec hashes (64 hex digits), got {approved!r}")
+        simulation = d["simulation"]
+        if not isinstance(simulation, Mapping) or set(simulation) - {"attack", "options"}:
+            raise PolicyError(f'{where}: [simulation] takes attack = "<name>" and options = {{...}}')
+        if simulation:
+            from fedjax_room.robust.attacks import get_attack
+
+            try:
+                get_attack(str(simulation.get("attack")), **dict(simulation.get("options") or {}))
+            except Exception as exc:
+                raise PolicyError(f"{where}: [simulation] {exc}") from None
         return cls(
+            approval=d["approval"],
+            approved_models=tuple(approved),
+            simulation=dict(simulation),
             epsilon_cap=number("epsilon_cap"),
             delta_cap=delta,
             min_sites=integer("min_sites"),
@@ -110,9 +148,19 @@ class Policy:
     def to_dict(self) -> dict[str, Any]:
         """The policy as plain data (also the summary a site shares with the room)."""
         d = dataclasses.asdict(self)
+        d.pop("simulation")  # a hidden test/demo setting: never part of the summary
         d["allowed_families"] = list(self.allowed_families)
         d["allowed_aggregators"] = list(self.allowed_aggregators)
+        d["approved_models"] = list(self.approved_models)
         return d
+
+    def attack(self) -> Any:
+        """The simulated attack (:class:`fedjax_room.robust.Attack`) this site plays, or None (test/demo only)."""
+        if not self.simulation:
+            return None
+        from fedjax_room.robust.attacks import get_attack
+
+        return get_attack(str(self.simulation["attack"]), **dict(self.simulation.get("options") or {}))
 
     def to_toml(self) -> str:
         """TOML text for this policy."""
@@ -121,6 +169,15 @@ class Policy:
             lines.append(
                 f"{key} = {json.dumps(value)}" if not isinstance(value, bool) else f"{key} = {str(value).lower()}"
             )
+        if self.simulation:
+            lines.append("\n[simulation]")
+            lines.append(f"attack = {json.dumps(self.simulation['attack'])}")
+            opts = self.simulation.get("options") or {}
+            if opts:
+                inner = ", ".join(
+                    f"{k} = {str(v).lower() if isinstance(v, bool) else json.dumps(v)}" for k, v in opts.items()
+                )
+                lines.append(f"options = {{{inner}}}")
         return "\n".join(lines) + "\n"
 
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -133,7 +190,8 @@ class Policy:
     @property
     def digest(self) -> str:
         """Hex sha256 of the canonical JSON of this policy (audited as ``policy_loaded``)."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+        full = {**self.to_dict(), **({"simulation": self.simulation} if self.simulation else {})}
+        return hashlib.sha256(json.dumps(full, sort_keys=True).encode()).hexdigest()
 
     def check(self, spec: ModelSpec, config: RunConfig, *, party: str = "") -> None:
         """Raise :class:`PolicyViolation` if this run is not allowed (the budget is checked elsewhere)."""

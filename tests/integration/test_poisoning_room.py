@@ -1,0 +1,61 @@
+"""Poisoning in a real room: 1 of 4 site processes boosts its update (a `[simulation]` policy table).
+
+FedAvg degrades while median and trimmed mean keep the model accurate; the attacker is flagged in the
+round results and in the coordinator's (verified) audit log as ``defence_report`` records.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from fedjax_room.analyst.demo import start_room
+from fedjax_room.audit import verify_log
+from fedjax_room.local import evaluate
+from fedjax_room.models import logistic
+
+pytestmark = pytest.mark.slow
+
+SPEC = logistic([64], 10)
+SETTINGS = {
+    "rounds": 3,
+    "local_steps": 20,
+    "batch_size": 64,
+    "learning_rate": 2.0,
+    "target_epsilon": 8.0,
+    "round_timeout": 60.0,
+}
+
+
+def test_one_booster_breaks_fedavg_not_median(tmp_path):
+    policy = {"epsilon_cap": 100.0, "min_sites": 1}
+    attacker = {**policy, "simulation": {"attack": "boost"}}
+    with start_room(sites=4, dataset="digits", state_dir=tmp_path, policy=policy, policies={"site-a": attacker}) as er:
+        room = er.connect()
+        try:
+            test = er.central_test()
+            acc, runs = {}, {}
+            for agg in ("fedavg", "median", "trimmed_mean"):
+                run = room.train(SPEC, aggregator=agg, seed=1, **SETTINGS).wait(120)
+                assert run.status == "finished", run.error
+                acc[agg] = evaluate(SPEC, run.params, test).accuracy
+                runs[agg] = run
+            assert acc["median"] > 0.8, acc
+            assert acc["trimmed_mean"] > 0.8, acc
+            assert acc["fedavg"] < acc["median"] - 0.15, acc
+            for run in runs.values():
+                for r in run.history:
+                    assert r.defence is not None
+                    assert r.flagged == ("site-a",), (run.config["aggregator"], r.round, r.defence["flagged"])
+                    assert r.trust["site-a"] < r.trust["site-b"]
+            assert {d["name"] for d in runs["median"].defences if d["active"]} >= {
+                "robust_aggregation",
+                "anomaly_detection",
+            }
+            assert not next(d for d in runs["fedavg"].defences if d["name"] == "robust_aggregation")["active"]
+            records = verify_log(er.coordinator_dir / "audit.jsonl")
+            reports = [r for r in records if r["kind"] == "defence_report"]
+            assert len(reports) == 9
+            assert all(list(r["fields"]["flagged"]) == ["site-a"] for r in reports)
+            assert {r["fields"]["aggregator"] for r in reports} == {"fedavg", "median", "trimmed_mean"}
+        finally:
+            room.close()
