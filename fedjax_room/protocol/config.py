@@ -75,6 +75,13 @@ class RunConfig:
     seed: int = 0
     #: leave out of the aggregate a site whose trust (anomaly flags over rounds) falls below this; None: flag only
     exclude_below: float | None = None
+    #: distributed DP (needs secure_aggregation): each site clips its whole update to ``site_clip_norm`` and adds its
+    #: share of Skellam noise so the unmasked sum carries ``site_noise_multiplier * site_clip_norm``; None: off
+    site_noise_multiplier: float | None = None
+    site_clip_norm: float = 1.0
+    #: secure aggregation without distributed DP: each coordinate of a site's (weighted) update is clipped to
+    #: [-secagg_range, secagg_range] before fixed-point encoding
+    secagg_range: float = 1.0
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | RunConfig) -> RunConfig:
@@ -124,6 +131,12 @@ class RunConfig:
                 "exclude_below needs per-site anomaly flags, but secure aggregation hides each site's update; "
                 "leave exclude_below unset or turn secure aggregation off"
             )
+        site_noise = _num(data, "site_noise_multiplier", None, allow_none=True)
+        if site_noise is not None and not secure:
+            raise ConfigError(
+                "site_noise_multiplier (distributed DP) needs secure_aggregation=True: without it the coordinator "
+                "would see each site's less-noised update"
+            )
         return cls(
             rounds=_int(data, "rounds", fields["rounds"], lo=1, hi=_MAX_ROUNDS),
             target_epsilon=target,
@@ -141,6 +154,9 @@ class RunConfig:
             round_timeout=_num(data, "round_timeout", fields["round_timeout"]),
             seed=_int(data, "seed", fields["seed"], lo=0, hi=2**63 - 1),
             exclude_below=exclude_below,
+            site_noise_multiplier=site_noise,
+            site_clip_norm=_num(data, "site_clip_norm", fields["site_clip_norm"]),
+            secagg_range=_num(data, "secagg_range", fields["secagg_range"]),
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -45,6 +45,7 @@ from fedjax_room.protocol.codec import MAX_FRAME_BYTES, Tree, digest, unpack_tre
 from fedjax_room.protocol.config import RunConfig
 from fedjax_room.protocol.handshake import NONCE_BYTES, ROLES, verify_hello
 from fedjax_room.protocol.runs import RunDriver, _Active
+from fedjax_room.protocol.secure import SecureDriver
 
 __all__ = ["HANDSHAKE_MAX_BYTES", "AuditSink", "CoordinatorMachine", "MemoryAudit"]
 
@@ -52,7 +53,7 @@ log = logging.getLogger("fedjax_room.coordinator")
 
 #: Largest frame accepted before a connection has authenticated.
 HANDSHAKE_MAX_BYTES = 4096
-_SITE_TYPES = (m.SiteStatus, m.RunAccept, m.RunRefuse, m.Update, m.Metrics, m.Error)
+_SITE_TYPES = (m.SiteStatus, m.RunAccept, m.RunRefuse, m.Update, m.Metrics, m.SecAgg, m.Error)
 _ANALYST_TYPES = (m.ListSites, m.ListRuns, m.StartRun, m.WatchRun, m.GetModel, m.GetBudget, m.GetAudit, m.Error)
 _MAX_AUDIT = 1000
 #: Largest policy / plan / ledger summary a site may send (a schema may be 4x: feature names).
@@ -115,7 +116,7 @@ def _finite(*values: float) -> bool:
     return all(isinstance(v, float) and math.isfinite(v) for v in values)
 
 
-class CoordinatorMachine(RunDriver):
+class CoordinatorMachine(SecureDriver, RunDriver):
     """The room's logic. ``store`` persists, ``audit`` records, ``nonce`` makes challenge nonces."""
 
     def __init__(
@@ -160,7 +161,10 @@ class CoordinatorMachine(RunDriver):
 
     def close(self, conn: int, now: float) -> list[Action]:
         """A connection went away."""
+        c = self._conns.get(conn)
         self._forget(conn)
+        if c is not None and c.role == "site" and c.name not in self._site_conns:
+            self._secure_dropped(c.name, now)  # a dropout of a secure round in progress
         return self._flush()
 
     def _forget(self, conn: int) -> None:
@@ -329,6 +333,8 @@ class CoordinatorMachine(RunDriver):
             a.invited.add(c.name)
             self._send(c.id, m.RunOffer(run_id=a.id, spec=a.spec, config=a.config.to_dict()))
         elif a.phase in ("train", "eval") and c.name in a.accepted and c.name not in a.answered:
+            if a.phase == "train" and a.secure is not None:
+                return  # it left the SecAgg round when its connection closed; it rejoins next round
             self._send(c.id, self._round_start(a))
 
     def _stale(self, c: _Conn, run_id: str, what: str) -> None:
@@ -363,6 +369,10 @@ class CoordinatorMachine(RunDriver):
         self.store.set_run_site(a.id, c.name, state, error=err.to_dict(), round=msg.round)
         a.accepted.pop(c.name, None)
         a.answered[c.name] = "refused"
+        if a.phase == "train" and a.secure is not None:
+            self._secure_dropped(c.name, now)
+            if self._active is not a:
+                return
         refusal = {"site": c.name, "reason": reason, "message": err.message, "round": msg.round}
         self._event(a.id, "refusal", refusal)
         if a.phase != "offer" and len(a.accepted) < a.min_sites:
@@ -389,6 +399,10 @@ class CoordinatorMachine(RunDriver):
             delta=msg.delta,
         )
         self.store.update_site_ledger(c.name, {"epsilon": msg.ledger_epsilon})
+        if msg.site_epsilon is not None:
+            if not _finite(msg.site_epsilon):
+                raise ProtocolError("update: site_epsilon must be a finite number")
+            self.store.record_site_spend(c.name, msg.run_id, msg.round, msg.site_epsilon)
         a = self._active
         if (
             a is None
@@ -399,6 +413,12 @@ class CoordinatorMachine(RunDriver):
             or c.name in a.answered
         ):
             self._stale(c, msg.run_id, f"update for round {msg.round}")
+            return
+        if a.config.secure_aggregation:  # the update itself travels masked in secagg frames
+            if msg.payload:
+                raise ProtocolError("update: with secure aggregation the payload must be empty (send it masked)")
+            self.audit.append("update_received", run_id=a.id, round=a.round, site=c.name, digest=digest(msg.payload))
+            a.answered[c.name] = "secure"
             return
         from fedjax_room.coordinator.aggregation import check_update
 
@@ -470,11 +490,6 @@ class CoordinatorMachine(RunDriver):
 
         spec = ModelSpec.from_dict(msg.spec)
         config = RunConfig.from_dict(msg.config)
-        if config.secure_aggregation:
-            raise ConfigError(
-                "secure aggregation is not available yet in this room; start the run with "
-                "secure_aggregation=False (sites whose policy requires it will refuse)"
-            )
         run_id = self.store.create_run(c.name, spec.to_dict(), config.to_dict())
         self.audit.append("run_requested", run_id=run_id, analyst=c.name, spec_hash=spec.hash, config=config.to_dict())
         params = self._init_params(spec.to_dict(), config.seed)

@@ -42,6 +42,8 @@ __all__ = [
     "RunRefuse",
     "RunSnapshot",
     "RunsReply",
+    "SecAgg",
+    "SecAggSetup",
     "SiteStatus",
     "SitesReply",
     "StartRun",
@@ -206,6 +208,8 @@ class Update(Message):
     epsilon: float
     ledger_epsilon: float
     delta: float
+    #: site-level (whole-site) epsilon of this run so far; None without distributed DP (secure runs only)
+    site_epsilon: float | None = None
 
 
 @_message
@@ -231,6 +235,29 @@ class RunEnd(Message):
     run_id: str
     status: str
     message: str
+
+
+@_message
+class SecAggSetup(Message):
+    """coordinator -> site, before a secure train ``round_start``: the round's SecAgg config, the site's id, and
+    ``fraction`` (its FedAvg weight over the roster's, or 1.0 for an unweighted mean) to scale its update by."""
+
+    TYPE: ClassVar[str] = "secagg_setup"
+    run_id: str
+    round: int
+    config: dict
+    id: int
+    fraction: float
+
+
+@_message
+class SecAgg(Message):
+    """both ways, during a secure train phase: one SecAgg message (``fedjax_room.secagg`` ``to_dict()``)."""
+
+    TYPE: ClassVar[str] = "secagg"
+    run_id: str
+    round: int
+    body: dict
 
 
 # ---------------------------------------------------------------------------------- analyst <-> coordinator
@@ -388,7 +415,10 @@ def encode(msg: Message) -> bytes:
         raise ProtocolError(f"{type(msg).__name__} is not a protocol message")
     body: dict[str, Any] = {"v": VERSION, "t": msg.TYPE}
     for f in dataclasses.fields(msg):
-        body[f.name] = getattr(msg, f.name)
+        value = getattr(msg, f.name)
+        if value is None and f.default is None:  # an optional field left out (older frames stay the same)
+            continue
+        body[f.name] = value
     return pack(body)
 
 

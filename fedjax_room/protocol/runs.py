@@ -40,6 +40,7 @@ class _Active:
     invited: set[str] = dataclasses.field(default_factory=set)
     answered: dict[str, Any] = dataclasses.field(default_factory=dict)
     min_sites: int = 1
+    secure: Any = None  # the SecureRound of a secure train phase (fedjax_room.protocol.secure)
 
 
 class RunDriver:
@@ -81,6 +82,7 @@ class RunDriver:
     def _privacy(self, run_id: str, delta: float) -> dict[str, dict[str, float]]:
         sites = self.store.sites()
         out = {}
+        site_level = self.store.run_site_spend(run_id)
         for site, spend in self.store.run_spend(run_id).items():
             policy = sites.get(site, {}).get("policy", {})
             cap = float(policy.get("epsilon_cap", math.inf))
@@ -89,6 +91,7 @@ class RunDriver:
                 "delta": spend["delta"] or delta,
                 "cap": cap,
                 "remaining": max(0.0, cap - spend["ledger_epsilon"]),
+                "site_epsilon": site_level.get(site),  # site-level (distributed DP); None without it
             }
         return out
 
@@ -232,6 +235,10 @@ class RunDriver:
         a.deadline = now + a.config.round_timeout
         if phase == "train":
             self.audit.append("round_opened", run_id=a.id, round=round, sites=sorted(a.accepted))
+            if a.config.secure_aggregation:  # the secagg_setup frames go before the round_start
+                self._secure_open(now)  # type: ignore[attr-defined]
+                if self._active is not a:  # could not set it up: the run failed
+                    return
         frame = self._round_start(a)
         for name in sorted(a.accepted):
             cid = self._site_conns.get(name)
@@ -241,6 +248,8 @@ class RunDriver:
     def _maybe_close(self, now: float) -> None:
         a = self._active
         if a is None:
+            return
+        if a.phase == "train" and a.secure is not None:  # the SecAgg round closes the phase
             return
         waiting = (a.invited if a.phase == "offer" else set(a.accepted)) - set(a.answered)
         if not waiting:
@@ -292,6 +301,9 @@ class RunDriver:
 
         a = self._active
         assert a is not None
+        if a.secure is not None:  # a stage deadline passed: the SecAgg server closes it
+            self._secure_tick(now)  # type: ignore[attr-defined]
+            return
         updates = {s: v for s, v in a.answered.items() if isinstance(v, tuple)}
         dropped = sorted(s for s in a.accepted if s not in a.answered)
         if len(updates) < a.min_sites:

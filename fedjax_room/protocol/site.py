@@ -8,12 +8,21 @@ The glue (:mod:`fedjax_room.site.runner`) authenticates with
 turns offers and round starts into jobs, never runs the same (run, round, phase) job twice at once
 (a coordinator that re-asks after a reconnect gets the answer when the job ends), and refuses a
 malformed or out-of-order frame with a fatal ``error`` and a close.
+
+Secure aggregation (``fedjax_room.protocol.secure``): a ``secagg_setup`` frame makes the machine join that
+round's SecAgg as a :class:`~fedjax_room.secagg.SecAggClient` signing with ``identity_key`` (it advertises at
+once); the following train ``round_start`` becomes a job on a
+:class:`~fedjax_room.protocol.secure.SecureTrain`; ``secagg`` frames go to the client; when the job returns a
+:class:`~fedjax_room.protocol.secure.SecureRelease` the machine sends its ``update`` (accounting only) and hands
+the encoded vector to the client, which masks it. A bad SecAgg frame aborts this site's part of the round (logged),
+never the connection.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from fedjax_room.errors import FedRoomError, FrameTooLargeError, ProtocolError
 from fedjax_room.protocol import messages as m
@@ -28,8 +37,12 @@ log = logging.getLogger("fedjax_room.site")
 class SiteMachine:
     """Post-handshake site logic. ``status`` builds the ``site_status`` frame to send on connecting."""
 
-    def __init__(self, status: Callable[[], m.SiteStatus], *, max_frame: int = MAX_FRAME_BYTES) -> None:
+    def __init__(
+        self, status: Callable[[], m.SiteStatus], *, max_frame: int = MAX_FRAME_BYTES, identity_key: Any = None
+    ) -> None:
         self._status = status
+        self._identity = identity_key
+        self.secagg: dict[tuple[str, int], tuple[m.SecAggSetup, Any]] = {}
         self.max_frame = max_frame
         self.connected = False
         self.inflight: set[str] = set()
@@ -70,8 +83,20 @@ class SiteMachine:
         if isinstance(msg, m.RoundStart):
             if msg.phase not in ("train", "eval"):
                 raise ProtocolError(f"round_start phase must be 'train' or 'eval', got {msg.phase!r}")
-            return self._job(msg.phase, f"{msg.run_id}/{msg.round}/{msg.phase}", msg)
+            job: Any = msg
+            joined = self.secagg.get((msg.run_id, msg.round))
+            if msg.phase == "train" and joined is not None:
+                from fedjax_room.protocol.secure import SecureTrain
+
+                job = SecureTrain(start=msg, setup=joined[0])
+            return self._job(msg.phase, f"{msg.run_id}/{msg.round}/{msg.phase}", job)
+        if isinstance(msg, m.SecAggSetup):
+            return self._secagg_setup(msg)
+        if isinstance(msg, m.SecAgg):
+            return self._secagg_frame(msg)
         if isinstance(msg, m.RunEnd):
+            for k in [k for k in self.secagg if k[0] == msg.run_id]:
+                del self.secagg[k]
             self.ended[msg.run_id] = msg.status
             log.info("run %s ended: %s %s", msg.run_id, msg.status, msg.message)
             return [Work("end", f"{msg.run_id}/end", msg)]
@@ -83,9 +108,61 @@ class SiteMachine:
             return []
         raise ProtocolError(f"out of order: a site does not expect {msg.TYPE} from the coordinator")
 
-    def work_done(self, key: str, result: m.Message | None) -> list[Action]:
+    def work_done(self, key: str, result: Any) -> list[Action]:
         """A job finished; send its answer if connected (else the coordinator will ask again)."""
         self.inflight.discard(key)
         if result is None or not self.connected:
             return []
+        from fedjax_room.protocol.secure import SecureRelease
+
+        if isinstance(result, SecureRelease):
+            out: list[Action] = [Send(0, m.encode(result.update))]
+            joined = self.secagg.get((result.update.run_id, result.update.round))
+            if joined is None:
+                return out
+            try:
+                sent = joined[1].set_input(result.vector)
+            except FedRoomError as exc:
+                log.warning("secure aggregation: cannot give the input: %s: %s", exc.code, exc.message)
+                return out
+            return out + self._wrap(joined[0], sent)
         return [Send(0, m.encode(result))]
+
+    # ------------------------------------------------------------------ secure aggregation
+
+    def _wrap(self, setup: m.SecAggSetup, msgs: list[Any]) -> list[Action]:
+        return [Send(0, m.encode(m.SecAgg(run_id=setup.run_id, round=setup.round, body=x.to_dict()))) for x in msgs]
+
+    def _secagg_setup(self, msg: m.SecAggSetup) -> list[Action]:
+        from fedjax_room.secagg import SecAggClient, SecAggConfig
+
+        for k in [k for k in self.secagg if k[0] == msg.run_id and k[1] != msg.round]:
+            del self.secagg[k]  # an older round of the run is over
+        if self._identity is None:
+            raise ProtocolError("this site was started without its identity key and cannot do secure aggregation")
+        try:
+            config = SecAggConfig.from_dict(msg.config)
+            if config.round_id != f"{msg.run_id}/{msg.round}":
+                raise ProtocolError(f"secagg round id {config.round_id!r} is not {msg.run_id}/{msg.round}")
+            if not 0 < msg.fraction <= 1:
+                raise ProtocolError(f"secagg fraction must be in (0, 1], got {msg.fraction}")
+            client = SecAggClient(config, msg.id, self._identity)
+        except FedRoomError as exc:
+            log.warning("not joining secure aggregation for %s/%d: %s", msg.run_id, msg.round, exc.message)
+            return [Send(0, m.encode(m.Error.of(exc, run_id=msg.run_id)))]
+        self.secagg[(msg.run_id, msg.round)] = (msg, client)
+        return self._wrap(msg, [client.advertise()])
+
+    def _secagg_frame(self, msg: m.SecAgg) -> list[Action]:
+        from fedjax_room.secagg import message_from_dict
+
+        joined = self.secagg.get((msg.run_id, msg.round))
+        if joined is None:
+            log.info("ignored a secagg frame for %s/%d (not in that round)", msg.run_id, msg.round)
+            return []
+        try:
+            out = joined[1].receive(message_from_dict(msg.body))
+        except FedRoomError as exc:  # the client aborts itself on anything but a wrong-state message
+            log.warning("secure aggregation %s/%d: %s: %s", msg.run_id, msg.round, exc.code, exc.message)
+            return []
+        return self._wrap(joined[0], out)

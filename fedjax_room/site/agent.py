@@ -31,8 +31,10 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
+import io
 import json
 import logging
+import math
 import os
 import re
 import secrets
@@ -129,6 +131,11 @@ class SiteAgent:
             self.state_dir / "ledger.json", epsilon_cap=policy.epsilon_cap, delta=policy.delta_cap
         )
         self._summary = self.ledger.summary()
+        # site-level (whole-site) events of distributed-DP runs: a separate neighbouring relation, so a separate
+        # accountant; reported next to the sample-level ledger, not capped by it (see docs/secagg.md)
+        self.site_ledger = Ledger.open(
+            self.state_dir / "site_ledger.json", epsilon_cap=math.inf, delta=policy.delta_cap
+        )
         self.audit = audit
         self.train_delay = train_delay
         self._trainers: dict[str, Any] = {}
@@ -300,15 +307,36 @@ class SiteAgent:
         self._summary = self.ledger.summary()
         return run_eps, total
 
-    def train(self, msg: m.RoundStart) -> m.Update | m.RunRefuse:
-        """One round of local DP training; the ledger is committed before the update is returned."""
+    def train(self, msg: Any) -> Any:
+        """One round of local DP training; the ledger is committed before the update is returned.
+
+        ``msg`` is a ``RoundStart``, or a :class:`~fedjax_room.protocol.secure.SecureTrain` under secure
+        aggregation, which returns a :class:`~fedjax_room.protocol.secure.SecureRelease` (the encoded vector to mask
+        and an ``update`` with an empty payload).
+        """
+        from fedjax_room.protocol.secure import SecureRelease, SecureTrain
+
+        secure: SecureTrain | None = None
+        if isinstance(msg, SecureTrain):
+            secure, msg = msg, msg.start
         key = f"{msg.run_id}/{msg.round}/train"
         spec, config, plan = self._load_run(msg.run_id)
+        if config.secure_aggregation and secure is None:
+            log.warning(
+                "%s: round %s of secure run %s came without its secagg_setup; not answering",
+                self.name,
+                msg.round,
+                msg.run_id,
+            )
+            return None
         record = self.ledger.released(key)
         if record is not None:
             again = self._resend(msg.run_id, msg.round, "train")
-            if again is not None:
+            ring = self._release_path(msg.run_id, msg.round, "train").with_suffix(".ring.npy")
+            if again is not None and secure is None:
                 return again
+            if again is not None and ring.exists():
+                return SecureRelease(again, np.load(ring, allow_pickle=False))
         if msg.cohort < self.policy.min_sites:
             raise PolicyViolation(
                 f"{self.name}: round {msg.round} has {msg.cohort} sites, fewer than this site's minimum "
@@ -346,7 +374,12 @@ class SiteAgent:
             poisoned = attack.update(delta, params, jax.random.key((seed + 1) % 2**31))
             delta = jax.tree.map(lambda x: np.asarray(x, np.float32), jax.device_get(poisoned))
             log.warning("%s is a simulated attacker (%s): its update is poisoned", self.name, attack.name)
-        payload = pack_tree(dict(delta))
+        vector = None
+        if secure is not None:  # the update leaves only masked, in secagg frames
+            vector = self._secure_vector(delta, config, secure)
+            payload = b""
+        else:
+            payload = pack_tree(dict(delta))
         payload_digest = digest(payload)
         if self.train_delay:
             time.sleep(self.train_delay)
@@ -358,6 +391,9 @@ class SiteAgent:
             if record.get("digest") != payload_digest:
                 raise StateError(f"{self.name}: replayed update for {key} differs from the one committed")
             run_eps, total = record["epsilon"], record["ledger_epsilon"]
+        site_eps = None
+        if secure is not None and config.site_noise_multiplier is not None:
+            site_eps = self._site_level(key, config, secure, msg.round)
         update = m.Update(
             run_id=msg.run_id,
             round=msg.round,
@@ -366,7 +402,12 @@ class SiteAgent:
             epsilon=run_eps,
             ledger_epsilon=total,
             delta=config.delta,
+            site_epsilon=site_eps,
         )
+        if vector is not None:
+            buf = io.BytesIO()
+            np.save(buf, vector, allow_pickle=False)
+            atomic_write(self._release_path(msg.run_id, msg.round, "train").with_suffix(".ring.npy"), buf.getvalue())
         atomic_write(self._release_path(msg.run_id, msg.round, "train"), m.encode(update))
         self._audit(
             "update_released",
@@ -385,7 +426,37 @@ class SiteAgent:
             run_eps,
             total,
         )
+        if vector is not None:
+            return SecureRelease(update, vector)
         return update
+
+    def _secure_vector(self, delta: Any, config: RunConfig, secure: Any) -> np.ndarray:
+        """The update as a SecAgg ring vector: fixed point (scaled by the FedAvg fraction), or with distributed DP
+        clipped to ``site_clip_norm`` plus this site's Skellam share (seeded from the site secret)."""
+        from fedjax_room.protocol.secure import flatten_update, make_encoder
+        from fedjax_room.secagg import SecAggConfig
+
+        start = secure.start
+        encoder = make_encoder(config, SecAggConfig.from_dict(secure.setup.config))
+        flat = flatten_update(dict(delta))
+        if config.site_noise_multiplier is not None:
+            rng = np.random.default_rng([self._seed(start.run_id, config.seed, start.round, "site-noise"), 11])
+            return encoder.encode(flat, rng)
+        return encoder.encode(secure.setup.fraction * flat)
+
+    def _site_level(self, key: str, config: RunConfig, secure: Any, round: int) -> float:
+        """Compose this round's site-level event (distributed DP) into the site-level ledger; the run's epsilon."""
+        from fedjax_room.protocol.secure import make_encoder
+        from fedjax_room.secagg import SecAggConfig
+
+        done = self.site_ledger.released(key)
+        if done is not None:
+            return float(done["epsilon"])
+        mech = make_encoder(config, SecAggConfig.from_dict(secure.setup.config))
+        run_eps, _ = self.site_ledger.commit(
+            key, mech.dp_event(1), {"round": round, "phase": "train", "site_level": True}, run_delta=config.delta
+        )
+        return float(run_eps)
 
     def evaluate(self, msg: m.RoundStart) -> m.Metrics | m.RunRefuse:
         """Noised evaluation counts of the global model on the held-out split, accounted before release."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import msgpack
 import numpy as np
+import pytest
 
 from fedjax_room.identity import generate_key
 from fedjax_room.protocol import messages as m
@@ -285,11 +286,23 @@ def test_offer_refused_by_all(harness):
     assert run.status == "failed" and "model_family" in run.error["message"]
 
 
-def test_secure_aggregation_is_not_available_yet(harness):
-    analyst, _ = _setup(harness, n=1)
+def test_secure_run_sends_secagg_setup_before_round_start_and_refuses_plain_updates(harness):
+    analyst, sites = _setup(harness, n=3)
     harness.send(analyst, m.StartRun(req=9, spec=harness.SPEC, config={"secure_aggregation": True}))
-    (err,) = harness.take(analyst)
-    assert isinstance(err, m.Error) and err.code == "config" and not err.fatal and err.req == 9
+    (created,) = harness.take(analyst)
+    assert isinstance(created, m.RunCreated), created
+    _offers(harness, sites, created.run_id)
+    ids = {}
+    for name, conn in sites.items():
+        frames = harness.take(conn)
+        assert [type(x) for x in frames] == [m.SecAggSetup, m.RoundStart]
+        setup = frames[0]
+        assert setup.config["round_id"] == f"{created.run_id}/1" and setup.fraction == pytest.approx(1 / 3)
+        ids[name] = setup.id
+    assert ids == {"site-a": 1, "site-b": 2, "site-c": 3}  # sorted names, deterministic
+    harness.send(sites["site-a"], harness.update(created.run_id, 1, 0.1))  # an unmasked update
+    (err,) = harness.take(sites["site-a"])
+    assert isinstance(err, m.Error) and err.fatal and "secure aggregation" in err.message
 
 
 def test_restart_resumes_from_the_last_finished_round(tmp_path, harness):
