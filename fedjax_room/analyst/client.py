@@ -493,6 +493,8 @@ class Room:
         seed: int = 0,
         noise_multiplier: float | None = None,
         exclude_below: float | None = None,
+        site_noise_multiplier: float | None = None,
+        site_clip_norm: float = 1.0,
     ) -> Run:
         """Start a federated run of ``spec``; returns at once (the run goes on in the background).
 
@@ -500,13 +502,11 @@ class Room:
         pass ``noise_multiplier`` (and ``target_epsilon=None``) for fixed noise instead. ``aggregator`` is
         ``fedavg``, ``mean`` or a robust rule (``median``, ``trimmed_mean``, ``krum``, ``multi_krum``,
         ``norm_bound``); ``exclude_below`` leaves out sites whose trust falls below it (docs/robustness.md).
+        ``secure_aggregation=True`` shows the coordinator only the sum of the sites' (masked) updates;
+        ``site_noise_multiplier`` (with it) adds distributed DP for site-level privacy: each site clips its whole
+        update to ``site_clip_norm`` and adds its share of the noise; ``run.privacy[site].site_epsilon``.
         """
         model = ModelSpec.from_dict(spec)
-        if secure_aggregation:
-            raise ConfigError(
-                "secure aggregation is not available yet in this room; run with secure_aggregation=False "
-                "(sites whose policy requires it will refuse)"
-            )
         if noise_multiplier is not None and target_epsilon == 3.0:
             target_epsilon = None  # the default target gives way to an explicit noise multiplier
         config = RunConfig.from_dict(
@@ -527,6 +527,8 @@ class Room:
                 "round_timeout": round_timeout,
                 "seed": seed,
                 "exclude_below": exclude_below,
+                "site_noise_multiplier": site_noise_multiplier,
+                "site_clip_norm": site_clip_norm,
             }
         ).to_dict()
         created = self._ask(lambda req: m.StartRun(req=req, spec=model.to_dict(), config=config), resend=False)

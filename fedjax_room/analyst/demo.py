@@ -296,8 +296,14 @@ def run_demo(
     attack: str | None = None,
     malicious: int = 1,
     exclude_below: float | None = None,
+    secure_aggregation: bool | None = None,
+    site_noise_multiplier: float | None = None,
 ) -> int:
     """The ``fedjax-room demo`` command; returns the exit status.
+
+    Secure aggregation is on (``secure_aggregation=None``) unless the run needs each site's update: a robust
+    aggregator, ``exclude_below``, or a simulated ``attack`` (whose point is to watch per-update defences).
+    ``site_noise_multiplier`` adds distributed DP (site-level privacy) on top of it.
 
     ``attack`` (``sign_flip | boost | label_flip | gaussian``) makes ``malicious`` sites simulated attackers
     (a hidden ``[simulation]`` table in their policy.toml: a test and demo feature) so that one can watch
@@ -346,7 +352,21 @@ def run_demo(
                 f"Training a {spec.family} model ({spec.param_count()} parameters) for {settings['rounds']} rounds, "
                 f"target epsilon {target_epsilon:g} per site (delta 1e-5), aggregator {aggregator} ..."
             )
-            extra = {"exclude_below": exclude_below} if exclude_below is not None else {}
+            extra: dict[str, Any] = {"exclude_below": exclude_below} if exclude_below is not None else {}
+            if secure_aggregation is None:
+                secure_aggregation = aggregator in ("fedavg", "mean") and exclude_below is None and attack is None
+            extra["secure_aggregation"] = bool(secure_aggregation)
+            if site_noise_multiplier is not None:
+                extra["site_noise_multiplier"] = site_noise_multiplier
+            say(
+                "Secure aggregation: "
+                + ("on (the coordinator sees only the sum of masked updates)" if secure_aggregation else "off")
+                + (
+                    f", distributed DP with site noise multiplier {site_noise_multiplier:g}"
+                    if site_noise_multiplier
+                    else ""
+                )
+            )
             run = room.train(
                 spec, target_epsilon=target_epsilon, delta=1e-5, seed=seed, aggregator=aggregator, **extra, **settings
             )
@@ -397,7 +417,11 @@ def run_demo(
         )
         say("Privacy spent per site (this run):")
         for name, p in privacy.sites.items():
-            say(f"  {name}: epsilon {p.epsilon:.3f} at delta {p.delta:g} (cap {p.cap:g}, {p.remaining:.3f} left)")
+            site_level = "" if p.site_epsilon is None else f"; site-level epsilon {p.site_epsilon:.3f}"
+            say(
+                f"  {name}: epsilon {p.epsilon:.3f} at delta {p.delta:g} (cap {p.cap:g}, {p.remaining:.3f} left)"
+                f"{site_level}"
+            )
         say(f"State: {er.state_dir}")
         say(f"  coordinator audit log: {er.coordinator_dir / 'audit.jsonl'}")
         for name in er.site_names:
@@ -412,14 +436,16 @@ def run_demo(
                 "target_epsilon": target_epsilon,
                 "dataset": dataset,
                 "state_dir": str(er.state_dir),
-                "secure_aggregation": False,
+                "secure_aggregation": bool(secure_aggregation),
+                "site_noise_multiplier": site_noise_multiplier,
                 "aggregator": aggregator,
                 "attack": attack,
                 "malicious": sorted(policies or {}),
                 "defences": run.defences,
                 "seconds": round(elapsed, 1),
                 "sites": [
-                    {"name": n, "epsilon": p.epsilon, "delta": p.delta, "cap": p.cap} for n, p in privacy.sites.items()
+                    {"name": n, "epsilon": p.epsilon, "delta": p.delta, "cap": p.cap, "site_epsilon": p.site_epsilon}
+                    for n, p in privacy.sites.items()
                 ],
                 "history": [dataclasses.asdict(r) for r in run.history],
             }

@@ -156,6 +156,8 @@ class SitePrivacy:
     delta: float
     cap: float
     remaining: float
+    #: site-level (whole-site) epsilon at ``delta`` with distributed DP (``site_noise_multiplier``); None without
+    site_epsilon: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,6 +176,7 @@ class PrivacyReport:
                 delta=_float(v.get("delta")),
                 cap=_float(v.get("cap"), math.inf),
                 remaining=_float(v.get("remaining")),
+                site_epsilon=None if v.get("site_epsilon") is None else _float(v.get("site_epsilon")),
             )
             for name, v in sorted((d or {}).items())
         }

@@ -102,6 +102,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--exclude-below", type=float, default=None, metavar="T", help="leave out sites whose trust falls below T"
     )
+    p.add_argument(
+        "--no-secure-aggregation",
+        dest="secure_aggregation",
+        action="store_false",
+        default=None,
+        help="send plain updates (default: secure aggregation on, unless a robust rule, --exclude-below or --attack)",
+    )
+    p.add_argument(
+        "--site-noise-multiplier",
+        type=float,
+        default=None,
+        metavar="Z",
+        help="distributed DP on top of secure aggregation: site-level privacy (noise Z * site clip norm on the sum)",
+    )
     p.set_defaults(func=run_demo)
 
 
@@ -205,4 +219,6 @@ def run_demo(args: argparse.Namespace) -> int:
         attack=args.attack,
         malicious=args.malicious,
         exclude_below=args.exclude_below,
+        secure_aggregation=args.secure_aggregation,
+        site_noise_multiplier=args.site_noise_multiplier,
     )

@@ -48,15 +48,19 @@ def test_demo_json(tmp_path):
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["accuracy"] >= ACCURACY_FLOOR, summary
     assert summary["baseline_accuracy"] >= summary["accuracy"] - 0.05
-    assert summary["rounds"] == 5 and summary["secure_aggregation"] is False
+    assert summary["rounds"] == 5 and summary["secure_aggregation"] is True  # on by default in the demo
     assert summary["state_dir"] == str(state)
     assert {s["name"] for s in summary["sites"]} == {"site-a", "site-b", "site-c"}
     for site in summary["sites"]:
         assert 0 < site["epsilon"] <= 3.0 <= site["cap"], site
         assert site["delta"] == 1e-5
+        assert site["site_epsilon"] is None  # no distributed DP unless --site-noise-multiplier
     out = proc.stdout
     assert "central test split" in out and "audit.jsonl" in out and "baseline" in out
     assert "round" in out and "epsilon so far" in out
     assert (state / "coordinator" / "audit.jsonl").exists()
+    records = [json.loads(line) for line in (state / "coordinator" / "audit.jsonl").read_text().splitlines()]
+    applied = [r for r in records if r.get("kind") == "aggregate_applied"]
+    assert len(applied) == 5 and all(json.dumps(r).count('"secure": true') == 1 for r in applied), applied[:1]
     assert elapsed < 180, f"the demo took {elapsed:.0f}s"
     assert _processes_mentioning(str(state)) == []  # every room process was cleaned up
