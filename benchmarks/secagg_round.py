@@ -1,0 +1,288 @@
+"""Room round time with and without secure aggregation: 10 sites, a ~1e6-parameter MLP (784-1270-10).
+
+The room's own machinery runs in one process: the coordinator machine, ten site machines, every frame encoded
+and decoded (msgpack), the SecAgg client and server, the fixed-point encoding, FedAvg and the server optimiser.
+Sites are stubs that return a synthetic update (no training) so the two modes see the same inputs. Timings are
+per party (process CPU time of each call), then a round is modelled as a real room runs it: the sites work in
+parallel (the slowest site counts), the coordinator's work is serial. With ``--train`` (default) one real local
+DP-SGD round of the model (``--local-steps`` x batch ``--batch-size``) is timed once and added to both modes as
+the sites' training time. Prints medians over ``--rounds`` rounds and the ratio against the 1.5x target.
+
+    python benchmarks/secagg_round.py [--sites 10] [--rounds 5] [--no-train] [--hidden 1270]
+
+Loopback sockets are not in the loop (bytes on the wire are printed instead: ~4 MB up per site either way).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from fedjax_room.coordinator.store import Store
+from fedjax_room.identity import fingerprint, generate_key, public_key_bytes
+from fedjax_room.models import mlp
+from fedjax_room.protocol import messages as m
+from fedjax_room.protocol.actions import Send, Work
+from fedjax_room.protocol.codec import pack_tree
+from fedjax_room.protocol.coordinator import CoordinatorMachine, MemoryAudit
+from fedjax_room.protocol.handshake import make_hello
+from fedjax_room.protocol.secure import SecureRelease, SecureTrain, flatten_update, make_encoder
+from fedjax_room.protocol.site import SiteMachine
+from fedjax_room.secagg import SecAggConfig
+
+
+def _zeros(spec):
+    import jax
+
+    from fedjax_room.models import init_params
+
+    params = init_params(spec, jax.random.PRNGKey(0))
+    return jax.tree.map(lambda a: np.zeros(np.shape(a), np.float32), dict(params))
+
+
+class StubSite:
+    """A site agent that answers with a fixed synthetic update (no data, no training)."""
+
+    def __init__(self, name, template, seed):
+        self.name = name
+        rng = np.random.default_rng(seed)
+        flat = {}
+
+        def fill(tree):
+            return {
+                k: fill(v) if isinstance(v, dict) else rng.normal(0, 0.01, np.shape(v)).astype(np.float32)
+                for k, v in tree.items()
+            }
+
+        self.delta = fill(template)
+        del flat
+        self.config = None
+
+    def status(self):
+        return m.SiteStatus(
+            schema={"features": ["x"]},
+            record_count="~600",
+            policy={"epsilon_cap": 1e9, "min_sites": 1},
+            ledger={"epsilon": 0.0, "epsilon_cap": 1e9, "delta": 1e-5},
+        )
+
+    def handle(self, kind, msg):
+        from fedjax_room.protocol.config import RunConfig
+
+        if kind == "offer":
+            self.config = RunConfig.from_dict(msg.config)
+            return m.RunAccept(run_id=msg.run_id, plan={"min_sites": 1, "weight": 600})
+        if kind == "train":
+            secure = isinstance(msg, SecureTrain)
+            start = msg.start if secure else msg
+            update = m.Update(
+                run_id=start.run_id,
+                round=start.round,
+                weight=600,
+                payload=b"" if secure else pack_tree(self.delta),
+                epsilon=0.1,
+                ledger_epsilon=0.1,
+                delta=1e-5,
+            )
+            if not secure:
+                return update
+            enc = make_encoder(self.config, SecAggConfig.from_dict(msg.setup.config))
+            return SecureRelease(update, enc.encode(msg.setup.fraction * flatten_update(self.delta)))
+        if kind == "eval":
+            return m.Metrics(
+                run_id=msg.run_id,
+                round=msg.round,
+                correct=50.0,
+                count=60.0,
+                loss_sum=10.0,
+                epsilon=0.1,
+                ledger_epsilon=0.1,
+                delta=1e-5,
+            )
+        return None
+
+
+class Bench:
+    def __init__(self, tmp, n, spec, template):
+        self.store = Store.open(tmp)
+        self.coord = CoordinatorMachine(self.store, audit=MemoryAudit(), init_params=lambda s, seed: template)
+        self.spec = spec
+        self.queue = collections.deque()
+        self.conns = {}
+        self.sites = {}
+        self.cpu = collections.Counter()
+        self.bytes_up = collections.Counter()
+        self._route(self.coord.start(0.0), None)
+        for i in range(n):
+            name = f"site-{i:02d}"
+            key = generate_key()
+            self.store.enroll(name, "site", public_key_bytes(key), fingerprint(key))
+            agent = StubSite(name, template, i)
+            self.sites[name] = {"key": key, "agent": agent, "machine": SiteMachine(agent.status, identity_key=key)}
+        akey = generate_key()
+        self.store.enroll("analyst", "analyst", public_key_bytes(akey), fingerprint(akey))
+        self.analyst = self._hello("analyst", akey, "analyst")
+        for name, s in self.sites.items():
+            s["conn"] = self._hello(name, s["key"], "site")
+            self._route(s["machine"].welcomed(), name)
+        self.pump()
+
+    def _hello(self, name, key, role):
+        conn = 100 + len(self.conns)
+        self.conns[conn] = name
+        (challenge,) = [m.decode(a.data) for a in self.coord.open(conn, 0.0)]
+        self.coord.receive(conn, m.encode(make_hello(challenge, key, role=role, name=name)), 0.0)
+        return conn
+
+    def _route(self, actions, site):
+        for a in actions:
+            if site is None:
+                who = self.conns.get(getattr(a, "conn", None))
+                if isinstance(a, Send) and who in self.sites:
+                    self.queue.append(("site", who, a.data))
+            elif isinstance(a, Send):
+                self.bytes_up[site] += len(a.data)
+                self.queue.append(("coord", site, a.data))
+            elif isinstance(a, Work):
+                self.queue.append(("work", site, a))
+
+    def _timed(self, who, fn, *args):
+        t = time.process_time()
+        out = fn(*args)
+        self.cpu[who] += time.process_time() - t
+        return out
+
+    def pump(self):
+        while self.queue:
+            kind, site, item = self.queue.popleft()
+            s = self.sites[site]
+            if kind == "coord":
+                self._route(self._timed("coordinator", self.coord.receive, s["conn"], item, 0.0), None)
+            elif kind == "site":
+                self._route(self._timed(site, s["machine"].receive, item), site)
+            else:
+                result = self._timed(site, s["agent"].handle, item.kind, item.message)
+                self._route(self._timed(site, s["machine"].work_done, item.key, result), site)
+
+    def run(self, rounds, secure):
+        config = {
+            "rounds": rounds,
+            "target_epsilon": None,
+            "noise_multiplier": 1.0,
+            "secure_aggregation": secure,
+            "round_timeout": 600.0,
+        }
+        start = m.encode(m.StartRun(req=1, spec=self.spec, config=config))
+        self._route(self._timed("coordinator", self.coord.receive, self.analyst, start, 0.0), None)
+        per_round = []
+        self.pump()
+        run_id = self.store.runs()[-1].id
+        assert self.store.run(run_id).status == "finished", self.store.run(run_id).error
+        return run_id, per_round
+
+
+def _measure(tmp, n, spec, template, rounds, secure):
+    """Per round: the coordinator's CPU and the slowest site's CPU (one room per round, so rounds are separate)."""
+    coord, site, up = [], [], []
+    for r in range(rounds):
+        bench = Bench(tmp / f"{'s' if secure else 'p'}{r}", n, spec, template)
+        for s in bench.sites.values():  # the synthetic updates exist before the round, like trained ones
+            s["agent"].config = None
+        bench.cpu.clear()
+        bench.bytes_up.clear()
+        bench.run(1, secure)
+        coord.append(bench.cpu["coordinator"])
+        site.append(max(v for k, v in bench.cpu.items() if k != "coordinator"))
+        up.append(max(bench.bytes_up.values()))
+    return statistics.median(coord), statistics.median(site), statistics.median(up)
+
+
+def _train_time(spec, local_steps, batch_size):
+    import jax
+
+    from fedjax_room.data import Dataset, Schema
+    from fedjax_room.local import LocalTrainer
+    from fedjax_room.models import init_params
+
+    schema = Schema(
+        features=tuple(f"p{i}" for i in range(784)), feature_shape=(784,), label="y", classes=tuple(range(10))
+    )
+    rng = np.random.default_rng(0)
+    data = Dataset(rng.random((600, 784), dtype=np.float32), rng.integers(0, 10, 600).astype(np.int32), schema)
+    trainer = LocalTrainer(spec, clip_norm=1.0, noise_multiplier=1.0, batch_size=batch_size, learning_rate=0.1)
+    params = init_params(spec, jax.random.PRNGKey(0))
+    trainer.train(params, data, local_steps, 0)  # compile
+    times = []
+    for seed in range(3):
+        t = time.perf_counter()
+        new, _ = trainer.train(params, data, local_steps, seed + 1)
+        jax.block_until_ready(new)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def main() -> None:
+    import tempfile
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sites", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--hidden", type=int, default=1270)
+    ap.add_argument("--no-train", dest="train", action="store_false")
+    ap.add_argument("--local-steps", type=int, default=10)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument(
+        "--no-defence",
+        dest="defence",
+        action="store_false",
+        help="plain rounds skip the per-update anomaly scores (robust.defence) and only average",
+    )
+    args = ap.parse_args()
+    if not args.defence:
+        from fedjax_room.coordinator.aggregation import aggregate
+        from fedjax_room.protocol.runs import RunDriver
+
+        RunDriver._defend = lambda self, a, updates: aggregate(updates, a.config.aggregator)
+    spec_obj = mlp((784,), 10, hidden=(args.hidden,))
+    spec = spec_obj.to_dict()
+    template = _zeros(spec_obj)
+    d = spec_obj.param_count()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        plain = _measure(tmp, args.sites, spec, template, args.rounds, False)
+        secure = _measure(tmp, args.sites, spec, template, args.rounds, True)
+    train = _train_time(spec_obj, args.local_steps, args.batch_size) if args.train else 0.0
+    print(
+        f"{args.sites} sites, d = {d} parameters, medians of {args.rounds} rounds (CPU s; sites in parallel); "
+        f"plain rounds {'with' if args.defence else 'without'} per-update anomaly scores"
+    )
+    print(
+        f"{'mode':>8} | {'site s':>8} {'coord s':>8} {'MB up':>7} | {'protocol s':>10} | "
+        f"{'+ train s':>9} {'round s':>8}"
+    )
+    rows = {}
+    for name, (coord, site, up) in (("plain", plain), ("secure", secure)):
+        proto = site + coord
+        rows[name] = (proto, proto + train)
+        print(
+            f"{name:>8} | {site:8.3f} {coord:8.3f} {up / 1e6:7.2f} | {proto:10.3f} | {train:9.3f} {proto + train:8.3f}"
+        )
+    ratio_proto = rows["secure"][0] / rows["plain"][0]
+    ratio = rows["secure"][1] / rows["plain"][1]
+    print(f"secure / plain, protocol only: {ratio_proto:.2f}x")
+    print(
+        f"secure / plain, round with local training ({args.local_steps} DP-SGD steps of batch {args.batch_size}, "
+        f"{train:.2f}s): {ratio:.2f}x  (target <= 1.5x: {'met' if ratio <= 1.5 else 'NOT met'})"
+    )
+
+
+if __name__ == "__main__":
+    main()
