@@ -59,6 +59,8 @@ export interface IRun {
   refusals: IRefusal[];
   error: string | null;
   started_here: boolean;
+  /** sites whose data owner has not approved the model yet ("waiting for approval by <site>") */
+  waiting?: string[];
 }
 
 export interface IBudgetRow {

@@ -103,7 +103,10 @@ function runRows(run: IRun): HTMLElement {
       ' ',
       el('span', { class: statusCls }, run.status),
       ' ',
-      el('span', { class: 'fjr-progress-label' }, `round ${run.rounds_done} / ${run.rounds || '?'}`)
+      el('span', { class: 'fjr-progress-label' }, `round ${run.rounds_done} / ${run.rounds || '?'}`),
+      run.waiting && run.waiting.length
+        ? el('div', { class: 'fjr-waiting' }, `waiting for approval by ${run.waiting.join(', ')}`)
+        : null
     ),
     bar(run.rounds_done, total, `fjr-fill-${run.status}`),
     last

@@ -275,6 +275,7 @@ class Run:
         self._callbacks: list[Callable[[RoundResult], Any]] = []
         self._params: tuple[int, Tree] | None = None
         self._defences: list[dict[str, Any]] = []
+        self._waiting: list[str] = []
 
     # -------------------------------------------------------------- state (updated on the loop thread)
 
@@ -292,6 +293,7 @@ class Run:
                     fresh.append(rr)
             self._refusals = [Refusal.from_dict(r) for r in snap.get("refusals") or []]
             self._defences = [dict(d) for d in snap.get("defences") or self._defences]
+            self._waiting = [str(s) for s in snap.get("waiting") or ()]
             self._privacy = PrivacyReport.from_dict(self.id, snap.get("privacy") or {})
             self._rounds_done = int(snap.get("rounds_done", 0))
             self._set_status(snap.get("status", "pending"), snap.get("error"))
@@ -317,6 +319,8 @@ class Run:
             elif kind == "status":
                 self._rounds_done = int(data.get("rounds_done", self._rounds_done))
                 self._set_status(str(data.get("status", self._status)), data.get("error"))
+            elif kind == "waiting":
+                self._waiting = [str(s) for s in data.get("waiting") or ()]
             elif kind == "refusal":
                 refusal = Refusal.from_dict(data)
                 if refusal not in self._refusals:
@@ -371,6 +375,18 @@ class Run:
         """Sites that refused the run or a round, and why."""
         with self._cond:
             return list(self._refusals)
+
+    @property
+    def waiting(self) -> list[str]:
+        """Sites whose data owner has not yet approved this run's model (``approval = "manual"``); [] otherwise."""
+        with self._cond:
+            return list(self._waiting)
+
+    @property
+    def waiting_text(self) -> str:
+        """``"waiting for approval by site-a, site-b"`` (empty when nobody is waiting)."""
+        waiting = self.waiting
+        return f"waiting for approval by {', '.join(waiting)}" if waiting else ""
 
     @property
     def defences(self) -> list[dict[str, Any]]:

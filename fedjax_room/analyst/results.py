@@ -71,6 +71,8 @@ class RunSummary:
     status: str
     rounds_done: int
     rounds: int
+    #: sites whose data owner has not approved the model yet ("waiting for approval by <site>")
+    waiting: tuple[str, ...] = ()
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> RunSummary:
@@ -80,6 +82,7 @@ class RunSummary:
             status=str(d.get("status", "")),
             rounds_done=int(d.get("rounds_done", 0)),
             rounds=int(d.get("rounds", 0)),
+            waiting=tuple(str(s) for s in d.get("waiting") or ()),
         )
 
 

@@ -1,11 +1,14 @@
-"""``fedjax-room keygen | enroll | coordinator | site | demo``: running a room.
+"""``fedjax-room keygen | enroll | revoke | coordinator | site | demo``: running a room.
 
 * ``keygen --out site.key`` writes an Ed25519 key (and ``site.key.pub``).
 * ``enroll --state DIR --name NAME --role site|analyst --public-key F`` enrolls an identity in the
   coordinator's database (offline; the coordinator audits it when it next starts or ticks).
+* ``revoke --state DIR --name NAME`` revokes an identity: refused from now on, its live connection closed by
+  the running coordinator at its next tick (about a second), logged as ``identity_revoked``.
 * ``coordinator --state DIR [--host 127.0.0.1] [--port 8765] [--tls-cert F --tls-key F]`` serves the room.
 * ``site --coordinator URL --key site.key --data PATH --policy policy.toml [--state DIR]`` runs a data
-  owner's agent.
+  owner's agent. ``site pending --state DIR``, ``site approve HASH --state DIR`` and ``site reject HASH
+  --reason TEXT --state DIR`` decide on model specs waiting for approval (:mod:`fedjax_room.site.approval`).
 * ``demo [--sites 3] [--dataset digits] [--rounds R] [--target-epsilon E] [--non-iid ALPHA] [--state DIR]
   [--json] [--aggregator NAME] [--attack boost|sign_flip|label_flip|gaussian --malicious K]
   [--exclude-below T]`` runs an embedded room end to end (see :mod:`fedjax_room.analyst.demo`).
@@ -22,7 +25,16 @@ from typing import Any
 
 from fedjax_room.errors import ConfigError, FedRoomError
 
-__all__ = ["register", "run_coordinator_cmd", "run_demo", "run_enroll", "run_keygen", "run_site_cmd"]
+__all__ = [
+    "register",
+    "run_coordinator_cmd",
+    "run_demo",
+    "run_enroll",
+    "run_inbox",
+    "run_keygen",
+    "run_revoke",
+    "run_site_cmd",
+]
 
 
 def _logging(level: str) -> None:
@@ -50,6 +62,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--public-key", required=True, type=Path, help="its public key file (KEY.pub; a private key works)")
     p.set_defaults(func=run_enroll)
 
+    p = subparsers.add_parser(
+        "revoke",
+        help="revoke an enrolled key (takes effect at once)",
+        description="Revoke an identity: new connections with its key are refused, a live one is closed by the "
+        "running coordinator within a second, and the coordinator logs identity_revoked.",
+    )
+    p.add_argument("--state", required=True, type=Path, help="the coordinator's state directory")
+    p.add_argument("--name", required=True, help="the enrolled name to revoke")
+    p.set_defaults(func=run_revoke)
+
     p = subparsers.add_parser("coordinator", help="run the room service", description="Run the coordinator.")
     p.add_argument("--state", required=True, type=Path, help="state directory (SQLite, checkpoints, audit log)")
     p.add_argument("--host", default="127.0.0.1")
@@ -59,12 +81,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--log-level", default="info")
     p.set_defaults(func=run_coordinator_cmd)
 
-    p = subparsers.add_parser("site", help="run a data owner's agent", description="Run a site agent.")
-    p.add_argument("--coordinator", required=True, help="the room's URL (ws://HOST:PORT or wss://...)")
-    p.add_argument("--key", required=True, type=Path, help="this site's private key")
-    p.add_argument("--data", required=True, type=Path, help="the site's training data (.npz/.csv/.parquet)")
+    p = subparsers.add_parser(
+        "site",
+        help="run a data owner's agent, or decide on models waiting for approval",
+        description="Run a site agent (`site --coordinator URL --key K --data D --policy P`), or, with "
+        'approval = "manual" in its policy, list and decide on model specs waiting in its inbox: '
+        "`site pending --state DIR`, `site approve HASH --state DIR`, `site reject HASH --reason TEXT --state DIR`.",
+    )
+    p.add_argument("action", nargs="?", choices=("pending", "approve", "reject"), help="inbox command (optional)")
+    p.add_argument("spec_hash", nargs="?", metavar="HASH", help="spec hash (or a unique prefix) to approve/reject")
+    p.add_argument("--reason", default="", help="why a model is rejected (the analyst sees it)")
+    p.add_argument("--coordinator", help="the room's URL (ws://HOST:PORT or wss://...)")
+    p.add_argument("--key", type=Path, help="this site's private key")
+    p.add_argument("--data", type=Path, help="the site's training data (.npz/.csv/.parquet)")
     p.add_argument("--heldout", type=Path, help="held-out data for evaluation (default: 20%% of --data)")
-    p.add_argument("--policy", required=True, type=Path, help="policy TOML (caps, allowed models, ...)")
+    p.add_argument("--policy", type=Path, help="policy TOML (caps, allowed models, ...)")
     p.add_argument("--state", type=Path, help="state directory (ledger, releases, audit; default KEYDIR/NAME-state)")
     p.add_argument("--name", help="enrolled name (default: the key file's name without suffix)")
     p.add_argument("--tls-ca", type=Path, help="CA certificate to trust for wss://")
@@ -147,6 +178,41 @@ def run_enroll(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_revoke(args: argparse.Namespace) -> int:
+    """Mark an identity revoked in the coordinator's store (the running coordinator acts on it at its next tick)."""
+    from fedjax_room.coordinator.store import Store
+
+    store = Store.open(args.state)
+    try:
+        store.revoke(args.name)
+    finally:
+        store.close()
+    print(f"revoked {args.name} in room {args.state}: its key is refused from now on")
+    return 0
+
+
+def run_inbox(args: argparse.Namespace) -> int:
+    """``site pending | approve | reject``: the data owner's side of the approval inbox."""
+    from fedjax_room.site.approval import Inbox
+
+    if args.state is None:
+        raise ConfigError(f"`fedjax-room site {args.action}` needs --state DIR (the site's state directory)")
+    inbox = Inbox(args.state)
+    if args.action == "pending":
+        entries = inbox.pending()
+        if not entries:
+            print("nothing waits for approval")
+        for e in entries:
+            runs = ", ".join(e["runs"])
+            print(f"{e['spec_hash']}  {e.get('family', '')}  {e.get('params', 0)} parameters  runs {runs}")
+        return 0
+    if not args.spec_hash:
+        raise ConfigError(f"`fedjax-room site {args.action} HASH --state DIR`: give the spec hash (see `site pending`)")
+    record = inbox.decide(args.spec_hash, "approved" if args.action == "approve" else "rejected", args.reason)
+    print(f"{record['decision']} {record['spec_hash']}; the running site agent picks it up within a second")
+    return 0
+
+
 def run_coordinator_cmd(args: argparse.Namespace) -> int:
     """Serve the room until interrupted."""
     from fedjax_room.coordinator.server import run_coordinator
@@ -160,9 +226,14 @@ def run_coordinator_cmd(args: argparse.Namespace) -> int:
 
 
 def run_site_cmd(args: argparse.Namespace) -> int:
-    """Run a site agent until interrupted."""
+    """Run a site agent until interrupted (or, with an action, work on its approval inbox)."""
     from fedjax_room.site.runner import run_site
 
+    if args.action is not None:
+        return run_inbox(args)
+    missing = [f"--{n}" for n in ("coordinator", "key", "data", "policy") if getattr(args, n) is None]
+    if missing:
+        raise ConfigError(f"`fedjax-room site` needs {', '.join(missing)} to run a site agent")
     _logging(args.log_level)
     return _serve_then_exit(
         lambda: run_site(

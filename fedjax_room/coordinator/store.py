@@ -233,6 +233,20 @@ class Store:
         with self._tx():
             self._db.execute("UPDATE identities SET audited = 1 WHERE name = ?", (name,))
 
+    def revoked_names(self) -> set[str]:
+        """Names of every revoked identity (the coordinator closes their live connections)."""
+        return {r[0] for r in self._db.execute("SELECT name FROM identities WHERE revoked = 1")}
+
+    def unaudited_revocations(self) -> list[Identity]:
+        """Identities revoked (offline, ``fedjax-room revoke``) whose ``identity_revoked`` is not yet audited."""
+        rows = self._db.execute("SELECT * FROM identities WHERE revoked = 1 AND audited < 2 ORDER BY name")
+        return [self._identity(r) for r in rows]
+
+    def mark_revocation_audited(self, name: str) -> None:
+        """Record that ``identity_revoked`` was audited for ``name``."""
+        with self._tx():
+            self._db.execute("UPDATE identities SET audited = 2 WHERE name = ?", (name,))
+
     def identities(self) -> list[Identity]:
         """Every enrolled identity, by name."""
         return [self._identity(r) for r in self._db.execute("SELECT * FROM identities ORDER BY name")]

@@ -230,6 +230,9 @@ def _run_rows(runs: Any) -> list[dict[str, Any]]:
         if isinstance(row.get("spec_hash"), str):
             row["spec_hash"] = row["spec_hash"][:12]
         row["progress"] = f"{format_value(row.get('rounds_done'))} / {format_value(row.get('rounds'))}"
+        waiting = row.get("waiting")
+        if waiting and isinstance(waiting, list | tuple):  # approval = "manual" at these sites
+            row["status"] = f"{row.get('status', '')}: waiting for approval by {', '.join(map(str, waiting))}"
     return rows
 
 
@@ -392,6 +395,9 @@ def run_html(run: Any) -> str:
         f'<span style="color:#fff;background:{colour};border-radius:3px;padding:1px 6px">{html.escape(status)}</span>'
         f" — round {html.escape(format_value(get('rounds_done')))} / {html.escape(format_value(total))}</div>"
     ]
+    waiting = get("waiting") or []
+    if waiting and isinstance(waiting, list | tuple):
+        parts.append(f"<div><i>waiting for approval by {html.escape(', '.join(map(str, waiting)))}</i></div>")
     error = get("error")
     if error:
         message = getattr(error, "message", None) or str(error)

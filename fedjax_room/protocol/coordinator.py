@@ -51,9 +51,11 @@ __all__ = ["HANDSHAKE_MAX_BYTES", "AuditSink", "CoordinatorMachine", "MemoryAudi
 
 log = logging.getLogger("fedjax_room.coordinator")
 
+#: How long an offer stays open once a site said it waits for its data owner's approval (seconds).
+APPROVAL_TIMEOUT = 3600.0
 #: Largest frame accepted before a connection has authenticated.
 HANDSHAKE_MAX_BYTES = 4096
-_SITE_TYPES = (m.SiteStatus, m.RunAccept, m.RunRefuse, m.Update, m.Metrics, m.SecAgg, m.Error)
+_SITE_TYPES = (m.SiteStatus, m.RunAccept, m.RunRefuse, m.RunWaiting, m.Update, m.Metrics, m.SecAgg, m.Error)
 _ANALYST_TYPES = (m.ListSites, m.ListRuns, m.StartRun, m.WatchRun, m.GetModel, m.GetBudget, m.GetAudit, m.Error)
 _MAX_AUDIT = 1000
 #: Largest policy / plan / ledger summary a site may send (a schema may be 4x: feature names).
@@ -255,6 +257,13 @@ class CoordinatorMachine(SecureDriver, RunDriver):
         for ident in self.store.unaudited_identities():
             self.audit.append("identity_enrolled", name=ident.name, role=ident.role, fingerprint=ident.fingerprint)
             self.store.mark_audited(ident.name)
+        for ident in self.store.unaudited_revocations():  # `fedjax-room revoke` writes the store; we log it
+            self.audit.append("identity_revoked", name=ident.name, role=ident.role, fingerprint=ident.fingerprint)
+            self.store.mark_revocation_audited(ident.name)
+        revoked = self.store.revoked_names()
+        for c in list(self._conns.values()):  # a revoked key loses its live connection at once
+            if c.state == "ready" and c.name in revoked:
+                self._refuse(c, UnknownIdentityError(f"the identity {c.name!r} was revoked in this room"))
 
     # ================================================================== handshake
 
@@ -351,10 +360,13 @@ class CoordinatorMachine(SecureDriver, RunDriver):
         if c.name in a.answered:
             return
         _small(msg.plan, "run_accept plan", _MAX_DESCRIPTION)
+        was_waiting = c.name in self._waiting_sites(a.id, c.name)
         self.audit.append("run_accepted", run_id=a.id, site=c.name, reason="")
         self.store.set_run_site(a.id, c.name, "accepted", plan=msg.plan)
         a.accepted[c.name] = dict(msg.plan)
         a.answered[c.name] = "accepted"
+        if was_waiting:
+            self._event(a.id, "waiting", {"waiting": self._waiting_sites(a.id), "site": c.name, "message": ""})
         self._maybe_close(now)
 
     def _on_run_refuse(self, c: _Conn, msg: m.RunRefuse, now: float) -> None:
@@ -364,6 +376,7 @@ class CoordinatorMachine(SecureDriver, RunDriver):
             return
         err = error_from_dict(msg.error if isinstance(msg.error, dict) else {})
         reason = getattr(err, "reason", "") or err.code
+        was_waiting = c.name in self._waiting_sites(a.id, c.name)
         self.audit.append("run_refused", run_id=a.id, site=c.name, reason=reason, round=msg.round)
         state = "refused" if a.phase == "offer" else "left"
         self.store.set_run_site(a.id, c.name, state, error=err.to_dict(), round=msg.round)
@@ -375,6 +388,8 @@ class CoordinatorMachine(SecureDriver, RunDriver):
                 return
         refusal = {"site": c.name, "reason": reason, "message": err.message, "round": msg.round}
         self._event(a.id, "refusal", refusal)
+        if was_waiting:
+            self._event(a.id, "waiting", {"waiting": self._waiting_sites(a.id), "site": c.name, "message": ""})
         if a.phase != "offer" and len(a.accepted) < a.min_sites:
             self._fail(
                 now,
@@ -385,6 +400,24 @@ class CoordinatorMachine(SecureDriver, RunDriver):
             )
             return
         self._maybe_close(now)
+
+    def _waiting_sites(self, run_id: str, only: str | None = None) -> list[str]:
+        """Sites whose data owner has not yet approved the run's model (``run_waiting``), sorted."""
+        sites = self.store.run_sites(run_id)
+        return sorted(s for s, info in sites.items() if info["state"] == "waiting" and only in (None, s))
+
+    def _on_run_waiting(self, c: _Conn, msg: m.RunWaiting, now: float) -> None:
+        a = self._active
+        if a is None or a.id != msg.run_id or a.phase != "offer" or c.name not in a.invited or c.name in a.answered:
+            self._stale(c, msg.run_id, "run_waiting")
+            return
+        if len(msg.message) > 1024 or len(msg.spec_hash) > 128:
+            raise ProtocolError("run_waiting fields must be short (a spec hash and one line)")
+        log.info("run %s waits for approval by %s", a.id, c.name)
+        self.audit.append("run_waiting", run_id=a.id, site=c.name, spec_hash=msg.spec_hash)
+        self.store.set_run_site(a.id, c.name, "waiting")
+        a.deadline = max(a.deadline, now + APPROVAL_TIMEOUT)  # a person decides: the offer stays open
+        self._event(a.id, "waiting", {"waiting": self._waiting_sites(a.id), "site": c.name, "message": msg.message})
 
     def _on_update(self, c: _Conn, msg: m.Update, now: float) -> None:
         if not _finite(msg.epsilon, msg.ledger_epsilon, msg.delta) or msg.weight <= 0:
@@ -480,6 +513,7 @@ class CoordinatorMachine(SecureDriver, RunDriver):
                 "status": r.status,
                 "rounds_done": r.rounds_done,
                 "rounds": int(r.config.get("rounds", 0)),
+                "waiting": self._waiting_sites(r.id) if r.status == "pending" else [],
             }
             for r in self.store.runs()
         ]

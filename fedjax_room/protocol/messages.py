@@ -41,6 +41,7 @@ __all__ = [
     "RunOffer",
     "RunRefuse",
     "RunSnapshot",
+    "RunWaiting",
     "RunsReply",
     "SecAgg",
     "SecAggSetup",
@@ -181,6 +182,16 @@ class RunRefuse(Message):
     run_id: str
     round: int | None
     error: dict
+
+
+@_message
+class RunWaiting(Message):
+    """site -> coordinator: the offer waits for the data owner's approval of ``spec_hash`` (then accept/refuse)."""
+
+    TYPE: ClassVar[str] = "run_waiting"
+    run_id: str
+    spec_hash: str
+    message: str
 
 
 @_message

@@ -143,6 +143,8 @@ class RunDriver:
             "error": run.error,
             "privacy": self._privacy(run_id, float(config.get("delta", 0.0))),
             "defences": self.defences(config),
+            # sites whose data owner has not yet approved the model (approval = "manual"); empty once decided
+            "waiting": sorted(s for s, i in self.store.run_sites(run_id).items() if i["state"] == "waiting"),
         }
 
     def _event(self, run_id: str, kind: str, data: dict[str, Any]) -> None:

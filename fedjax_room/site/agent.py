@@ -38,6 +38,7 @@ import math
 import os
 import re
 import secrets
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -140,6 +141,10 @@ class SiteAgent:
         self.train_delay = train_delay
         self._trainers: dict[str, Any] = {}
         self._references: dict[str, Tree] = {}
+        #: sends a frame to the coordinator from a job (set by the runner): ``run_waiting`` while approval waits
+        self.notify: Callable[[m.Message], None] | None = None
+        self.stopping = threading.Event()  # set when the agent shuts down: a wait for approval gives up
+        self.approval_poll = 0.5
         self._audit("policy_loaded", policy_digest=self.policy.digest, policy=self.policy.to_dict())
 
     # ------------------------------------------------------------------ helpers
@@ -251,6 +256,7 @@ class SiteAgent:
             except PrivacyError as exc:
                 raise PolicyViolation(f"{self.name}: {exc.message}", party=self.name, reason="privacy") from None
             self._check_budget(plan, msg.run_id)
+            self._await_approval(msg.run_id, spec)
         except PolicyViolation as exc:
             self._audit("run_refused", run_id=msg.run_id, spec_hash=spec.hash, reason=exc.reason)
             raise
@@ -258,6 +264,49 @@ class SiteAgent:
         rec = {"spec_hash": spec.hash, "spec": spec.to_dict(), "config": config.to_dict(), "plan": plan.to_dict()}
         atomic_write(path, json.dumps(rec, sort_keys=True).encode())
         return m.RunAccept(run_id=msg.run_id, plan=plan.public())
+
+    def _await_approval(self, run_id: str, spec: ModelSpec) -> None:
+        """The data owner's approval of ``spec`` (policy ``approval`` / ``approved_models``, :mod:`.approval`).
+
+        A spec in ``approved_models`` passes. With ``approval = "manual"`` an undecided spec waits in the inbox
+        (the room hears ``run_waiting``) until ``fedjax-room site approve|reject``; each decision acted on is
+        audited. Raises :class:`PolicyViolation` (``rejected`` with the owner's reason, or ``not_approved``).
+        """
+        from fedjax_room.site.approval import Inbox
+
+        h = spec.hash
+        if h in self.policy.approved_models:
+            return
+        inbox = Inbox(self.state_dir)
+        decision = inbox.decision(h)
+        if decision is None and self.policy.approval == "auto":
+            if self.policy.approved_models:
+                raise PolicyViolation(
+                    f"{self.name}: model {h[:12]} is not among this site's approved models; ask its data owner to "
+                    "add its spec hash to approved_models",
+                    party=self.name,
+                    reason="not_approved",
+                )
+            return
+        if decision is None:
+            inbox.add_pending(h, spec.to_dict(), run_id, params=spec.param_count())
+            self._audit("approval_requested", run_id=run_id, spec_hash=h)
+            log.info("%s: run %s waits for approval of model %s (fedjax-room site approve)", self.name, run_id, h)
+            if self.notify is not None:
+                text = f"waiting for approval by {self.name} (model {h[:12]})"
+                self.notify(m.RunWaiting(run_id=run_id, spec_hash=h, message=text))
+            while decision is None:
+                if self.stopping.wait(self.approval_poll):
+                    raise RefusedError(f"{self.name} stopped while waiting for approval", party=self.name)
+                decision = inbox.decision(h)
+        kind = "model_approved" if decision["decision"] == "approved" else "model_rejected"
+        self._audit(kind, run_id=run_id, spec_hash=h, reason=decision.get("reason", ""), decided_at=decision["at"])
+        if kind == "model_rejected":
+            raise PolicyViolation(
+                f"{self.name}: the data owner rejected model {h[:12]}: {decision.get('reason', '')}",
+                party=self.name,
+                reason="rejected",
+            )
 
     def _check_budget(self, plan: Plan, run_id: str) -> None:
         import dp_accounting as dpa

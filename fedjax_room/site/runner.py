@@ -84,6 +84,15 @@ async def serve_site(
     lock = asyncio.Lock()
     jobs: set[asyncio.Future[Any]] = set()
 
+    def notify(msg: Any) -> None:  # a job (on the worker thread) tells the coordinator something, e.g. run_waiting
+        from fedjax_room.protocol import messages as m
+
+        data = m.encode(msg)
+        loop.call_soon_threadsafe(lambda: loop.create_task(perform([Send(0, data)])))
+
+    agent.notify = notify
+    agent.stopping.clear()
+
     async def perform(actions: list[Any]) -> None:
         for action in actions:
             ws = current["ws"]
@@ -143,6 +152,7 @@ async def serve_site(
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), backoff.next())
     finally:
+        agent.stopping.set()  # a job waiting for the data owner's approval gives up
         executor.shutdown(wait=False, cancel_futures=True)
 
 

@@ -353,6 +353,8 @@ class RoomRegistry:
                 rounds = int(config.get("rounds", 0) or 0)
         refusals = jsonable(list(_get(run, "refusals", None) or [])) if run is not None else []
         error = _get(run, "error", None) if run is not None else None
+        waiting = _get(run, "waiting", None) if run is not None else None
+        waiting = waiting if waiting is not None else _get(summary, "waiting", None)
         return {
             "id": run_id,
             "spec_hash": str(_get(summary, "spec_hash", "") or _get(_get(run, "spec", None), "hash", "") or ""),
@@ -365,6 +367,8 @@ class RoomRegistry:
             ],
             "error": None if error is None else str(error),
             "started_here": run_id in entry.runs and run is not None,
+            # "waiting for approval by <site>": sites whose data owner has not approved the model yet
+            "waiting": [str(s) for s in (waiting or ())] if isinstance(waiting, list | tuple) else [],
         }
 
     def start_run(self, room_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
