@@ -40,6 +40,7 @@ class _Active:
     invited: set[str] = dataclasses.field(default_factory=set)
     answered: dict[str, Any] = dataclasses.field(default_factory=dict)
     min_sites: int = 1
+    checks: Any = None  # robust.secure_checks.AggregateCheckState: the aggregate norm / held-out loss references
     secure: Any = None  # the SecureRound of a secure train phase (fedjax_room.protocol.secure)
 
 
@@ -351,7 +352,7 @@ class RunDriver:
         defence = RobustAggregation(a.config.aggregator, anomaly=anomaly, **options)
         state = self.store.defence_state(a.id, a.round) or defence.init(a.accepted)
         delta, state, report = defence.apply(updates, state)
-        record = {**report.to_dict(), "round": a.round}
+        record = {**report.to_dict(), "round": a.round, "aggregate_check": self._aggregate_check(a, delta)}
         if report.flagged or report.excluded:
             log.warning(
                 "round %d of %s: flagged %s, excluded %s", a.round, a.id, sorted(report.flagged), list(report.excluded)
@@ -359,6 +360,46 @@ class RunDriver:
         self.audit.append("defence_report", run_id=a.id, **record)
         self.store.record_defence(a.id, a.round, record, state)
         return delta
+
+    def _aggregate_check(self, a: _Active, delta: Tree) -> dict[str, Any]:
+        """The aggregate's norm against the last accepted round's (robust.check_aggregate); a report, not a veto."""
+        from fedjax_room.robust.secure_checks import check_aggregate, init_aggregate_checks
+
+        check, a.checks = check_aggregate(delta, a.checks or init_aggregate_checks())
+        if not check.ok:
+            log.warning("round %d of %s: aggregate check: %s", a.round, a.id, "; ".join(check.reasons))
+        return {"ok": check.ok, "reasons": list(check.reasons), "norm": check.norm, "norm_ratio": check.norm_ratio}
+
+    def _secure_defence(self, a: _Active, delta: Tree, sites: list[str]) -> None:
+        """What remains of the defence under secure aggregation: the aggregate check, reported like a defence."""
+        record = {
+            "round": a.round,
+            "aggregator": a.config.aggregator,
+            "secure": True,
+            "sites": sorted(sites),
+            "flagged": {},
+            "excluded": [],
+            "aggregate_check": self._aggregate_check(a, delta),
+        }
+        self.audit.append("defence_report", run_id=a.id, **record)
+        self.store.record_defence(a.id, a.round, record, {})
+
+    def _loss_check(self, a: _Active, loss: float) -> None:
+        """The sites' DP-noised held-out loss of the new model against the last accepted one, added to the report."""
+        from fedjax_room.robust.secure_checks import check_held_out_loss, init_aggregate_checks
+
+        record = self.store.defences(a.id).get(a.round)
+        if record is None:
+            return
+        check, a.checks = check_held_out_loss(loss, a.checks or init_aggregate_checks())
+        if not check.ok:
+            log.warning("round %d of %s: held-out loss check: %s", a.round, a.id, "; ".join(check.reasons))
+        record["held_out_loss_check"] = {
+            "ok": check.ok,
+            "reasons": list(check.reasons),
+            "loss_change": check.loss_change,
+        }
+        self.store.record_defence(a.id, a.round, record, self.store.defence_state(a.id, a.round + 1) or {})
 
     def _close_eval(self, now: float) -> None:
         a = self._active
@@ -372,6 +413,8 @@ class RunDriver:
             if count >= 1.0:
                 accuracy = min(1.0, max(0.0, correct / count))
                 loss = max(0.0, loss_sum / count)
+        if loss is not None:
+            self._loss_check(a, loss)
         spend = self.store.run_spend(a.id)
         epsilon = {s: v["epsilon"] for s, v in sorted(spend.items())}
         self.store.record_metrics(

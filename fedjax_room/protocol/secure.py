@@ -165,6 +165,11 @@ class SecureRound:
         self.encoder = make_encoder(config, self.secagg)
         self.server = SecAggServer(self.secagg, stage_timeout=config.round_timeout, now=now)
         self.reference = reference
+        self.dropped: set[str] = set()
+
+    def can_join(self, name: str) -> bool:
+        """Whether site ``name`` may still (re)join: key advertisement is open and it has not dropped out."""
+        return name in self.ids and name not in self.dropped and self.server.state.value == "advertise"
 
     def setup(self, name: str) -> m.SecAggSetup:
         return m.SecAggSetup(
@@ -193,6 +198,7 @@ class SecureRound:
     def drop(self, name: str, now: float) -> list[tuple[str, m.SecAgg]]:
         if name not in self.ids:
             return []
+        self.dropped.add(name)
         return self._wrap(self.server.drop(self.ids[name], now))
 
     def tick(self, now: float) -> list[tuple[str, m.SecAgg]]:
@@ -309,6 +315,7 @@ class SecureDriver:
         dropped = sorted(s for s in a.accepted if s not in survivors)
         if dropped:
             log.warning("round %d of %s closes without %s (secure aggregation dropouts)", a.round, a.id, dropped)
+        self._secure_defence(a, delta, survivors)  # type: ignore[attr-defined]  # the aggregate check (runs.py)
         opt = server_optimizer(a.config.server_optimizer, a.config.server_learning_rate)
         params, opt_state = opt.update(delta, a.opt_state, a.params)
         model_digest = self.store.commit_round(
