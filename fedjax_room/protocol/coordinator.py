@@ -343,7 +343,9 @@ class CoordinatorMachine(SecureDriver, RunDriver):
             self._send(c.id, m.RunOffer(run_id=a.id, spec=a.spec, config=a.config.to_dict()))
         elif a.phase in ("train", "eval") and c.name in a.accepted and c.name not in a.answered:
             if a.phase == "train" and a.secure is not None:
-                return  # it left the SecAgg round when its connection closed; it rejoins next round
+                if not a.secure.can_join(c.name):
+                    return  # it left the SecAgg round when its connection closed; it rejoins next round
+                self._send(c.id, a.secure.setup(c.name))  # connected late (e.g. the coordinator restarted)
             self._send(c.id, self._round_start(a))
 
     def _stale(self, c: _Conn, run_id: str, what: str) -> None:
