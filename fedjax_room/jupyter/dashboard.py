@@ -260,10 +260,32 @@ class RunDashboard(widgets.VBox):
         except Exception as exc:  # a bad record must not kill the run's thread
             self.error = f"dashboard could not show a round: {exc}"
 
+    def _show_waiting(self, run: Any) -> None:
+        """Mark the sites whose data owner has not approved the model yet (``run.waiting``)."""
+        waiting = field(run, "waiting", None)
+        if not isinstance(waiting, list | tuple):
+            return
+        with self._lock:
+            statuses = dict(self.site_status)
+            for site in waiting:
+                statuses[str(site)] = "awaiting approval"
+            for site, state in list(statuses.items()):
+                if state == "awaiting approval" and site not in waiting:
+                    statuses[site] = "waiting"
+            if statuses != self.site_status:
+                self.site_status = statuses
+
     def _watch(self, run: Any) -> None:
         error = ""
         try:
-            run.wait()
+            while True:  # wake every second to show who is waiting for approval
+                self._show_waiting(run)
+                try:
+                    run.wait(timeout=1.0)
+                except TimeoutError:
+                    continue
+                if field(run, "status", "finished") in ("finished", "failed"):
+                    break
         except Exception as exc:  # the run failed; its error is the dashboard's message
             error = getattr(exc, "message", None) or str(exc) or type(exc).__name__
         try:

@@ -1,6 +1,7 @@
 """The run dashboard's traits change round by round (no browser), driven by hand and by a live run."""
 
 import threading
+import time
 
 import pytest
 import traitlets
@@ -118,3 +119,19 @@ def test_a_failed_run_shows_its_error(fakes):
     assert dash.wait(5)
     assert dash.status == "failed" and "only 1 site" in dash.error and "only 1 site" in dash._notes.value
     assert dash._progress.bar_style == "danger"
+
+
+def test_sites_awaiting_approval_and_flagged_sites_are_shown(fakes):
+    room = fakes.FakeRoom()
+    run = room.train("spec", rounds=1)
+    run.status = "pending"
+    run.waiting = ["alpha"]
+    dash = RunDashboard(rounds=1, sites=["alpha", "beta"]).attach(run)
+    assert dash.site_status["alpha"] == "awaiting approval"
+    run.waiting = []
+    time.sleep(1.5)  # the watcher looks again every second
+    assert dash.site_status["alpha"] == "waiting"
+    dash.update({"round": 1, "sites": ["alpha", "beta"], "dropped": [], "defence": {"flagged": {"beta": ["norm"]}}})
+    assert dash.site_status == {"alpha": "active", "beta": "flagged"}
+    run.finish()
+    assert dash.wait(5)
