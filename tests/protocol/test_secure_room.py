@@ -59,6 +59,8 @@ class Room:
         self.received: list = []  # every frame a site sent to the coordinator
         self.dead: set[str] = set()
         self.kill_after: dict[str, str] = {}  # site -> secagg message type after which its connection drops
+        self.cut = None  # a predicate on coordinator frames: from the first match on, the coordinator is "down"
+        self.cutting = False
         policies = policies or {}
         self._route(self.coord.start(self.now), None)
         for i, name in enumerate(names):
@@ -78,6 +80,7 @@ class Room:
             self.sites[name] = {"key": key, "agent": agent, "machine": SiteMachine(agent.status, identity_key=key)}
         akey = generate_key()
         self.store.enroll("analyst", "analyst", public_key_bytes(akey), fingerprint(akey))
+        self.analyst_key = akey
         self.analyst = self._handshake("analyst", akey, "analyst")
         for name, s in self.sites.items():
             s["conn"] = self._handshake(name, s["key"], "site")
@@ -95,6 +98,10 @@ class Room:
     def _route(self, actions, site):
         for a in actions:
             if site is None:  # from the coordinator
+                if isinstance(a, Send) and self.cut is not None:
+                    self.cutting = self.cutting or self.cut(m.decode(a.data))
+                    if self.cutting:
+                        continue
                 if isinstance(a, Send):
                     who = self.conns.get(a.conn)
                     if who == "analyst":
@@ -130,11 +137,25 @@ class Room:
                 self._route(s["machine"].work_done(item.key, result), site)
         raise AssertionError("the room did not settle")
 
+    def restart_coordinator(self):
+        """A new coordinator machine on the same store; every party reconnects."""
+        self.cut, self.cutting = None, False
+        self.queue.clear()
+        self.coord = CoordinatorMachine(self.store, audit=self.audit)
+        self.conns = {}
+        self._route(self.coord.start(self.now), None)
+        self.analyst = self._handshake("analyst", self.analyst_key, "analyst")
+        for name, s in self.sites.items():
+            s["machine"].disconnected()
+            s["conn"] = self._handshake(name, s["key"], "site")
+            self._route(s["machine"].welcomed(), name)
+        self.pump()
+
     def kill(self, site):
         self.dead.add(site)
         self._route(self.coord.close(self.sites[site]["conn"], self.now), None)
 
-    def start(self, **config):
+    def start(self, settle=True, **config):
         self._route(
             self.coord.receive(
                 self.analyst, m.encode(m.StartRun(req=1, spec=SPEC, config={**BASE, **config})), self.now
@@ -143,7 +164,7 @@ class Room:
         )
         self.pump()
         run_id = [x.run_id for x in self.analyst_inbox if isinstance(x, m.RunCreated)][-1]
-        for _ in range(10):  # dead sites: let the deadlines pass
+        for _ in range(10 if settle else 0):  # dead sites: let the deadlines pass
             if self.store.run(run_id).status in ("finished", "failed"):
                 break
             self.tick(BASE["round_timeout"] + 1)
@@ -269,3 +290,14 @@ def test_site_noise_needs_secure_aggregation():
 
     with pytest.raises(ConfigError, match="secure_aggregation"):
         RunConfig.from_dict({**BASE, "site_noise_multiplier": 1.0})
+
+
+def test_a_secure_round_resumes_after_a_coordinator_restart(tmp_path):
+    room = Room(tmp_path, "restart")
+    room.cut = lambda msg: isinstance(msg, m.SecAggSetup) and msg.round == 2  # it goes down as round 2 opens
+    run_id = room.start(settle=False, secure_aggregation=True, rounds=2)
+    assert room.store.run(run_id).rounds_done == 1
+    room.restart_coordinator()  # resumes round 2 with no site connected; they join while adverts are open
+    run = room.store.run(run_id)
+    assert run.status == "finished" and run.rounds_done == 2, run.error
+    assert room.store.rounds(run_id)[-1].sites == ["site-a", "site-b", "site-c"]
