@@ -145,17 +145,20 @@ class SecureRound:
         now: float,
     ) -> None:
         from fedjax_room.secagg import SecAggConfig, SecAggServer
+        from fedjax_room.secagg.masking import default_neighbours
 
         self.run_id, self.round, self.config = run_id, round, config
         self.ids = site_ids(roster)
         self.names = {i: n for n, i in self.ids.items()}
         n = len(self.ids)
         default_t = n // 2 + 1
+        k = default_neighbours(n)  # SecAgg+ once a random k-regular graph is smaller than the full one (~16+ sites)
         self.secagg = SecAggConfig(
             f"{run_id}/{round}",
             {self.ids[name]: bytes(roster[name]) for name in roster},
             vector_length=param_count(reference),
             min_clients=min(n, max(default_t, min_sites, 2)),
+            neighbours=k if k < n - 1 else None,
         )
         if config.site_noise_multiplier is not None or config.aggregator == "mean":
             self.fractions = {name: 1.0 for name in roster}
