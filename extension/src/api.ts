@@ -41,6 +41,8 @@ export interface IRound {
   loss: number | null;
   accuracy: number | null;
   epsilon: Record<string, number>;
+  /** the round's poisoning-defence report (flagged {site: reasons}, excluded, trust, ...); null if none */
+  defence?: { flagged?: Record<string, string[]>; excluded?: string[] } | null;
 }
 
 export interface IRefusal {

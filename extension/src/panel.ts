@@ -87,7 +87,8 @@ function runRows(run: IRun): HTMLElement {
       fmt(r.loss),
       fmt(r.accuracy),
       eps.length ? fmt(Math.max(...eps)) : '—',
-      r.dropped.length ? r.dropped.join(', ') : '—'
+      r.dropped.length ? r.dropped.join(', ') : '—',
+      Object.keys(r.defence?.flagged ?? {}).join(', ') || '—'
     ];
   });
   const refusals = run.refusals.map(f =>
@@ -116,7 +117,7 @@ function runRows(run: IRun): HTMLElement {
           `DP-noised loss ${fmt(last.loss)} · accuracy ${fmt(last.accuracy)}`
         )
       : null,
-    rounds.length ? table(['round', 'loss*', 'acc*', 'max ε', 'dropped'], rounds, 'fjr-rounds') : null,
+    rounds.length ? table(['round', 'loss*', 'acc*', 'max ε', 'dropped', 'flagged'], rounds, 'fjr-rounds') : null,
     rounds.length ? el('div', { class: 'fjr-note' }, '* DP-noised, released by the sites') : null,
     refusals.length ? el('ul', { class: 'fjr-refusals' }, ...refusals) : null,
     run.error

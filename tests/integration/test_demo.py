@@ -62,5 +62,18 @@ def test_demo_json(tmp_path):
     records = [json.loads(line) for line in (state / "coordinator" / "audit.jsonl").read_text().splitlines()]
     applied = [r for r in records if r.get("kind") == "aggregate_applied"]
     assert len(applied) == 5 and all(json.dumps(r).count('"secure": true') == 1 for r in applied), applied[:1]
+    # every log verifies, each site's log cross-checks with the coordinator's, and its epsilon is its ledger's
+    from fedjax_room.audit import cross_check, verify_log
+    from fedjax_room.site.ledger import Ledger
+
+    verify_log(state / "coordinator")
+    for site in summary["sites"]:
+        site_state = state / "sites" / site["name"] / "state"
+        report = cross_check(site_state, state / "coordinator")
+        assert report.ok, report.summary() + "; " + "; ".join(report.mismatches)
+        released = [r for r in verify_log(site_state) if r["kind"] in ("update_released", "metrics_released")]
+        ledger = Ledger.open(site_state / "ledger.json", epsilon_cap=site["cap"], delta=site["delta"])
+        assert released[-1]["fields"]["ledger_epsilon"] == pytest.approx(ledger.epsilon(), rel=1e-9)
+        assert released[-1]["fields"]["epsilon"] == pytest.approx(site["epsilon"], rel=1e-9)
     assert elapsed < 180, f"the demo took {elapsed:.0f}s"
     assert _processes_mentioning(str(state)) == []  # every room process was cleaned up
