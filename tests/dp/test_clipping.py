@@ -144,6 +144,7 @@ def test_auto_picks_fast_for_spec_models(name):
     assert plan.supported, plan.reason
     if name == "cnn":
         assert [layer.patches for layer in plan.layers if layer.kind == "conv"] == ["lax", "slice"]
+        assert [layer.forward_from_patches for layer in plan.layers] == [True, False, False, False]
     assert make_clipper(loss_fn, 1.0)(params, batch, None)[3] == "fast"
 
 
@@ -200,7 +201,9 @@ class _Sequence(nn.Module):
 
 
 @pytest.mark.parametrize("features", [2, 40])
-def test_fast_path_positions_and_conv_options(features):
+def test_fast_path_positions_and_conv_options(features, monkeypatch):
+    # No memory allowance: the Gram trick whenever a per-example gradient is larger than P^2.
+    monkeypatch.setattr(fast_clipping, "_MATERIALISE_FLOATS", 0)
     module = _Sequence(features)
     x = jax.random.normal(jax.random.key(3), (B, 8, 4))
     batch = {"x": x, "y": jnp.arange(B) % 3}
@@ -208,13 +211,40 @@ def test_fast_path_positions_and_conv_options(features):
     loss_fn = _custom_loss(module)
     plan = fast_clipping.plan(loss_fn, params, batch)
     assert plan.supported, plan.reason
-    strategies = {layer.strategy for layer in plan.layers}
-    assert "gram" in strategies or "materialise" in strategies
+    assert plan.layers[0].strategy == ("gram" if features == 40 else "materialise")
     assert {layer.patches for layer in plan.layers if layer.kind == "conv"} == (
         {"slice"} if features >= 4 else {"lax", "slice"}
     )
     ref_total, ref_norms = _reference(loss_fn, params, batch, 0.2)
     total, norms = clipped_grad(loss_fn, 0.2, method="fast")(params, batch)
+    np.testing.assert_allclose(np.asarray(norms), ref_norms, rtol=RTOL)
+    _assert_tree_close(total, ref_total)
+
+
+class _Strided(nn.Module):
+    """Convolutions whose im2col goes through space-to-depth (few channels, kernel % stride == 0)."""
+
+    @nn.compact
+    def __call__(self, x):  # x: (B, 9, 8, 1)
+        h = jnp.tanh(nn.Conv(2, kernel_size=(4, 2), strides=(2, 2), padding="SAME")(x))  # first: patch forward
+        h = nn.max_pool(h, (2, 2), strides=(1, 1))
+        h = jnp.tanh(nn.Conv(3, kernel_size=(2, 2), strides=2, padding=((1, 0), (0, 1)))(h))
+        h = nn.Conv(4, kernel_size=(2, 2), strides=1, padding="SAME")(h)  # few channels, stride 1: lax
+        return nn.Dense(3)(h.reshape(h.shape[0], -1))
+
+
+@pytest.mark.parametrize("method", ["vmap", "fast"])
+def test_space_to_depth_convolutions(method):
+    module = _Strided()
+    x = jax.random.normal(jax.random.key(4), (B, 9, 8, 1))
+    batch = {"x": x, "y": jnp.arange(B) % 3}
+    params = module.init(jax.random.key(0), x)["params"]
+    loss_fn = _custom_loss(module)
+    plan = fast_clipping.plan(loss_fn, params, batch)
+    assert [layer.patches for layer in plan.layers[:3]] == ["s2d", "s2d", "lax"]
+    assert plan.layers[0].forward_from_patches and not plan.layers[1].forward_from_patches
+    ref_total, ref_norms = _reference(loss_fn, params, batch, 0.3)
+    total, norms = clipped_grad(loss_fn, 0.3, method=method)(params, batch)
     np.testing.assert_allclose(np.asarray(norms), ref_norms, rtol=RTOL)
     _assert_tree_close(total, ref_total)
 
