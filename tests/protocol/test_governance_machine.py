@@ -101,3 +101,27 @@ def test_the_defence_flags_a_booster_and_reports_it_per_round(harness):
     assert rnd["defence"]["trust"]["site-a"] < rnd["defence"]["trust"]["site-b"]
     assert rnd["defence"]["aggregate_check"]["ok"] and rnd["defence"]["aggregate_check"]["norm"] > 0
     assert rnd["defence"]["held_out_loss_check"]["ok"]  # the first loss is the reference
+
+
+def test_exclude_below_leaves_a_distrusted_site_out(harness):
+    analyst, sites = _setup(harness, n=4)
+    run_id, snap = _start(harness, analyst, rounds=3, aggregator="fedavg", exclude_below=0.5)
+    assert any(d["name"] == "trust_exclusion" and d["active"] for d in snap.run["defences"])
+    for conn in sites.values():
+        harness.take(conn)
+        harness.send(conn, m.RunAccept(run_id=run_id, plan={"min_sites": 1}))
+    values = {"site-a": 50.0, "site-b": 1.0, "site-c": 1.1, "site-d": 0.9}
+    excluded = []
+    for rnd in (1, 2, 3):
+        for name, conn in sites.items():
+            harness.take(conn)
+            harness.send(conn, harness.update(run_id, rnd, values[name]))
+        for conn in sites.values():
+            harness.take(conn)
+            harness.send(conn, harness.metrics(run_id, rnd))
+        (result,) = _events(harness, analyst, "round")
+        assert list(result["defence"]["flagged"]) == ["site-a"]
+        excluded.append(result["defence"]["excluded"])
+    # trust 1 -> 0.7 -> 0.49: left out from round 2 on (a fedavg of the rest: no 50.0 in the model)
+    assert excluded == [[], ["site-a"], ["site-a"]]
+    assert harness.store.run(run_id).status == "finished"
