@@ -91,7 +91,7 @@ def test_refusals_show_on_the_dashboard_and_bad_requests_are_one_line(shell):
     # Every site caps epsilon at 10: a run planned at 50 is refused by each, with the rule and a reason.
     result, cap = cell(shell, "%%room train --rounds 1 --target-epsilon 50\n" + SPEC)
     assert result.success, cap.stderr
-    run = result.result
+    run = shell.user_ns["run"]
     dashboard = jupyter._magics.dashboard
     run.wait(timeout=300)
     assert dashboard.wait(30)
