@@ -22,6 +22,8 @@ Timing: per model and framework one process builds every mode, runs ``--warmup``
 steps of each (compilation), then ``--steps`` timed steps *round-robin* (the order
 rotates each step) so a shared machine's load hits every mode alike; ``--rounds``
 such processes (alternating JAX / PyTorch) are pooled and the median reported.
+With ``--threads 1`` all modes of a model, JAX and PyTorch, share one process and
+one round-robin, so cross-framework ratios are measured under the same load.
 Memory: each mode once more in a fresh process; ``peak_rss_mb`` is its
 ``getrusage`` peak, ``base_rss_mb`` its RSS after imports, before building the step.
 CPU note: JAX and PyTorch each use their default thread pools. Usage::
@@ -302,7 +304,12 @@ def _measure(
     log: Any,
 ) -> list[dict[str, Any]]:
     rows = {mode: {"model": model, "mode": mode, "times": [], "compile_s": []} for mode in modes}
-    groups = [g for g in ([m for m in modes if m in JAX_MODES], [m for m in modes if m in TORCH_MODES]) if g]
+    if threads == 1:
+        # Single-threaded frameworks do not disturb each other (no idle OpenMP threads spinning), so
+        # every mode shares one process and one round-robin: the fairest comparison on a busy machine.
+        groups = [modes]
+    else:
+        groups = [g for g in ([m for m in modes if m in JAX_MODES], [m for m in modes if m in TORCH_MODES]) if g]
     for r in range(rounds):
         for group in groups if r % 2 == 0 else groups[::-1]:
             out = _spawn("time", model, group, warmup, steps, xla_flags, threads)
