@@ -438,15 +438,8 @@ class CoordinatorMachine(SecureDriver, RunDriver):
             if not _finite(msg.site_epsilon):
                 raise ProtocolError("update: site_epsilon must be a finite number")
             self.store.record_site_spend(c.name, msg.run_id, msg.round, msg.site_epsilon)
-        a = self._active
-        if (
-            a is None
-            or a.id != msg.run_id
-            or a.phase != "train"
-            or a.round != msg.round
-            or c.name not in a.accepted
-            or c.name in a.answered
-        ):
+        a = self._awaiting(c, msg.run_id, msg.round, "train")
+        if a is None:
             self._stale(c, msg.run_id, f"update for round {msg.round}")
             return
         if a.config.secure_aggregation:  # the update itself travels masked in secagg frames
@@ -462,6 +455,20 @@ class CoordinatorMachine(SecureDriver, RunDriver):
         a.answered[c.name] = (delta, float(msg.weight))
         self._maybe_close(now)
 
+    def _awaiting(self, c: _Conn, run_id: str, round_: int, phase: str) -> _Active | None:
+        """The active run if it is waiting for this site's answer in ``phase`` of ``round_``, else None."""
+        a = self._active
+        if (
+            a is None
+            or a.id != run_id
+            or a.phase != phase
+            or a.round != round_
+            or c.name not in a.accepted
+            or c.name in a.answered
+        ):
+            return None
+        return a
+
     def _on_metrics(self, c: _Conn, msg: m.Metrics, now: float) -> None:
         if not _finite(msg.correct, msg.count, msg.loss_sum, msg.epsilon, msg.ledger_epsilon, msg.delta):
             raise ProtocolError("metrics: every value must be a finite number")
@@ -475,15 +482,8 @@ class CoordinatorMachine(SecureDriver, RunDriver):
             delta=msg.delta,
         )
         self.store.update_site_ledger(c.name, {"epsilon": msg.ledger_epsilon})
-        a = self._active
-        if (
-            a is None
-            or a.id != msg.run_id
-            or a.phase != "eval"
-            or a.round != msg.round
-            or c.name not in a.accepted
-            or c.name in a.answered
-        ):
+        a = self._awaiting(c, msg.run_id, msg.round, "eval")
+        if a is None:
             self._stale(c, msg.run_id, f"metrics for round {msg.round}")
             return
         a.answered[c.name] = (msg.correct, msg.count, msg.loss_sum)
