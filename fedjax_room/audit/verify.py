@@ -57,6 +57,7 @@ import hashlib
 import json
 import os
 import re
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -289,15 +290,27 @@ def _scan(
     return _Scan(path, records, hashes, None, key)
 
 
-def _read_head(path: Path, key: Ed25519PublicKey, writer: str) -> dict[str, Any] | None:
-    """The signed head next to the log at ``path``, checked against ``key``; None if there is none."""
+def _read_head_bytes(path: Path) -> bytes | None:
+    """The raw signed head next to the log at ``path``; None if there is none."""
     hp = head_path(path)
     try:
-        data = hp.read_bytes()
+        return hp.read_bytes()
     except FileNotFoundError:
         return None
     except OSError as exc:
         raise AuditError(f"cannot read the audit head {hp}: {exc}", index=-1) from None
+
+
+def _read_head(path: Path, key: Ed25519PublicKey, writer: str) -> dict[str, Any] | None:
+    """The signed head next to the log at ``path``, checked against ``key``; None if there is none."""
+    return _parse_head(path, _read_head_bytes(path), key, writer)
+
+
+def _parse_head(path: Path, data: bytes | None, key: Ed25519PublicKey, writer: str) -> dict[str, Any] | None:
+    """Check a head read from beside ``path`` against ``key`` and ``writer``; None if there was none."""
+    if data is None:
+        return None
+    hp = head_path(path)
     line = data[:-1] if data.endswith(b"\n") else data
     try:
         head = json.loads(line.decode("ascii"))
@@ -370,6 +383,29 @@ def _read_bytes(path: Path) -> bytes:
         raise AuditError(f"{path} is a directory, not an audit log", index=-1) from None
 
 
+def _head_caught_up(path: Path, scan: _Scan, head_then: dict[str, Any] | None) -> bool:
+    """True when the records ran ahead of the head read before them because the writer kept appending.
+
+    The earlier head must cover a prefix of what was read, and the head as it is now must count at least
+    every record read. A head rolled back by hand would not have moved on.
+    """
+    n = len(scan.records)
+    if head_then is None or not 1 <= head_then["count"] < n or scan.hashes[head_then["count"] - 1] != head_then["hash"]:
+        return False
+    assert scan.public_key is not None
+    try:
+        head_now = _read_head(path, scan.public_key, scan.records[0]["writer"])
+    except AuditError:
+        return False
+    if head_now is None or head_now["count"] < n:
+        return False
+    return head_now["count"] > n or scan.hashes[n - 1] == head_now["hash"]
+
+
+#: How often :func:`read_log` re-reads a log whose head and records disagree on the count (a live writer).
+_LIVE_RETRIES = 4
+
+
 def read_log(
     path: str | os.PathLike[str], public_key: PublicKeyLike | None = None, *, head: bool = True
 ) -> tuple[list[dict[str, Any]], AuditError | None]:
@@ -379,19 +415,31 @@ def read_log(
     """
     p = resolve_log_path(path)
     expected = _as_public_key(public_key) if public_key is not None else None
-    try:
-        scan = _scan(_read_bytes(p), p, expected)
-    except AuditError as exc:
-        return [], exc
-    if scan.error is not None:
-        return scan.records, scan.error
-    assert scan.public_key is not None
-    try:
-        _check_head(scan, _read_head(p, scan.public_key, scan.records[0]["writer"]), require=head)
-    except AuditError as exc:
-        good = scan.records[: exc.index] if exc.index >= 0 else scan.records
-        return good, exc
-    return scan.records, None
+    for attempt in range(_LIVE_RETRIES + 1):
+        # The head first: a live writer appends a record and only then replaces the head, so records read
+        # after the head are never fewer than it counts; at most they run ahead of it.
+        head_bytes = _read_head_bytes(p)
+        try:
+            scan = _scan(_read_bytes(p), p, expected)
+        except AuditError as exc:
+            return [], exc
+        if scan.error is not None:
+            return scan.records, scan.error
+        assert scan.public_key is not None
+        writer = scan.records[0]["writer"]
+        try:
+            signed_head = _parse_head(p, head_bytes, scan.public_key, writer)
+            _check_head(scan, signed_head, require=head)
+        except AuditError as exc:
+            if _head_caught_up(p, scan, signed_head):
+                return scan.records, None
+            if signed_head is not None and signed_head["count"] != len(scan.records) and attempt < _LIVE_RETRIES:
+                time.sleep(0.02 * (attempt + 1))
+                continue
+            good = scan.records[: exc.index] if exc.index >= 0 else scan.records
+            return good, exc
+        return scan.records, None
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def verify_log(

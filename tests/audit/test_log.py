@@ -412,3 +412,43 @@ def test_read_log_returns_the_good_prefix(site_log):
     records, error = read_log(site_log)
     assert [r["index"] for r in records] == [0, 1, 2]
     assert error is not None and error.index == 3
+
+
+_WRITER = """
+import sys
+from pathlib import Path
+from fedjax_room.audit import AuditLog
+from fedjax_room.identity import generate_key
+state = Path(sys.argv[1])
+log = AuditLog.open(state / "audit.jsonl", generate_key(), "coordinator")
+i = 0
+while i < 1500 and not (state / "stop").exists():
+    log.append("round_opened", run_id="r", round=i, sites=["a"])
+    i += 1
+"""
+
+
+def test_a_live_log_verifies_while_its_writer_appends(tmp_path: Path):
+    """Readers (``audit verify``, tests, the sidebar) check a log the coordinator is still writing.
+
+    The writer (another process, as in the room) appends a record and then replaces the signed head,
+    so a reader can land between the two; that is not damage and must not be reported as such.
+    """
+    import subprocess
+    import sys
+    import time
+
+    writer = subprocess.Popen([sys.executable, "-c", _WRITER, str(tmp_path)])
+    try:
+        deadline = time.monotonic() + 30
+        while not head_path(tmp_path / LOG_FILENAME).exists() or len(verify_log(tmp_path)) < 3:
+            assert time.monotonic() < deadline and writer.poll() is None
+            time.sleep(0.05)
+        counts = []
+        while writer.poll() is None:
+            counts.append(len(verify_log(tmp_path)))
+    finally:
+        (tmp_path / "stop").touch()
+        writer.wait(30)
+    assert len(counts) > 5 and counts == sorted(counts) and counts[-1] > counts[0]
+    assert len(verify_log(tmp_path)) == 1501
