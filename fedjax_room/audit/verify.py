@@ -427,6 +427,7 @@ def read_log(
             return scan.records, scan.error
         assert scan.public_key is not None
         writer = scan.records[0]["writer"]
+        signed_head = None
         try:
             signed_head = _parse_head(p, head_bytes, scan.public_key, writer)
             _check_head(scan, signed_head, require=head)
