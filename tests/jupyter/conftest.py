@@ -6,62 +6,20 @@ live beside these and are skipped until ``fedjax_room.analyst`` provides it.
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 from typing import Any
 
 import pytest
 
+from fedjax_room.analyst.results import (
+    BudgetReport,
+    Refusal,
+    RoundResult,
+    RunSummary,
+    SiteBudget,
+    SiteInfo,
+)
 from fedjax_room.errors import BudgetExceededError, StateError
-
-
-@dataclasses.dataclass(frozen=True)
-class SiteInfo:
-    name: str
-    schema: dict
-    record_count: str
-    status: str
-    policy: dict
-
-
-@dataclasses.dataclass(frozen=True)
-class RunSummary:
-    id: str
-    spec_hash: str
-    status: str
-    rounds_done: int
-    rounds: int
-
-
-@dataclasses.dataclass(frozen=True)
-class RoundResult:
-    round: int
-    sites: list
-    dropped: list
-    loss: float
-    accuracy: float
-    epsilon: dict
-
-
-@dataclasses.dataclass(frozen=True)
-class Refusal:
-    site: str
-    reason: str
-    message: str
-
-
-@dataclasses.dataclass(frozen=True)
-class SiteBudget:
-    site: str
-    epsilon_spent: float
-    delta: float
-    epsilon_cap: float
-    remaining: float
-
-
-@dataclasses.dataclass(frozen=True)
-class BudgetReport:
-    sites: list
 
 
 class FakeRun:
@@ -146,7 +104,7 @@ class FakeRoom:
         raise StateError(f"no run {run_id!r} in this room; `%room runs` lists them")
 
     def budget(self) -> BudgetReport:
-        return BudgetReport(sites=[SiteBudget(n, 1.5, 1e-5, 10.0, 8.5) for n in self.site_names])
+        return BudgetReport(sites={n: SiteBudget(n, 1.5, 1e-5, 10.0, 8.5) for n in self.site_names})
 
     def audit(self, last: int = 20) -> list[dict]:
         records = [{"index": i, "kind": "run_requested", "run_id": f"run-{i}", "hash": "x" * 64} for i in range(50)]

@@ -27,7 +27,7 @@ def test_records_normalises_the_shapes_the_api_returns(fakes):
     site = fakes.SiteBudget("a", 1.0, 1e-5, 3.0, 2.0)
     assert records(None) == []
     assert records([site]) == [dataclasses.asdict(site)]
-    assert records(fakes.BudgetReport(sites=[site])) == [dataclasses.asdict(site)]
+    assert records(fakes.BudgetReport(sites={site.site: site})) == [dataclasses.asdict(site)]
     assert records({"a": {"epsilon": 1.0}, "b": {"epsilon": 2.0}}) == [
         {"site": "a", "epsilon": 1.0},
         {"site": "b", "epsilon": 2.0},
@@ -73,7 +73,7 @@ def test_sites_table(fakes):
 
 
 def test_budget_and_privacy_bars(fakes):
-    html = budget_html(fakes.BudgetReport([fakes.SiteBudget("a", 2.5, 1e-5, 3.0, 0.5)]))
+    html = budget_html(fakes.BudgetReport({"a": fakes.SiteBudget("a", 2.5, 1e-5, 3.0, 0.5)}))
     assert "2.5 / 3 (83%)" in html and "#ff9f0e" in html and "0.5" in html
     html = privacy_html({"sites": {"a": {"epsilon": 1.0, "cap": 4.0, "delta": 1e-5}}})
     assert "1 / 4 (25%)" in html and "3" in html  # remaining computed when absent

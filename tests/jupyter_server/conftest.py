@@ -6,63 +6,21 @@ tested without processes; test_routes_real.py runs the same routes against a rea
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 from typing import Any
 
 import pytest
 from pytest_jupyter.jupyter_server import *  # noqa: F403  (jp_fetch, jp_serverapp, ... and their hooks)
 
+from fedjax_room.analyst.results import (
+    BudgetReport,
+    Refusal,
+    RoundResult,
+    RunSummary,
+    SiteBudget,
+    SiteInfo,
+)
 from fedjax_room.errors import BudgetExceededError
-
-
-@dataclasses.dataclass(frozen=True)
-class SiteInfo:
-    name: str
-    schema: dict
-    record_count: str
-    status: str
-    policy: dict
-
-
-@dataclasses.dataclass(frozen=True)
-class RunSummary:
-    id: str
-    spec_hash: str
-    status: str
-    rounds_done: int
-    rounds: int
-
-
-@dataclasses.dataclass(frozen=True)
-class RoundResult:
-    round: int
-    sites: tuple
-    dropped: tuple
-    loss: float | None
-    accuracy: float | None
-    epsilon: dict
-
-
-@dataclasses.dataclass(frozen=True)
-class Refusal:
-    site: str
-    reason: str
-    message: str
-
-
-@dataclasses.dataclass(frozen=True)
-class SiteBudget:
-    site: str
-    epsilon_spent: float
-    delta: float
-    epsilon_cap: float
-    remaining: float
-
-
-@dataclasses.dataclass(frozen=True)
-class BudgetReport:
-    sites: list
 
 
 class FakeRun:
@@ -124,7 +82,7 @@ class FakeRoom:
         return run
 
     def budget(self) -> BudgetReport:
-        return BudgetReport(sites=[SiteBudget(n, 1.5, 1e-5, 10.0, 8.5) for n in self.site_names])
+        return BudgetReport(sites={n: SiteBudget(n, 1.5, 1e-5, 10.0, 8.5) for n in self.site_names})
 
     def audit(self, last: int = 20) -> list[dict]:
         records = [{"index": i, "kind": "run_requested", "run_id": f"run-{i}", "hash": "x" * 64} for i in range(50)]
