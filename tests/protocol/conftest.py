@@ -97,6 +97,19 @@ class Harness:
         self.now += dt
         self._perform(self.machine.tick(self.now))
 
+    def setup_room(self, n=3):
+        """Enroll and connect an analyst and ``n`` sites (site-a, site-b, ...); returns (analyst, {name: site})."""
+        self.enroll("analyst", "analyst")
+        sites = {}
+        for i in range(n):
+            name = f"site-{'abcd'[i]}"
+            self.enroll(name, "site")
+            sites[name] = self.site(name)
+            self.take(sites[name])
+        analyst = self.connect("analyst")
+        self.take(analyst)
+        return analyst, sites
+
 
 @pytest.fixture
 def harness(tmp_path):

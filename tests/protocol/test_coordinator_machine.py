@@ -161,19 +161,6 @@ def _start_run(harness, analyst, **config):
     return run_id
 
 
-def _setup(harness, n=3):
-    harness.enroll("analyst", "analyst")
-    sites = {}
-    for i in range(n):
-        name = f"site-{'abc'[i]}"
-        harness.enroll(name, "site")
-        sites[name] = harness.site(name)
-        harness.take(sites[name])
-    analyst = harness.connect("analyst")
-    harness.take(analyst)
-    return analyst, sites
-
-
 def _offers(harness, sites, run_id, accept=True):
     for conn in sites.values():
         (offer,) = [x for x in harness.take(conn) if isinstance(x, m.RunOffer)]
@@ -187,7 +174,7 @@ def _round_starts(harness, conn):
 
 
 def test_full_run_fedavg_weighted(harness):
-    analyst, sites = _setup(harness)
+    analyst, sites = harness.setup_room()
     run_id = _start_run(harness, analyst)
     _offers(harness, sites, run_id)
     weights = {"site-a": 100, "site-b": 100, "site-c": 200}
@@ -226,7 +213,7 @@ def test_full_run_fedavg_weighted(harness):
 
 
 def test_straggler_is_dropped_at_the_deadline(harness):
-    analyst, sites = _setup(harness)
+    analyst, sites = harness.setup_room()
     run_id = _start_run(harness, analyst, rounds=1, min_sites=2)
     _offers(harness, sites, run_id)
     for name in ("site-a", "site-b"):
@@ -244,7 +231,7 @@ def test_straggler_is_dropped_at_the_deadline(harness):
 
 
 def test_too_few_updates_fail_the_run_with_a_message(harness):
-    analyst, sites = _setup(harness, n=2)
+    analyst, sites = harness.setup_room(2)
     run_id = _start_run(harness, analyst, rounds=1, min_sites=2)
     _offers(harness, sites, run_id)
     harness.send(sites["site-a"], harness.update(run_id, 1, 1.0))
@@ -254,7 +241,7 @@ def test_too_few_updates_fail_the_run_with_a_message(harness):
 
 
 def test_refusals_end_the_run_with_a_clear_message(harness):
-    analyst, sites = _setup(harness, n=2)
+    analyst, sites = harness.setup_room(2)
     run_id = _start_run(harness, analyst, rounds=3, min_sites=2)
     _offers(harness, sites, run_id)
     for conn in sites.values():
@@ -276,7 +263,7 @@ def test_refusals_end_the_run_with_a_clear_message(harness):
 
 
 def test_offer_refused_by_all(harness):
-    analyst, sites = _setup(harness, n=2)
+    analyst, sites = harness.setup_room(2)
     run_id = _start_run(harness, analyst)
     err = {"code": "policy_violation", "message": "mlp not allowed", "party": "x", "reason": "model_family"}
     for conn in sites.values():
@@ -287,7 +274,7 @@ def test_offer_refused_by_all(harness):
 
 
 def test_secure_run_sends_secagg_setup_before_round_start_and_refuses_plain_updates(harness):
-    analyst, sites = _setup(harness, n=3)
+    analyst, sites = harness.setup_room(3)
     harness.send(analyst, m.StartRun(req=9, spec=harness.SPEC, config={"secure_aggregation": True}))
     (created,) = harness.take(analyst)
     assert isinstance(created, m.RunCreated), created
@@ -306,7 +293,7 @@ def test_secure_run_sends_secagg_setup_before_round_start_and_refuses_plain_upda
 
 
 def test_restart_resumes_from_the_last_finished_round(tmp_path, harness):
-    analyst, sites = _setup(harness, n=2)
+    analyst, sites = harness.setup_room(2)
     run_id = _start_run(harness, analyst, rounds=3)
     _offers(harness, sites, run_id)
     for conn in sites.values():
@@ -337,7 +324,7 @@ def test_oversized_site_description_is_refused(harness):
 
 
 def test_restart_after_the_last_round_finishes_the_run(harness):
-    analyst, sites = _setup(harness, n=1)
+    analyst, sites = harness.setup_room(1)
     run_id = _start_run(harness, analyst, rounds=1)
     _offers(harness, sites, run_id)
     conn = sites["site-a"]
@@ -353,7 +340,7 @@ def test_restart_after_the_last_round_finishes_the_run(harness):
 
 
 def test_malformed_update_mid_round_closes_that_site_only(harness):
-    analyst, sites = _setup(harness, n=2)
+    analyst, sites = harness.setup_room(2)
     run_id = _start_run(harness, analyst, rounds=1, min_sites=1)
     _offers(harness, sites, run_id)
     bad = {"dense_0": {"kernel": np.full((3, 2), np.nan, np.float32), "bias": np.zeros(2, np.float32)}}

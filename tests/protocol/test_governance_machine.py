@@ -5,19 +5,6 @@ from __future__ import annotations
 from fedjax_room.protocol import messages as m
 
 
-def _setup(harness, n=3):
-    harness.enroll("analyst", "analyst")
-    sites = {}
-    for i in range(n):
-        name = f"site-{'abcd'[i]}"
-        harness.enroll(name, "site")
-        sites[name] = harness.site(name)
-        harness.take(sites[name])
-    analyst = harness.connect("analyst")
-    harness.take(analyst)
-    return analyst, sites
-
-
 def _start(harness, analyst, **config):
     cfg = {"rounds": 1, "target_epsilon": 1.0, "round_timeout": 10.0, **config}
     harness.send(analyst, m.StartRun(req=1, spec=harness.SPEC, config=cfg))
@@ -32,7 +19,7 @@ def _events(harness, analyst, kind):
 
 
 def test_a_waiting_site_keeps_the_offer_open_until_it_answers(harness):
-    analyst, sites = _setup(harness, n=2)
+    analyst, sites = harness.setup_room(2)
     run_id, snap = _start(harness, analyst)
     assert snap.run["waiting"] == []
     for conn in sites.values():
@@ -53,7 +40,7 @@ def test_a_waiting_site_keeps_the_offer_open_until_it_answers(harness):
 
 
 def test_a_rejection_reaches_the_analyst_with_its_reason(harness):
-    analyst, sites = _setup(harness, n=1)
+    analyst, sites = harness.setup_room(1)
     run_id, _ = _start(harness, analyst)
     harness.take(sites["site-a"])
     harness.send(sites["site-a"], m.RunWaiting(run_id=run_id, spec_hash="cd" * 32, message="waiting"))
@@ -64,7 +51,7 @@ def test_a_rejection_reaches_the_analyst_with_its_reason(harness):
 
 
 def test_revoke_closes_the_live_connection_audits_and_refuses_reconnects(harness):
-    analyst, sites = _setup(harness, n=2)
+    analyst, sites = harness.setup_room(2)
     harness.store.revoke("site-b")  # what `fedjax-room revoke` does, from another process
     harness.tick(0.5)
     assert sites["site-b"] in harness.closed and harness.closed[sites["site-b"]].code == 1008
@@ -81,7 +68,7 @@ def test_revoke_closes_the_live_connection_audits_and_refuses_reconnects(harness
 
 
 def test_the_defence_flags_a_booster_and_reports_it_per_round(harness):
-    analyst, sites = _setup(harness, n=4)
+    analyst, sites = harness.setup_room(4)
     run_id, snap = _start(harness, analyst, aggregator="median")
     assert any(d["name"] == "robust_aggregation" and d["active"] for d in snap.run["defences"])
     for conn in sites.values():
@@ -104,7 +91,7 @@ def test_the_defence_flags_a_booster_and_reports_it_per_round(harness):
 
 
 def test_exclude_below_leaves_a_distrusted_site_out(harness):
-    analyst, sites = _setup(harness, n=4)
+    analyst, sites = harness.setup_room(4)
     run_id, snap = _start(harness, analyst, rounds=3, aggregator="fedavg", exclude_below=0.5)
     assert any(d["name"] == "trust_exclusion" and d["active"] for d in snap.run["defences"])
     for conn in sites.values():
