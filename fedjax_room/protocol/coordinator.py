@@ -421,19 +421,23 @@ class CoordinatorMachine(SecureDriver, RunDriver):
         a.deadline = max(a.deadline, now + APPROVAL_TIMEOUT)  # a person decides: the offer stays open
         self._event(a.id, "waiting", {"waiting": self._waiting_sites(a.id), "site": c.name, "message": msg.message})
 
-    def _on_update(self, c: _Conn, msg: m.Update, now: float) -> None:
-        if not _finite(msg.epsilon, msg.ledger_epsilon, msg.delta) or msg.weight <= 0:
-            raise ProtocolError("update: weight must be positive and epsilon/delta finite numbers")
+    def _record_spend(self, c: _Conn, msg: m.Update | m.Metrics, phase: str) -> None:
+        """Store what the site reports it spent on this release, and its whole ledger's epsilon."""
         self.store.record_spend(
             c.name,
             msg.run_id,
             msg.round,
-            "train",
+            phase,
             epsilon=msg.epsilon,
             ledger_epsilon=msg.ledger_epsilon,
             delta=msg.delta,
         )
         self.store.update_site_ledger(c.name, {"epsilon": msg.ledger_epsilon})
+
+    def _on_update(self, c: _Conn, msg: m.Update, now: float) -> None:
+        if not _finite(msg.epsilon, msg.ledger_epsilon, msg.delta) or msg.weight <= 0:
+            raise ProtocolError("update: weight must be positive and epsilon/delta finite numbers")
+        self._record_spend(c, msg, "train")
         if msg.site_epsilon is not None:
             if not _finite(msg.site_epsilon):
                 raise ProtocolError("update: site_epsilon must be a finite number")
@@ -472,16 +476,7 @@ class CoordinatorMachine(SecureDriver, RunDriver):
     def _on_metrics(self, c: _Conn, msg: m.Metrics, now: float) -> None:
         if not _finite(msg.correct, msg.count, msg.loss_sum, msg.epsilon, msg.ledger_epsilon, msg.delta):
             raise ProtocolError("metrics: every value must be a finite number")
-        self.store.record_spend(
-            c.name,
-            msg.run_id,
-            msg.round,
-            "eval",
-            epsilon=msg.epsilon,
-            ledger_epsilon=msg.ledger_epsilon,
-            delta=msg.delta,
-        )
-        self.store.update_site_ledger(c.name, {"epsilon": msg.ledger_epsilon})
+        self._record_spend(c, msg, "eval")
         a = self._awaiting(c, msg.run_id, msg.round, "eval")
         if a is None:
             self._stale(c, msg.run_id, f"metrics for round {msg.round}")
