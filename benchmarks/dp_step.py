@@ -26,7 +26,8 @@ With ``--threads 1`` all modes of a model, JAX and PyTorch, share one process an
 one round-robin, so cross-framework ratios are measured under the same load.
 Memory: each mode once more in a fresh process; ``peak_rss_mb`` is its
 ``getrusage`` peak, ``base_rss_mb`` its RSS after imports, before building the step.
-CPU note: JAX and PyTorch each use their default thread pools. Usage::
+CPU note: JAX and PyTorch each use their default thread pools, unless ``--threads N``
+pins each worker process to N cores (and sets PyTorch's thread count to N). Usage::
 
     python benchmarks/dp_step.py                      # table
     python benchmarks/dp_step.py --json               # one JSON object per line
@@ -223,6 +224,12 @@ def _worker(kind: str, model: str, modes: list[str], warmup: int, steps: int) ->
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     if root not in sys.path:
         sys.path.insert(0, root)
+    if os.environ.get("DP_STEP_THREADS") and hasattr(os, "sched_setaffinity"):
+        # Pin the worker to that many cores before any framework starts its thread pools: XLA:CPU
+        # sizes its pools from the affinity mask (it has no thread-count flag), PyTorch is also
+        # told by torch.set_num_threads below.
+        cpus = sorted(os.sched_getaffinity(0))[: int(os.environ["DP_STEP_THREADS"])]
+        os.sched_setaffinity(0, cpus)
     if any(m in JAX_MODES for m in modes):
         import jax  # noqa: F401  (imported before measuring the base RSS)
     if any(m in TORCH_MODES for m in modes):
@@ -281,7 +288,6 @@ def _spawn(
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     if threads:
         env["DP_STEP_THREADS"] = str(threads)
-        xla_flags = f"{xla_flags} --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads={threads}"
     if xla_flags:
         env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + xla_flags).strip()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
@@ -400,8 +406,8 @@ def main(argv: list[str] | None = None) -> int:
         "--threads",
         type=int,
         default=None,
-        help="limit JAX (XLA:CPU) and PyTorch to this many threads each (default: each framework's own default); "
-        "1 gives steadier numbers on a busy shared machine",
+        help="pin each worker to this many cores, so JAX (XLA:CPU) and PyTorch run on N threads each "
+        "(default: each framework's own default); 1 gives steadier, like-for-like numbers on a busy shared machine",
     )
     parser.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
     parser.add_argument("--worker", nargs=3, metavar=("KIND", "MODEL", "MODES"), help=argparse.SUPPRESS)

@@ -51,13 +51,15 @@ from flax.linen import dtypes as flax_dtypes
 from flax.linen.linear import canonicalize_padding
 from jax.extend.core import Var
 
+from fedjax_room.models.conv import conv_general_dilated as space_to_depth_conv
+
 __all__ = ["LayerPlan", "Plan", "clipped_chunk", "plan"]
 
 Params = Any
 Batch = Any
 
 _SLICE_MIN_CHANNELS = 4
-_MATERIALISE_FLOATS = 1 << 16
+_MATERIALISE_FLOATS = 1 << 12
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,11 +80,8 @@ class LayerPlan:
     input_dilation: tuple[int, ...] = ()
     kernel_dilation: tuple[int, ...] = ()
     # conv only, how im2col patches are extracted and so how their features are ordered:
-    # "slice" (*kernel, cin); "lax" (cin, *kernel); "s2d" (*kernel/stride, *stride, cin).
+    # "slice" and "staged" (*kernel, cin); "lax" (cin, *kernel).
     patches: str = ""
-    # conv only: compute the output as patches @ kernel (the patches are needed for the norms anyway)
-    # instead of calling the layer. Used for a first conv layer, whose input needs no gradient.
-    forward_from_patches: bool = False
 
     @property
     def positions(self) -> int:
@@ -116,7 +115,8 @@ def _unsupported_config(module: nn.Module) -> str:
         return "feature_group_count != 1"
     if module.mask is not None:
         return "a kernel mask"
-    if module.conv_general_dilated is not None or module.conv_general_dilated_cls is not None:
+    custom = module.conv_general_dilated
+    if custom not in (None, space_to_depth_conv) or module.conv_general_dilated_cls is not None:
         return "a custom conv_general_dilated"
     kernel_size = (module.kernel_size,) if isinstance(module.kernel_size, int) else tuple(module.kernel_size)
     padding = canonicalize_padding(module.padding, len(kernel_size))
@@ -138,9 +138,12 @@ def _strategy(kind: str, positions: int, fan_in: int, fan_out: int) -> str:
 
     Materialising the per-example kernel gradients ``a_i^T g_i`` costs ``P*K*O`` flops per
     example and then makes the clipped sum nearly free; the Gram trick costs ``P^2*(K+O)``
-    *plus* a book-keeping einsum of ``P*K*O``. So materialising always needs fewer flops, and the
-    Gram trick is used only to save memory: when a per-example kernel gradient (``K*O`` floats)
-    is larger than both the Gram matrices (``P^2``) and a 64k-float (256 KiB) allowance.
+    *plus* a book-keeping einsum of ``P*K*O``. Materialising needs fewer flops, but it writes and
+    reads back ``B*K*O`` floats in small batched matmuls, which on CPU costs more than the flops
+    (the DP MNIST CNN's second conv, ``P=25, K=256, O=32``: the whole DP step is 1.5x its
+    non-private step with the Gram trick, 2.0x materialising; one core). So the Gram trick is
+    used whenever a per-example kernel gradient (``K*O`` floats) is larger than both the Gram
+    matrices (``P^2``) and a 4k-float (16 KiB) allowance.
     """
     if kind == "dense" and positions == 1:
         return "outer"
@@ -149,25 +152,16 @@ def _strategy(kind: str, positions: int, fan_in: int, fan_out: int) -> str:
     return "materialise"
 
 
-def _patch_method(
-    cin: int, kernel_size: tuple[int, ...], strides: tuple[int, ...], input_dilation: tuple[int, ...], dilation: Any
-) -> str:
-    """The fastest im2col on XLA:CPU that applies (measured on the DP MNIST CNN).
+def _patch_method(cin: int, input_dilation: tuple[int, ...]) -> str:
+    """The fastest im2col on XLA:CPU that applies (measured on one core, see the patch functions).
 
-    Strided slices are fast unless there are very few input channels (each slice is then a
-    thin gather); for those, a space-to-depth reshape by the stride first turns a strided
-    kernel into a stride-1 kernel over ``prod(stride) * cin`` channels. lax's identity
-    convolution is the general fallback.
+    ``prod(kernel)`` strided slices for four or more input channels; one dimension at a time
+    for fewer (a single slice would then be a thin gather); lax's identity convolution when
+    the input is dilated (transposed convolutions).
     """
-    plain = set(input_dilation) == {1} and set(_broadcast(dilation, len(kernel_size))) == {1}
     if set(input_dilation) != {1}:
         return "lax"
-    if cin >= _SLICE_MIN_CHANNELS:
-        return "slice"
-    strided = math.prod(strides) > 1 and all(k % s == 0 for k, s in zip(kernel_size, strides, strict=True))
-    if plain and strided and cin * math.prod(strides) >= _SLICE_MIN_CHANNELS:
-        return "s2d"
-    return "lax"
+    return "slice" if cin >= _SLICE_MIN_CHANNELS else "staged"
 
 
 def _depends_on_inputs(closed: Any, num_inputs: int) -> bool:
@@ -284,16 +278,7 @@ def plan(loss_fn: Callable[[Params, Batch], jax.Array], params: Params, batch: B
                     padding=canonicalize_padding(module.padding, nd),
                     input_dilation=input_dilation,
                     kernel_dilation=_broadcast(module.kernel_dilation, nd),
-                    # Strided slices are much faster than lax's identity convolution on CPU unless
-                    # there are very few input channels (then each slice is a thin gather).
-                    patches=_patch_method(
-                        x_shape[-1], kernel_size, _broadcast(module.strides, nd), input_dilation, module.kernel_dilation
-                    ),
-                    # The first captured layer's input depends on no parameter (every parameter belongs to
-                    # a captured layer, called later), so no gradient flows back through its patches.
-                    forward_from_patches=not layers
-                    and module.dtype is None
-                    and x.dtype == y.dtype == leaf_structs[rec["kernel_leaf"]].dtype,
+                    patches=_patch_method(x_shape[-1], input_dilation),
                 )
             )
     missing = [i for i in range(len(leaves)) if i not in owners]
@@ -344,36 +329,39 @@ def _slice_patches(layer: LayerPlan, x: jax.Array) -> jax.Array:
     return patches.reshape(x.shape[0], -1, len(cols) * x.shape[-1])
 
 
-def _s2d_patches(layer: LayerPlan, x: jax.Array) -> jax.Array:
-    """im2col via space-to-depth by the stride, then stride-1 slices (kernel % stride == 0, no dilation).
+def _staged_patches(layer: LayerPlan, x: jax.Array) -> jax.Array:
+    """im2col one spatial dimension at a time, ordered (*kernel, cin) like :func:`_slice_patches`.
 
-    Features are ordered ``(*kernel // stride, *stride, cin)``: kernel offset ``i`` in a spatial
-    dimension is ``stride * block + phase``.
+    For few input channels, ``prod(kernel)`` slices of ``x`` are each a thin strided gather;
+    taking the ``kernel[d]`` strided slices of one dimension at a time, stacking them next to
+    that dimension and transposing once at the end moves rows of contiguous memory instead
+    (the 8x8/2 one-channel conv of the DP MNIST CNN at batch 256: 1.5 ms against 18.7 ms for
+    64 slices, one core).
     """
     nd = len(layer.kernel_size)
-    strides, kernel = layer.strides, layer.kernel_size
+    spatial = x.shape[1 : nd + 1]
+    dilated = tuple((k - 1) * d + 1 for k, d in zip(layer.kernel_size, layer.kernel_dilation, strict=True))
     if isinstance(layer.padding, str):
-        pads = jax.lax.padtype_to_pads(x.shape[1 : nd + 1], kernel, strides, layer.padding)
+        pads = jax.lax.padtype_to_pads(spatial, dilated, layer.strides, layer.padding)
     else:
         pads = layer.padding
     x = jnp.pad(x, ((0, 0), *[tuple(p) for p in pads], (0, 0)))
-    out = tuple((n - k) // s + 1 for n, k, s in zip(x.shape[1 : nd + 1], kernel, strides, strict=True))
-    covered = tuple(s * (o - 1) + k for o, k, s in zip(out, kernel, strides, strict=True))  # multiple of s
-    x = jax.lax.slice(x, (0,) * (nd + 2), (x.shape[0], *covered, x.shape[-1]))
-    split: list[int] = []
-    for c, st in zip(covered, strides, strict=True):
-        split += [c // st, st]
-    x = x.reshape((x.shape[0], *split, x.shape[-1]))
-    # (N, m1, s1, m2, s2, ..., C) -> (N, m1, m2, ..., s1, s2, ..., C)
+    out = tuple((n - k) // s + 1 for n, k, s in zip(x.shape[1 : nd + 1], dilated, layer.strides, strict=True))
+    # After dimension d the layout is (N, o_0, k_0, ..., o_d, k_d, spatial_{d+1}, ..., cin).
+    for d in range(nd):
+        axis = 1 + 2 * d
+        cols = []
+        for i in range(layer.kernel_size[d]):
+            start = [0] * x.ndim
+            limit = list(x.shape)
+            strides = [1] * x.ndim
+            start[axis] = i * layer.kernel_dilation[d]
+            limit[axis] = start[axis] + layer.strides[d] * (out[d] - 1) + 1
+            strides[axis] = layer.strides[d]
+            cols.append(jax.lax.slice(x, start, limit, strides))
+        x = jnp.stack(cols, axis=axis + 1)
     x = jnp.transpose(x, (0, *range(1, 2 * nd, 2), *range(2, 2 * nd + 1, 2), 2 * nd + 1))
-    x = x.reshape((x.shape[0], *x.shape[1 : nd + 1], -1))
-    blocks = tuple(k // st for k, st in zip(kernel, strides, strict=True))
-    cols = []
-    for offset in itertools.product(*[range(b) for b in blocks]):
-        stop = tuple(o + n for o, n in zip(offset, out, strict=True))
-        cols.append(jax.lax.slice(x, (0, *offset, 0), (x.shape[0], *stop, x.shape[-1])))
-    patches = jnp.stack(cols, axis=-2)
-    return patches.reshape(x.shape[0], -1, len(cols) * x.shape[-1])
+    return x.reshape(x.shape[0], math.prod(out), -1)
 
 
 def _kernel_to_patch_order(layer: LayerPlan, kernel: jax.Array) -> jax.Array:
@@ -382,12 +370,6 @@ def _kernel_to_patch_order(layer: LayerPlan, kernel: jax.Array) -> jax.Array:
     cout = kernel.shape[-1]
     if layer.patches == "lax":
         kernel = jnp.moveaxis(kernel, nd, 0)
-    elif layer.patches == "s2d":
-        split: list[int] = []
-        for k, st in zip(layer.kernel_size, layer.strides, strict=True):
-            split += [k // st, st]
-        kernel = kernel.reshape((*split, *kernel.shape[nd:]))
-        kernel = jnp.transpose(kernel, (*range(0, 2 * nd, 2), *range(1, 2 * nd, 2), 2 * nd, 2 * nd + 1))
     return kernel.reshape(-1, cout)
 
 
@@ -398,13 +380,6 @@ def _kernel_from_patch_order(layer: LayerPlan, kernel: jax.Array) -> jax.Array:
     if layer.patches == "lax":
         kernel = kernel.reshape((cin, *layer.kernel_size, cout))
         return jnp.moveaxis(kernel, 0, nd)
-    if layer.patches == "s2d":
-        blocks = [k // st for k, st in zip(layer.kernel_size, layer.strides, strict=True)]
-        kernel = kernel.reshape((*blocks, *layer.strides, cin, cout))
-        order: list[int] = []
-        for d in range(nd):
-            order += [d, nd + d]
-        kernel = jnp.transpose(kernel, (*order, 2 * nd, 2 * nd + 1))
     return kernel.reshape((*layer.kernel_size, cin, cout))
 
 
@@ -412,8 +387,8 @@ def _conv_patches(layer: LayerPlan, x: jax.Array) -> jax.Array:
     """im2col: ``(N, *spatial, cin) -> (N, P, cin * prod(kernel))``, features ordered as ``layer.patches`` says."""
     if layer.patches == "slice":
         return _slice_patches(layer, x)
-    if layer.patches == "s2d":
-        return _s2d_patches(layer, x)
+    if layer.patches == "staged":
+        return _staged_patches(layer, x)
     nd = len(layer.kernel_size)
     spec = (0, nd + 1, *range(1, nd + 1))
     numbers = jax.lax.ConvDimensionNumbers(spec, (nd + 1, nd, *range(nd)), spec)
@@ -430,21 +405,10 @@ def _conv_patches(layer: LayerPlan, x: jax.Array) -> jax.Array:
     return patches.reshape(patches.shape[0], -1, patches.shape[-1])
 
 
-def _patch_forward(layer: LayerPlan, module: nn.Conv, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """``(y, patches)`` for a conv layer computed as im2col patches times the kernel."""
-    nd = len(layer.kernel_size)
-    patches = _conv_patches(layer, x.reshape((-1,) + x.shape[-(nd + 1) :]))
-    kernel = _kernel_to_patch_order(layer, module.get_variable("params", "kernel"))
-    y = jnp.matmul(patches, kernel, precision=module.precision)
-    if module.use_bias:
-        y = y + module.get_variable("params", "bias")
-    return y.reshape(layer.y_shape), patches
-
-
 def _layer_terms(layer: LayerPlan, x: jax.Array, g: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Per-example activations ``a: (B, P, fan_in)`` and output gradients ``g: (B, P, fan_out)``."""
     batch = x.shape[0]
-    if layer.kind == "dense" or layer.forward_from_patches:  # (already patches for the latter)
+    if layer.kind == "dense":
         return x.reshape(batch, -1, x.shape[-1]), g.reshape(batch, -1, g.shape[-1])
     nd = len(layer.kernel_size)
     flat = x.reshape((-1,) + x.shape[-(nd + 1) :])
@@ -488,10 +452,6 @@ def clipped_chunk(
                 return next_fun(*args, **kwargs)
             k = len(acts)
             x = args[0] if args else kwargs["inputs"]
-            if layers[k].forward_from_patches:
-                y, patches = _patch_forward(layers[k], context.module, x)
-                acts.append(patches)
-                return y + perts[k]
             acts.append(x)
             return next_fun(*args, **kwargs) + perts[k]
 

@@ -7,6 +7,7 @@ dense and conv layers are plain ``flax.linen.Dense`` / ``Conv`` submodules named
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -15,9 +16,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from fedjax_room.models.conv import conv_general_dilated
 from fedjax_room.models.spec import ModelSpec
 
-__all__ = ["SpecModel", "build_model", "init_params", "make_loss_fn", "make_predict_fn"]
+__all__ = ["SpecModel", "build_model", "init_params", "make_loss_fn", "make_predict_fn", "max_pool"]
 
 Params = Any
 Batch = Mapping[str, jax.Array]
@@ -30,6 +32,31 @@ _ACTIVATION_FNS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "elu": nn.elu,
     "silu": nn.silu,
 }
+
+
+def max_pool(x: jax.Array, window: tuple[int, ...], strides: tuple[int, ...]) -> jax.Array:
+    """``VALID`` max pooling over the spatial axes of ``x`` (``[batch, *spatial, channels]``).
+
+    The same values as :func:`flax.linen.max_pool`, computed as the elementwise maximum of
+    the ``prod(window)`` strided views of ``x``: the backward pass is then elementwise selects
+    that XLA fuses, where ``reduce_window``'s gradient (``select_and_scatter``) costs about
+    20x more on XLA:CPU (21.9 ms vs 1.0 ms for the 14x14x16 pool of the DP MNIST CNN at
+    batch 256, one core). At a tie the gradient is shared between the tied inputs instead
+    of going to the first one; both are valid subgradients.
+    """
+    spatial = x.shape[1:-1]
+    if len(window) != len(spatial) or len(strides) != len(spatial):
+        raise ValueError(f"max_pool: window {window} / stride {strides} do not match input spatial shape {spatial}")
+    out = [(size - w) // s + 1 for size, w, s in zip(spatial, window, strides, strict=True)]
+    if any(o < 1 for o in out):
+        raise ValueError(f"max_pool: window {window} is larger than the input {spatial}")
+    result = None
+    for offset in itertools.product(*(range(w) for w in window)):
+        start = (0, *offset, 0)
+        limit = (x.shape[0], *(o + s * (n - 1) + 1 for o, s, n in zip(offset, strides, out, strict=True)), x.shape[-1])
+        view = jax.lax.slice(x, start, limit, (1, *strides, 1))
+        result = view if result is None else jnp.maximum(result, view)
+    return result
 
 
 class SpecModel(nn.Module):
@@ -50,10 +77,11 @@ class SpecModel(nn.Module):
                     kernel_size=tuple(layer["kernel"]),
                     strides=tuple(layer["stride"]),
                     padding=layer["padding"],
+                    conv_general_dilated=conv_general_dilated,
                     name=f"conv_{i}",
                 )(x)
             elif kind == "max_pool":
-                x = nn.max_pool(x, tuple(layer["window"]), strides=tuple(layer["stride"]))
+                x = max_pool(x, tuple(layer["window"]), tuple(layer["stride"]))
             elif kind == "avg_pool":
                 x = nn.avg_pool(x, tuple(layer["window"]), strides=tuple(layer["stride"]))
             elif kind == "flatten":

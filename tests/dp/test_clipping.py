@@ -143,8 +143,7 @@ def test_auto_picks_fast_for_spec_models(name):
     plan = fast_clipping.plan(loss_fn, params, batch)
     assert plan.supported, plan.reason
     if name == "cnn":
-        assert [layer.patches for layer in plan.layers if layer.kind == "conv"] == ["lax", "slice"]
-        assert [layer.forward_from_patches for layer in plan.layers] == [True, False, False, False]
+        assert [layer.patches for layer in plan.layers if layer.kind == "conv"] == ["staged", "slice"]
     assert make_clipper(loss_fn, 1.0)(params, batch, None)[3] == "fast"
 
 
@@ -213,7 +212,7 @@ def test_fast_path_positions_and_conv_options(features, monkeypatch):
     assert plan.supported, plan.reason
     assert plan.layers[0].strategy == ("gram" if features == 40 else "materialise")
     assert {layer.patches for layer in plan.layers if layer.kind == "conv"} == (
-        {"slice"} if features >= 4 else {"lax", "slice"}
+        {"slice"} if features >= 4 else {"staged", "slice"}
     )
     ref_total, ref_norms = _reference(loss_fn, params, batch, 0.2)
     total, norms = clipped_grad(loss_fn, 0.2, method="fast")(params, batch)
@@ -221,28 +220,31 @@ def test_fast_path_positions_and_conv_options(features, monkeypatch):
     _assert_tree_close(total, ref_total)
 
 
-class _Strided(nn.Module):
-    """Convolutions whose im2col goes through space-to-depth (few channels, kernel % stride == 0)."""
+class _FewChannels(nn.Module):
+    """Convolutions over few channels (im2col one dimension at a time) and a dilated input (lax's im2col)."""
 
     @nn.compact
     def __call__(self, x):  # x: (B, 9, 8, 1)
-        h = jnp.tanh(nn.Conv(2, kernel_size=(4, 2), strides=(2, 2), padding="SAME")(x))  # first: patch forward
+        h = jnp.tanh(nn.Conv(2, kernel_size=(4, 2), strides=(2, 2), padding="SAME")(x))
         h = nn.max_pool(h, (2, 2), strides=(1, 1))
-        h = jnp.tanh(nn.Conv(3, kernel_size=(2, 2), strides=2, padding=((1, 0), (0, 1)))(h))
-        h = nn.Conv(4, kernel_size=(2, 2), strides=1, padding="SAME")(h)  # few channels, stride 1: lax
+        h = jnp.tanh(
+            nn.Conv(3, kernel_size=(2, 3), strides=(2, 1), padding=((1, 0), (0, 1)), kernel_dilation=(2, 1))(h)
+        )
+        h = nn.Conv(4, kernel_size=(2, 2), strides=1, padding="SAME")(h)
+        h = nn.Conv(2, kernel_size=(2, 2), input_dilation=2, padding=((1, 1), (0, 1)))(h)  # transposed-style: lax
         return nn.Dense(3)(h.reshape(h.shape[0], -1))
 
 
 @pytest.mark.parametrize("method", ["vmap", "fast"])
-def test_space_to_depth_convolutions(method):
-    module = _Strided()
+def test_few_channel_and_dilated_convolutions(method):
+    module = _FewChannels()
     x = jax.random.normal(jax.random.key(4), (B, 9, 8, 1))
     batch = {"x": x, "y": jnp.arange(B) % 3}
     params = module.init(jax.random.key(0), x)["params"]
     loss_fn = _custom_loss(module)
     plan = fast_clipping.plan(loss_fn, params, batch)
-    assert [layer.patches for layer in plan.layers[:3]] == ["s2d", "s2d", "lax"]
-    assert plan.layers[0].forward_from_patches and not plan.layers[1].forward_from_patches
+    assert plan.supported, plan.reason
+    assert [layer.patches for layer in plan.layers[:4]] == ["staged", "staged", "staged", "lax"]
     ref_total, ref_norms = _reference(loss_fn, params, batch, 0.3)
     total, norms = clipped_grad(loss_fn, 0.3, method=method)(params, batch)
     np.testing.assert_allclose(np.asarray(norms), ref_norms, rtol=RTOL)

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fedjax_room.dp.noise import GaussianNoiseState, gaussian_noise
+from fedjax_room.dp.noise import GaussianNoiseState, gaussian_noise, standard_normal_like
 from fedjax_room.errors import ConfigError
 
 
@@ -75,3 +75,23 @@ def test_integer_updates_refused():
     tx = gaussian_noise(1.0, jax.random.key(0))
     with pytest.raises(ConfigError, match="floating"):
         tx.update({"a": jnp.zeros(3, jnp.int32)}, tx.init(None))
+
+
+def test_leaves_get_independent_standard_normals():
+    """One flat draw per dtype is cut into leaves: no leaf repeats another's noise, each is N(0, 1)."""
+    shapes = [(300, 200), (200,), (300, 200), (7,), (1000,)]
+    leaves = [jnp.zeros(s, jnp.float32) for s in shapes] + [jnp.zeros((50_000,), jnp.bfloat16)]
+    draws = standard_normal_like(jax.random.key(5), leaves)
+    assert [d.shape for d in draws] == [leaf.shape for leaf in leaves]
+    assert [d.dtype for d in draws] == [leaf.dtype for leaf in leaves]
+    big_a, big_b = np.asarray(draws[0]).ravel(), np.asarray(draws[2]).ravel()
+    assert abs(np.corrcoef(big_a, big_b)[0, 1]) < 0.01  # 60k pairs: 4 standard errors is 0.016
+    everything = np.concatenate([np.asarray(d, np.float64).ravel() for d in draws[:5]])
+    assert len(np.unique(everything)) > 0.99 * everything.size
+    for d in (big_a, np.asarray(draws[5], np.float64)):
+        assert abs(d.std() - 1.0) < 0.02 and abs(d.mean()) < 0.02
+    # The same key gives the same noise; a different key different noise.
+    again = standard_normal_like(jax.random.key(5), leaves)
+    np.testing.assert_array_equal(np.asarray(again[3]), np.asarray(draws[3]))
+    other = standard_normal_like(jax.random.key(6), leaves)
+    assert not np.array_equal(np.asarray(other[0]), np.asarray(draws[0]))

@@ -9,17 +9,17 @@ import optax
 import pytest
 
 from fedjax_room.dp.clipping import clipped_grad
+from fedjax_room.dp.noise import standard_normal_like
 from fedjax_room.dp.optimizer import dpsgd, make_dp_train_step
 from fedjax_room.errors import ConfigError
 from fedjax_room.models import init_params, logistic, make_loss_fn, mlp
 
 
 def _manual_noise(key, tree, stddev):
-    """What gaussian_noise does: split the state key, one subkey per leaf (in tree_leaves order)."""
+    """What gaussian_noise does: split the state key, draw N(0, 1) for the leaves with the step half."""
     next_key, step_key = jax.random.split(key)
     leaves, treedef = jax.tree_util.tree_flatten(tree)
-    keys = jax.random.split(step_key, len(leaves))
-    noise = [stddev * jax.random.normal(k, leaf.shape, leaf.dtype) for leaf, k in zip(leaves, keys, strict=True)]
+    noise = [stddev * z for z in standard_normal_like(step_key, leaves)]
     return jax.tree_util.tree_unflatten(treedef, noise), next_key
 
 
