@@ -15,11 +15,11 @@ only ``a`` and ``g`` for each layer, which one forward and one backward pass giv
 3. Per-example squared norms per layer (Li et al. 2021, Bu et al. 2022):
 
    - dense on one position: ``||a_i||^2 ||g_i||^2`` (+ ``||g_i||^2`` for the bias);
-   - dense over ``T`` positions or conv (``a`` = im2col patches from
-     :func:`jax.lax.conv_general_dilated_patches`): either the Gram trick
+   - dense over ``T`` positions or conv (``a`` = im2col patches, by strided
+     slices; see :func:`_patch_method`): either the Gram trick
      ``sum_{t,s} (a_t . a_s)(g_t . g_s)`` or the per-example kernel gradient
-     ``a_i^T g_i``, whichever costs fewer flops for that layer (decided
-     statically in :func:`plan`).
+     ``a_i^T g_i``, whichever keeps the smaller per-example intermediate
+     (decided statically in :func:`plan`, see :func:`_strategy`).
 4. Book-keeping: with ``c_i = min(1, C / ||grad_i||)`` the clipped sum of a kernel
    is ``sum_i a_i^T (c_i g_i)``, one einsum, no second backward pass. Rows of
    examples that are masked or not finite are zeroed first (``0 * nan = nan``).
