@@ -22,8 +22,10 @@ Timing: per model and framework one process builds every mode, runs ``--warmup``
 steps of each (compilation), then ``--steps`` timed steps *round-robin* (the order
 rotates each step) so a shared machine's load hits every mode alike; ``--rounds``
 such processes (alternating JAX / PyTorch) are pooled and the median reported.
-With ``--threads 1`` all modes of a model, JAX and PyTorch, share one process and
-one round-robin, so cross-framework ratios are measured under the same load.
+With ``--threads 1`` the modes of a model, JAX and PyTorch, share one process and
+one round-robin, so cross-framework ratios are measured under the same load (the two
+modes that materialise per-example gradients, ``dp_vmap`` and ``opacus_hooks``, share
+a second one: freeing their memory slows the next step on the same core).
 Memory: each mode once more in a fresh process; ``peak_rss_mb`` is its
 ``getrusage`` peak, ``base_rss_mb`` its RSS after imports, before building the step.
 CPU note: JAX and PyTorch each use their default thread pools, unless ``--threads N``
@@ -56,6 +58,7 @@ NOISE_MULTIPLIER = 1.0
 LEARNING_RATE = 0.05
 # oneDNN matmuls/convs on XLA:CPU: about 2x faster dense layers here; applies to every JAX mode alike.
 DEFAULT_XLA_FLAGS = "--xla_cpu_use_onednn=true"
+HEAVY_MODES = ("dp_vmap", "opacus_hooks")
 
 
 def _spec(model: str) -> Any:
@@ -312,8 +315,11 @@ def _measure(
     rows = {mode: {"model": model, "mode": mode, "times": [], "compile_s": []} for mode in modes}
     if threads == 1:
         # Single-threaded frameworks do not disturb each other (no idle OpenMP threads spinning), so
-        # every mode shares one process and one round-robin: the fairest comparison on a busy machine.
-        groups = [modes]
+        # the modes share one process and one round-robin: the fairest comparison on a busy machine.
+        # Except the modes that materialise every per-example gradient (~0.7 GB a step on the MLP):
+        # releasing that memory slows whichever step runs next on the same core (the MLP `dp_fast`
+        # step measured 13 ms alone, 47 ms right after a `dp_vmap` step), so they get their own process.
+        groups = [g for g in ([m for m in modes if m not in HEAVY_MODES], [m for m in modes if m in HEAVY_MODES]) if g]
     else:
         groups = [g for g in ([m for m in modes if m in JAX_MODES], [m for m in modes if m in TORCH_MODES]) if g]
     for r in range(rounds):
