@@ -12,7 +12,7 @@ import pytest
 from fedjax_room.dp import fast_clipping
 from fedjax_room.dp.clipping import clipped_grad, make_clipper, per_example_grads
 from fedjax_room.errors import ConfigError
-from fedjax_room.models import cnn, init_params, logistic, make_loss_fn, mlp
+from fedjax_room.models import ModelSpec, cnn, init_params, logistic, make_loss_fn, mlp
 
 B = 6
 RTOL, ATOL = 1e-5, 1e-6
@@ -22,6 +22,27 @@ SPECS = {
     "mlp": mlp([5], 3, hidden=(4,), activation="tanh"),
     # conv -> relu -> max_pool -> conv (stride 2) -> relu -> max_pool -> flatten -> dense -> relu -> dense
     "cnn": cnn([8, 8, 2], 3, conv=((4, 3, 1), (4, 2, 2)), dense=(5,)),
+    # The DP MNIST CNN's shape in small: a strided one-channel first conv (space-to-depth in the model,
+    # im2col one dimension at a time in the fast path), stride-1 max pools, tanh.
+    "dpcnn": ModelSpec.from_dict(
+        {
+            "family": "cnn",
+            "input_shape": [12, 12, 1],
+            "num_classes": 3,
+            "layers": [
+                {"type": "conv", "features": 4, "kernel": 4, "stride": 2, "padding": "SAME"},
+                {"type": "tanh"},
+                {"type": "max_pool", "window": 2, "stride": 1},
+                {"type": "conv", "features": 6, "kernel": 2, "stride": 2, "padding": "VALID"},
+                {"type": "tanh"},
+                {"type": "max_pool", "window": 2, "stride": 1},
+                {"type": "flatten"},
+                {"type": "dense", "features": 5},
+                {"type": "tanh"},
+                {"type": "dense", "features": 3},
+            ],
+        }
+    ),
 }
 
 
@@ -95,7 +116,7 @@ def test_each_clipped_contribution_is_bounded(name, method):
 
 
 @pytest.mark.parametrize("method", ["vmap", "fast"])
-@pytest.mark.parametrize("name", ["mlp", "cnn"])
+@pytest.mark.parametrize("name", ["mlp", "cnn", "dpcnn"])
 def test_nonfinite_example_contributes_zero(name, method):
     loss_fn, params, batch = _setup(name)
     x = np.array(batch["x"])
@@ -144,6 +165,9 @@ def test_auto_picks_fast_for_spec_models(name):
     assert plan.supported, plan.reason
     if name == "cnn":
         assert [layer.patches for layer in plan.layers if layer.kind == "conv"] == ["staged", "slice"]
+    if name == "dpcnn":
+        assert [layer.patches for layer in plan.layers if layer.kind == "conv"] == ["staged", "slice"]
+        assert plan.layers[0].kernel_size == (4, 4) and plan.layers[0].strides == (2, 2)
     assert make_clipper(loss_fn, 1.0)(params, batch, None)[3] == "fast"
 
 
