@@ -13,6 +13,12 @@ being the hex sha256 of the exact payload bytes on the wire. The two logs agree 
 - the site never released two different updates for one round, and the coordinator never recorded
   two different updates from the site for one round (*mismatch*; the same digest twice is a warning).
 
+Under secure aggregation the ``update`` carries only accounting (its payload is empty) and the
+update itself travels masked: the site records ``masked_input_released`` and the coordinator
+``masked_input_received``, both with the sha256 of the exact masked bytes, and the same rules
+apply to them; an ``aggregate_applied`` with ``secure: true`` that lists the site also needs the
+site's ``masked_input_received`` for that round.
+
 The site's name is the ``writer`` of its log's ``log_opened`` record. Both logs are verified in full
 first (:func:`~fedjax_room.audit.verify.verify_log`); a log that does not verify raises
 :class:`~fedjax_room.errors.AuditError` before anything is compared.
@@ -45,6 +51,9 @@ class CrossCheckReport:
     released: int
     received: int
     matched: int
+    masked_released: int = 0
+    masked_received: int = 0
+    masked_matched: int = 0
     mismatches: tuple[str, ...] = field(default_factory=tuple)
     warnings: tuple[str, ...] = field(default_factory=tuple)
 
@@ -55,9 +64,15 @@ class CrossCheckReport:
     def summary(self) -> str:
         """One line: the verdict and the counts."""
         verdict = "OK" if self.ok else "MISMATCH"
+        masked = ""
+        if self.masked_released or self.masked_received:
+            masked = (
+                f"; masked inputs (secure aggregation): {self.masked_released} released, "
+                f"{self.masked_received} received, {self.masked_matched} matched"
+            )
         return (
             f"{verdict}: site {self.site!r} released {self.released} update(s), coordinator {self.coordinator!r} "
-            f"received {self.received} from it, {self.matched} matched; {len(self.mismatches)} mismatch(es), "
+            f"received {self.received} from it, {self.matched} matched{masked}; {len(self.mismatches)} mismatch(es), "
             f"{len(self.warnings)} warning(s)"
         )
 
@@ -82,44 +97,44 @@ def _short(digest: str) -> str:
     return digest[:16] + "..."
 
 
-def compare_logs(site_records: list[dict[str, Any]], coordinator_records: list[dict[str, Any]]) -> CrossCheckReport:
-    """Compare two already-verified logs (lists of records as :func:`verify_log` returns them)."""
-    if not site_records or not coordinator_records:
-        raise ConfigError("cross-check needs two non-empty audit logs")
-    site = site_records[0]["writer"]
-    coordinator = coordinator_records[0]["writer"]
-    if any(r["kind"] == "update_received" for r in site_records):
-        raise ConfigError(
-            f"the site log (writer {site!r}) has update_received records: it looks like a coordinator log; "
-            "the arguments are SITE_DIR COORD_DIR"
-        )
-    if any(r["kind"] == "update_released" for r in coordinator_records):
-        raise ConfigError(
-            f"the coordinator log (writer {coordinator!r}) has update_released records: it looks like a site log; "
-            "the arguments are SITE_DIR COORD_DIR"
-        )
-    mismatches: list[str] = []
-    warnings: list[str] = []
+@dataclass
+class _Pairing:
+    """One kind of release matched between the logs: what the site released, what the coordinator received."""
 
-    released: dict[Key, list[tuple[str, dict[str, Any]]]] = defaultdict(list)
-    n_released = 0
+    noun: str
+    released: dict[Key, list[tuple[str, dict[str, Any]]]] = field(default_factory=lambda: defaultdict(list))
+    received: dict[Key, list[tuple[str, dict[str, Any]]]] = field(default_factory=lambda: defaultdict(list))
+    n_released: int = 0
+    n_received: int = 0
+    matched: int = 0
+
+
+def _pair(
+    site: str,
+    site_records: list[dict[str, Any]],
+    coordinator_records: list[dict[str, Any]],
+    kinds: tuple[str, str],
+    noun: str,
+    mismatches: list[str],
+    warnings: list[str],
+) -> _Pairing:
+    """Match ``kinds[0]`` records of the site against ``kinds[1]`` records naming it in the coordinator's log."""
+    released_kind, received_kind = kinds
+    p = _Pairing(noun)
     for rec in site_records:
-        if rec["kind"] != "update_released":
+        if rec["kind"] != released_kind:
             continue
-        n_released += 1
+        p.n_released += 1
         parsed = _update_key(rec, need_site=False)
         if parsed is None:
             mismatches.append(f"{_where('site', rec)} is malformed: it needs run_id (str), round (int), digest (hex)")
             continue
         key, digest, _ = parsed
-        released[key].append((digest, rec))
-
-    received: dict[Key, list[tuple[str, dict[str, Any]]]] = defaultdict(list)
-    n_received = 0
+        p.released[key].append((digest, rec))
     for rec in coordinator_records:
-        if rec["kind"] != "update_received" or rec["fields"].get("site") != site:
+        if rec["kind"] != received_kind or rec["fields"].get("site") != site:
             continue
-        n_received += 1
+        p.n_received += 1
         parsed = _update_key(rec, need_site=True)
         if parsed is None:
             mismatches.append(
@@ -127,56 +142,90 @@ def compare_logs(site_records: list[dict[str, Any]], coordinator_records: list[d
             )
             continue
         key, digest, _ = parsed
-        received[key].append((digest, rec))
+        p.received[key].append((digest, rec))
 
-    for key, entries in released.items():
+    for key, entries in p.released.items():
         if len({d for d, _ in entries}) > 1:
             where = ", ".join(f"record {r['index']} ({_short(d)})" for d, r in entries)
-            mismatches.append(f"site released different updates for run {key[0]!r} round {key[1]}: {where}")
+            mismatches.append(f"site released different {noun}s for run {key[0]!r} round {key[1]}: {where}")
         elif len(entries) > 1:
             warnings.append(
-                f"site released the same update for run {key[0]!r} round {key[1]} {len(entries)} times "
+                f"site released the same {noun} for run {key[0]!r} round {key[1]} {len(entries)} times "
                 f"(records {', '.join(str(r['index']) for _, r in entries)})"
             )
-    for key, entries in received.items():
+    for key, entries in p.received.items():
         if len({d for d, _ in entries}) > 1:
             where = ", ".join(f"record {r['index']} ({_short(d)})" for d, r in entries)
             mismatches.append(
-                f"coordinator recorded different updates from {site!r} for run {key[0]!r} round {key[1]}: {where}"
+                f"coordinator recorded different {noun}s from {site!r} for run {key[0]!r} round {key[1]}: {where}"
             )
         elif len(entries) > 1:
             warnings.append(
-                f"coordinator recorded the same update from {site!r} for run {key[0]!r} round {key[1]} "
+                f"coordinator recorded the same {noun} from {site!r} for run {key[0]!r} round {key[1]} "
                 f"{len(entries)} times (records {', '.join(str(r['index']) for _, r in entries)})"
             )
 
-    matched = 0
-    for key, entries in received.items():
-        site_digests = {d for d, _ in released.get(key, [])}
+    for key, entries in p.received.items():
+        site_digests = {d for d, _ in p.released.get(key, [])}
         for digest, rec in entries:
             if not site_digests:
                 mismatches.append(
-                    f"{_where('coordinator', rec)} says it received an update from {site!r} for run {key[0]!r} "
+                    f"{_where('coordinator', rec)} says it received an {noun} from {site!r} for run {key[0]!r} "
                     f"round {key[1]} (digest {_short(digest)}), but the site never released one"
                 )
             elif digest not in site_digests:
-                site_recs = ", ".join(str(r["index"]) for _, r in released[key])
+                site_recs = ", ".join(str(r["index"]) for _, r in p.released[key])
                 site_digests_s = ", ".join(_short(d) for d in sorted(site_digests))
                 mismatches.append(
-                    f"{_where('coordinator', rec)} has digest {_short(digest)} for {site!r}'s update to run "
+                    f"{_where('coordinator', rec)} has digest {_short(digest)} for {site!r}'s {noun} to run "
                     f"{key[0]!r} round {key[1]}, but the site released {site_digests_s}"
-                    f" (site record {site_recs}): the update was altered or substituted"
+                    f" (site record {site_recs}): the {noun} was altered or substituted"
                 )
             else:
-                matched += 1
-    for key, entries in released.items():
-        coord_digests = {d for d, _ in received.get(key, [])}
+                p.matched += 1
+    for key, entries in p.released.items():
+        coord_digests = {d for d, _ in p.received.get(key, [])}
         for digest, rec in entries:
             if not coord_digests:
                 warnings.append(
-                    f"{_where('site', rec)}: update for run {key[0]!r} round {key[1]} (digest {_short(digest)}) was "
+                    f"{_where('site', rec)}: {noun} for run {key[0]!r} round {key[1]} (digest {_short(digest)}) was "
                     "never recorded as received by the coordinator (a straggler, a dropout, or lost in transit)"
                 )
+    return p
+
+
+def compare_logs(site_records: list[dict[str, Any]], coordinator_records: list[dict[str, Any]]) -> CrossCheckReport:
+    """Compare two already-verified logs (lists of records as :func:`verify_log` returns them)."""
+    if not site_records or not coordinator_records:
+        raise ConfigError("cross-check needs two non-empty audit logs")
+    site = site_records[0]["writer"]
+    coordinator = coordinator_records[0]["writer"]
+    for kind in ("update_received", "masked_input_received"):
+        if any(r["kind"] == kind for r in site_records):
+            raise ConfigError(
+                f"the site log (writer {site!r}) has {kind} records: it looks like a coordinator log; "
+                "the arguments are SITE_DIR COORD_DIR"
+            )
+    for kind in ("update_released", "masked_input_released"):
+        if any(r["kind"] == kind for r in coordinator_records):
+            raise ConfigError(
+                f"the coordinator log (writer {coordinator!r}) has {kind} records: it looks like a site log; "
+                "the arguments are SITE_DIR COORD_DIR"
+            )
+    mismatches: list[str] = []
+    warnings: list[str] = []
+    updates = _pair(
+        site, site_records, coordinator_records, ("update_released", "update_received"), "update", mismatches, warnings
+    )
+    masked = _pair(
+        site,
+        site_records,
+        coordinator_records,
+        ("masked_input_released", "masked_input_received"),
+        "masked input",
+        mismatches,
+        warnings,
+    )
 
     for rec in coordinator_records:
         if rec["kind"] != "aggregate_applied":
@@ -185,18 +234,26 @@ def compare_logs(site_records: list[dict[str, Any]], coordinator_records: list[d
         sites, run_id, rnd = f.get("sites"), f.get("run_id"), f.get("round")
         if not isinstance(sites, list) or site not in sites:
             continue
-        if (run_id, rnd) not in received:
+        if (run_id, rnd) not in updates.received:
             mismatches.append(
                 f"{_where('coordinator', rec)} aggregated an update from {site!r} for run {run_id!r} round {rnd}, "
                 "but never recorded receiving one"
+            )
+        if f.get("secure") is True and (run_id, rnd) not in masked.received:
+            mismatches.append(
+                f"{_where('coordinator', rec)} securely aggregated {site!r}'s masked input for run {run_id!r} "
+                f"round {rnd}, but never recorded receiving one"
             )
 
     return CrossCheckReport(
         site=site,
         coordinator=coordinator,
-        released=n_released,
-        received=n_received,
-        matched=matched,
+        released=updates.n_released,
+        received=updates.n_received,
+        matched=updates.matched,
+        masked_released=masked.n_released,
+        masked_received=masked.n_received,
+        masked_matched=masked.matched,
         mismatches=tuple(mismatches),
         warnings=tuple(warnings),
     )

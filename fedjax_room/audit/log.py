@@ -58,6 +58,8 @@ TAIL_SIGNATURES = 16
 REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
     "update_released": ("run_id", "round", "digest"),
     "update_received": ("run_id", "round", "site", "digest"),
+    "masked_input_released": ("run_id", "round", "digest"),
+    "masked_input_received": ("run_id", "round", "site", "digest"),
 }
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")

@@ -38,8 +38,9 @@ import numpy as np
 
 from fedjax_room.errors import ConfigError, FedRoomError, ProtocolError, RoundError
 from fedjax_room.protocol import messages as m
-from fedjax_room.protocol.codec import Tree, flatten_tree, pack_tree, unflatten_tree
+from fedjax_room.protocol.codec import Tree, digest, flatten_tree, pack_tree, unflatten_tree
 from fedjax_room.protocol.config import RunConfig
+from fedjax_room.secagg.messages import MaskedInput
 
 __all__ = [
     "SecureDriver",
@@ -289,6 +290,10 @@ class SecureDriver:
             log.warning("secagg message from %s refused: %s: %s", c.name, exc.code, exc.message)
             self._send(c.id, m.Error.of(exc, run_id=msg.run_id))
             return
+        if msg.body.get("type") == MaskedInput.type:  # accepted (signature checked): what the sum now holds
+            self.audit.append(
+                "masked_input_received", run_id=a.id, round=a.round, site=c.name, digest=digest(msg.body["data"])
+            )
         self._secure_deliver(out, now)
 
     def _secure_dropped(self, name: str, now: float) -> None:

@@ -14,8 +14,9 @@ round's SecAgg as a :class:`~fedjax_room.secagg.SecAggClient` signing with ``ide
 once); the following train ``round_start`` becomes a job on a
 :class:`~fedjax_room.protocol.secure.SecureTrain`; ``secagg`` frames go to the client; when the job returns a
 :class:`~fedjax_room.protocol.secure.SecureRelease` the machine sends its ``update`` (accounting only) and hands
-the encoded vector to the client, which masks it. A bad SecAgg frame aborts this site's part of the round (logged),
-never the connection.
+the encoded vector to the client, which masks it; with an ``audit`` callable the machine records
+``masked_input_released`` (the sha256 of the masked bytes) before that frame is sent. A bad SecAgg frame aborts
+this site's part of the round (logged), never the connection.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Any
 from fedjax_room.errors import FedRoomError, FrameTooLargeError, ProtocolError
 from fedjax_room.protocol import messages as m
 from fedjax_room.protocol.actions import Action, Close, Send, Work
-from fedjax_room.protocol.codec import MAX_FRAME_BYTES
+from fedjax_room.protocol.codec import MAX_FRAME_BYTES, digest
 
 __all__ = ["SiteMachine"]
 
@@ -38,10 +39,16 @@ class SiteMachine:
     """Post-handshake site logic. ``status`` builds the ``site_status`` frame to send on connecting."""
 
     def __init__(
-        self, status: Callable[[], m.SiteStatus], *, max_frame: int = MAX_FRAME_BYTES, identity_key: Any = None
+        self,
+        status: Callable[[], m.SiteStatus],
+        *,
+        max_frame: int = MAX_FRAME_BYTES,
+        identity_key: Any = None,
+        audit: Callable[..., Any] | None = None,
     ) -> None:
         self._status = status
         self._identity = identity_key
+        self._audit = audit
         self.secagg: dict[tuple[str, int], tuple[m.SecAggSetup, Any]] = {}
         self.max_frame = max_frame
         self.connected = False
@@ -131,6 +138,13 @@ class SiteMachine:
     # ------------------------------------------------------------------ secure aggregation
 
     def _wrap(self, setup: m.SecAggSetup, msgs: list[Any]) -> list[Action]:
+        from fedjax_room.secagg.messages import MaskedInput
+
+        for x in msgs:
+            if isinstance(x, MaskedInput) and self._audit is not None:
+                # Written before the frame leaves: the digest of the exact masked bytes, which the
+                # coordinator records on receipt (``masked_input_received``) for the cross-check.
+                self._audit("masked_input_released", run_id=setup.run_id, round=setup.round, digest=digest(x.data))
         return [Send(0, m.encode(m.SecAgg(run_id=setup.run_id, round=setup.round, body=x.to_dict()))) for x in msgs]
 
     def _secagg_setup(self, msg: m.SecAggSetup) -> list[Action]:

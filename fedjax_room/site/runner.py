@@ -77,7 +77,7 @@ async def serve_site(
     """
     stop = stop or asyncio.Event()
     backoff = backoff or Backoff()
-    machine = SiteMachine(agent.status, identity_key=key)
+    machine = SiteMachine(agent.status, identity_key=key, audit=agent.audit.append if agent.audit is not None else None)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"site-{agent.name}")
     loop = asyncio.get_running_loop()
     current: dict[str, Any] = {"ws": None}

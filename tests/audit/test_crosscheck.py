@@ -145,3 +145,62 @@ def test_a_log_that_does_not_verify_stops_the_check(logs, key):
     with pytest.raises(AuditError) as info:
         cross_check(site, site.parent / "coordinator.1", site_key=generate_key().public_key())
     assert info.value.index == 0
+
+
+EMPTY = 404  # the digest of an empty (accounting-only) update payload
+
+
+def masked_released(rnd: int, d: int, run: str = "r1") -> tuple[str, dict]:
+    return ("masked_input_released", {"run_id": run, "round": rnd, "digest": digest(d)})
+
+
+def masked_received(rnd: int, d: int, site: str = "site-a", run: str = "r1") -> tuple[str, dict]:
+    return ("masked_input_received", {"run_id": run, "round": rnd, "site": site, "digest": digest(d)})
+
+
+def secure_aggregated(rnd: int, sites: list[str], run: str = "r1") -> tuple[str, dict]:
+    kind, fields = aggregated(rnd, sites, run)
+    return kind, {**fields, "secure": True}
+
+
+def test_secure_round_matches_masked_inputs(logs):
+    site, coord = logs(
+        [released(0, EMPTY), masked_released(0, 7)],
+        [
+            received(0, EMPTY),
+            masked_received(0, 7),
+            masked_received(0, 8, site="site-b"),
+            secure_aggregated(0, ["site-a"]),
+        ],
+    )
+    report = cross_check(site, coord)
+    assert report.ok, report.mismatches
+    assert (report.masked_released, report.masked_received, report.masked_matched) == (1, 1, 1)
+    assert "masked inputs (secure aggregation): 1 released, 1 received, 1 matched" in report.summary()
+
+
+def test_substituted_masked_input_is_a_mismatch(logs):
+    site, coord = logs(
+        [released(0, EMPTY), masked_released(0, 7)],
+        [received(0, EMPTY), masked_received(0, 9), secure_aggregated(0, ["site-a"])],
+    )
+    report = cross_check(site, coord)
+    assert not report.ok and report.masked_matched == 0
+    (m,) = report.mismatches
+    assert "masked input" in m and "altered or substituted" in m and digest(9)[:16] in m
+
+
+def test_secure_aggregate_without_a_recorded_masked_input_is_a_mismatch(logs):
+    site, coord = logs(
+        [released(0, EMPTY), masked_released(0, 7)], [received(0, EMPTY), secure_aggregated(0, ["site-a"])]
+    )
+    report = cross_check(site, coord)
+    assert not report.ok
+    assert any("securely aggregated" in m and "never recorded receiving one" in m for m in report.mismatches)
+    assert any("masked input" in w and "never recorded as received" in w for w in report.warnings)
+
+
+def test_masked_records_in_the_wrong_log_are_refused(logs):
+    site, coord = logs([masked_received(0, 7)], [received(0, 1)])
+    with pytest.raises(ConfigError, match="looks like a coordinator log"):
+        cross_check(site, coord)

@@ -71,6 +71,7 @@ def test_demo_json(tmp_path):
         site_state = state / "sites" / site["name"] / "state"
         report = cross_check(site_state, state / "coordinator")
         assert report.ok, report.summary() + "; " + "; ".join(report.mismatches)
+        assert report.masked_matched == 5, report.summary()  # each round's masked upload, digest for digest
         released = [r for r in verify_log(site_state) if r["kind"] in ("update_released", "metrics_released")]
         ledger = Ledger.open(site_state / "ledger.json", epsilon_cap=site["cap"], delta=site["delta"])
         assert released[-1]["fields"]["ledger_epsilon"] == pytest.approx(ledger.epsilon(), rel=1e-9)
