@@ -133,9 +133,10 @@ class SiteAgent:
         )
         self._summary = self.ledger.summary()
         # site-level (whole-site) events of distributed-DP runs: a separate neighbouring relation, so a separate
-        # accountant; reported next to the sample-level ledger, not capped by it (see docs/secagg.md)
+        # accountant, reported next to the sample-level ledger and capped by the policy's site_epsilon_cap (if set)
+        site_cap = math.inf if policy.site_epsilon_cap is None else policy.site_epsilon_cap
         self.site_ledger = Ledger.open(
-            self.state_dir / "site_ledger.json", epsilon_cap=math.inf, delta=policy.delta_cap
+            self.state_dir / "site_ledger.json", epsilon_cap=site_cap, delta=policy.delta_cap
         )
         self.audit = audit
         self.train_delay = train_delay
@@ -433,6 +434,8 @@ class SiteAgent:
         if self.train_delay:
             time.sleep(self.train_delay)
         if record is None:
+            if secure is not None and config.site_noise_multiplier is not None:
+                self._check_site_budget(key, config, secure, msg.round, spec)  # before anything is spent
             run_eps, total = self._commit(
                 key, plan.train_event(), {"round": msg.round, "phase": "train", "digest": payload_digest}, config, spec
             )
@@ -493,17 +496,37 @@ class SiteAgent:
             return encoder.encode(flat, rng)
         return encoder.encode(secure.setup.fraction * flat)
 
-    def _site_level(self, key: str, config: RunConfig, secure: Any, round: int) -> float:
-        """Compose this round's site-level event (distributed DP) into the site-level ledger; the run's epsilon."""
+    def _site_event(self, config: RunConfig, secure: Any) -> Any:
         from fedjax_room.protocol.secure import make_encoder
         from fedjax_room.secagg import SecAggConfig
 
+        return make_encoder(config, SecAggConfig.from_dict(secure.setup.config)).dp_event(1)
+
+    def _check_site_budget(self, key: str, config: RunConfig, secure: Any, round: int, spec: ModelSpec) -> None:
+        """Refuse this round (nothing spent, nothing released) if its site-level event would pass the cap."""
+        if self.site_ledger.released(key) is not None:
+            return
+        if not self.site_ledger.would_exceed(self._site_event(config, secure)):
+            return
+        run_id = key.split("/", 1)[0]
+        self._audit("run_refused", run_id=run_id, spec_hash=spec.hash, reason="site_epsilon_cap", round=round)
+        raise PolicyViolation(
+            f"{self.name}: round {round} would take its site-level ledger (distributed DP) past its cap: "
+            f"{self.site_ledger.epsilon():.4g} of {self.site_ledger.epsilon_cap:g} spent; refusing the round",
+            party=self.name,
+            reason="site_epsilon_cap",
+        )
+
+    def _site_level(self, key: str, config: RunConfig, secure: Any, round: int) -> float:
+        """Compose this round's site-level event (distributed DP) into the site-level ledger; the run's epsilon."""
         done = self.site_ledger.released(key)
         if done is not None:
             return float(done["epsilon"])
-        mech = make_encoder(config, SecAggConfig.from_dict(secure.setup.config))
         run_eps, _ = self.site_ledger.commit(
-            key, mech.dp_event(1), {"round": round, "phase": "train", "site_level": True}, run_delta=config.delta
+            key,
+            self._site_event(config, secure),
+            {"round": round, "phase": "train", "site_level": True},
+            run_delta=config.delta,
         )
         return float(run_eps)
 

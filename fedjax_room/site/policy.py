@@ -4,6 +4,7 @@ Example ``policy.toml``::
 
     epsilon_cap = 5.0            # total epsilon this dataset may ever spend (all runs)
     delta_cap = 1e-5             # the delta it is accounted at; runs may ask for a smaller one
+    site_epsilon_cap = 8.0       # optional: cap on the site-level epsilon of distributed-DP runs (all runs)
     min_sites = 2                # never contribute to a round with fewer sites than this
     allowed_families = ["logistic", "mlp", "cnn"]
     max_params = 1_000_000
@@ -21,7 +22,8 @@ Example ``policy.toml``::
 :meth:`Policy.check` raises :class:`~fedjax_room.errors.PolicyViolation` with a ``reason`` code
 (``model_family``, ``max_params``, ``aggregator``, ``secure_aggregation``, ``delta_cap``,
 ``min_sites``, ``schema``) and a message saying what would be accepted. The budget check
-(``epsilon_cap``) needs the ledger and lives in :mod:`fedjax_room.site.agent`.
+(``epsilon_cap``, and ``site_epsilon_cap`` for the site-level ledger of distributed-DP runs; no
+cap when it is left out) needs the ledgers and lives in :mod:`fedjax_room.site.agent`.
 """
 
 from __future__ import annotations
@@ -56,6 +58,8 @@ class Policy:
     require_secure_aggregation: bool = False
     approval: str = "auto"
     approved_models: tuple[str, ...] = ()
+    #: cap on the site-level (whole-dataset) epsilon that distributed-DP runs compose; None: no cap
+    site_epsilon_cap: float | None = None
     #: test/demo only: ``{"attack": name, "options": {...}}`` makes this site malicious; never shared
     simulation: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False)
 
@@ -125,6 +129,7 @@ class Policy:
             approved_models=tuple(approved),
             simulation=dict(simulation),
             epsilon_cap=number("epsilon_cap"),
+            site_epsilon_cap=None if d["site_epsilon_cap"] is None else number("site_epsilon_cap"),
             delta_cap=delta,
             min_sites=integer("min_sites"),
             allowed_families=names("allowed_families", tuple(FAMILY_LAYERS)),
@@ -166,6 +171,8 @@ class Policy:
         """TOML text for this policy."""
         lines = []
         for key, value in self.to_dict().items():
+            if value is None:  # TOML has no null: an unset optional setting is left out
+                continue
             lines.append(
                 f"{key} = {json.dumps(value)}" if not isinstance(value, bool) else f"{key} = {str(value).lower()}"
             )

@@ -70,14 +70,17 @@ class Room:
             state.mkdir()
             (state / "secret").write_bytes(bytes([i + 1]) * 32)  # same seeds in every room of a test
             n = (sizes or {}).get(name, 150 + 50 * i)
+            audit = MemoryAudit()  # the site's log: the agent's records and its protocol machine's
             agent = SiteAgent(
                 name=name,
                 train=make_data(n, 10 + i),
                 heldout=make_data(40, 20 + i),
                 policy=Policy(**policies.get(name, {})),
                 state_dir=state,
+                audit=audit,
             )
-            self.sites[name] = {"key": key, "agent": agent, "machine": SiteMachine(agent.status, identity_key=key)}
+            machine = SiteMachine(agent.status, identity_key=key, audit=audit.append)
+            self.sites[name] = {"key": key, "agent": agent, "machine": machine, "audit": audit}
         akey = generate_key()
         self.store.enroll("analyst", "analyst", public_key_bytes(akey), fingerprint(akey))
         self.analyst_key = akey
@@ -301,3 +304,51 @@ def test_a_secure_round_resumes_after_a_coordinator_restart(tmp_path):
     run = room.store.run(run_id)
     assert run.status == "finished" and run.rounds_done == 2, run.error
     assert room.store.rounds(run_id)[-1].sites == ["site-a", "site-b", "site-c"]
+
+
+def test_masked_uploads_are_audited_on_both_sides(tmp_path):
+    """Each site records the digest of the masked bytes it sends; the coordinator the same digest on receipt."""
+    import hashlib
+
+    room = Room(tmp_path, "masked-audit")
+    run_id = room.start(secure_aggregation=True, rounds=2)
+    assert room.store.run(run_id).status == "finished"
+    sent = {
+        (site, msg.round): hashlib.sha256(msg.body["data"]).hexdigest()
+        for site, msg in room.received
+        if isinstance(msg, m.SecAgg) and msg.body.get("type") == "secagg/masked_input"
+    }
+    assert len(sent) == 2 * len(room.sites)
+    for name, s in room.sites.items():
+        released = {
+            (name, r["fields"]["round"]): r["fields"]["digest"]
+            for r in s["audit"].records
+            if r["kind"] == "masked_input_released"
+        }
+        assert released == {k: v for k, v in sent.items() if k[0] == name}
+    received = {
+        (r["fields"]["site"], r["fields"]["round"]): r["fields"]["digest"]
+        for r in room.audit.records
+        if r["kind"] == "masked_input_received"
+    }
+    assert received == sent
+
+
+def test_site_epsilon_cap_refuses_the_round_that_would_pass_it(tmp_path):
+    ddp = {"secure_aggregation": True, "site_noise_multiplier": 1.0, "site_clip_norm": 0.5}
+    probe = Room(tmp_path, "probe")
+    probe.start(rounds=1, **ddp)
+    one_round = probe.sites["site-a"]["agent"].site_ledger.epsilon()
+    assert 0 < one_round < np.inf
+
+    room = Room(tmp_path, "cap", policies={"site-a": {"site_epsilon_cap": 1.1 * one_round}})
+    run_id = room.start(rounds=2, **ddp)
+    agent = room.sites["site-a"]["agent"]
+    # Round 1 fits and is spent on both ledgers; round 2 would pass the site-level cap: refused, nothing spent.
+    assert [t.split("/", 1)[1] for t in agent.site_ledger.tags] == ["1/train"]
+    assert agent.site_ledger.epsilon() == pytest.approx(one_round) and agent.site_ledger.epsilon() <= 1.1 * one_round
+    assert f"{run_id}/2/train" not in agent.ledger.tags
+    refused = [r["fields"] for r in room.sites["site-a"]["audit"].records if r["kind"] == "run_refused"]
+    assert refused and refused[-1]["reason"] == "site_epsilon_cap" and refused[-1]["round"] == 2
+    # The other sites were not limited.
+    assert [t.split("/", 1)[1] for t in room.sites["site-b"]["agent"].site_ledger.tags] == ["1/train", "2/train"]
