@@ -309,17 +309,21 @@ def plan(loss_fn: Callable[[Params, Batch], jax.Array], params: Params, batch: B
     return Plan(True, "", tuple(layers))
 
 
-def _slice_patches(layer: LayerPlan, x: jax.Array) -> jax.Array:
-    """im2col by strided slices: ``(N, *spatial, cin) -> (N, P, prod(kernel) * cin)``, ordered (*kernel, cin)."""
+def _padded(layer: LayerPlan, x: jax.Array) -> tuple[jax.Array, tuple[int, ...]]:
+    """``x`` (``(N, *spatial, cin)``) padded as the layer pads it, and the layer's output spatial shape."""
     nd = len(layer.kernel_size)
-    spatial = x.shape[1 : nd + 1]
     dilated = tuple((k - 1) * d + 1 for k, d in zip(layer.kernel_size, layer.kernel_dilation, strict=True))
     if isinstance(layer.padding, str):
-        pads = jax.lax.padtype_to_pads(spatial, dilated, layer.strides, layer.padding)
+        pads = jax.lax.padtype_to_pads(x.shape[1 : nd + 1], dilated, layer.strides, layer.padding)
     else:
         pads = layer.padding
     x = jnp.pad(x, ((0, 0), *[tuple(p) for p in pads], (0, 0)))
-    out = tuple((n - k) // s + 1 for n, k, s in zip(x.shape[1 : nd + 1], dilated, layer.strides, strict=True))
+    return x, tuple((n - k) // s + 1 for n, k, s in zip(x.shape[1 : nd + 1], dilated, layer.strides, strict=True))
+
+
+def _slice_patches(layer: LayerPlan, x: jax.Array) -> jax.Array:
+    """im2col by strided slices: ``(N, *spatial, cin) -> (N, P, prod(kernel) * cin)``, ordered (*kernel, cin)."""
+    x, out = _padded(layer, x)
     cols = []
     for offset in itertools.product(*[range(k) for k in layer.kernel_size]):
         start = tuple(o * d for o, d in zip(offset, layer.kernel_dilation, strict=True))
@@ -339,14 +343,7 @@ def _staged_patches(layer: LayerPlan, x: jax.Array) -> jax.Array:
     64 slices, one core).
     """
     nd = len(layer.kernel_size)
-    spatial = x.shape[1 : nd + 1]
-    dilated = tuple((k - 1) * d + 1 for k, d in zip(layer.kernel_size, layer.kernel_dilation, strict=True))
-    if isinstance(layer.padding, str):
-        pads = jax.lax.padtype_to_pads(spatial, dilated, layer.strides, layer.padding)
-    else:
-        pads = layer.padding
-    x = jnp.pad(x, ((0, 0), *[tuple(p) for p in pads], (0, 0)))
-    out = tuple((n - k) // s + 1 for n, k, s in zip(x.shape[1 : nd + 1], dilated, layer.strides, strict=True))
+    x, out = _padded(layer, x)
     # After dimension d the layout is (N, o_0, k_0, ..., o_d, k_d, spatial_{d+1}, ..., cin).
     for d in range(nd):
         axis = 1 + 2 * d
