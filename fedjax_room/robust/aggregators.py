@@ -242,6 +242,29 @@ def weighted_mean(*, uniform: bool = False) -> Aggregator:
 # ---------------------------------------------------------------------- coordinate-wise rules
 
 
+#: Up to this many sites :func:`_stable_ranks` counts pairwise comparisons; beyond it, two stable argsorts.
+_PAIRWISE_RANK_SITES = 64
+
+
+def _stable_ranks(values: jax.Array) -> jax.Array:
+    """The stable rank of each value along axis 0 (ties keep site order): ``argsort(argsort(values, stable))``.
+
+    For a round's handful of sites, counting ``#{j: v_j < v_i} + #{j < i: v_j == v_i}`` is ``n^2``
+    fused elementwise comparisons instead of two sorts of ``n``-long columns, which XLA:CPU runs
+    slowly: 10 sites x 1e6 coordinates take 0.024 s instead of 1.06 s (64 sites: 1.6 s instead of
+    12.6 s). Above ``_PAIRWISE_RANK_SITES`` sites it sorts.
+    """
+    n = values.shape[0]
+    if n > _PAIRWISE_RANK_SITES:
+        return jnp.argsort(jnp.argsort(values, axis=0, stable=True), axis=0, stable=True)
+    site = jnp.arange(n).reshape((n,) + (1,) * (values.ndim - 1))
+    rank = jnp.zeros(values.shape, jnp.int32)
+    for j in range(n):
+        other = values[j]
+        rank = rank + ((other < values) | ((other == values) & (j < site))).astype(jnp.int32)
+    return rank
+
+
 def _rank_band(updates: Updates, w: jax.Array, band: Callable[[jax.Array], tuple[jax.Array, jax.Array]]) -> Any:
     """Coordinate-wise: at each coordinate, average the present values whose rank lies in ``band(m)``.
 
@@ -258,8 +281,7 @@ def _rank_band(updates: Updates, w: jax.Array, band: Callable[[jax.Array], tuple
     def leaf_fn(x: jax.Array) -> tuple[jax.Array, jax.Array]:
         x = jnp.asarray(x, jnp.float32)
         mask = jnp.reshape(present, (n,) + (1,) * (x.ndim - 1))
-        order = jnp.argsort(jnp.where(mask, x, jnp.inf), axis=0, stable=True)
-        ranks = jnp.argsort(order, axis=0, stable=True)
+        ranks = _stable_ranks(jnp.where(mask, x, jnp.inf))
         keep = (ranks >= lo) & (ranks <= hi) & mask
         value = jnp.sum(jnp.where(keep, x, 0.0), axis=0) / (hi - lo + 1).astype(jnp.float32)
         return value, jnp.sum(jnp.reshape(keep, (n, -1)), axis=1).astype(jnp.float32)

@@ -184,3 +184,18 @@ def test_server_optimizers_apply_the_aggregate() -> None:
         server_optimizer("fedprox")
     with pytest.raises(ConfigError):
         server_optimizer("fedadam", 0.0)
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 65])
+def test_stable_ranks_equal_double_argsort_with_ties_and_absent_sites(n):
+    from fedjax_room.robust import aggregators
+
+    rng = np.random.default_rng(n)
+    values = rng.standard_normal((n, 50, 3)).astype(np.float32)
+    if n > 1:
+        values[n - 1] = values[0]  # a sybil: identical update, ties everywhere
+        values[1, :10] = np.inf  # absent sites are ranked last
+    values[:, 0, 0] = 0.5  # a column of ties
+    want = np.argsort(np.argsort(values, axis=0, kind="stable"), axis=0, kind="stable")
+    got = aggregators._stable_ranks(jnp.asarray(values))
+    np.testing.assert_array_equal(np.asarray(got), want)
