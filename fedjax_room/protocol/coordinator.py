@@ -44,7 +44,7 @@ from fedjax_room.protocol.actions import Action, Close, Send
 from fedjax_room.protocol.codec import MAX_FRAME_BYTES, Tree, digest, unpack_tree
 from fedjax_room.protocol.config import RunConfig
 from fedjax_room.protocol.handshake import NONCE_BYTES, ROLES, verify_hello
-from fedjax_room.protocol.runs import RunDriver, _Active
+from fedjax_room.protocol.runs import APPROVAL_TIMEOUT, RunDriver, _Active
 from fedjax_room.protocol.secure import SecureDriver
 
 __all__ = ["HANDSHAKE_MAX_BYTES", "AuditSink", "CoordinatorMachine", "MemoryAudit"]
@@ -52,7 +52,6 @@ __all__ = ["HANDSHAKE_MAX_BYTES", "AuditSink", "CoordinatorMachine", "MemoryAudi
 log = logging.getLogger("fedjax_room.coordinator")
 
 #: How long an offer stays open once a site said it waits for its data owner's approval (seconds).
-APPROVAL_TIMEOUT = 3600.0
 #: Largest frame accepted before a connection has authenticated.
 HANDSHAKE_MAX_BYTES = 4096
 _SITE_TYPES = (m.SiteStatus, m.RunAccept, m.RunRefuse, m.RunWaiting, m.Update, m.Metrics, m.SecAgg, m.Error)
@@ -151,7 +150,7 @@ class CoordinatorMachine(SecureDriver, RunDriver):
         if not self._started:
             self._started = True
             self._audit_enrollments()
-            self._activate_next(now)
+            self._activate_next(now, resumed=True)
         return self._flush()
 
     def open(self, conn: int, now: float) -> list[Action]:

@@ -21,6 +21,9 @@ from fedjax_room.protocol.config import RunConfig
 
 __all__ = ["RunDriver"]
 
+#: How long an offer stays open once a site says its data owner must approve the model (``run_waiting``).
+APPROVAL_TIMEOUT = 3600.0
+
 log = logging.getLogger("fedjax_room.coordinator")
 
 
@@ -168,15 +171,15 @@ class RunDriver:
 
     # ================================================================== run driving
 
-    def _activate_next(self, now: float) -> None:
+    def _activate_next(self, now: float, *, resumed: bool = False) -> None:
         if self._active is not None:
             return
         for run in self.store.runs():
             if run.status in ("pending", "running"):
-                self._activate(run, now)
+                self._activate(run, now, resumed=resumed)
                 return
 
-    def _activate(self, run: Any, now: float) -> None:
+    def _activate(self, run: Any, now: float, *, resumed: bool = False) -> None:
         config = RunConfig.from_dict(run.config)
         params, opt_state, params_bytes = self.store.load_checkpoint(run.id, run.rounds_done)
         a = _Active(
@@ -194,11 +197,20 @@ class RunDriver:
         )
         self._active = a
         if run.status == "pending":
+            if resumed:
+                # The coordinator restarted during the offer: the sites that had accepted, or were waiting
+                # for their data owner, are expected back (a waiting site's offer job still waits and answers
+                # when the owner decides, so the offer stays open as it was); nothing closes before the deadline.
+                earlier = {s: info["state"] for s, info in self.store.run_sites(run.id).items()}
+                a.invited.update(s for s, state in earlier.items() if state in ("accepted", "waiting"))
+                if "waiting" in earlier.values():
+                    a.deadline = now + APPROVAL_TIMEOUT
             log.info("offering run %s to %s", run.id, self.connected_sites)
             for name in self.connected_sites:
                 a.invited.add(name)
                 self._send(self._site_conns[name], m.RunOffer(run_id=a.id, spec=a.spec, config=config.to_dict()))
-            self._maybe_close(now)
+            if not resumed:
+                self._maybe_close(now)
             return
         # resuming a running run after a restart
         a.accepted = {

@@ -39,6 +39,44 @@ def test_a_waiting_site_keeps_the_offer_open_until_it_answers(harness):
     assert _events(harness, analyst, "waiting") == [{"waiting": [], "site": "site-a", "message": ""}]
 
 
+def test_a_waiting_offer_stays_open_across_a_coordinator_restart(harness):
+    from fedjax_room.protocol.coordinator import CoordinatorMachine
+
+    analyst, sites = harness.setup_room(2)
+    run_id, _ = _start(harness, analyst)
+    for conn in sites.values():
+        harness.take(conn)
+    harness.send(sites["site-b"], m.RunAccept(run_id=run_id, plan={"min_sites": 1}))
+    harness.send(sites["site-a"], m.RunWaiting(run_id=run_id, spec_hash="ab" * 32, message="waiting for approval"))
+    # The coordinator goes down while site-a's data owner decides; site-a's offer job keeps waiting.
+    harness.machine = CoordinatorMachine(harness.store, audit=harness.audit, init_params=lambda s, k: None)
+    harness._perform(harness.machine.start(harness.now))
+    new = {name: harness.site(name) for name in sites}
+    for conn in new.values():
+        assert any(isinstance(x, m.RunOffer) and x.run_id == run_id for x in harness.take(conn))
+    harness.send(new["site-b"], m.RunAccept(run_id=run_id, plan={"min_sites": 1}))
+    harness.tick(600.0)  # far past round_timeout: still a person deciding, the offer stays open
+    assert harness.store.run(run_id).status == "pending"
+    harness.send(new["site-a"], m.RunAccept(run_id=run_id, plan={"min_sites": 1}))
+    assert harness.store.run(run_id).status == "running"
+    assert sorted(harness.machine._active.accepted) == ["site-a", "site-b"]
+
+
+def test_an_offer_cut_by_a_restart_waits_for_the_sites_to_come_back(harness):
+    from fedjax_room.protocol.coordinator import CoordinatorMachine
+
+    analyst, sites = harness.setup_room(2)
+    run_id, _ = _start(harness, analyst)  # offered; the coordinator goes down before any site answers
+    harness.machine = CoordinatorMachine(harness.store, audit=harness.audit, init_params=lambda s, k: None)
+    harness._perform(harness.machine.start(harness.now))
+    assert harness.machine.active_run == run_id and harness.store.run(run_id).status == "pending"
+    new = {name: harness.site(name) for name in sites}
+    for conn in new.values():
+        assert any(isinstance(x, m.RunOffer) for x in harness.take(conn))
+        harness.send(conn, m.RunAccept(run_id=run_id, plan={"min_sites": 1}))
+    assert harness.store.run(run_id).status == "running"
+
+
 def test_a_rejection_reaches_the_analyst_with_its_reason(harness):
     analyst, sites = harness.setup_room(1)
     run_id, _ = _start(harness, analyst)
