@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 from fedjax_room.errors import FedRoomError, ProtocolError, VersionError
 from fedjax_room.protocol.codec import MAX_FRAME_BYTES, pack, unpack
+from fedjax_room.protocol.fields import validate_fields
 
 __all__ = [
     "MESSAGE_TYPES",
@@ -469,4 +470,4 @@ def decode(data: bytes, *, max_bytes: int = MAX_FRAME_BYTES) -> Message:
         except TypeError:
             want = " or ".join(t.__name__ for t in accepted)
             raise ProtocolError(f"{name}: field {f.name!r} must be {want}, got {type(value).__name__}") from None
-    return cls(**kwargs)
+    return cls(**validate_fields(name, kwargs))  # ids, words and text checked (protocol/fields.py)

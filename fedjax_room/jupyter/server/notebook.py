@@ -20,6 +20,7 @@ from typing import Any
 __all__ = ["dashboard_notebook", "notebook_path", "show_dashboard"]
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+_COMMENT_UNSAFE = re.compile(r"[^\x20-\x7e]")
 
 
 def notebook_path(run_id: str | None) -> str:
@@ -29,11 +30,26 @@ def notebook_path(run_id: str | None) -> str:
     return f"clean-room-dashboard-{_SAFE.sub('-', run_id).strip('-.') or 'run'}.ipynb"
 
 
+def _comment(text: str) -> str:
+    """``text`` safe inside a ``#`` comment line: printable ASCII only, nothing that could end the line."""
+    return _COMMENT_UNSAFE.sub("?", text)[:200]
+
+
 def dashboard_source(url: str, key: str, run_id: str | None) -> str:
-    """The first cell: one call that shows the run's live dashboard."""
+    """The first cell: one call that shows the run's live dashboard.
+
+    ``run_id`` comes from the room: it must be a valid run id (:data:`~fedjax_room.protocol.fields.ID_PATTERN`,
+    else :class:`~fedjax_room.errors.ProtocolError`), and like ``url`` and ``key`` it is written only as a
+    ``repr`` literal (and, sanitised, in the comment), so no string can add code to the cell.
+    """
+    from fedjax_room.protocol.fields import check_id
+
+    if run_id is not None and run_id != "":
+        check_id(run_id, "run id")
     run = f", run={run_id!r}" if run_id else ""
+    what = f"run {run_id!r}" if run_id else "a new run"
     return (
-        f"# Clean Room: the live dashboard for {'run ' + run_id if run_id else 'a new run'} in the room at {url}\n"
+        f"# Clean Room: the live dashboard for {_comment(what)} in the room at {_comment(repr(url))}\n"
         "from fedjax_room.jupyter.server.notebook import show_dashboard\n"
         "\n"
         f"dashboard = show_dashboard({url!r}, key={key!r}{run})\n"

@@ -1,0 +1,188 @@
+"""Code and markup injection: every room string is checked at decode, and generated code holds it as a literal.
+
+A coordinator (or a site, through the coordinator) controls run ids, site names, reasons, messages and the
+strings inside schemas and summaries. The attack of issue 14 section 3 put a newline and Python into a run id,
+which the dashboard notebook wrote raw into a comment line; the sidebar runs every cell.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import html
+
+import pytest
+
+from fedjax_room.errors import ProtocolError
+from fedjax_room.jupyter import display
+from fedjax_room.jupyter.server.notebook import dashboard_notebook, dashboard_source
+from fedjax_room.protocol import messages as m
+from fedjax_room.protocol.codec import pack
+from fedjax_room.protocol.fields import is_id
+
+CODE = "run-1\nimport os; os.system('touch /tmp/pwned')  # "
+MARKUP = "<script>alert(1)</script>"
+PAYLOADS = [CODE, "x'); __import__('os').system('id'); ('", MARKUP, "run 1", "\x1b[2Jrun", "", "a" * 65, "é"]
+
+
+def frame(cls: type, **fields) -> bytes:
+    """A frame as a hostile peer would write it: packed directly, no encode-side checks."""
+    body = {"v": m.VERSION, "t": cls.TYPE}
+    for f in dataclasses.fields(cls):
+        if f.name in fields:
+            body[f.name] = fields[f.name]
+        elif f.default is dataclasses.MISSING:
+            body[f.name] = {
+                str: "ok",
+                int: 1,
+                float: 1.0,
+                bytes: b"",
+                dict: {},
+                list: [],
+                bool: False,
+            }[_base(cls, f.name)]
+    return pack(body)
+
+
+def _base(cls: type, name: str) -> type:
+    import typing
+
+    hint = typing.get_type_hints(cls)[name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+    return args[0]
+
+
+ID_FIELDS = [
+    (cls, f.name)
+    for cls in m.MESSAGE_TYPES.values()
+    for f in dataclasses.fields(cls)
+    if f.name in ("run_id", "room_id") or (cls.TYPE in ("hello", "welcome") and f.name == "name")
+]
+WORD_FIELDS = [
+    (cls, f.name)
+    for cls in m.MESSAGE_TYPES.values()
+    for f in dataclasses.fields(cls)
+    if f.name in ("role", "code", "phase", "status", "kind") or (cls.TYPE == "error" and f.name == "reason")
+]
+
+
+@pytest.mark.parametrize("payload", PAYLOADS)
+@pytest.mark.parametrize(("cls", "field"), ID_FIELDS, ids=[f"{c.TYPE}.{f}" for c, f in ID_FIELDS])
+def test_every_id_field_refuses_injection(cls, field, payload):
+    data = frame(cls, **{field: payload})
+    optional_empty = payload == "" and (cls.TYPE, field) == ("hello", "name")
+    if optional_empty:
+        assert getattr(m.decode(data), field) == ""
+        return
+    with pytest.raises(ProtocolError, match=field):
+        m.decode(data)
+
+
+@pytest.mark.parametrize("payload", [p for p in PAYLOADS if p])
+@pytest.mark.parametrize(("cls", "field"), WORD_FIELDS, ids=[f"{c.TYPE}.{f}" for c, f in WORD_FIELDS])
+def test_every_word_field_refuses_injection(cls, field, payload):
+    with pytest.raises(ProtocolError, match=field):
+        m.decode(frame(cls, **{field: payload}))
+
+
+def test_valid_names_still_pass():
+    for good in ("run-1", "site-a", "site_b.2", "0a1b2c3d4e5f6a7b", "A" * 64):
+        assert is_id(good)
+        assert m.decode(frame(m.RunEnd, run_id=good, status="finished", message="done")).run_id == good
+
+
+def test_free_text_is_bounded_and_loses_control_characters():
+    msg = m.decode(frame(m.Error, code="protocol", message="bad\x1b[31m thing\r\x00\nsecond line\x07"))
+    assert msg.message == "bad[31m thing\nsecond line"
+    with pytest.raises(ProtocolError, match="message"):
+        m.decode(frame(m.Error, code="protocol", message="x" * 5000))
+
+
+def test_nested_strings_are_cleaned_and_record_names_checked():
+    schema = {"features": ["age\x1b[0m", "mean radius"], "label": "y\r", "classes": ["a\x00", "b"]}
+    status = m.decode(frame(m.SiteStatus, schema=schema, record_count="~500\x08", policy={}, ledger={}))
+    assert status.schema == {"features": ["age[0m", "mean radius"], "label": "y", "classes": ["a", "b"]}
+    assert status.record_count == "~500"
+    for payload in (CODE, MARKUP, "a b"):
+        with pytest.raises(ProtocolError, match="runs_reply"):
+            m.decode(frame(m.RunsReply, req=1, runs=[{"id": payload, "status": "finished", "waiting": []}]))
+        with pytest.raises(ProtocolError, match="runs_reply"):
+            m.decode(frame(m.RunsReply, req=1, runs=[{"id": "run-1", "waiting": [payload]}]))
+        with pytest.raises(ProtocolError, match="sites_reply"):
+            m.decode(frame(m.SitesReply, req=1, sites=[{"name": payload, "schema": {}}]))
+        with pytest.raises(ProtocolError, match="run_event"):
+            m.decode(frame(m.RunEvent, run_id="run-1", kind="refusal", data={"site": payload, "reason": "x"}))
+        with pytest.raises(ProtocolError, match="run_snapshot"):
+            m.decode(frame(m.RunSnapshot, req=1, run={"id": "run-1", "sites": [payload]}))
+    with pytest.raises(ProtocolError, match="nest"):
+        deep: dict = {}
+        for _ in range(40):
+            deep = {"x": deep}
+        m.decode(frame(m.RunAccept, run_id="run-1", plan=deep))
+
+
+def _cell_calls(source: str) -> tuple[list[ast.stmt], ast.Call]:
+    tree = ast.parse(source)
+    assert [type(s) for s in tree.body] == [ast.ImportFrom, ast.Assign, ast.Expr], ast.dump(tree)
+    imp, assign, expr = tree.body
+    assert imp.module == "fedjax_room.jupyter.server.notebook" and [a.name for a in imp.names] == ["show_dashboard"]
+    assert isinstance(expr.value, ast.Name) and expr.value.id == "dashboard"
+    call = assign.value
+    assert isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "show_dashboard"
+    for arg in [*call.args, *(k.value for k in call.keywords)]:
+        assert isinstance(arg, ast.Constant), ast.dump(arg)  # only literals: nothing is evaluated
+    return tree.body, call
+
+
+@pytest.mark.parametrize("payload", [CODE, "x'); __import__('os').system('id'); ('", "a\rb", "run 1", MARKUP])
+def test_notebook_refuses_a_hostile_run_id(payload):
+    with pytest.raises(ProtocolError, match="run id"):
+        dashboard_notebook("ws://127.0.0.1:1", "/k/analyst.key", payload)
+
+
+@pytest.mark.parametrize(
+    "url", ["ws://127.0.0.1:8765", "ws://h:1/\nimport os; os.system('id')  #", "ws://h:1/'); os.system('id'); ('"]
+)
+@pytest.mark.parametrize("key", ["/k/analyst.key", "/k/a\nimport os  #.key", "/k/x'); os.system('id'); ('.key"])
+@pytest.mark.parametrize("run_id", [None, "run-7"])
+def test_notebook_cell_holds_room_strings_only_as_literals(url, key, run_id):
+    nb = dashboard_notebook(url, key, run_id)
+    source = nb["cells"][0]["source"]
+    compile(source, "<cell>", "exec")  # it is valid Python
+    _, call = _cell_calls(source)
+    values = [a.value for a in call.args] + [k.value.value for k in call.keywords]
+    assert values == [url, key] + ([run_id] if run_id else [])
+    comment = source.splitlines()[0]
+    assert comment.startswith("# Clean Room:") and len(source.splitlines()) == 5
+
+
+def test_the_generated_cell_runs_no_injected_code(tmp_path, monkeypatch):
+    """Execute the cell with a stand-in dashboard: only that one call happens, with the strings as given."""
+    import fedjax_room.jupyter.server.notebook as nbmod
+
+    calls = []
+    monkeypatch.setattr(nbmod, "show_dashboard", lambda *a, **k: calls.append((a, k)) or "dash")
+    marker = tmp_path / "pwned"
+    url = f"ws://h:1/\nopen({str(marker)!r}, 'w').close()  #"
+    source = dashboard_source(url, f"/k/'); open({str(marker)!r}, 'w').close(); ('", "run-1")
+    namespace: dict = {}
+    exec(compile(source, "<cell>", "exec"), namespace)
+    assert not marker.exists() and namespace["dashboard"] == "dash"
+    assert calls == [((url,), {"key": f"/k/'); open({str(marker)!r}, 'w').close(); ('", "run": "run-1"})]
+
+
+def test_views_escape_every_room_string():
+    """Whatever passes decode is still escaped when shown (HTML) in the analyst's notebook."""
+    evil = MARKUP + '"><img src=x onerror=alert(1)>'
+    sites = [{"name": evil, "schema": {"features": [evil], "label": evil, "classes": [evil]}, "status": evil}]
+    runs = [{"id": evil, "status": evil, "rounds_done": 1, "rounds": 2}]
+    refusals = [{"site": evil, "reason": evil, "message": evil, "round": 1}]
+    audit = [{"index": 0, "time": evil, "writer": evil, "kind": evil, "fields": {"reason": evil}}]
+    for out in (
+        display.sites_html(sites),
+        display.runs_html(runs),
+        display.refusals_html(refusals),
+        display.audit_html(audit),
+    ):
+        assert "<script>" not in out and "<img" not in out
+        assert html.escape("<script>") in out
