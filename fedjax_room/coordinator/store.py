@@ -7,6 +7,12 @@ Layout of ``DIR``::
     DIR/coordinator.key                 the coordinator's own Ed25519 key (signs its audit log)
     DIR/audit.jsonl                     the coordinator's audit log
     DIR/coordinator.url                 the URL it listens on (written once listening)
+    DIR/limits.toml                     optional: the operator's bounds on run requests (a [run] table)
+
+A checkpoint is at most :data:`MAX_CHECKPOINT_BYTES` (its parameters at most one frame): the writer
+refuses a bigger one before writing, and the reader uses the same limits, so whatever the room
+writes it can read back (``start_run`` refuses a model whose checkpoint would not fit, before
+building it).
 
 Checkpoints are written to a temporary file, fsynced and renamed *before* the database row that
 says the round is done is committed, so after a crash (``kill -9``) the database never points at a
@@ -26,9 +32,12 @@ from pathlib import Path
 from typing import Any
 
 from fedjax_room.errors import ConfigError, StateError
-from fedjax_room.protocol.codec import Tree, decode_tree, digest, encode_tree, pack, unpack
+from fedjax_room.protocol.codec import MAX_FRAME_BYTES, Tree, decode_tree, digest, encode_tree, pack, unpack
 
-__all__ = ["Identity", "RoundRow", "RunRow", "Store", "atomic_write"]
+__all__ = ["MAX_CHECKPOINT_BYTES", "Identity", "RoundRow", "RunRow", "Store", "atomic_write"]
+
+#: Largest checkpoint file (parameters + server optimiser state) the store writes and reads back.
+MAX_CHECKPOINT_BYTES = 4 * MAX_FRAME_BYTES
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -57,6 +66,9 @@ CREATE TABLE IF NOT EXISTS spend (
     site TEXT NOT NULL, run_id TEXT NOT NULL, round INTEGER NOT NULL, phase TEXT NOT NULL,
     epsilon REAL NOT NULL, ledger_epsilon REAL NOT NULL, delta REAL NOT NULL, at REAL NOT NULL,
     PRIMARY KEY (site, run_id, round, phase));
+CREATE TABLE IF NOT EXISTS cancels (
+    run_id TEXT PRIMARY KEY, by TEXT NOT NULL, reason TEXT NOT NULL, at REAL NOT NULL,
+    done INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS site_spend (
     site TEXT NOT NULL, run_id TEXT NOT NULL, round INTEGER NOT NULL, epsilon REAL NOT NULL,
     PRIMARY KEY (site, run_id, round));
@@ -131,9 +143,35 @@ def _name_ok(name: str) -> str:
 class Store:
     """SQLite + files. Open with :meth:`open`; every write is one transaction."""
 
+    #: the reader's (and so the writer's) limits on a checkpoint file and on its parameter payload
+    max_checkpoint_bytes: int = MAX_CHECKPOINT_BYTES
+    max_params_bytes: int = MAX_FRAME_BYTES
+
     def __init__(self, state_dir: Path, db: sqlite3.Connection) -> None:
         self.state_dir = state_dir
         self._db = db
+
+    def run_limits(self) -> Any:
+        """The operator's bounds on run requests: ``DIR/limits.toml`` ``[run]`` table over the defaults
+        (:class:`~fedjax_room.protocol.config.RunLimits`); raises :class:`ConfigError` when it is malformed."""
+        import tomllib
+
+        from fedjax_room.protocol.config import RunLimits
+
+        path = self.state_dir / "limits.toml"
+        if not path.exists():
+            return RunLimits()
+        try:
+            data = tomllib.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"{path} is not valid TOML ({exc}); fix or remove it") from None
+        extra = set(data) - {"run"}
+        if extra:
+            raise ConfigError(f"{path}: unknown tables {sorted(extra)}; put run bounds in a [run] table")
+        try:
+            return RunLimits.from_dict(data.get("run", {}))
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc.message}") from None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -366,19 +404,38 @@ class Store:
         return self.state_dir / "checkpoints" / run_id / f"round-{round}.msgpack"
 
     def save_checkpoint(self, run_id: str, round: int, params: Tree, opt_state: Tree) -> str:
-        """Write the checkpoint file (atomically); returns the params digest."""
+        """Write the checkpoint file (atomically); returns the params digest.
+
+        Refuses (:class:`StateError`, nothing written) a checkpoint the reader would call corrupt: parameters
+        over :attr:`max_params_bytes` or a file over :attr:`max_checkpoint_bytes`. Safe to call from a worker
+        thread (it touches only the file, not the database)."""
         params_bytes = pack(encode_tree(params))
+        if len(params_bytes) > self.max_params_bytes:
+            raise StateError(
+                f"the parameters of {run_id} take {len(params_bytes)} bytes, over the limit of "
+                f"{self.max_params_bytes}; the model is too large for this room"
+            )
         blob = pack({"round": round, "params": params_bytes, "opt_state": pack(encode_tree(opt_state))})
+        if len(blob) > self.max_checkpoint_bytes:
+            raise StateError(
+                f"the checkpoint of {run_id} takes {len(blob)} bytes, over the limit of {self.max_checkpoint_bytes}; "
+                "the model (with its server optimiser state) is too large for this room"
+            )
         atomic_write(self.checkpoint_path(run_id, round), blob)
         return digest(params_bytes)
+
+    def has_checkpoint(self, run_id: str, round: int) -> bool:
+        """Whether the checkpoint after ``round`` exists."""
+        return self.checkpoint_path(run_id, round).exists()
 
     def load_checkpoint(self, run_id: str, round: int) -> tuple[Tree, Tree, bytes]:
         """``(params, opt_state, params_bytes)`` after ``round``; raises :class:`StateError` if missing/corrupt."""
         path = self.checkpoint_path(run_id, round)
         try:
-            blob = unpack(path.read_bytes())
+            blob = unpack(path.read_bytes(), max_bytes=self.max_checkpoint_bytes)
             params_bytes = blob["params"]
-            return decode_tree(unpack(params_bytes)), decode_tree(unpack(blob["opt_state"])), params_bytes
+            params = decode_tree(unpack(params_bytes, max_bytes=self.max_params_bytes))
+            return params, decode_tree(unpack(blob["opt_state"], max_bytes=self.max_checkpoint_bytes)), params_bytes
         except FileNotFoundError:
             raise StateError(f"checkpoint {path} is missing; the state directory is incomplete") from None
         except (KeyError, TypeError, Exception) as exc:
@@ -460,6 +517,27 @@ class Store:
             "SELECT state FROM defence WHERE run_id = ? AND round < ? ORDER BY round DESC LIMIT 1", (run_id, before)
         ).fetchone()
         return json.loads(row[0]) if row else None
+
+    # ------------------------------------------------------------------ cancellation
+
+    def request_cancel(self, run_id: str, by: str, reason: str = "") -> None:
+        """Ask the (running) coordinator to cancel ``run_id`` (``fedjax-room cancel``); it acts at its next tick."""
+        if self.run(run_id) is None:
+            raise ConfigError(f"no run {run_id!r} in this room")
+        with self._tx():
+            self._db.execute(
+                "INSERT OR REPLACE INTO cancels VALUES (?, ?, ?, ?, 0)", (run_id, by, reason[:500], time.time())
+            )
+
+    def pending_cancels(self) -> list[tuple[str, str, str]]:
+        """``(run_id, by, reason)`` of cancel requests the coordinator has not acted on, oldest first."""
+        rows = self._db.execute("SELECT run_id, by, reason FROM cancels WHERE done = 0 ORDER BY at")
+        return [(r, b, why) for r, b, why in rows]
+
+    def mark_cancel_done(self, run_id: str) -> None:
+        """The coordinator acted on the cancel request for ``run_id``."""
+        with self._tx():
+            self._db.execute("UPDATE cancels SET done = 1 WHERE run_id = ?", (run_id,))
 
     # ------------------------------------------------------------------ spend
 

@@ -1,8 +1,11 @@
 """Bytes on the wire and on disk: msgpack with limits, arrays and parameter trees without pickle.
 
 Everything the room sends or stores is msgpack (``use_bin_type``; maps with string keys only).
-:func:`unpack` refuses anything over its byte limit, nested too deep, or not well formed, with a
-:class:`~fedjax_room.errors.ProtocolError` (:class:`~fedjax_room.errors.FrameTooLargeError` for size).
+:func:`unpack` refuses anything over its byte limit, with more than :data:`MAX_DECODED_ITEMS` decoded
+containers and elements in all (so a frame of millions of empty arrays is refused after a bounded
+amount of work, not expanded into gigabytes of Python objects), nested too deep, or not well formed,
+with a :class:`~fedjax_room.errors.ProtocolError` (:class:`~fedjax_room.errors.FrameTooLargeError`
+for size and count).
 
 Arrays travel as ``{"dtype": "<f4", "shape": [2, 3], "data": <raw little-endian bytes>}`` with a
 dtype from :data:`DTYPES` (no objects, no strings). A parameter tree (nested ``dict`` of arrays, as
@@ -26,6 +29,7 @@ from fedjax_room.errors import FrameTooLargeError, ProtocolError
 __all__ = [
     "DTYPES",
     "MAX_ARRAY_ELEMENTS",
+    "MAX_DECODED_ITEMS",
     "MAX_FRAME_BYTES",
     "MAX_TREE_LEAVES",
     "Tree",
@@ -46,6 +50,9 @@ __all__ = [
 MAX_FRAME_BYTES = 64 * 1024 * 1024
 #: Largest number of elements in one array.
 MAX_ARRAY_ELEMENTS = 1 << 26
+#: Largest number of msgpack containers plus their elements decoded from one frame or blob (arrays travel as
+#: ``bin``, so a real frame holds a few thousand; this bounds the decoder's work and memory on a hostile one).
+MAX_DECODED_ITEMS = 1 << 18
 #: Largest number of leaves in a parameter tree.
 MAX_TREE_LEAVES = 4096
 #: dtypes allowed on the wire, by their little-endian numpy string.
@@ -63,22 +70,45 @@ def pack(obj: Any) -> bytes:
         raise ProtocolError(f"cannot encode {type(obj).__name__} as msgpack: {exc}") from None
 
 
-def unpack(data: bytes, *, max_bytes: int = MAX_FRAME_BYTES) -> Any:
-    """Decode msgpack ``data`` (at most ``max_bytes``); raise :class:`ProtocolError` when malformed."""
+class _TooMany(Exception):
+    pass
+
+
+def unpack(data: bytes, *, max_bytes: int = MAX_FRAME_BYTES, max_items: int = MAX_DECODED_ITEMS) -> Any:
+    """Decode msgpack ``data`` (at most ``max_bytes``, at most ``max_items`` containers and elements in all);
+    raise :class:`ProtocolError` when malformed (:class:`FrameTooLargeError` when over a limit)."""
     if not isinstance(data, bytes | bytearray | memoryview):
         raise ProtocolError(f"expected a binary frame, got {type(data).__name__}; the room speaks msgpack only")
     if len(data) > max_bytes:
         raise FrameTooLargeError(
             f"frame of {len(data)} bytes is over the limit of {max_bytes} bytes; send less (a smaller model)"
         )
+    seen = [0]
+
+    def count(container: Any) -> Any:  # called once per decoded array / map, innermost first
+        seen[0] += 1 + len(container)
+        if seen[0] > max_items:
+            raise _TooMany
+        return container
+
     try:
         obj = msgpack.unpackb(
             bytes(data),
             raw=False,
             strict_map_key=True,
             use_list=True,
+            list_hook=count,
+            object_hook=count,
+            max_array_len=max_items,
+            max_map_len=max_items,
         )
+    except _TooMany:
+        raise FrameTooLargeError(
+            f"frame holds more than {max_items} decoded items (arrays, maps and their elements); send less"
+        ) from None
     except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, ValueError, TypeError) as exc:
+        if "exceeds max_" in str(exc):  # one array or map header over max_items: refused before allocating
+            raise FrameTooLargeError(f"frame holds more than {max_items} decoded items ({exc}); send less") from None
         raise ProtocolError(f"frame is not valid msgpack ({type(exc).__name__}: {exc})") from None
     except Exception as exc:  # msgpack raises assorted errors on garbage
         raise ProtocolError(f"frame is not valid msgpack ({type(exc).__name__})") from None

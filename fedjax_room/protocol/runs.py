@@ -52,11 +52,23 @@ class RunDriver:
 
     store: Any
     audit: Any
+    limits: Any
+    background: bool
+    _preparing: dict[str, Any]
     _active: _Active | None
     _conns: dict[int, Any]
     _site_conns: dict[str, int]
 
     def _send(self, conn: int, msg: m.Message) -> None:  # pragma: no cover - provided by the machine
+        raise NotImplementedError
+
+    def _prepare(self, run_id: str, spec: dict[str, Any], config: RunConfig) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def _prepare_later(self, run_id: str, spec: dict[str, Any], config: RunConfig) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def _fail_pending(self, now: float, run_id: str, exc: FedRoomError) -> None:  # pragma: no cover
         raise NotImplementedError
 
     @property
@@ -172,15 +184,32 @@ class RunDriver:
     # ================================================================== run driving
 
     def _activate_next(self, now: float, *, resumed: bool = False) -> None:
+        """Offer (or resume) the oldest unfinished run. A run whose stored request no longer passes this room's
+        bounds, or whose checkpoint cannot be read, fails (recorded once) and the next one is tried."""
         if self._active is not None:
             return
         for run in self.store.runs():
-            if run.status in ("pending", "running"):
+            if run.status not in ("pending", "running"):
+                continue
+            if run.id in self._preparing:
+                return  # its initial model is still being built (in order: later runs wait)
+            try:
+                config = RunConfig.from_dict(run.config, limits=self.limits)
+                if run.status == "pending" and run.rounds_done == 0 and not self.store.has_checkpoint(run.id, 0):
+                    # the coordinator stopped while building the initial model: build it again
+                    if self.background:
+                        self._prepare_later(run.id, run.spec, config)
+                        return
+                    self._prepare(run.id, run.spec, config)
                 self._activate(run, now, resumed=resumed)
-                return
+            except FedRoomError as exc:
+                self._active = None
+                self._fail_pending(now, run.id, exc)
+                continue
+            return
 
     def _activate(self, run: Any, now: float, *, resumed: bool = False) -> None:
-        config = RunConfig.from_dict(run.config)
+        config = RunConfig.from_dict(run.config, limits=self.limits)
         params, opt_state, params_bytes = self.store.load_checkpoint(run.id, run.rounds_done)
         a = _Active(
             id=run.id,
@@ -230,7 +259,9 @@ class RunDriver:
 
     def _min_sites(self, a: _Active) -> int:
         wanted = [a.config.min_sites or 1]
-        wanted += [int(p.get("min_sites", 1)) for p in a.accepted.values()]
+        for plan in a.accepted.values():  # plans are checked on arrival (_plan_problem); a bad stored one counts 1
+            value = plan.get("min_sites", 1) if isinstance(plan, dict) else 1
+            wanted.append(value if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else 1)
         return max(wanted)
 
     def _round_start(self, a: _Active) -> m.RoundStart:
