@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "fedjax_room.commands.audit",
     "fedjax_room.commands.kernel",
     "fedjax_room.commands.room",
+    "fedjax_room.commands.operator",
 ]
 
 

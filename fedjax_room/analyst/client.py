@@ -47,6 +47,7 @@ __all__ = ["Room", "Run", "connect"]
 log = logging.getLogger("fedjax_room.analyst")
 
 _RESULT_TYPES = (
+    m.RunCancelled,
     m.SitesReply,
     m.RunsReply,
     m.RunCreated,
@@ -419,6 +420,23 @@ class Run:
             seen = len(ordered)
             if finished and seen >= len(self._history):
                 return
+
+    def cancel(self, reason: str = "") -> Run:
+        """Stop this run (yours only; the room's operator can stop any with ``fedjax-room cancel``).
+
+        The room records ``run_cancelled`` in its audit log, the run ends ``failed`` with a
+        :class:`~fedjax_room.errors.RefusedError` whose reason is ``cancelled``, and the sites start no
+        further round of it. Returns the run once the room has confirmed; raises
+        :class:`~fedjax_room.errors.RefusedError` (not your run) or :class:`ConfigError` (already over).
+        """
+        if not isinstance(reason, str):
+            raise ConfigError(f"reason must be a string, got {type(reason).__name__}")
+        self._core.call(
+            self._core.request(lambda req: m.CancelRun(req=req, run_id=self.id, message=reason[:500]), resend=False)
+        )
+        with self._cond:  # the status event may still be in flight; the room has ended the run either way
+            self._cond.wait_for(lambda: self.done, self._core.timeout)
+        return self
 
     def wait(self, timeout: float | None = None) -> Run:
         """Block until the run finishes or fails; returns the run (check :attr:`status` / :attr:`error`)."""

@@ -74,7 +74,8 @@ async def serve_coordinator(
     if (tls_cert is None) != (tls_key is None):
         raise ConfigError("give both --tls-cert and --tls-key (or neither)")
     ssl_ctx = server_ssl_context(tls_cert, tls_key) if tls_cert else None
-    machine = CoordinatorMachine(store, audit=LogAudit(audit_log), max_frame=max_frame)
+    # background: a new run's initial model and checkpoint are built off the event loop
+    machine = CoordinatorMachine(store, audit=LogAudit(audit_log), max_frame=max_frame, background=True)
     server = MachineServer(machine, host=host, port=port, ssl_context=ssl_ctx, max_frame=max_frame)
     url = await server.start()
     threading.Thread(target=_warm_up, name="warm-up", daemon=True).start()

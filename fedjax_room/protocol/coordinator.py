@@ -21,6 +21,8 @@ message about a run or round that is no longer open (a straggler's late update) 
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import dataclasses
 import logging
 import math
@@ -34,15 +36,17 @@ from fedjax_room.errors import (
     FedRoomError,
     FrameTooLargeError,
     ProtocolError,
+    RefusedError,
     RoleError,
     RoundError,
+    StateError,
     UnknownIdentityError,
     error_from_dict,
 )
 from fedjax_room.protocol import messages as m
 from fedjax_room.protocol.actions import Action, Close, Send
 from fedjax_room.protocol.codec import MAX_FRAME_BYTES, Tree, digest, unpack_tree
-from fedjax_room.protocol.config import RunConfig
+from fedjax_room.protocol.config import RunConfig, RunLimits, check_run_request
 from fedjax_room.protocol.handshake import NONCE_BYTES, ROLES, verify_hello
 from fedjax_room.protocol.runs import APPROVAL_TIMEOUT, RunDriver, _Active
 from fedjax_room.protocol.secure import SecureDriver
@@ -55,7 +59,17 @@ log = logging.getLogger("fedjax_room.coordinator")
 #: Largest frame accepted before a connection has authenticated.
 HANDSHAKE_MAX_BYTES = 4096
 _SITE_TYPES = (m.SiteStatus, m.RunAccept, m.RunRefuse, m.RunWaiting, m.Update, m.Metrics, m.SecAgg, m.Error)
-_ANALYST_TYPES = (m.ListSites, m.ListRuns, m.StartRun, m.WatchRun, m.GetModel, m.GetBudget, m.GetAudit, m.Error)
+_ANALYST_TYPES = (
+    m.ListSites,
+    m.ListRuns,
+    m.StartRun,
+    m.WatchRun,
+    m.GetModel,
+    m.GetBudget,
+    m.GetAudit,
+    m.CancelRun,
+    m.Error,
+)
 _MAX_AUDIT = 1000
 #: Largest policy / plan / ledger summary a site may send (a schema may be 4x: feature names).
 _MAX_DESCRIPTION = 64 * 1024
@@ -67,6 +81,34 @@ class AuditSink(Protocol):
     def append(self, kind: str, **fields: Any) -> Any: ...
 
     def tail(self, last: int) -> list[dict[str, Any]]: ...
+
+
+class _TailCache:
+    """The machine's view of its audit sink: appends go through; the last records are kept as appended, so
+    ``get_audit`` never re-reads (and re-verifies) the whole log in the event loop. The sink's own ``tail`` is
+    read once, on the first request (a verified prefix), and after an append that returned no record."""
+
+    def __init__(self, sink: AuditSink, keep: int) -> None:
+        self.sink = sink
+        self._keep = keep
+        self._tail: collections.deque[dict[str, Any]] | None = None
+
+    def append(self, kind: str, **fields: Any) -> Any:
+        rec = self.sink.append(kind, **fields)
+        if self._tail is not None:
+            if isinstance(rec, dict):
+                self._tail.append(rec)
+            else:
+                self._tail = None
+        return rec
+
+    def tail(self, last: int) -> list[dict[str, Any]]:
+        if self._tail is None:
+            self._tail = collections.deque(self.sink.tail(self._keep), maxlen=self._keep)
+        return list(self._tail)[-last:] if last > 0 else []
+
+    def __getattr__(self, name: str) -> Any:  # e.g. MemoryAudit.records in tests
+        return getattr(self.sink, name)
 
 
 class MemoryAudit:
@@ -117,6 +159,20 @@ def _finite(*values: float) -> bool:
     return all(isinstance(v, float) and math.isfinite(v) for v in values)
 
 
+def _plan_problem(plan: Any, limits: RunLimits) -> str | None:
+    """Why a site's ``run_accept`` plan cannot be scheduled on (None: it can): the coordinator reads
+    ``min_sites`` (and shows ``weight``) from it."""
+    if not isinstance(plan, dict):
+        return "the plan must be a map"
+    min_sites = plan.get("min_sites", 1)
+    if isinstance(min_sites, bool) or not isinstance(min_sites, int) or not 1 <= min_sites <= limits.max_min_sites:
+        return f"min_sites must be an integer in [1, {limits.max_min_sites}], got {min_sites!r}"
+    weight = plan.get("weight", 0)
+    if isinstance(weight, bool) or not isinstance(weight, int | float) or not math.isfinite(weight) or weight < 0:
+        return f"weight must be a finite non-negative number, got {weight!r}"
+    return None
+
+
 class CoordinatorMachine(SecureDriver, RunDriver):
     """The room's logic. ``store`` persists, ``audit`` records, ``nonce`` makes challenge nonces."""
 
@@ -129,10 +185,18 @@ class CoordinatorMachine(SecureDriver, RunDriver):
         init_params: Callable[[dict[str, Any], int], Tree] = _default_init,
         max_frame: int = MAX_FRAME_BYTES,
         handshake_timeout: float = 10.0,
+        limits: RunLimits | None = None,
+        background: bool = False,
     ) -> None:
         self.store = store
         self.room_id: str = store.room_id
-        self.audit: AuditSink = audit if audit is not None else MemoryAudit()
+        self.audit: AuditSink = _TailCache(audit if audit is not None else MemoryAudit(), _MAX_AUDIT)
+        #: bounds on run requests (the operator's DIR/limits.toml when the store has one)
+        self.limits: RunLimits = limits or (store.run_limits() if hasattr(store, "run_limits") else RunLimits())
+        #: prepare a new run's initial model (JAX) and checkpoint (fsync) in a worker thread, off the event loop
+        self.background = background
+        self._preparing: dict[str, concurrent.futures.Future[None]] = {}
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._nonce = nonce
         self._init_params = init_params
         self.max_frame = max_frame
@@ -199,12 +263,29 @@ class CoordinatorMachine(SecureDriver, RunDriver):
         for c in list(self._conns.values()):
             if c.state == "challenged" and now - c.opened > self.handshake_timeout:
                 self._refuse(c, ProtocolError("no hello within the handshake timeout; answer the challenge promptly"))
-        a = self._active
-        if a is not None and now >= a.deadline:
-            self._close_phase(now, timed_out=True)
-        if self._active is None:
-            self._activate_next(now)
+        try:
+            self._collect_prepared(now)
+            self._operator_cancels(now)
+            a = self._active
+            if a is not None and now >= a.deadline:
+                self._close_phase(now, timed_out=True)
+            if self._active is None:
+                self._activate_next(now)
+        except Exception as exc:  # one party's data must never stop the scheduler: fail that run, once
+            self._tick_failed(now, exc)
         return self._flush()
+
+    def _tick_failed(self, now: float, exc: Exception) -> None:
+        a = self._active
+        log.exception("run %s: the scheduler could not advance it; failing it", a.id if a else "-")
+        if a is None:
+            return
+        message = exc.message if isinstance(exc, FedRoomError) else f"{type(exc).__name__}: {exc}"
+        try:
+            self._fail(now, RoundError(f"run {a.id} stopped: {message}"))
+        except Exception:  # pragma: no cover - the store itself failed; drop the run from memory
+            log.exception("could not record the failure of run %s", a.id)
+            self._active = None
 
     def next_deadline(self) -> float | None:
         """The earliest time :meth:`tick` has something to do (None: nothing scheduled)."""
@@ -362,6 +443,19 @@ class CoordinatorMachine(SecureDriver, RunDriver):
             return
         _small(msg.plan, "run_accept plan", _MAX_DESCRIPTION)
         was_waiting = c.name in self._waiting_sites(a.id, c.name)
+        problem = _plan_problem(msg.plan, self.limits)
+        if problem is not None:  # refused once, recorded as this site's refusal; never scheduled on
+            err = RefusedError(f"{c.name}'s plan for {a.id} is malformed: {problem}", party=c.name, reason="bad_plan")
+            log.warning("run %s: %s", a.id, err.message)
+            self.audit.append("run_refused", run_id=a.id, site=c.name, reason="bad_plan", round=None)
+            self.store.set_run_site(a.id, c.name, "refused", error=err.to_dict())
+            a.answered[c.name] = "refused"
+            self._send(c.id, m.Error.of(err, run_id=a.id))
+            self._event(a.id, "refusal", {"site": c.name, "reason": "bad_plan", "message": err.message, "round": None})
+            if was_waiting:
+                self._event(a.id, "waiting", {"waiting": self._waiting_sites(a.id), "site": c.name, "message": ""})
+            self._maybe_close(now)
+            return
         self.audit.append("run_accepted", run_id=a.id, site=c.name, reason="")
         self.store.set_run_site(a.id, c.name, "accepted", plan=msg.plan)
         a.accepted[c.name] = dict(msg.plan)
@@ -516,21 +610,107 @@ class CoordinatorMachine(SecureDriver, RunDriver):
         self._send(c.id, m.RunsReply(req=msg.req, runs=runs))
 
     def _on_start_run(self, c: _Conn, msg: m.StartRun, now: float) -> None:
-        from fedjax_room.models import ModelSpec
-
-        spec = ModelSpec.from_dict(msg.spec)
-        config = RunConfig.from_dict(msg.config)
+        # every bound (model size, checkpoint size, accountant work, durations) before anything is built
+        spec, config = check_run_request(
+            msg.spec,
+            msg.config,
+            limits=self.limits,
+            max_frame=min(self.max_frame, getattr(self.store, "max_params_bytes", self.max_frame)),
+            max_checkpoint=getattr(self.store, "max_checkpoint_bytes", 4 * self.max_frame),
+        )
         run_id = self.store.create_run(c.name, spec.to_dict(), config.to_dict())
         self.audit.append("run_requested", run_id=run_id, analyst=c.name, spec_hash=spec.hash, config=config.to_dict())
-        params = self._init_params(spec.to_dict(), config.seed)
-        from fedjax_room.coordinator.aggregation import server_optimizer
-
-        opt = server_optimizer(config.server_optimizer, config.server_learning_rate)
-        self.store.save_checkpoint(run_id, 0, params, opt.init(params))
+        if self.background:
+            self._prepare_later(run_id, spec.to_dict(), config)
+        else:
+            try:
+                self._prepare(run_id, spec.to_dict(), config)
+            except FedRoomError as exc:
+                self._fail_pending(now, run_id, exc)
+                raise
         self._send(c.id, m.RunCreated(req=msg.req, run_id=run_id))
         log.info("run %s requested by %s", run_id, c.name)
         if self._active is None:
             self._activate_next(now)
+
+    # ------------------------------------------------------------------ preparing a run's initial model
+
+    def _prepare(self, run_id: str, spec: dict[str, Any], config: RunConfig) -> None:
+        """Build the initial model and write checkpoint 0 (touches no machine state: runs in a worker thread)."""
+        from fedjax_room.coordinator.aggregation import server_optimizer
+
+        params = self._init_params(spec, config.seed)
+        opt = server_optimizer(config.server_optimizer, config.server_learning_rate)
+        self.store.save_checkpoint(run_id, 0, params, opt.init(params))
+
+    def _prepare_later(self, run_id: str, spec: dict[str, Any], config: RunConfig) -> None:
+        if run_id in self._preparing:
+            return
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare-run")
+        self._preparing[run_id] = self._executor.submit(self._prepare, run_id, spec, config)
+
+    def _collect_prepared(self, now: float) -> None:
+        for run_id, fut in list(self._preparing.items()):
+            if not fut.done():
+                continue
+            del self._preparing[run_id]
+            exc = fut.exception()
+            if exc is not None:
+                if not isinstance(exc, FedRoomError):
+                    log.error("run %s: preparing its initial model failed", run_id, exc_info=exc)
+                    exc = StateError(f"could not build the initial model of {run_id}: {type(exc).__name__}: {exc}")
+                self._fail_pending(now, run_id, exc)
+
+    def _fail_pending(self, now: float, run_id: str, exc: FedRoomError) -> None:
+        """End a run that is not the active one (never offered, or cancelled while queued)."""
+        run = self.store.run(run_id)
+        if run is None or run.status in ("finished", "failed"):
+            return
+        log.warning("run %s failed: %s", run_id, exc.message)
+        self.audit.append("run_finished", run_id=run_id, status="failed", message=exc.message)
+        self.store.set_run_status(run_id, "failed", exc.to_dict())
+        self._status_event(run_id)
+
+    # ------------------------------------------------------------------ cancelling
+
+    def _on_cancel_run(self, c: _Conn, msg: m.CancelRun, now: float) -> None:
+        run = self._run_or_error(msg.run_id)
+        if run.analyst != c.name:
+            raise RefusedError(
+                f"{run.id} was started by {run.analyst}, not {c.name}; only its analyst or the room's operator "
+                "(`fedjax-room cancel --state DIR RUN_ID`) can cancel it",
+                party="room",
+                reason="not_your_run",
+            )
+        self._cancel(run.id, f"analyst {c.name}", msg.message, now)
+        self._send(c.id, m.RunCancelled(req=msg.req, run_id=run.id, status="failed"))
+
+    def _operator_cancels(self, now: float) -> None:
+        for run_id, by, reason in self.store.pending_cancels():
+            try:
+                self._cancel(run_id, by or "operator", reason, now)
+            except FedRoomError as exc:
+                log.warning("operator cancel of %s: %s", run_id, exc.message)
+            self.store.mark_cancel_done(run_id)
+
+    def _cancel(self, run_id: str, by: str, reason: str, now: float) -> None:
+        """Cancel ``run_id``: audited (``run_cancelled``), it ends ``failed`` with a ``cancelled`` refusal, and the
+        sites taking part get ``run_end`` (they start no further round of it)."""
+        run = self._run_or_error(run_id)
+        if run.status in ("finished", "failed"):
+            raise ConfigError(f"{run_id} is already {run.status}; nothing to cancel")
+        reason = " ".join(str(reason).split())[:500]
+        self.audit.append("run_cancelled", run_id=run_id, by=by, message=reason)
+        log.info("run %s cancelled by %s%s", run_id, by, f": {reason}" if reason else "")
+        exc = RefusedError(
+            f"{run_id} was cancelled by {by}" + (f": {reason}" if reason else ""), party="room", reason="cancelled"
+        )
+        self._preparing.pop(run_id, None)  # a model still being built is dropped when it is done
+        if self._active is not None and self._active.id == run_id:
+            self._finish(now, "failed", exc)
+        else:
+            self._fail_pending(now, run_id, exc)
 
     def _on_watch_run(self, c: _Conn, msg: m.WatchRun, now: float) -> None:
         snapshot = self.snapshot(msg.run_id)

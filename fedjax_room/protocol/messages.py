@@ -23,6 +23,7 @@ __all__ = [
     "VERSION",
     "AuditReply",
     "BudgetReply",
+    "CancelRun",
     "Challenge",
     "Error",
     "GetAudit",
@@ -36,6 +37,7 @@ __all__ = [
     "ModelReply",
     "RoundStart",
     "RunAccept",
+    "RunCancelled",
     "RunCreated",
     "RunEnd",
     "RunEvent",
@@ -383,6 +385,26 @@ class AuditReply(Message):
     TYPE: ClassVar[str] = "audit_reply"
     req: int
     records: list
+
+
+@_message
+class CancelRun(Message):
+    """analyst -> coordinator: stop my run ``run_id`` (``message``: why, for the record); sites get ``run_end``."""
+
+    TYPE: ClassVar[str] = "cancel_run"
+    req: int
+    run_id: str
+    message: str = ""
+
+
+@_message
+class RunCancelled(Message):
+    """coordinator -> analyst: ``run_id`` is cancelled (``status`` is its final status)."""
+
+    TYPE: ClassVar[str] = "run_cancelled"
+    req: int
+    run_id: str
+    status: str
 
 
 #: Every message class by its wire name.
