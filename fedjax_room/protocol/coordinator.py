@@ -45,6 +45,7 @@ from fedjax_room.errors import (
 )
 from fedjax_room.protocol import messages as m
 from fedjax_room.protocol.actions import Action, Close, Send
+from fedjax_room.protocol.bounds import bound_metrics, bound_weight, declared_size, eval_margin, weight_problem
 from fedjax_room.protocol.codec import MAX_FRAME_BYTES, Tree, digest, unpack_tree
 from fedjax_room.protocol.config import RunConfig, RunLimits, check_run_request
 from fedjax_room.protocol.handshake import NONCE_BYTES, ROLES, verify_hello
@@ -202,6 +203,7 @@ class CoordinatorMachine(SecureDriver, RunDriver):
         self.max_frame = max_frame
         self.handshake_timeout = handshake_timeout
         self._conns: dict[int, _Conn] = {}
+        self._declared: dict[tuple[str, str], int | None] = {}  # (run, site) -> the size it declared at accept
         self._site_conns: dict[str, int] = {}
         self._active: _Active | None = None
         self._out: list[Action] = []
@@ -444,6 +446,9 @@ class CoordinatorMachine(SecureDriver, RunDriver):
         _small(msg.plan, "run_accept plan", _MAX_DESCRIPTION)
         was_waiting = c.name in self._waiting_sites(a.id, c.name)
         problem = _plan_problem(msg.plan, self.limits)
+        if problem is None:  # the weight is bounded by the size the site declared (protocol/bounds.py)
+            self._declared[(a.id, c.name)] = size = declared_size(self._site_info(c.name).get("record_count"))
+            problem = weight_problem(msg.plan, size)
         if problem is not None:  # refused once, recorded as this site's refusal; never scheduled on
             err = RefusedError(f"{c.name}'s plan for {a.id} is malformed: {problem}", party=c.name, reason="bad_plan")
             log.warning("run %s: %s", a.id, err.message)
@@ -530,11 +535,12 @@ class CoordinatorMachine(SecureDriver, RunDriver):
     def _on_update(self, c: _Conn, msg: m.Update, now: float) -> None:
         if not _finite(msg.epsilon, msg.ledger_epsilon, msg.delta) or msg.weight <= 0:
             raise ProtocolError("update: weight must be positive and epsilon/delta finite numbers")
-        self._record_spend(c, msg, "train")
-        if msg.site_epsilon is not None:
-            if not _finite(msg.site_epsilon):
-                raise ProtocolError("update: site_epsilon must be a finite number")
-            self.store.record_site_spend(c.name, msg.run_id, msg.round, msg.site_epsilon)
+        if msg.site_epsilon is not None and not _finite(msg.site_epsilon):
+            raise ProtocolError("update: site_epsilon must be a finite number")
+        if self._asked(c, msg.run_id, msg.round, "train"):  # only releases this site was asked for count as spend
+            self._record_spend(c, msg, "train")
+            if msg.site_epsilon is not None:
+                self.store.record_site_spend(c.name, msg.run_id, msg.round, msg.site_epsilon)
         a = self._awaiting(c, msg.run_id, msg.round, "train")
         if a is None:
             self._stale(c, msg.run_id, f"update for round {msg.round}")
@@ -549,7 +555,12 @@ class CoordinatorMachine(SecureDriver, RunDriver):
 
         delta = check_update(unpack_tree(msg.payload, max_bytes=self.max_frame), a.params)
         self.audit.append("update_received", run_id=a.id, round=a.round, site=c.name, digest=digest(msg.payload))
-        a.answered[c.name] = (delta, float(msg.weight))
+        weight = bound_weight(msg.weight, a.accepted[c.name], self._size(a.id, c.name))  # protocol/bounds.py
+        if weight < msg.weight:
+            log.warning(
+                "run %s round %d: %s claimed weight %g, clamped to %g", a.id, a.round, c.name, msg.weight, weight
+            )
+        a.answered[c.name] = (delta, weight)
         self._maybe_close(now)
 
     def _awaiting(self, c: _Conn, run_id: str, round_: int, phase: str) -> _Active | None:
@@ -569,13 +580,43 @@ class CoordinatorMachine(SecureDriver, RunDriver):
     def _on_metrics(self, c: _Conn, msg: m.Metrics, now: float) -> None:
         if not _finite(msg.correct, msg.count, msg.loss_sum, msg.epsilon, msg.ledger_epsilon, msg.delta):
             raise ProtocolError("metrics: every value must be a finite number")
-        self._record_spend(c, msg, "eval")
+        if self._asked(c, msg.run_id, msg.round, "eval"):
+            self._record_spend(c, msg, "eval")
         a = self._awaiting(c, msg.run_id, msg.round, "eval")
         if a is None:
             self._stale(c, msg.run_id, f"metrics for round {msg.round}")
             return
-        a.answered[c.name] = (msg.correct, msg.count, msg.loss_sum)
+        size = self._size(a.id, c.name)
+        margin = eval_margin(a.accepted[c.name], size)
+        bounded = bound_metrics(msg.correct, msg.count, msg.loss_sum, size=size, margin=margin)
+        if bounded != (msg.correct, msg.count, msg.loss_sum):
+            log.warning("run %s round %d: %s's metrics clamped to %s (~%s)", a.id, a.round, c.name, bounded, size)
+        a.answered[c.name] = bounded
         self._maybe_close(now)
+
+    def _size(self, run_id: str, name: str) -> int | None:
+        """The size ``name`` declared when it accepted ``run_id`` (after a restart: what it declares now)."""
+        if (run_id, name) in self._declared:
+            return self._declared[(run_id, name)]
+        return declared_size(self._site_info(name).get("record_count"))
+
+    def _site_info(self, name: str) -> dict[str, Any]:
+        """What the site last declared in ``site_status`` (empty if it never did)."""
+        sites = getattr(self.store, "sites", None)
+        return dict((sites() if callable(sites) else {}).get(name) or {})
+
+    def _asked(self, c: _Conn, run_id: str, round_: int, phase: str) -> bool:
+        """Whether the active run asked this site for ``phase`` of ``round_`` (now, or in a round already past).
+
+        Every accepted site is asked in every round, so a late release for a past round is real spend; a frame for
+        another run, a future round, or from a site not (or no longer) in the run is not.
+        """
+        a = self._active
+        if a is None or a.id != run_id or c.name not in a.accepted or a.phase not in ("train", "eval"):
+            return False
+        if round_ < a.round:
+            return round_ >= 1
+        return round_ == a.round and (phase == a.phase or (phase == "train" and a.phase == "eval"))
 
     # ================================================================== analyst messages
 

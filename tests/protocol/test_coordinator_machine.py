@@ -177,7 +177,7 @@ def test_full_run_fedavg_weighted(harness):
     analyst, sites = harness.setup_room()
     run_id = _start_run(harness, analyst)
     _offers(harness, sites, run_id)
-    weights = {"site-a": 100, "site-b": 100, "site-c": 200}
+    weights = {"site-a": 50, "site-b": 50, "site-c": 100}  # within the ~100 records each declared
     values = {"site-a": 1.0, "site-b": 2.0, "site-c": 4.0}
     for rnd in (1, 2):
         for name, conn in sites.items():
@@ -194,7 +194,7 @@ def test_full_run_fedavg_weighted(harness):
     assert rounds[0]["accuracy"] == 0.8 and rounds[0]["loss"] == 0.4
     assert set(rounds[0]["epsilon"]) == set(sites)
     assert events[-1].kind == "status" and events[-1].data["status"] == "finished"
-    # weighted mean: (1*100 + 2*100 + 4*200) / 400 = 2.75 per round, server lr 1
+    # weighted mean: (1*50 + 2*50 + 4*100) / 200 = 2.75 per round, server lr 1
     harness.send(analyst, m.GetModel(req=5, run_id=run_id))
     (model,) = [x for x in harness.take(analyst) if isinstance(x, m.ModelReply)]
     params = unpack_tree(model.params)
