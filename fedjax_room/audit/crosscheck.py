@@ -7,7 +7,8 @@ being the hex sha256 of the exact payload bytes on the wire. The two logs agree 
 - every update the coordinator says it received from the site matches an update the site says it
   released for the same run and round, with the same digest (otherwise: *mismatch*);
 - every update the site released was received with that digest (a release the coordinator never
-  recorded is only a *warning*: the site may have been a straggler or dropped out);
+  recorded is only a *warning*: the site may have been a straggler or dropped out) — but a release for a
+  run that the coordinator's log does not mention at all is a *mismatch*: that log was wiped or replaced;
 - every ``aggregate_applied`` that lists the site has a matching ``update_received`` (otherwise:
   *mismatch*: the coordinator aggregated an update it never recorded receiving);
 - the site never released two different updates for one round, and the coordinator never recorded
@@ -194,6 +195,16 @@ def _pair(
     return p
 
 
+def _released_runs(site_records: list[dict[str, Any]]) -> dict[str, int]:
+    """``{run_id: releases}`` of the site's update and masked-input releases."""
+    runs: dict[str, int] = defaultdict(int)
+    for rec in site_records:
+        run_id = rec["fields"].get("run_id")
+        if rec["kind"] in ("update_released", "masked_input_released") and isinstance(run_id, str):
+            runs[run_id] += 1
+    return runs
+
+
 def compare_logs(site_records: list[dict[str, Any]], coordinator_records: list[dict[str, Any]]) -> CrossCheckReport:
     """Compare two already-verified logs (lists of records as :func:`verify_log` returns them)."""
     if not site_records or not coordinator_records:
@@ -226,6 +237,15 @@ def compare_logs(site_records: list[dict[str, Any]], coordinator_records: list[d
         mismatches,
         warnings,
     )
+
+    # a release for a run the coordinator's log never mentions: that log was wiped, replaced or is another room's
+    coordinator_runs = {r["fields"].get("run_id") for r in coordinator_records if isinstance(r["fields"], dict)}
+    for run_id, count in sorted(_released_runs(site_records).items()):
+        if run_id not in coordinator_runs:
+            mismatches.append(
+                f"the site released {count} update(s) for run {run_id!r} but the coordinator's log has no record of "
+                "that run at all: the coordinator log was wiped or replaced, or is another room's"
+            )
 
     for rec in coordinator_records:
         if rec["kind"] != "aggregate_applied":

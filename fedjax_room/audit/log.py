@@ -43,6 +43,7 @@ from fedjax_room.audit.verify import (
     verify_log,
 )
 from fedjax_room.errors import AuditError, ConfigError, StateError
+from fedjax_room.files import open_private, private_dir
 from fedjax_room.identity import fingerprint, load_private_key, public_key_bytes, sign
 
 try:  # POSIX; elsewhere the one-writer rule is the caller's to keep
@@ -157,9 +158,9 @@ class AuditLog:
             raise ConfigError(f"audit writer name {writer!r} must be a non-empty string without outer spaces")
         key = signing_key if isinstance(signing_key, Ed25519PrivateKey) else load_private_key(signing_key)
         p = resolve_log_path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(p.parent)  # 0700, the log and its head 0600: nobody else reads what a party did
         created = not p.exists()
-        fd = os.open(p, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        fd = open_private(p, os.O_RDWR | os.O_CREAT | os.O_APPEND)
         log: AuditLog | None = None
         try:
             if fcntl is not None:
@@ -176,14 +177,19 @@ class AuditLog:
             data = p.read_bytes()
             if not data:
                 if head_path(p).exists():
-                    raise AuditError(
-                        f"audit log {p} is empty but its signed head {head_path(p).name} says it had records: "
-                        "it was emptied; move both aside to start a new log",
-                        index=0,
-                    )
+                    head = _read_head(p, key.public_key(), writer)  # a head not signed by this key: AuditError
+                    if head is None or head["count"] != 1:
+                        raise AuditError(
+                            f"audit log {p} is empty but its signed head {head_path(p).name} says it had records: "
+                            "it was emptied; move both aside to start a new log",
+                            index=0,
+                        )
+                    # count 1 over an empty file: the writer died between the head of record 0 and the record
+                    # itself (record 0's head is written first, so a log never has a record without a head)
                 log._write(
                     "log_opened",
                     {"public_key": public_key_bytes(key).hex(), "fingerprint": fingerprint(key), "format": FORMAT},
+                    head_first=True,
                 )
                 return log
             log._resume(data)
@@ -261,7 +267,7 @@ class AuditLog:
         _check_fields(kind, fields)
         return self._write(kind, fields)
 
-    def _write(self, kind: str, fields: dict[str, Any]) -> dict[str, Any]:
+    def _write(self, kind: str, fields: dict[str, Any], *, head_first: bool = False) -> dict[str, Any]:
         with self._lock:
             if self._fd is None:
                 raise StateError(f"audit log {self._path} is closed; open it again to append")
@@ -282,10 +288,13 @@ class AuditLog:
                 ) from None
             rec["sig"] = sign(self._key, RECORD_DOMAIN + unsigned).hex()
             line = canonical_json(rec)
+            if head_first:  # record 0: its head first, so that no non-empty log is ever without a head
+                self._write_head(self._count + 1, record_hash(line))
             self._append_line(line + b"\n")
             self._count += 1
             self._last_hash = record_hash(line)
-            self._write_head()
+            if not head_first:
+                self._write_head()
             return json.loads(line)
 
     def _append_line(self, data: bytes) -> None:
@@ -308,11 +317,11 @@ class AuditLog:
                 index=self._count,
             ) from None
 
-    def _write_head(self) -> None:
+    def _write_head(self, count: int | None = None, last_hash: str | None = None) -> None:
         head: dict[str, Any] = {
             "v": VERSION,
-            "count": self._count,
-            "hash": self._last_hash,
+            "count": self._count if count is None else count,
+            "hash": self._last_hash if last_hash is None else last_hash,
             "writer": self._writer,
             "time": _iso(self._clock()),
         }
@@ -320,7 +329,7 @@ class AuditLog:
         hp = head_path(self._path)
         tmp = hp.with_name(hp.name + ".tmp")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            fd = open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
             with os.fdopen(fd, "wb") as fh:
                 fh.write(canonical_json(head) + b"\n")
                 fh.flush()

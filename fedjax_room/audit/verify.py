@@ -346,7 +346,7 @@ def _check_head(scan: _Scan, head: dict[str, Any] | None, *, require: bool) -> N
     n = len(scan.records)
     path = scan.path
     if head is None:
-        if require and n > 1:
+        if require and n >= 1:  # every non-empty log has one: record 0's head is written before record 0
             raise AuditError(
                 f"audit log {path} has no signed head ({head_path(path).name}): it was deleted, so records cut from "
                 "the end could not be seen; verify a copied log file on its own with --no-head",
@@ -434,7 +434,8 @@ def read_log(
         except AuditError as exc:
             if _head_caught_up(p, scan, signed_head):
                 return scan.records, None
-            if signed_head is not None and signed_head["count"] != len(scan.records) and attempt < _LIVE_RETRIES:
+            behind = signed_head is None or signed_head["count"] != len(scan.records)  # a writer mid-append
+            if behind and attempt < _LIVE_RETRIES:
                 time.sleep(0.02 * (attempt + 1))
                 continue
             good = scan.records[: exc.index] if exc.index >= 0 else scan.records

@@ -76,22 +76,10 @@ CREATE TABLE IF NOT EXISTS site_spend (
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a fsynced temporary file and an atomic rename (then fsync the folder)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    try:
-        fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    """Write ``data`` to ``path`` (0600, folder 0700) via a fsynced temporary file and an atomic rename."""
+    from fedjax_room.files import atomic_write as write
+
+    write(path, data)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,8 +166,10 @@ class Store:
     @classmethod
     def open(cls, state_dir: str | os.PathLike[str]) -> Store:
         """Open (creating if needed) the store in ``state_dir``."""
-        path = Path(state_dir)
-        path.mkdir(parents=True, exist_ok=True)
+        from fedjax_room.files import open_private, private_dir
+
+        path = private_dir(state_dir)  # 0700; the database (and its -wal/-shm, which copy its mode) 0600
+        os.close(open_private(path / "room.sqlite3", os.O_RDWR | os.O_CREAT))
         try:
             db = sqlite3.connect(path / "room.sqlite3", timeout=30.0, isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")

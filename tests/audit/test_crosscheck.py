@@ -85,8 +85,9 @@ def test_received_but_never_released(logs):
 def test_received_for_another_run(logs):
     site, coord = logs([released(0, 1)], [received(0, 1, run="r2")])
     report = cross_check(site, coord)
-    assert len(report.mismatches) == 1 and "'r2'" in report.mismatches[0]
+    assert len(report.mismatches) == 2 and "'r2'" in report.mismatches[0]
     assert len(report.warnings) == 1  # r1's release was never received
+    assert "no record of that run" in report.mismatches[1]  # and the coordinator's log never mentions r1
 
 
 def test_site_released_two_different_updates_for_one_round(logs):
