@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,7 @@ from fedjax_room.coordinator.store import atomic_write
 from fedjax_room.dp.accounting import Accountant, event_to_dict
 from fedjax_room.errors import BudgetExceededError, StateError
 
-__all__ = ["Ledger"]
+__all__ = ["Ledger", "check_against_audit"]
 
 _VERSION = 1
 
@@ -145,3 +147,45 @@ class Ledger:
     def event_dict(event: Any) -> dict[str, Any]:
         """JSON form of an event."""
         return event if isinstance(event, dict) else event_to_dict(event)
+
+
+#: audit record kind -> the ledger phase its release was committed under (``run/round/phase``)
+_AUDITED_RELEASES = {"update_released": "train", "metrics_released": "eval"}
+
+
+def check_against_audit(ledger: Ledger, records: Iterable[Mapping[str, Any]]) -> None:
+    """Refuse to start a site whose ledger has forgotten spend its audit log records.
+
+    Every release is committed to the ledger before it is audited (``update_released`` / ``metrics_released``),
+    so each such record's ``run/round/phase`` must be in the ledger, and the ledger's total epsilon must be at
+    least the largest ``ledger_epsilon`` the log records. A ledger that was deleted (an empty one is started
+    in its place) or rolled back to an older copy fails this: :class:`StateError`, saying how to recover.
+    """
+    missing: list[str] = []
+    recorded = 0.0
+    for rec in records:
+        phase = _AUDITED_RELEASES.get(str(rec.get("kind")))
+        fields = rec.get("fields") or {}
+        if phase is None or not isinstance(fields, Mapping):
+            continue
+        key = f"{fields.get('run_id')}/{fields.get('round')}/{phase}"
+        if ledger.released(key) is None:
+            missing.append(key)
+        spent = fields.get("ledger_epsilon")
+        if isinstance(spent, int | float) and not isinstance(spent, bool) and math.isfinite(spent):
+            recorded = max(recorded, float(spent))
+    behind = recorded > ledger.epsilon() * (1 + 1e-6) + 1e-9
+    if not missing and not behind:
+        return
+    what = (
+        f"{len(missing)} release(s) its audit log records are not in it (first: {missing[0]})"
+        if missing
+        else f"its epsilon {ledger.epsilon():.4g} is below the {recorded:.4g} its audit log records"
+    )
+    raise StateError(
+        f"privacy ledger {ledger.path} is missing or behind this site's audit log: {what}. Starting would forget "
+        "spent privacy, so the site refuses. Restore ledger.json (and site_ledger.json) from a backup of this "
+        "state directory taken after the last release, then start the site again; `fedjax-room audit show "
+        f"{ledger.path.parent} --kind update_released --kind metrics_released` lists every recorded release. "
+        "Never start a site with a new ledger while its audit log records spend."
+    )

@@ -44,6 +44,7 @@ def build_agent(
     from fedjax_room.data import load_dataset
     from fedjax_room.identity import load_private_key
     from fedjax_room.site.agent import SiteAgent
+    from fedjax_room.site.ledger import check_against_audit
     from fedjax_room.site.policy import Policy
 
     name = name or Path(key).name.split(".")[0]
@@ -56,9 +57,15 @@ def build_agent(
         train, held = dataset.split(heldout_fraction, seed=0)
     state = Path(state_dir) if state_dir else Path(key).parent / f"{name}-state"
     audit = AuditLog.open(state, signing_key, writer=name)
-    return SiteAgent(
-        name=name, train=train, heldout=held, policy=rules, state_dir=state, audit=audit, train_delay=train_delay
-    )
+    try:
+        agent = SiteAgent(
+            name=name, train=train, heldout=held, policy=rules, state_dir=state, audit=audit, train_delay=train_delay
+        )
+        check_against_audit(agent.ledger, audit.records())  # a deleted or rolled-back ledger: refuse to start
+    except BaseException:
+        audit.close()
+        raise
+    return agent
 
 
 async def serve_site(
