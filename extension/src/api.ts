@@ -136,6 +136,8 @@ export const api = {
     requestAPI(`rooms/${encodeURIComponent(room)}`, { method: 'DELETE' }),
   startRun: (room: string, options: Record<string, unknown>): Promise<IRun> =>
     post<IRun>(`rooms/${encodeURIComponent(room)}/runs`, options),
+  cancelRun: (room: string, run: string, reason: string): Promise<IRun> =>
+    post<IRun>(`rooms/${encodeURIComponent(room)}/runs/${encodeURIComponent(run)}/cancel`, { reason }),
   dashboardNotebook: (room: string, run: string | null): Promise<{ path: string; created: boolean }> =>
     post(`rooms/${encodeURIComponent(room)}/notebook`, { run })
 };

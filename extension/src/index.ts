@@ -20,6 +20,7 @@ export namespace CommandIDs {
   export const startDemo = 'fedjax-room:start-demo';
   export const openDashboard = 'fedjax-room:open-dashboard';
   export const startRun = 'fedjax-room:start-run';
+  export const cancelRun = 'fedjax-room:cancel-run';
   export const disconnect = 'fedjax-room:disconnect';
   export const show = 'fedjax-room:show';
 }
@@ -134,6 +135,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
         startDemo: () => void commands.execute(CommandIDs.startDemo),
         startRun: room => void commands.execute(CommandIDs.startRun, { room }),
         openDashboard: (room, run) => void commands.execute(CommandIDs.openDashboard, { room, run }),
+        cancelRun: (room, run) => void commands.execute(CommandIDs.cancelRun, { room, run }),
         disconnect: room => void commands.execute(CommandIDs.disconnect, { room })
       },
       settings
@@ -264,6 +266,38 @@ const plugin: JupyterFrontEndPlugin<void> = {
           return run;
         } catch (error) {
           fail('the run was not started')(error);
+        }
+      }
+    });
+
+    commands.addCommand(CommandIDs.cancelRun, {
+      label: 'Clean Room: Cancel run',
+      caption: 'Cancel one of your runs: its sites stop and the room records who cancelled it and why',
+      execute: async args => {
+        const room = str(args.room) ?? firstRoom();
+        const run = room ? (str(args.run) ?? latestRun(room)) : null;
+        if (!room || !run) {
+          void showErrorMessage('Clean Room', 'There is no run to cancel.');
+          return;
+        }
+        let reason = typeof args.reason === 'string' ? args.reason : null;
+        if (reason === null) {
+          const form = await askForm(
+            `Cancel ${run}?`,
+            [{ name: 'reason', label: 'Reason (kept in the audit log)', value: '' }],
+            'Cancel run'
+          );
+          if (!form) {
+            return;
+          }
+          reason = form.reason.trim();
+        }
+        try {
+          const result = await api.cancelRun(room, run, reason);
+          await panel.refresh();
+          return result;
+        } catch (error) {
+          fail('the run was not cancelled')(error);
         }
       }
     });

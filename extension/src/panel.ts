@@ -15,6 +15,7 @@ export interface IPanelActions {
   startDemo(): void;
   startRun(room: string): void;
   openDashboard(room: string, run: string | null): void;
+  cancelRun(room: string, run: string): void;
   disconnect(room: string): void;
 }
 
@@ -76,7 +77,8 @@ function bar(value: number, max: number, cls: string): HTMLElement {
   return el('div', { class: 'fjr-bar' }, fill);
 }
 
-function runRows(run: IRun): HTMLElement {
+function runRows(run: IRun, cancel: (run: string) => void): HTMLElement {
+  const active = run.status === 'pending' || run.status === 'running';
   const last = run.history.length ? run.history[run.history.length - 1] : null;
   const total = run.rounds || Math.max(run.rounds_done, 1);
   const statusCls = `fjr-status fjr-status-${run.status}`;
@@ -105,6 +107,9 @@ function runRows(run: IRun): HTMLElement {
       el('span', { class: statusCls }, run.status),
       ' ',
       el('span', { class: 'fjr-progress-label' }, `round ${run.rounds_done} / ${run.rounds || '?'}`),
+      active
+        ? button('Cancel', 'Cancel this run (yours only; its sites stop, the room records it)', () => cancel(run.id))
+        : null,
       run.waiting && run.waiting.length
         ? el('div', { class: 'fjr-waiting' }, `waiting for approval by ${run.waiting.join(', ')}`)
         : null
@@ -361,7 +366,9 @@ export class CleanRoomPanel extends Widget {
       section(`Sites (${snap.sites.length})`, snap.sites.length ? siteRows(snap.sites) : null),
       section(
         `Runs (${snap.runs.length})`,
-        runs.length ? el('div', {}, ...runs.map(runRows)) : el('div', { class: 'fjr-empty' }, 'No runs yet.')
+        runs.length
+          ? el('div', {}, ...runs.map(run => runRows(run, id => this.actions.cancelRun(room.id, id))))
+          : el('div', { class: 'fjr-empty' }, 'No runs yet.')
       ),
       section('Privacy budget (ε spent / cap)', snap.budget.length ? budgetRows(snap.budget) : null),
       section('Audit (latest)', snap.audit.length ? auditRows(snap.audit) : null)

@@ -12,6 +12,7 @@ Commands::
     %room sites | runs | budget | launch | stop
     %room audit [--last N]
     %room watch RUN_ID [--as NAME]
+    %room cancel RUN_ID [--reason TEXT]
     %%room train [--rounds R] [--target-epsilon E | --noise-multiplier S] [--delta D] [--clip-norm C] [--aggregator A]
                  [--secure-aggregation] [--batch-size B] [--local-steps S] [--learning-rate LR]
                  [--server-optimizer O] [--server-learning-rate SLR] [--min-sites M]
@@ -40,6 +41,7 @@ __all__ = [
     "DATASETS",
     "SERVER_OPTIMIZERS",
     "AuditArgs",
+    "CancelArgs",
     "ConnectArgs",
     "DemoArgs",
     "HelpArgs",
@@ -66,6 +68,7 @@ COMMANDS: dict[str, str] = {
     "audit": "the latest coordinator audit records",
     "launch": "a form that starts a run and opens its live dashboard",
     "watch": "a live dashboard for a run that is already going (yours or another analyst's)",
+    "cancel": "cancel one of your runs (the sites stop; recorded in the room's audit log)",
     "stop": "disconnect (and stop an embedded room started by %room demo)",
     "train": "(cell magic, %%room train) train the model spec in the cell body; shows a live dashboard",
 }
@@ -121,6 +124,15 @@ class WatchArgs:
 
 
 @dataclasses.dataclass(frozen=True)
+class CancelArgs:
+    """``%room cancel RUN_ID [--reason TEXT]``."""
+
+    run_id: str
+    reason: str = ""
+    name: str = "cancel"
+
+
+@dataclasses.dataclass(frozen=True)
 class SimpleArgs:
     """A command without options: ``sites``, ``runs``, ``budget``, ``launch`` or ``stop``."""
 
@@ -137,7 +149,7 @@ class TrainArgs:
     name: str = "train"
 
 
-Parsed = HelpArgs | DemoArgs | ConnectArgs | AuditArgs | WatchArgs | SimpleArgs | TrainArgs
+Parsed = HelpArgs | DemoArgs | ConnectArgs | AuditArgs | WatchArgs | CancelArgs | SimpleArgs | TrainArgs
 
 
 class _Parser(argparse.ArgumentParser):
@@ -217,6 +229,9 @@ def _build(name: str) -> _Parser:
     elif name == "watch":
         parser.add_argument("run_id", help="the run's id, as `%%room runs` lists it")
         parser.add_argument("--as", dest="var", type=_identifier, default="run", help="variable for the Run")
+    elif name == "cancel":
+        parser.add_argument("run_id", help="your run's id, as `%%room runs` lists it")
+        parser.add_argument("--reason", default="", help="why (kept in the audit log)")
     elif name == "train":
         add = parser.add_argument
         add("--rounds", type=_positive_int, help="federated rounds")
@@ -274,6 +289,8 @@ def parse_line(line: str) -> Parsed:
         return ConnectArgs(url=ns.url, key=ns.key, var=ns.var)
     if command == "watch":
         return WatchArgs(run_id=ns.run_id, var=ns.var)
+    if command == "cancel":
+        return CancelArgs(run_id=ns.run_id, reason=ns.reason)
     return AuditArgs(last=ns.last)
 
 

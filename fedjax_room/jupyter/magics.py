@@ -104,6 +104,8 @@ class RoomMagics(Magics):
             return self.stop()
         if isinstance(parsed, room_args.WatchArgs):
             return self.watch(parsed)
+        if isinstance(parsed, room_args.CancelArgs):
+            return self.cancel(parsed)
         room = self.require_room(parsed.name)
         if parsed.name == "sites":
             return Table(room.sites(), "sites")
@@ -244,6 +246,13 @@ class RoomMagics(Magics):
         self.run = run
         self._publish(parsed.var, run)
         self._show_dashboard(run, {})
+
+    def cancel(self, parsed: room_args.CancelArgs) -> None:
+        """``%room cancel RUN_ID``: stop one of your runs (``Run.cancel``); the room records who and why."""
+        room = self.require_room("cancel")
+        run = room.run(parsed.run_id)
+        run.cancel(parsed.reason)
+        print(f"{parsed.run_id} cancelled: {run.status}")
 
     def _launched(self, run: Any, dashboard: RunDashboard) -> None:
         self.dashboard, self.run = dashboard, run

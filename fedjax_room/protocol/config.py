@@ -137,7 +137,7 @@ def _int(data: Mapping[str, Any], key: str, default: Any, *, lo: int, hi: int, a
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise ConfigError(f"{key} must be an integer in [{lo}, {hi}], got {value!r}")
+        raise ConfigError(f"{key} must be an integer in [{lo}, {hi}] (this room's bounds), got {value!r}")
     return value
 
 

@@ -12,6 +12,7 @@ route                                      method  does
 ``/fedjax-room/rooms/<id>/sites``          GET     sites: status, schema, coarse size, policy
 ``/fedjax-room/rooms/<id>/runs``           GET     runs with round history (DP-noised metrics), refusals
 ``/fedjax-room/rooms/<id>/runs``           POST    start a run ``{"model": "logistic", "rounds": 5, ...}``
+``/fedjax-room/rooms/<id>/runs/<run>/cancel``  POST  cancel your run ``{"reason": "..."}`` -> the run
 ``/fedjax-room/rooms/<id>/budget``         GET     each site's epsilon spent against its cap
 ``/fedjax-room/rooms/<id>/audit?last=N``   GET     the latest coordinator audit records
 ``/fedjax-room/rooms/<id>/notebook``       POST    create (or reuse) a dashboard notebook ``{"run": id}``
@@ -201,6 +202,14 @@ class RunsHandler(BaseHandler):
         self.reply(await self.call(self.registry.start_run, room_id, self.body()), 201)
 
 
+class CancelHandler(BaseHandler):
+    """Cancel one of this analyst's runs: the room records ``run_cancelled`` and its sites stop."""
+
+    @tornado.web.authenticated
+    async def post(self, room_id: str, run_id: str) -> None:
+        self.reply(await self.call(self.registry.cancel_run, room_id, run_id, self.body()))
+
+
 class BudgetHandler(BaseHandler):
     @tornado.web.authenticated
     async def get(self, room_id: str) -> None:
@@ -247,6 +256,7 @@ ROUTES: list[tuple[str, type[BaseHandler]]] = [
     (rf"rooms/{_ROOM}", RoomHandler),
     (rf"rooms/{_ROOM}/sites", SitesHandler),
     (rf"rooms/{_ROOM}/runs", RunsHandler),
+    (rf"rooms/{_ROOM}/runs/(?P<run_id>[A-Za-z0-9][A-Za-z0-9._-]{{0,63}})/cancel", CancelHandler),
     (rf"rooms/{_ROOM}/budget", BudgetHandler),
     (rf"rooms/{_ROOM}/audit", AuditHandler),
     (rf"rooms/{_ROOM}/notebook", NotebookHandler),

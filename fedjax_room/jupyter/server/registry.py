@@ -425,6 +425,22 @@ class RoomRegistry:
         entry.runs[run_id] = run
         return self._run_dict(entry, run_id, {"id": run_id, "rounds": options.get("rounds", 0)})
 
+    def cancel_run(self, room_id: str, run_id: str, body: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Cancel one of this analyst's runs (``Run.cancel``); ``body`` may give a ``reason``. Answers the run."""
+        from fedjax_room.protocol.fields import is_id
+
+        entry = self.get(room_id)
+        if not is_id(run_id):
+            raise ConfigError(f"{run_id!r} is not a run id")
+        reason = (body or {}).get("reason", "")
+        if not isinstance(reason, str):
+            raise ConfigError("'reason' must be a string")
+        run = self._handle(entry, run_id)
+        if run is None:
+            raise ConfigError(f"no run {run_id!r} in this room")
+        run.cancel(reason)
+        return self._run_dict(entry, run_id, None)
+
     def budget(self, room_id: str) -> list[dict[str, Any]]:
         from fedjax_room.jupyter.display import records
 
