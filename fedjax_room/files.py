@@ -26,8 +26,12 @@ DIR_MODE = 0o700
 FILE_MODE = 0o600
 
 
-def private_dir(path: str | os.PathLike[str]) -> Path:
-    """``path`` as a directory only its owner can enter (created with missing parents); returns it."""
+def private_dir(path: str | os.PathLike[str], *, tighten: bool = True) -> Path:
+    """``path`` as a directory only its owner can enter (created, with missing parents, 0700); returns it.
+
+    ``tighten``: an existing ``path`` that others can read is made 0700 too (state directories); False for a
+    folder that may be the user's own (where a key file is saved), which is left as it is.
+    """
     p = Path(path)
     missing = []
     probe = p
@@ -43,7 +47,7 @@ def private_dir(path: str | os.PathLike[str]) -> Path:
             pass
         os.chmod(d, DIR_MODE)  # mkdir's mode is masked by the umask
     mode = stat.S_IMODE(os.stat(p).st_mode)
-    if mode & 0o077:
+    if tighten and mode & 0o077:
         os.chmod(p, mode & ~0o077 | 0o700)
     return p
 

@@ -182,8 +182,9 @@ def start_room(
 
     if isinstance(sites, bool) or not isinstance(sites, int) or not 1 <= sites <= 64:
         raise ConfigError(f"sites must be an integer from 1 to 64, got {sites!r}")
-    state = Path(state_dir) if state_dir else Path(tempfile.mkdtemp(prefix="fedjax-room-"))
-    state.mkdir(parents=True, exist_ok=True)
+    from fedjax_room.files import private_dir
+
+    state = private_dir(Path(state_dir) if state_dir else Path(tempfile.mkdtemp(prefix="fedjax-room-")))
     names = _site_names(sites)
 
     full = load_builtin(dataset, seed=seed)
@@ -208,8 +209,7 @@ def start_room(
         store.close()
 
     for name, part in zip(names, parts, strict=True):
-        folder = state / "sites" / name
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = private_dir(state / "sites" / name)  # the site's records: 0700, its files 0600
         train, heldout = part.split(0.2, seed=seed)
         train.save(folder / "train.npz")
         heldout.save(folder / "heldout.npz")

@@ -34,7 +34,9 @@ PARENT_PID_ENV = "FEDJAX_ROOM_PARENT_PID"
 
 def spawn(args: Sequence[str], log_path: Path, *, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     """Start ``python -m fedjax_room ARGS`` with stdout+stderr appended to ``log_path``."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
+    from fedjax_room.files import open_private, private_dir
+
+    private_dir(log_path.parent)
     full_env = {**os.environ, **(env or {})}
     full_env.setdefault("PYTHONUNBUFFERED", "1")
     full_env[PARENT_PID_ENV] = str(os.getpid())
@@ -43,7 +45,8 @@ def spawn(args: Sequence[str], log_path: Path, *, env: dict[str, str] | None = N
     full_env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, full_env.get("PYTHONPATH", "")) if p)
     # Small processes on a shared machine: one intra-op thread each keeps them from fighting.
     full_env.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
-    with open(log_path, "ab") as log:
+    # 0600 logs, and everything the room process creates is its owner's only (umask 077)
+    with os.fdopen(open_private(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND), "ab") as log:
         return subprocess.Popen(
             [sys.executable, "-m", "fedjax_room", *args],
             stdout=log,
@@ -51,6 +54,7 @@ def spawn(args: Sequence[str], log_path: Path, *, env: dict[str, str] | None = N
             stdin=subprocess.DEVNULL,
             env=full_env,
             start_new_session=True,
+            umask=0o077,
         )
 
 

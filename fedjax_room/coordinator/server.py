@@ -36,6 +36,9 @@ def coordinator_key(state_dir: Path) -> Any:
 
     path = state_dir / "coordinator.key"
     if not path.exists():
+        from fedjax_room.files import private_dir
+
+        private_dir(state_dir)
         save_private_key(generate_key(), path)
     return load_private_key(path)
 

@@ -358,7 +358,9 @@ def save_dataset(dataset: Dataset, path: str | os.PathLike[str]) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         if suffix == ".npz":
-            with open(path, "wb") as f:
+            from fedjax_room.files import open_private
+
+            with os.fdopen(open_private(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb") as f:  # records: 0600
                 np.savez_compressed(f, x=dataset.x, y=labels, schema=np.array(schema_json))
             return
         flat = dataset.x.reshape(len(dataset), -1)

@@ -39,8 +39,10 @@ def save_private_key(key: Ed25519PrivateKey, path: str | os.PathLike[str]) -> Pa
     """Write ``key`` as PEM with mode 0600; also writes ``<path>.pub``. Returns the path."""
     path = Path(path)
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    from fedjax_room.files import open_private, private_dir
+
+    private_dir(path.parent, tighten=False)  # a new keys folder is 0700; the user's own folder is left alone
+    fd = open_private(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     with os.fdopen(fd, "wb") as fh:
         fh.write(pem)
     save_public_key(key.public_key(), path.with_name(path.name + ".pub"))
@@ -48,8 +50,11 @@ def save_private_key(key: Ed25519PrivateKey, path: str | os.PathLike[str]) -> Pa
 
 
 def save_public_key(key: Ed25519PublicKey, path: str | os.PathLike[str]) -> Path:
+    from fedjax_room.files import open_private
+
     path = Path(path)
-    path.write_bytes(key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    with os.fdopen(open_private(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb") as fh:  # 0600, like the key
+        fh.write(key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
     return path
 
 

@@ -190,3 +190,33 @@ def test_rogue_site_cannot_outweigh_fake_or_pad_the_record(room):
     # 3. the room still serves an honest run
     assert run3.status == "finished", run3.error
     assert set(run3.history[-1].sites) == {"site-a"}
+
+
+def _others_can_read(path) -> bool:
+    return bool(path.stat().st_mode & 0o077)
+
+
+def test_no_state_file_is_readable_by_other_users(room):
+    """After a real run: every state folder is 0700 and every file in it 0600 (before: 0755 and 0644)."""
+    er, client, _ = room
+    run = client.train(SPEC, **RUN)
+    run.wait(120)
+    assert run.status == "finished", run.error
+    public = {"room-manifest.json"}  # the room manifest every party pins, and public keys, are public by design
+    roots = [er.coordinator_dir, er.state_dir / "keys", er.state_dir / "logs"]
+    roots += [er.site_dir(n) / "state" for n in er.site_names]
+    checked = []
+    for root in roots:
+        assert root.is_dir(), root
+        for path in [root, *root.rglob("*")]:
+            if path.is_file() and (path.name in public or path.suffix == ".pub"):
+                continue
+            assert not _others_can_read(path), f"{path} is {oct(path.stat().st_mode & 0o777)}"
+            checked.append(path)
+    for name in er.site_names:  # the records the room wrote for its sites
+        folder = er.site_dir(name)
+        for path in [folder, folder / "train.npz", folder / "heldout.npz"]:
+            assert not _others_can_read(path), f"{path} is {oct(path.stat().st_mode & 0o777)}"
+    kinds = {p.name for p in checked}
+    assert {"room.sqlite3", "audit.jsonl", "audit.jsonl.head", "ledger.json"} <= kinds, sorted(kinds)
+    assert any(p.suffix == ".key" for p in checked) and any("checkpoint" in str(p) for p in checked)
