@@ -123,8 +123,12 @@ class RoundRow:
 
 
 def _name_ok(name: str) -> str:
-    if not isinstance(name, str) or not name or len(name) > 64 or not all(c.isalnum() or c in "-_." for c in name):
-        raise ConfigError(f"name {name!r} must be 1-64 letters, digits, '-', '_' or '.'")
+    from fedjax_room.protocol.fields import is_id  # the names the protocol carries (protocol/fields.py)
+
+    if not is_id(name):
+        raise ConfigError(
+            f"name {name!r} must be 1-64 ASCII letters, digits, '-', '_' or '.', starting with a letter or digit"
+        )
     return name
 
 

@@ -186,3 +186,17 @@ def test_views_escape_every_room_string():
     ):
         assert "<script>" not in out and "<img" not in out
         assert html.escape("<script>") in out
+
+
+def test_a_name_the_protocol_would_refuse_cannot_be_enrolled(tmp_path):
+    from fedjax_room.coordinator.store import Store
+    from fedjax_room.errors import ConfigError
+
+    store = Store.open(tmp_path)
+    try:
+        for bad in (CODE, MARKUP, "-site", "sïte", "a b", "a" * 65):
+            with pytest.raises(ConfigError, match="ASCII"):
+                store.enroll(bad, "site", b"k" * 32, "fp")
+        store.enroll("site-a.1_x", "site", b"k" * 32, "fp")
+    finally:
+        store.close()
