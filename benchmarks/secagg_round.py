@@ -152,6 +152,11 @@ class Bench:
             self.store.enroll(name, "site", public_key_bytes(key), fingerprint(key))
             agent = StubSite(name, template, i)
             self.sites[name] = {"key": key, "agent": agent, "machine": SiteMachine(agent.status, identity_key=key)}
+        from fedjax_room.room_manifest import create_manifest
+
+        manifest = create_manifest({n: public_key_bytes(x["key"]) for n, x in self.sites.items()}, bytes(32 * [9]))
+        for n, x in self.sites.items():  # the manifest each site pins: its SecAgg peers
+            x["machine"].manifest, x["machine"].name = manifest, n
         akey = generate_key()
         self.store.enroll("analyst", "analyst", public_key_bytes(akey), fingerprint(akey))
         self.analyst = self._hello("analyst", akey, "analyst")

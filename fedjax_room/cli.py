@@ -27,6 +27,7 @@ COMMAND_MODULES = [
     "fedjax_room.commands.kernel",
     "fedjax_room.commands.room",
     "fedjax_room.commands.operator",
+    "fedjax_room.commands.manifest",
 ]
 
 

@@ -65,20 +65,30 @@ def connect(
     name: str = "",
     tls_ca: str | Path | None = None,
     timeout: float = 30.0,
+    coordinator_key: Any = None,
+    insecure: bool = False,
 ) -> Room:
     """Connect to the room at ``url`` as the analyst whose private key is ``key`` (a path or a key object).
+
+    ``coordinator_key`` pins the coordinator's room key: its ``coordinator.key.pub``, the room manifest, or
+    raw key bytes, given to you out of band (default: ``$FEDJAX_ROOM_COORDINATOR_KEY``, else
+    ``room-manifest.json`` or ``coordinator.key.pub`` next to your key file). Without a pin, or when the
+    coordinator cannot prove it, nothing is sent. ``insecure`` allows plain ``ws://`` off loopback.
 
     Raises :class:`~fedjax_room.errors.AuthError` if the room refuses the identity and
     :class:`ConnectionError` if it cannot be reached within ``timeout`` seconds.
     """
-    return Room(url, key, name=name, tls_ca=tls_ca, timeout=timeout)
+    return Room(url, key, name=name, tls_ca=tls_ca, timeout=timeout, coordinator_key=coordinator_key, insecure=insecure)
 
 
 class _Core:
     """The asyncio side: one event loop thread, one connection, request/response by ``req`` id."""
 
-    def __init__(self, url: str, key: Any, *, name: str, tls_ca: Any, timeout: float) -> None:
+    def __init__(
+        self, url: str, key: Any, *, name: str, tls_ca: Any, timeout: float, pin: Any = None, insecure: bool = False
+    ) -> None:
         self.url, self.key, self.name, self.tls_ca, self.timeout = url, key, name, tls_ca, timeout
+        self.pin, self.insecure = pin, insecure
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="fedjax-room-analyst", daemon=True)
         self.thread.start()
@@ -120,7 +130,15 @@ class _Core:
     async def _connect(self) -> None:
         try:
             ws, welcome = await asyncio.wait_for(
-                open_connection(self.url, self.key, role="analyst", name=self.name, cafile=self.tls_ca),
+                open_connection(
+                    self.url,
+                    self.key,
+                    role="analyst",
+                    name=self.name,
+                    cafile=self.tls_ca,
+                    coordinator_key=self.pin,
+                    insecure=self.insecure,
+                ),
                 self.timeout,
             )
         except TimeoutError:
@@ -482,13 +500,29 @@ class Room:
     """A connection to a room as an analyst. Use :func:`connect`; close with :meth:`close` (or ``with``)."""
 
     def __init__(
-        self, url: str, key: str | Path | Any, *, name: str = "", tls_ca: Any = None, timeout: float = 30.0
+        self,
+        url: str,
+        key: str | Path | Any,
+        *,
+        name: str = "",
+        tls_ca: Any = None,
+        timeout: float = 30.0,
+        coordinator_key: Any = None,
+        insecure: bool = False,
     ) -> None:
         from fedjax_room.identity import load_private_key
+        from fedjax_room.transport.client import default_pin_path, load_coordinator_pin
 
         signing_key = load_private_key(key) if isinstance(key, str | Path) else key
+        source = coordinator_key if coordinator_key is not None else default_pin_path(key)
+        if source is None:
+            raise ConfigError(
+                "cannot authenticate the room's coordinator: pass coordinator_key= (its coordinator.key.pub or "
+                "the room manifest, from the operator), or put coordinator.key.pub next to your key file"
+            )
+        pin = load_coordinator_pin(source)
         self.url = url
-        self._core = _Core(url, signing_key, name=name, tls_ca=tls_ca, timeout=timeout)
+        self._core = _Core(url, signing_key, name=name, tls_ca=tls_ca, timeout=timeout, pin=pin, insecure=insecure)
 
     @property
     def room_id(self) -> str:

@@ -3,7 +3,9 @@
 :func:`start_room` makes a complete room under one state directory::
 
     STATE/coordinator/          the coordinator's state (room.sqlite3, checkpoints, audit.jsonl, coordinator.url)
-    STATE/keys/                 Ed25519 keys of the analyst and every site (enrolled in the coordinator)
+    STATE/keys/                 Ed25519 keys of the analyst and every site (enrolled in the coordinator), the
+                                room manifest (room-manifest.json: every site's key and the coordinator's,
+                                signed by every site) and coordinator.key.pub, which every client pins
     STATE/sites/<name>/         train.npz, heldout.npz and policy.toml of one site, and its state/
                                 (ledger.json, releases, audit.jsonl)
     STATE/central_test.npz      a test split no site ever gets (the demo's final evaluation)
@@ -34,7 +36,7 @@ from typing import Any
 from fedjax_room.analyst.launch import spawn_coordinator, spawn_site, stop_process
 from fedjax_room.errors import ConfigError, StateError
 
-__all__ = ["DEMO_RECIPES", "EmbeddedRoom", "run_demo", "start_room"]
+__all__ = ["DEMO_RECIPES", "EmbeddedRoom", "run_demo", "start_room", "write_room_manifest"]
 
 #: Per dataset: the model and the run settings the demo uses (tuned for accuracy at epsilon 3).
 DEMO_RECIPES: dict[str, dict[str, Any]] = {
@@ -86,6 +88,16 @@ class EmbeddedRoom:
     processes: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)
 
     @property
+    def manifest_path(self) -> Path:
+        """The room manifest every site and the analyst pin (``STATE/keys/room-manifest.json``)."""
+        return self.state_dir / "keys" / "room-manifest.json"
+
+    @property
+    def coordinator_key(self) -> Path:
+        """The coordinator's public room key file (``STATE/keys/coordinator.key.pub``)."""
+        return self.state_dir / "keys" / "coordinator.key.pub"
+
+    @property
     def coordinator_dir(self) -> Path:
         """The coordinator's state directory."""
         return self.state_dir / "coordinator"
@@ -98,6 +110,7 @@ class EmbeddedRoom:
         """A :class:`~fedjax_room.analyst.client.Room` connected as the analyst."""
         from fedjax_room.analyst.client import connect
 
+        kwargs.setdefault("coordinator_key", self.manifest_path)
         return connect(self.url, key=self.analyst_key, **kwargs)
 
     def central_test(self) -> Any:
@@ -207,6 +220,7 @@ def start_room(
             store.enroll(name, role, public_key_bytes(key), fingerprint(key))
     finally:
         store.close()
+    write_room_manifest(state / "coordinator", {n: key_for(n) for n in names}, keys_dir)
 
     for name, part in zip(names, parts, strict=True):
         folder = private_dir(state / "sites" / name)  # the site's records: 0700, its files 0600
@@ -232,13 +246,33 @@ def start_room(
                 state_dir=folder / "state",
                 name=name,
                 log_dir=state / "logs",
-                extra=(site_args or {}).get(name, []),
+                extra=["--manifest", str(room.manifest_path), *(site_args or {}).get(name, [])],
             )
         wait_for_sites(room, names, timeout=timeout)
     except BaseException:
         room.stop()
         raise
     return room
+
+
+def write_room_manifest(coordinator_dir: Path, site_keys: Mapping[str, Path], out_dir: Path) -> Path:
+    """Make the coordinator's room key (if new), and write ``out_dir/room-manifest.json`` (signed by every
+    site, whose private keys this embedded room holds) and ``out_dir/coordinator.key.pub``. Returns the
+    manifest's path."""
+    import shutil
+
+    from fedjax_room.coordinator.server import coordinator_key
+    from fedjax_room.identity import load_private_key, public_key_bytes
+    from fedjax_room.room_manifest import create_manifest, save_manifest, sign_manifest
+
+    room_key = coordinator_key(Path(coordinator_dir))
+    keys = {name: load_private_key(path) for name, path in site_keys.items()}
+    manifest = create_manifest({n: public_key_bytes(k) for n, k in keys.items()}, public_key_bytes(room_key))
+    for name, key in keys.items():
+        manifest = sign_manifest(manifest, name, key)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(Path(coordinator_dir) / "coordinator.key.pub", out_dir / "coordinator.key.pub")
+    return save_manifest(manifest, out_dir / "room-manifest.json")
 
 
 def wait_for_sites(room: EmbeddedRoom, names: list[str], *, timeout: float = 120.0) -> None:

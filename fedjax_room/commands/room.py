@@ -78,6 +78,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=8765, help="port (0: pick a free one; see DIR/coordinator.url)")
     p.add_argument("--tls-cert", type=Path, help="PEM certificate chain for wss://")
     p.add_argument("--tls-key", type=Path, help="PEM private key of the certificate")
+    p.add_argument(
+        "--insecure", action="store_true", help="allow plain ws:// on a non-loopback --host (frames unprotected)"
+    )
     p.add_argument("--log-level", default="info")
     p.set_defaults(func=run_coordinator_cmd)
 
@@ -99,6 +102,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--state", type=Path, help="state directory (ledger, releases, audit; default KEYDIR/NAME-state)")
     p.add_argument("--name", help="enrolled name (default: the key file's name without suffix)")
     p.add_argument("--tls-ca", type=Path, help="CA certificate to trust for wss://")
+    p.add_argument(
+        "--manifest",
+        type=Path,
+        help="the room manifest (sites' and coordinator's keys, from the data owners; default: "
+        "KEYDIR/room-manifest.json); needed for secure aggregation, and pins the coordinator's key",
+    )
+    p.add_argument(
+        "--coordinator-key",
+        type=Path,
+        help="the coordinator's public key file to pin (default: the manifest's, or KEYDIR/coordinator.key.pub)",
+    )
+    p.add_argument("--insecure", action="store_true", help="allow plain ws:// to a non-loopback coordinator")
     p.add_argument("--log-level", default="info")
     p.add_argument("--train-delay", type=float, default=0.0, help=argparse.SUPPRESS)  # tests: a straggler
     p.set_defaults(func=run_site_cmd)
@@ -220,7 +235,12 @@ def run_coordinator_cmd(args: argparse.Namespace) -> int:
     _logging(args.log_level)
     return _serve_then_exit(
         lambda: run_coordinator(
-            args.state, host=args.host, port=args.port, tls_cert=args.tls_cert, tls_key=args.tls_key
+            args.state,
+            host=args.host,
+            port=args.port,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            insecure=args.insecure,
         )
     )
 
@@ -246,6 +266,9 @@ def run_site_cmd(args: argparse.Namespace) -> int:
             state_dir=args.state,
             name=args.name,
             train_delay=args.train_delay,
+            manifest=args.manifest,
+            coordinator_key=args.coordinator_key,
+            insecure=args.insecure,
         )
     )
 

@@ -1,8 +1,10 @@
 """The coordinator process: store + audit log + state machine + websocket server.
 
 ``fedjax-room coordinator --state DIR`` calls :func:`run_coordinator`. It opens (or creates) the
-room in ``DIR`` (:class:`~fedjax_room.coordinator.store.Store`), its signing key
-``DIR/coordinator.key`` and audit log ``DIR/audit.jsonl``, starts listening, writes the URL it
+room in ``DIR`` (:class:`~fedjax_room.coordinator.store.Store`), its room key
+``DIR/coordinator.key`` (created on first start; the public half is exported to
+``DIR/coordinator.key.pub`` for the operator to hand to the sites and analysts, who pin it) and audit
+log ``DIR/audit.jsonl``, starts listening (plain ``ws://`` on loopback only, unless ``insecure``), writes the URL it
 listens on to ``DIR/coordinator.url`` (so ``--port 0`` works), resumes any unfinished run, and
 serves until SIGTERM or SIGINT.
 """
@@ -31,16 +33,21 @@ log = logging.getLogger("fedjax_room.coordinator")
 
 
 def coordinator_key(state_dir: Path) -> Any:
-    """The coordinator's Ed25519 key in ``state_dir`` (created on first use)."""
-    from fedjax_room.identity import generate_key, load_private_key, save_private_key
+    """The coordinator's Ed25519 room key in ``state_dir`` (created on first use, ``coordinator.key.pub`` kept)."""
+    from fedjax_room.identity import generate_key, load_private_key, save_private_key, save_public_key
 
+    state_dir = Path(state_dir)
     path = state_dir / "coordinator.key"
     if not path.exists():
         from fedjax_room.files import private_dir
 
         private_dir(state_dir)
         save_private_key(generate_key(), path)
-    return load_private_key(path)
+    key = load_private_key(path)
+    pub = path.with_name(path.name + ".pub")
+    if not pub.exists():
+        save_public_key(key.public_key(), pub)
+    return key
 
 
 class LogAudit:
@@ -66,6 +73,7 @@ async def serve_coordinator(
     tls_key: str | Path | None = None,
     max_frame: int = MAX_FRAME_BYTES,
     stop: asyncio.Event | None = None,
+    insecure: bool = False,
 ) -> None:
     """Serve the room in ``state_dir`` until ``stop`` is set (or SIGTERM/SIGINT)."""
     from fedjax_room.audit import AuditLog
@@ -77,9 +85,10 @@ async def serve_coordinator(
     if (tls_cert is None) != (tls_key is None):
         raise ConfigError("give both --tls-cert and --tls-key (or neither)")
     ssl_ctx = server_ssl_context(tls_cert, tls_key) if tls_cert else None
-    # background: a new run's initial model and checkpoint are built off the event loop
-    machine = CoordinatorMachine(store, audit=LogAudit(audit_log), max_frame=max_frame, background=True)
-    server = MachineServer(machine, host=host, port=port, ssl_context=ssl_ctx, max_frame=max_frame)
+    machine = CoordinatorMachine(
+        store, audit=LogAudit(audit_log), max_frame=max_frame, room_key=key, background=True
+    )  # background: a new run's initial model and checkpoint are built off the event loop
+    server = MachineServer(machine, host=host, port=port, ssl_context=ssl_ctx, max_frame=max_frame, insecure=insecure)
     url = await server.start()
     threading.Thread(target=_warm_up, name="warm-up", daemon=True).start()
     atomic_write(state / "coordinator.url", url.encode())

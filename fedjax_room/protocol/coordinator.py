@@ -48,7 +48,8 @@ from fedjax_room.protocol.actions import Action, Close, Send
 from fedjax_room.protocol.bounds import bound_metrics, bound_weight, declared_size, eval_margin, weight_problem
 from fedjax_room.protocol.codec import MAX_FRAME_BYTES, Tree, digest, unpack_tree
 from fedjax_room.protocol.config import RunConfig, RunLimits, check_run_request
-from fedjax_room.protocol.handshake import NONCE_BYTES, ROLES, verify_hello
+from fedjax_room.protocol.handshake import NONCE_BYTES, ROLES, make_challenge, verify_hello
+from fedjax_room.protocol.refusals import RefusalCounter
 from fedjax_room.protocol.runs import APPROVAL_TIMEOUT, RunDriver, _Active
 from fedjax_room.protocol.secure import SecureDriver
 
@@ -186,6 +187,7 @@ class CoordinatorMachine(SecureDriver, RunDriver):
         init_params: Callable[[dict[str, Any], int], Tree] = _default_init,
         max_frame: int = MAX_FRAME_BYTES,
         handshake_timeout: float = 10.0,
+        room_key: Any = None,
         limits: RunLimits | None = None,
         background: bool = False,
     ) -> None:
@@ -202,6 +204,8 @@ class CoordinatorMachine(SecureDriver, RunDriver):
         self._init_params = init_params
         self.max_frame = max_frame
         self.handshake_timeout = handshake_timeout
+        self.room_key = room_key  # Ed25519 room key: signs each client's nonce (handshake.make_challenge)
+        self.refusals = RefusalCounter()  # unauthenticated refusals: a few audited, the rest counted
         self._conns: dict[int, _Conn] = {}
         self._declared: dict[tuple[str, str], int | None] = {}  # (run, site) -> the size it declared at accept
         self._site_conns: dict[str, int] = {}
@@ -219,11 +223,13 @@ class CoordinatorMachine(SecureDriver, RunDriver):
             self._activate_next(now, resumed=True)
         return self._flush()
 
-    def open(self, conn: int, now: float) -> list[Action]:
-        """A connection arrived: challenge it."""
+    def open(self, conn: int, now: float, client_nonce: bytes = b"") -> list[Action]:
+        """A connection arrived: challenge it (proving the room key over ``client_nonce``)."""
         nonce = self._nonce(NONCE_BYTES)
         self._conns[conn] = _Conn(id=conn, nonce=nonce, opened=now)
-        self._send(conn, m.Challenge(nonce=nonce, room_id=self.room_id, version=m.VERSION))
+        self._send(
+            conn, make_challenge(nonce=nonce, room_id=self.room_id, client_nonce=client_nonce, room_key=self.room_key)
+        )
         return self._flush()
 
     def close(self, conn: int, now: float) -> list[Action]:
@@ -262,6 +268,9 @@ class CoordinatorMachine(SecureDriver, RunDriver):
         """Advance the clock: handshake timeouts, round deadlines, waiting runs."""
         self._started = True
         self._audit_enrollments()
+        for summary in self.refusals.flush(now):
+            log.warning("refused %d more unauthenticated connections: %s", summary["count"], summary["codes"])
+            self.audit.append("connections_refused", **summary)
         for c in list(self._conns.values()):
             if c.state == "challenged" and now - c.opened > self.handshake_timeout:
                 self._refuse(c, ProtocolError("no hello within the handshake timeout; answer the challenge promptly"))
@@ -301,6 +310,11 @@ class CoordinatorMachine(SecureDriver, RunDriver):
         """Names of the sites connected and reported, sorted."""
         return sorted(n for n, cid in self._site_conns.items() if self._conns.get(cid, _Conn(0, b"", 0)).reported)
 
+    def authenticated(self, conn: int) -> bool:
+        """Whether connection ``conn`` has proven an enrolled identity (the glue's flood limit asks)."""
+        c = self._conns.get(conn)
+        return c is not None and c.state == "ready"
+
     @property
     def active_run(self) -> str | None:
         """The id of the run in progress, if any."""
@@ -317,11 +331,15 @@ class CoordinatorMachine(SecureDriver, RunDriver):
 
     def _refuse(self, c: _Conn, exc: FedRoomError) -> None:
         who = f"{c.role} {c.name}" if c.name else f"connection {c.id}"
-        log.warning("refused %s: %s: %s", who, exc.code, exc.message)
+        # before authentication anyone can cause a refusal: a few per window are audited, the rest counted
+        individual = c.state != "challenged" or self.refusals.note(c.opened, exc.code)
+        if individual:
+            log.warning("refused %s: %s: %s", who, exc.code, exc.message)
         try:
-            self.audit.append(
-                "connection_refused", who=c.name or "", role=c.role or "", code=exc.code, message=exc.message
-            )
+            if individual:
+                self.audit.append(
+                    "connection_refused", who=c.name or "", role=c.role or "", code=exc.code, message=exc.message
+                )
         except FedRoomError:  # pragma: no cover - the refusal goes ahead regardless
             log.exception("could not audit a refused connection")
         self._send(c.id, m.Error.of(exc, fatal=True))

@@ -88,6 +88,8 @@ class Challenge(Message):
     nonce: bytes
     room_id: str
     version: int
+    coordinator_key: bytes = b""  # the room's raw Ed25519 public key (see handshake.make_challenge)
+    proof: bytes = b""  # its signature over the client's nonce and this challenge
 
 
 @_message

@@ -17,6 +17,18 @@ once); the following train ``round_start`` becomes a job on a
 the encoded vector to the client, which masks it; with an ``audit`` callable the machine records
 ``masked_input_released`` (the sha256 of the masked bytes) before that frame is sent. A bad SecAgg frame aborts
 this site's part of the round (logged), never the connection.
+
+What a malicious coordinator cannot make the site do (``secagg_setup`` refused with a typed ``error``):
+
+* join a round whose roster holds a key that is not in this site's room ``manifest`` (pinned out of band,
+  :mod:`fedjax_room.room_manifest`), or whose own entry is not the manifest's key for this site: the peers'
+  keys are checked against the manifest, never taken from the coordinator (a sybil roster is refused);
+  without a manifest the site joins no secure round at all;
+* join a round with fewer roster entries, or a lower ``min_clients``, than the site's own ``min_sites`` (the
+  roster is counted; the ``cohort`` the coordinator states is not trusted);
+* release a second masked input for a (run, round): :class:`~fedjax_room.secagg.sessions.SessionBindings`
+  persists, before the masked input leaves, that it went into one session, and refuses any later session
+  for that round (a replay to subtract sums).
 """
 
 from __future__ import annotations
@@ -25,7 +37,15 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from fedjax_room.errors import FedRoomError, FrameTooLargeError, ProtocolError
+from fedjax_room.errors import (
+    ConfigError,
+    FedRoomError,
+    FrameTooLargeError,
+    PolicyViolation,
+    ProtocolError,
+    ReplayError,
+    UnknownIdentityError,
+)
 from fedjax_room.protocol import messages as m
 from fedjax_room.protocol.actions import Action, Close, Send, Work
 from fedjax_room.protocol.codec import MAX_FRAME_BYTES, digest
@@ -45,10 +65,20 @@ class SiteMachine:
         max_frame: int = MAX_FRAME_BYTES,
         identity_key: Any = None,
         audit: Callable[..., Any] | None = None,
+        manifest: Any = None,
+        name: str = "",
+        min_sites: int = 1,
+        sessions: Any = None,
     ) -> None:
+        from fedjax_room.secagg.sessions import SessionBindings
+
         self._status = status
         self._identity = identity_key
         self._audit = audit
+        self.manifest = manifest  # a room_manifest.Manifest: the only source of peers' keys for SecAgg
+        self.name = name
+        self.min_sites = max(1, int(min_sites))
+        self.sessions = sessions if sessions is not None else SessionBindings()
         self.secagg: dict[tuple[str, int], tuple[m.SecAggSetup, Any]] = {}
         self.max_frame = max_frame
         self.connected = False
@@ -141,6 +171,16 @@ class SiteMachine:
         from fedjax_room.secagg.messages import MaskedInput
 
         for x in msgs:
+            if isinstance(x, MaskedInput):  # once per (run, round), persisted before it leaves
+                joined = self.secagg.get((setup.run_id, setup.round))
+                session = joined[1].config.digest.hex() if joined is not None else ""
+                try:
+                    self.sessions.release(setup.run_id, setup.round, session)
+                except FedRoomError as exc:
+                    log.warning("secure aggregation %s/%d: %s", setup.run_id, setup.round, exc.message)
+                    if joined is not None:
+                        joined[1].abort(exc.message)
+                    return [Send(0, m.encode(m.Error.of(exc, run_id=setup.run_id)))]
             if isinstance(x, MaskedInput) and self._audit is not None:
                 # Written before the frame leaves: the digest of the exact masked bytes, which the
                 # coordinator records on receipt (``masked_input_received``) for the cross-check.
@@ -160,12 +200,51 @@ class SiteMachine:
                 raise ProtocolError(f"secagg round id {config.round_id!r} is not {msg.run_id}/{msg.round}")
             if not 0 < msg.fraction <= 1:
                 raise ProtocolError(f"secagg fraction must be in (0, 1], got {msg.fraction}")
+            self._check_roster(config, msg)
+            self.sessions.join(msg.run_id, msg.round, config.digest.hex())
             client = SecAggClient(config, msg.id, self._identity)
         except FedRoomError as exc:
             log.warning("not joining secure aggregation for %s/%d: %s", msg.run_id, msg.round, exc.message)
             return [Send(0, m.encode(m.Error.of(exc, run_id=msg.run_id)))]
         self.secagg[(msg.run_id, msg.round)] = (msg, client)
         return self._wrap(msg, [client.advertise()])
+
+    def _check_roster(self, config: Any, msg: m.SecAggSetup) -> None:
+        """Every roster key must be the manifest's; the roster must be at least this site's ``min_sites``."""
+        from fedjax_room.identity import public_key_bytes
+
+        manifest = self.manifest
+        if manifest is None:
+            raise ConfigError(
+                "this site has no room manifest, so it cannot tell its peers' keys from keys the coordinator "
+                "made up: it takes part in no secure aggregation; start it with --manifest FILE"
+            )
+        mine = public_key_bytes(self._identity)
+        listed = manifest.sites.get(self.name) if self.name else mine
+        if listed is None or listed != mine or manifest.name_of(mine) is None:
+            raise ConfigError(
+                f"this site's key is not the one the room manifest lists for {self.name or 'it'}; "
+                "fix the manifest (fedjax-room manifest create/sign) before joining secure rounds"
+            )
+        keys = [bytes(k) for k in config.clients.values()]
+        if len(set(keys)) != len(keys):
+            raise ReplayError("the secagg roster lists one key twice: refused")
+        strangers = sorted(cid for cid, k in config.clients.items() if manifest.name_of(bytes(k)) is None)
+        if strangers:
+            raise UnknownIdentityError(
+                f"the secagg roster of {msg.run_id}/{msg.round} holds {len(strangers)} key(s) that are not in this "
+                f"site's room manifest (ids {strangers[:8]}): a roster with sites nobody vouched for is refused"
+            )
+        if bytes(config.clients.get(msg.id, b"")) != mine:
+            raise ConfigError(f"the secagg roster gives this site's id {msg.id} another key: refused")
+        n = len(config.clients)
+        if n < self.min_sites or config.min_clients < self.min_sites:
+            raise PolicyViolation(
+                f"the secagg roster of {msg.run_id}/{msg.round} has {n} sites and releases sums of "
+                f"{config.min_clients}; this site's policy needs at least {self.min_sites}",
+                party=self.name,
+                reason="min_sites",
+            )
 
     def _secagg_frame(self, msg: m.SecAgg) -> list[Action]:
         from fedjax_room.secagg import message_from_dict

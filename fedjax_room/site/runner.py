@@ -76,15 +76,32 @@ async def serve_site(
     cafile: str | Path | None = None,
     stop: asyncio.Event | None = None,
     backoff: Backoff | None = None,
+    coordinator_key: Any = None,
+    manifest: Any = None,
+    insecure: bool = False,
 ) -> None:
     """Keep the agent connected to the coordinator at ``url`` until ``stop`` is set.
 
-    Raises the coordinator's :class:`~fedjax_room.errors.AuthError` / ``VersionError`` (retrying
-    cannot fix those); any network failure is retried with backoff.
+    ``coordinator_key`` pins the coordinator's room key (default: the ``manifest``'s); ``manifest`` (a
+    :class:`~fedjax_room.room_manifest.Manifest`) is the only source of peers' keys for secure aggregation.
+    Raises the coordinator's :class:`~fedjax_room.errors.AuthError` / ``VersionError``, or an ``AuthError``
+    when the coordinator cannot prove the pinned key (retrying cannot fix those); any network failure is
+    retried with backoff.
     """
+    from fedjax_room.secagg.sessions import SessionBindings
+
     stop = stop or asyncio.Event()
     backoff = backoff or Backoff()
-    machine = SiteMachine(agent.status, identity_key=key, audit=agent.audit.append if agent.audit is not None else None)
+    pin = coordinator_key if coordinator_key is not None else manifest
+    machine = SiteMachine(
+        agent.status,
+        identity_key=key,
+        audit=agent.audit.append if agent.audit is not None else None,
+        manifest=manifest,
+        name=agent.name,
+        min_sites=agent.policy.min_sites,
+        sessions=SessionBindings(agent.state_dir),
+    )
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"site-{agent.name}")
     loop = asyncio.get_running_loop()
     current: dict[str, Any] = {"ws": None}
@@ -126,7 +143,9 @@ async def serve_site(
     try:
         while not stop.is_set():
             try:
-                ws, welcome = await open_connection(url, key, role="site", name=agent.name, cafile=cafile)
+                ws, welcome = await open_connection(
+                    url, key, role="site", name=agent.name, cafile=cafile, coordinator_key=pin, insecure=insecure
+                )
             except (AuthError, VersionError):
                 raise
             except OSError as exc:
@@ -174,12 +193,46 @@ def _warm_up() -> None:
         log.debug("warm-up failed", exc_info=True)
 
 
-def run_site(*, coordinator: str, key: Path, cafile: Path | None = None, **kwargs: Any) -> int:
-    """Blocking entry point for the CLI: serve until SIGTERM/SIGINT; returns an exit code."""
-    from fedjax_room.identity import load_private_key
+def run_site(
+    *,
+    coordinator: str,
+    key: Path,
+    cafile: Path | None = None,
+    manifest: Path | None = None,
+    coordinator_key: Path | None = None,
+    insecure: bool = False,
+    **kwargs: Any,
+) -> int:
+    """Blocking entry point for the CLI: serve until SIGTERM/SIGINT; returns an exit code.
 
+    ``manifest`` defaults to ``room-manifest.json`` next to the key file; ``coordinator_key`` to the
+    manifest's coordinator key, else ``coordinator.key.pub`` next to the key file (see
+    :func:`~fedjax_room.transport.client.default_pin_path`). Without any pin the site refuses to start.
+    """
+    from fedjax_room.errors import ConfigError
+    from fedjax_room.identity import load_private_key, public_key_bytes
+    from fedjax_room.room_manifest import load_manifest
+    from fedjax_room.transport.client import default_pin_path, load_coordinator_pin
+
+    default_manifest = Path(key).parent / "room-manifest.json"
+    if manifest is None and default_manifest.exists():
+        manifest = default_manifest
+    room = load_manifest(manifest) if manifest is not None else None
+    pin_source: Any = coordinator_key if coordinator_key is not None else room
+    if pin_source is None:
+        pin_source = default_pin_path(key)
+    if pin_source is None:
+        raise ConfigError(
+            "the site cannot authenticate the coordinator: give --manifest FILE (the room manifest) or "
+            "--coordinator-key FILE (the operator's coordinator.key.pub)"
+        )
+    pin = load_coordinator_pin(pin_source)
+    if room is not None and pin.key != room.coordinator:
+        raise ConfigError("--coordinator-key is not the coordinator key of the room manifest; which one is right?")
     agent = build_agent(key=key, **kwargs)
     signing_key = load_private_key(key)
+    if room is not None and room.sites.get(agent.name) != public_key_bytes(signing_key):
+        raise ConfigError(f"the room manifest does not list this key for site {agent.name!r}; fix the manifest")
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -190,7 +243,16 @@ def run_site(*, coordinator: str, key: Path, cafile: Path | None = None, **kwarg
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, _stopper(stop))
         print(f"fedjax-room site {agent.name}: serving {coordinator} (state in {agent.state_dir})", flush=True)
-        await serve_site(coordinator, signing_key, agent, cafile=cafile, stop=stop)
+        await serve_site(
+            coordinator,
+            signing_key,
+            agent,
+            cafile=cafile,
+            stop=stop,
+            coordinator_key=pin,
+            manifest=room,
+            insecure=insecure,
+        )
 
     asyncio.run(main())
     return 0

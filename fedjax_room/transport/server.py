@@ -6,6 +6,12 @@
 performs the :class:`~fedjax_room.protocol.actions.Send` / ``Close`` actions it returns. Each
 connection has one writer task, so frames leave in the order the machine produced them (an error
 frame always goes out before its close). The machine is only ever called from the event loop.
+
+Security at this layer: the client's nonce (header :data:`~fedjax_room.protocol.handshake.CLIENT_NONCE_HEADER`
+of the upgrade request) is handed to ``machine.open`` so the challenge can prove the room key over it;
+listening on a non-loopback address without TLS is refused unless ``insecure=True`` (``--insecure``);
+a source address whose connections keep ending unauthenticated is refused at the upgrade (HTTP 429) for
+a while (:class:`~fedjax_room.transport.limits.SourceLimiter`), before the machine or the audit log sees it.
 """
 
 from __future__ import annotations
@@ -20,11 +26,16 @@ from pathlib import Path
 from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
 
 from fedjax_room.errors import ConfigError
 from fedjax_room.protocol.actions import Close, Send
 from fedjax_room.protocol.codec import MAX_FRAME_BYTES
+from fedjax_room.protocol.handshake import CLIENT_NONCE_HEADER, NONCE_BYTES
+from fedjax_room.transport.client import is_loopback_host
+from fedjax_room.transport.limits import SourceLimiter
 
 __all__ = ["MachineServer", "server_ssl_context"]
 
@@ -56,8 +67,18 @@ class MachineServer:
         ssl_context: ssl.SSLContext | None = None,
         max_frame: int = MAX_FRAME_BYTES,
         tick_interval: float = 0.5,
+        insecure: bool = False,
+        limiter: SourceLimiter | None = None,
     ) -> None:
+        if ssl_context is None and not insecure and not is_loopback_host(host):
+            raise ConfigError(
+                f"refusing to serve plain ws:// on {host!r}, which is not a loopback address: anyone on the "
+                "network could read and alter the frames; give --tls-cert and --tls-key, or pass --insecure "
+                "on a network you trust"
+            )
         self.machine = machine
+        self.limiter = limiter or SourceLimiter()
+        self._authed: set[int] = set()
         self.host, self.port = host, port
         self.ssl_context = ssl_context
         self.max_frame = max_frame
@@ -86,6 +107,7 @@ class MachineServer:
                 self.host,
                 self.port,
                 ssl=self.ssl_context,
+                process_request=self._admit,
                 max_size=2 * self.max_frame,
                 compression=None,
                 ping_interval=20,
@@ -144,26 +166,55 @@ class MachineServer:
             except ConnectionClosed:
                 return
 
+    @staticmethod
+    def _source(ws: ServerConnection) -> str:
+        address = ws.remote_address
+        return str(address[0]) if address else ""
+
+    def _admit(self, ws: ServerConnection, request: Request) -> Response | None:
+        """Refuse the upgrade from a source over its failed-handshake limit (nothing else sees it)."""
+        source = self._source(ws)
+        if self.limiter.allow(source, time.monotonic()):
+            return None
+        if self.limiter.first_refusal(source):
+            log.warning("too many failed handshakes from %s: refusing its connections for a while", source)
+        return Response(429, "Too Many Requests", Headers([("Content-Length", "0")]), b"")
+
+    def _client_nonce(self, ws: ServerConnection) -> bytes:
+        request = ws.request
+        value = request.headers.get(CLIENT_NONCE_HEADER, "") if request is not None else ""
+        try:
+            nonce = bytes.fromhex(value)
+        except ValueError:
+            return b""
+        return nonce if len(nonce) == NONCE_BYTES else b""
+
     async def _handle(self, ws: ServerConnection) -> None:
         conn = next(self._ids)
         q: asyncio.Queue[Any] = asyncio.Queue()
         self._queues[conn] = q
         self._sockets[conn] = ws
         writer = asyncio.create_task(self._writer(ws, q))
+        authenticated = getattr(self.machine, "authenticated", None)
         try:
-            self._perform(self.machine.open(conn, time.monotonic()))
+            self._perform(self.machine.open(conn, time.monotonic(), self._client_nonce(ws)))
             async for data in ws:
                 try:
                     actions = self.machine.receive(conn, data, time.monotonic())
                 except Exception:  # a bug in the machine must not take the room down
                     log.exception("coordinator failed on a frame from connection %d", conn)
                     actions = [Close(conn, 1011, "internal error")]
+                if authenticated is not None and conn not in self._authed and authenticated(conn):
+                    self._authed.add(conn)
                 self._perform(actions)
                 if writer.done():
                     break
         except ConnectionClosed:
             pass
         finally:
+            if authenticated is not None and conn not in self._authed:
+                self.limiter.failed(self._source(ws), time.monotonic())
+            self._authed.discard(conn)
             self._perform(self.machine.close(conn, time.monotonic()))
             self._queues.pop(conn, None)
             self._sockets.pop(conn, None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 
 import pytest
@@ -19,13 +20,15 @@ from fedjax_room.models import logistic
 @pytest.fixture(scope="module")
 def coordinator(tmp_path_factory):
     state = tmp_path_factory.mktemp("coord")
+    keys = tmp_path_factory.mktemp("analyst-keys")
     key = generate_key()
-    save_private_key(key, state.parent / f"{state.name}-analyst.key")
+    save_private_key(key, keys / "analyst.key")
     store = Store.open(state)
     store.enroll("analyst", "analyst", public_key_bytes(key), fingerprint(key))
     store.close()
     proc, url = spawn_coordinator(state)
-    box = {"proc": proc, "url": url, "state": state, "key": state.parent / f"{state.name}-analyst.key"}
+    shutil.copyfile(state / "coordinator.key.pub", keys / "coordinator.key.pub")  # the analyst pins it
+    box = {"proc": proc, "url": url, "state": state, "key": keys / "analyst.key"}
     yield box
     stop_process(box["proc"])
 
@@ -35,7 +38,9 @@ def test_connect_errors(coordinator, tmp_path):
     stranger = tmp_path / "stranger.key"
     save_private_key(generate_key(), stranger)
     with pytest.raises(UnknownIdentityError):
-        fedjax_room.connect(coordinator["url"], key=stranger)
+        fedjax_room.connect(
+            coordinator["url"], key=stranger, coordinator_key=coordinator["state"] / "coordinator.key.pub"
+        )
     started = time.monotonic()
     with pytest.raises(ConnectionError):
         fedjax_room.connect("ws://127.0.0.1:9", key=coordinator["key"], timeout=2.0)

@@ -14,8 +14,9 @@ from fedjax_room.transport.client import open_connection
 class FakeStraggler:
     """An enrolled site that accepts runs, answers evaluations, but never sends an update."""
 
-    def __init__(self, url, key, name, schema):
+    def __init__(self, url, key, name, schema, coordinator_key=None):
         self.url, self.key, self.name, self.schema = url, key, name, schema
+        self.coordinator_key = coordinator_key  # the room manifest or coordinator.key.pub it pins
         self.seen = []
         self.ready = threading.Event()
         self._stop = None
@@ -38,7 +39,9 @@ class FakeStraggler:
     async def _serve(self):
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        ws, _ = await open_connection(self.url, self.key, role="site", name=self.name)
+        ws, _ = await open_connection(
+            self.url, self.key, role="site", name=self.name, coordinator_key=self.coordinator_key
+        )
         await ws.send(
             m.encode(
                 m.SiteStatus(

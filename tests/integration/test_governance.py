@@ -136,4 +136,4 @@ def test_revoked_key_is_closed_and_refused(room):
     _until(lambda: not any(s.name == "site-b" and s.status == "connected" for s in client.sites()), 30, "site-b gone")
     key = load_private_key(er.state_dir / "keys" / "site-b.key")
     with pytest.raises(AuthError):
-        asyncio.run(open_connection(er.url, key, role="site", name="site-b"))
+        asyncio.run(open_connection(er.url, key, role="site", name="site-b", coordinator_key=er.manifest_path))

@@ -89,14 +89,15 @@ def _assert_no_record(arrays, rows):
 def test_refused_identities_leave_the_room_running(room):
     er, client = room
     site_key = load_private_key(er.state_dir / "keys" / "site-a.key")
+    pin = er.manifest_path
 
     async def attempts():
         with pytest.raises(UnknownIdentityError):
-            await open_connection(er.url, generate_key(), role="site", name="intruder")
+            await open_connection(er.url, generate_key(), role="site", name="intruder", coordinator_key=pin)
         with pytest.raises(RoleError):
-            await open_connection(er.url, load_private_key(er.analyst_key), role="site")
+            await open_connection(er.url, load_private_key(er.analyst_key), role="site", coordinator_key=pin)
         with pytest.raises(RoleError):  # a site key claiming the analyst role
-            await open_connection(er.url, site_key, role="analyst")
+            await open_connection(er.url, site_key, role="analyst", coordinator_key=pin)
 
     asyncio.run(attempts())
     assert {s.name for s in client.sites() if s.status == "connected"} == {"site-a", "site-b", "site-c"}
@@ -177,7 +178,7 @@ def test_straggler_is_dropped_and_the_round_completes(room, fake_straggler_cls):
     store.enroll("site-z", "site", public_key_bytes(key), fingerprint(key))
     store.close()
     schema = load_dataset(er.site_dir("site-a") / "train.npz").schema.to_dict()
-    straggler = fake_straggler_cls(er.url, key, "site-z", schema).start()
+    straggler = fake_straggler_cls(er.url, key, "site-z", schema, er.manifest_path).start()
     try:
         run = client.train(SPEC, rounds=1, target_epsilon=1.0, min_sites=2, round_timeout=20.0, **FAST)
         run.wait(120)

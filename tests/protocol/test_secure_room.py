@@ -20,6 +20,7 @@ from fedjax_room.protocol.coordinator import CoordinatorMachine, MemoryAudit
 from fedjax_room.protocol.handshake import make_hello
 from fedjax_room.protocol.secure import flatten_update
 from fedjax_room.protocol.site import SiteMachine
+from fedjax_room.room_manifest import create_manifest
 from fedjax_room.site.agent import SiteAgent
 from fedjax_room.site.policy import Policy
 
@@ -81,6 +82,12 @@ class Room:
             )
             machine = SiteMachine(agent.status, identity_key=key, audit=audit.append)
             self.sites[name] = {"key": key, "agent": agent, "machine": machine, "audit": audit}
+        # the room manifest each site pins: only these keys may be its SecAgg peers
+        manifest = create_manifest(
+            {n: public_key_bytes(x["key"]) for n, x in self.sites.items()}, public_key_bytes(generate_key())
+        )
+        for n, x in self.sites.items():
+            x["machine"].manifest, x["machine"].name = manifest, n
         akey = generate_key()
         self.store.enroll("analyst", "analyst", public_key_bytes(akey), fingerprint(akey))
         self.analyst_key = akey
@@ -282,7 +289,8 @@ def test_distributed_dp_reports_both_guarantees(tmp_path):
         assert 0 < p["epsilon"] < np.inf  # sample level (DP-SGD), as without secure aggregation
         assert 0 < p["site_epsilon"] < np.inf  # site level (distributed DP over 2 rounds)
         agent = room.sites[site]["agent"]
-        assert len(agent.site_ledger.tags) == 2 and agent.site_ledger.run_epsilon(run_id, 1e-5) == pytest.approx(
+        # each round's training (Skellam) and evaluation release, at the site level (issue 13 item 7)
+        assert len(agent.site_ledger.tags) == 4 and agent.site_ledger.run_epsilon(run_id, 1e-5) == pytest.approx(
             p["site_epsilon"]
         )
 
@@ -345,7 +353,7 @@ def test_site_epsilon_cap_refuses_the_round_that_would_pass_it(tmp_path):
     run_id = room.start(rounds=2, **ddp)
     agent = room.sites["site-a"]["agent"]
     # Round 1 fits and is spent on both ledgers; round 2 would pass the site-level cap: refused, nothing spent.
-    assert [t.split("/", 1)[1] for t in agent.site_ledger.tags] == ["1/train"]
+    assert [t.split("/", 1)[1] for t in agent.site_ledger.tags] == ["1/train", "1/eval"]  # evaluation included
     assert agent.site_ledger.epsilon() == pytest.approx(one_round) and agent.site_ledger.epsilon() <= 1.1 * one_round
     assert f"{run_id}/2/train" not in agent.ledger.tags
     refused = [r["fields"] for r in room.sites["site-a"]["audit"].records if r["kind"] == "run_refused"]

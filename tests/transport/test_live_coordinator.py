@@ -21,9 +21,17 @@ from fedjax_room.errors import RoleError, UnknownIdentityError
 from fedjax_room.identity import fingerprint, generate_key, public_key_bytes
 from fedjax_room.protocol import messages as m
 from fedjax_room.protocol.handshake import make_hello
-from fedjax_room.transport.client import open_connection, recv_message
+from fedjax_room.transport import client as transport_client
+from fedjax_room.transport.client import recv_message
 
 pytestmark = pytest.mark.slow
+
+_PINS: dict[str, object] = {}  # url -> the coordinator.key.pub its clients pin
+
+
+def open_connection(url, key, **kwargs):
+    kwargs.setdefault("coordinator_key", _PINS[url])
+    return transport_client.open_connection(url, key, **kwargs)
 
 
 def _enroll(state, name, role):
@@ -39,6 +47,7 @@ def room(tmp_path_factory):
     state = tmp_path_factory.mktemp("coord")
     keys = {"site-a": _enroll(state, "site-a", "site"), "analyst": _enroll(state, "analyst", "analyst")}
     proc, url = spawn_coordinator(state)
+    _PINS[url] = state / "coordinator.key.pub"
     yield state, url, keys
     assert stop_process(proc) == 0, (state / "logs" / "coordinator.log").read_text()
 
@@ -202,6 +211,7 @@ def test_wss_with_a_self_signed_certificate(tmp_path):
     site_key = _enroll(state, "site-a", "site")
     cert, key = _self_signed(tmp_path)
     proc, url = spawn_coordinator(state, tls_cert=cert, tls_key=key)
+    _PINS[url] = state / "coordinator.key.pub"
     try:
         assert url.startswith("wss://127.0.0.1:")
 
