@@ -52,7 +52,8 @@ class RunLimits:
     max_rounds: int = 1_000
     max_local_steps: int = 10_000
     max_total_steps: int = 100_000  #: rounds * local_steps: the DP-SGD steps each site's accountant composes
-    max_accountant_cost: float = 1e6  #: rounds * local_steps / noise_multiplier**2 (fixed-noise runs)
+    #: rounds * local_steps / noise_multiplier**2 (fixed-noise runs): at noise 0.3 about 11,000 steps, a plan of ~3 s
+    max_accountant_cost: float = 1.2e5
     max_batch_size: int = 4096
     max_learning_rate: float = 10.0
     max_server_learning_rate: float = 10.0
@@ -61,7 +62,7 @@ class RunLimits:
     min_noise_multiplier: float = 0.3  #: noise_multiplier and site_noise_multiplier
     max_noise_multiplier: float = 1e4
     min_target_epsilon: float = 0.01
-    max_target_epsilon: float = 100.0
+    max_target_epsilon: float = 50.0  #: above it a site's calibrated noise (and its accounting) gets tiny (slow)
     min_delta: float = 1e-12
     max_delta: float = 0.1
     min_round_timeout: float = 0.1
