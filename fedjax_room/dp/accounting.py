@@ -18,6 +18,13 @@ dp-accounting's PLD (default) or RDP accountants.
 The PLD accountant discretises the privacy-loss distribution with
 :data:`PLD_VALUE_DISCRETIZATION`; its rounding is pessimistic, so the epsilon it
 reports is always an upper bound (coarser = faster and slightly larger).
+
+A third kind, ``"rdp_integer"``, is the RDP accountant restricted to the integer orders
+:data:`INTEGER_RDP_ORDERS`. It is for mechanisms whose privacy is only *proven* as an RDP
+bound at integer orders, such as the distributed Skellam mechanism
+(:mod:`fedjax_room.secagg.ddp`): it is reported as a Gaussian whose RDP curve dominates
+the Skellam bound at every integer order, and converting that RDP curve (not the
+Gaussian's PLD, which the domination says nothing about) is a certified bound.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from fedjax_room.errors import ConfigError, PrivacyError
 __all__ = [
     "ACCOUNTANTS",
     "EVENT_TYPES",
+    "INTEGER_RDP_ORDERS",
     "PLD_VALUE_DISCRETIZATION",
     "RDP_ORDERS",
     "Accountant",
@@ -48,8 +56,9 @@ __all__ = [
     "event_to_dict",
 ]
 
-#: Accountant kinds: privacy-loss distributions (tight) and Rényi DP (a cross-check).
-ACCOUNTANTS = ("pld", "rdp")
+#: Accountant kinds: privacy-loss distributions (tight), Rényi DP (a cross-check), and Rényi DP at integer
+#: orders only (certified for mechanisms whose RDP bound holds at integer orders, e.g. distributed Skellam).
+ACCOUNTANTS = ("pld", "rdp", "rdp_integer")
 
 #: PLD value discretisation interval. 1e-3 reproduces the published epsilon
 #: 2.4612381 (q=0.01, sigma=0.7, 120 steps, delta=1e-5) to 2e-5 relative, at a
@@ -64,6 +73,9 @@ RDP_ORDERS: tuple[float, ...] = (
     256.0,
     512.0,
 )
+
+#: Integer Rényi orders of the ``"rdp_integer"`` accountant (also those of the Skellam bound in secagg.ddp).
+INTEGER_RDP_ORDERS: tuple[float, ...] = tuple(float(a) for a in range(2, 257))
 
 #: Search range for the noise multiplier in :func:`calibrate_noise`.
 _MIN_NOISE = 0.25
@@ -132,6 +144,8 @@ def _check_kind(kind: Any) -> str:
 def _fresh(kind: str) -> dpa.PrivacyAccountant:
     if kind == "pld":
         return dpa_pld.PLDAccountant(value_discretization_interval=PLD_VALUE_DISCRETIZATION)
+    if kind == "rdp_integer":
+        return dpa_rdp.RdpAccountant(list(INTEGER_RDP_ORDERS))
     return dpa_rdp.RdpAccountant(list(RDP_ORDERS))
 
 

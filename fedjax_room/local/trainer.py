@@ -139,6 +139,10 @@ class LocalTrainer:
       learning_rate: local learning rate.
       optimizer: ``"sgd"`` or ``"momentum"`` (0.9).
       method: per-example clipping implementation, ``"auto" | "vmap" | "fast"``.
+      public_size: a PUBLIC training size (a site's declared or DP-counted size): then the sampling rate is
+        ``min(1, batch_size / public_size)`` and the update is normalised by ``q * public_size`` whatever the
+        real ``N`` is, so nothing released depends on ``N`` (Poisson sampling at a fixed ``q`` is private for
+        any ``N``). None: both come from the real ``N`` (local, non-released use).
     """
 
     def __init__(
@@ -151,8 +155,10 @@ class LocalTrainer:
         learning_rate: float,
         optimizer: str = "sgd",
         method: str = "auto",
+        public_size: int | None = None,
     ) -> None:
         self.spec = ModelSpec.from_dict(spec)
+        self.public_size = None if public_size is None else _positive(public_size, "public_size", integer=True)
         self.clip_norm = _positive(clip_norm, "clip_norm")
         if (
             isinstance(noise_multiplier, bool)
@@ -174,9 +180,9 @@ class LocalTrainer:
     # ------------------------------------------------------------------ privacy
 
     def sampling_rate(self, num_examples: int) -> float:
-        """``q = min(1, batch_size / num_examples)``."""
+        """``q = min(1, batch_size / public_size)``, or ``min(1, batch_size / num_examples)`` without a public size."""
         num_examples = _positive(num_examples, "num_examples", integer=True)
-        return min(1.0, self.batch_size / num_examples)
+        return min(1.0, self.batch_size / (self.public_size or num_examples))
 
     def event(self, num_examples: int, steps: int) -> DpEvent:
         """The DP event of one :meth:`train` call with ``steps`` steps on ``num_examples`` examples."""
@@ -192,7 +198,7 @@ class LocalTrainer:
             self.learning_rate,
             clip_norm=self.clip_norm,
             noise_multiplier=self.noise_multiplier,
-            expected_batch_size=q * num_examples,
+            expected_batch_size=q * (self.public_size or num_examples),
             key=key,
             momentum=_MOMENTUM if self.optimizer == "momentum" else None,
         )

@@ -598,8 +598,12 @@ class CoordinatorMachine(SecureDriver, RunDriver):
     def _on_metrics(self, c: _Conn, msg: m.Metrics, now: float) -> None:
         if not _finite(msg.correct, msg.count, msg.loss_sum, msg.epsilon, msg.ledger_epsilon, msg.delta):
             raise ProtocolError("metrics: every value must be a finite number")
+        if msg.site_epsilon is not None and not _finite(msg.site_epsilon):
+            raise ProtocolError("metrics: site_epsilon must be a finite number")
         if self._asked(c, msg.run_id, msg.round, "eval"):
             self._record_spend(c, msg, "eval")
+            if msg.site_epsilon is not None:  # distributed DP: the site-level ledger includes evaluations
+                self.store.record_site_spend(c.name, msg.run_id, msg.round, msg.site_epsilon)
         a = self._awaiting(c, msg.run_id, msg.round, "eval")
         if a is None:
             self._stale(c, msg.run_id, f"metrics for round {msg.round}")

@@ -241,6 +241,8 @@ class Metrics(Message):
     epsilon: float
     ledger_epsilon: float
     delta: float
+    #: site-level epsilon of this run so far, this evaluation included; None without distributed DP
+    site_epsilon: float | None = None
 
 
 @_message

@@ -6,6 +6,11 @@ epsilon). It is rewritten atomically (temporary file, fsync, rename, fsync of th
 :meth:`Ledger.commit`, which refuses — :class:`~fedjax_room.errors.BudgetExceededError`, nothing
 written — any event that would take the total epsilon at the site's ``delta_cap`` past its cap. So
 the ledger on disk is never past the cap, and a release key is spent at most once.
+
+A site keeps two ledgers: the sample-level one (``kind="pld"``, add/remove one record) and, for
+distributed-DP runs, a site-level one (``kind="rdp_integer"``, the whole site's data zeroed out), whose
+epsilon is a certified bound of the Skellam releases and of the site's evaluation releases in those runs
+(see :mod:`fedjax_room.secagg.ddp` and :func:`fedjax_room.site.plan.site_eval_event`).
 """
 
 from __future__ import annotations
@@ -50,7 +55,9 @@ class Ledger:
                 data = json.loads(ledger.path.read_text())
                 if data.get("version") != _VERSION:
                     raise ValueError(f"version {data.get('version')!r}")
-                ledger._acc = Accountant.from_dict(data["accountant"])
+                # events are the record; the kind is the ledger's (a site-level ledger written by an older
+                # version as "pld" is recomposed as "rdp_integer", the only certified one for Skellam noise)
+                ledger._acc = Accountant.from_dict({**dict(data["accountant"]), "kind": kind})
                 ledger._tags = [str(t) for t in data["tags"]]
                 ledger._releases = dict(data["releases"])
                 if len(ledger._tags) != len(ledger._acc):

@@ -1,7 +1,7 @@
-"""A site's privacy plan for a run: the noise it will add, calibrated to its own data size.
+"""A site's privacy plan for a run: the noise it will add, calibrated to its PUBLIC data size.
 
 Per round a site makes two releases: a DP-SGD update (``local_steps`` steps, Poisson sampling at
-``q = batch_size / n_train``, noise multiplier ``sigma``) and an evaluation (Gaussian noise on the
+``q = batch_size / public_size``, noise multiplier ``sigma``) and an evaluation (Gaussian noise on the
 vector ``(count, correct, loss_sum / LOSS_CLIP)``, whose L2 sensitivity is ``sqrt(3)``, with noise
 multiplier ``eval_sigma`` relative to that sensitivity; per-example losses are clipped to
 ``[0, LOSS_CLIP]``).
@@ -20,13 +20,13 @@ import dataclasses
 import math
 from typing import Any
 
-from dp_accounting import DpEvent
+from dp_accounting import DpEvent, GaussianDpEvent, NoOpDpEvent
 
 from fedjax_room.dp.accounting import Accountant, calibrate_noise, dpsgd_event
 from fedjax_room.errors import ConfigError, PrivacyError
 from fedjax_room.protocol.config import RunConfig
 
-__all__ = ["EVAL_SHARE", "FIXED_EVAL_NOISE", "LOSS_CLIP", "Plan", "coarse_count", "make_plan"]
+__all__ = ["EVAL_SHARE", "FIXED_EVAL_NOISE", "LOSS_CLIP", "Plan", "coarse_count", "make_plan", "site_eval_event"]
 
 #: Share of a run's target epsilon spent on evaluation releases.
 EVAL_SHARE = 0.25
@@ -61,6 +61,8 @@ class Plan:
     epsilon_planned: float
     min_sites: int
     weight: int
+    #: the public training size the plan was made for (0: a plan stored by an older version, made from N)
+    public_size: int = 0
 
     def train_event(self) -> DpEvent:
         """The event of one round's training release."""
@@ -76,7 +78,8 @@ class Plan:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Plan:
         try:
-            return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
+            fields = [f.name for f in dataclasses.fields(cls)]
+            return cls(**{name: data[name] for name in fields if name in data or name != "public_size"})
         except (KeyError, TypeError) as exc:
             raise ConfigError(f"stored plan is malformed ({exc})") from None
 
@@ -99,11 +102,35 @@ def _run_epsilon(sigma: float, eval_sigma: float, q: float, steps: int, rounds: 
     return acc.epsilon(delta)
 
 
-def make_plan(config: RunConfig, *, n_train: int, min_sites: int) -> Plan:
-    """Calibrate this site's noise for ``config`` on ``n_train`` training examples."""
-    if n_train <= 0:
-        raise ConfigError("this site has no training examples")
-    q = min(1.0, config.batch_size / n_train)
+def site_eval_event(eval_noise_multiplier: float, heldout_bound: int) -> DpEvent:
+    """The site-level event of one evaluation release when at most ``heldout_bound`` records are evaluated.
+
+    Zeroing out the whole site moves ``(count, correct, loss_sum / LOSS_CLIP)`` by at most
+    ``sqrt(3) * heldout_bound`` in L2 (each coordinate is at most the count), and each coordinate carries
+    Gaussian noise ``eval_noise_multiplier * sqrt(3)``: a Gaussian mechanism with noise multiplier
+    ``eval_noise_multiplier / heldout_bound``. Per-site evaluation is therefore *weak* at the site level
+    (that is the honest figure). ``heldout_bound = 0`` releases noise only.
+    """
+    if isinstance(heldout_bound, bool) or not isinstance(heldout_bound, int) or heldout_bound < 0:
+        raise ConfigError(f"heldout_bound must be a non-negative integer, got {heldout_bound!r}")
+    if not (math.isfinite(eval_noise_multiplier) and eval_noise_multiplier > 0):
+        raise PrivacyError(f"evaluation noise multiplier must be positive, got {eval_noise_multiplier!r}")
+    if heldout_bound == 0:
+        return NoOpDpEvent()
+    return GaussianDpEvent(eval_noise_multiplier / heldout_bound)
+
+
+def make_plan(config: RunConfig, *, public_size: int, min_sites: int) -> Plan:
+    """Calibrate this site's noise for ``config`` on a PUBLIC training size ``public_size``.
+
+    Never pass the exact record count: every field of the plan is a function of ``config``,
+    ``public_size`` and ``min_sites`` only (see the module docstring).
+    """
+    if isinstance(public_size, bool) or not isinstance(public_size, int):
+        raise ConfigError(f"public_size must be an integer, got {public_size!r}")
+    if public_size <= 0:
+        raise ConfigError("this site has no (public) training examples")
+    q = min(1.0, config.batch_size / public_size)
     steps, rounds, delta = config.local_steps, config.rounds, config.delta
     if config.target_epsilon is None:
         sigma = float(config.noise_multiplier)
@@ -146,5 +173,6 @@ def make_plan(config: RunConfig, *, n_train: int, min_sites: int) -> Plan:
         delta=delta,
         epsilon_planned=planned,
         min_sites=min_sites,
-        weight=coarse_count(n_train),
+        weight=coarse_count(public_size),
+        public_size=public_size,
     )

@@ -12,6 +12,8 @@ Example ``policy.toml``::
     require_secure_aggregation = false
     approval = "auto"            # or "manual": a spec not in approved_models waits in the site's inbox
     approved_models = []         # spec hashes this site runs without asking (ModelSpec.hash)
+    declared_train_records = 4000   # optional, with the next: the PUBLIC sizes the site plans with
+    declared_heldout_records = 1000 # (else it releases one DP count of its sizes at first start)
 
     # A test and demo feature only: make this site a poisoning attacker (fedjax_room.robust.attacks).
     # Never shared with the room. `fedjax-room demo --attack boost --malicious 1` writes it.
@@ -24,6 +26,12 @@ Example ``policy.toml``::
 ``min_sites``, ``schema``) and a message saying what would be accepted. The budget check
 (``epsilon_cap``, and ``site_epsilon_cap`` for the site-level ledger of distributed-DP runs; no
 cap when it is left out) needs the ledgers and lives in :mod:`fedjax_room.site.agent`.
+
+``declared_train_records`` / ``declared_heldout_records`` (both or neither) are sizes the data owner
+declares public. The site's sampling rate, noise, FedAvg weight and published record count come from
+them (:mod:`fedjax_room.site.public_size`), never from the exact sizes; a declared held-out size also
+caps how many held-out records are evaluated. Without them the site releases one DP count of its
+sizes, accounted in its ledger, at first start.
 """
 
 from __future__ import annotations
@@ -60,6 +68,10 @@ class Policy:
     approved_models: tuple[str, ...] = ()
     #: cap on the site-level (whole-dataset) epsilon that distributed-DP runs compose; None: no cap
     site_epsilon_cap: float | None = None
+    #: public training size the site plans with (sampling rate, noise, weight); None: a DP count at first start
+    declared_train_records: int | None = None
+    #: public held-out size (with declared_train_records): the most held-out records evaluated
+    declared_heldout_records: int | None = None
     #: test/demo only: ``{"attack": name, "options": {...}}`` makes this site malicious; never shared
     simulation: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False)
 
@@ -99,6 +111,21 @@ class Policy:
                 raise PolicyError(f"{where}: {key} has unknown names {bad}; choose from {list(allowed)}")
             return tuple(v)
 
+        def count(key: str, least: int) -> int | None:
+            v = d[key]
+            if v is None:
+                return None
+            if isinstance(v, bool) or not isinstance(v, int) or not least <= v <= 2**31 - 1:
+                raise PolicyError(f"{where}: {key} must be an integer from {least} to 2**31 - 1, got {v!r}")
+            return v
+
+        declared_train = count("declared_train_records", 1)
+        declared_heldout = count("declared_heldout_records", 0)
+        if (declared_train is None) != (declared_heldout is None):
+            raise PolicyError(
+                f"{where}: declare both declared_train_records and declared_heldout_records, or neither "
+                "(then the site releases a DP count of its sizes at first start)"
+            )
         delta = number("delta_cap")
         if delta >= 1:
             raise PolicyError(f"{where}: delta_cap must be below 1 (typically below 1/number of records)")
@@ -136,6 +163,8 @@ class Policy:
             max_params=integer("max_params"),
             allowed_aggregators=names("allowed_aggregators", AGGREGATORS),
             require_secure_aggregation=secure,
+            declared_train_records=declared_train,
+            declared_heldout_records=declared_heldout,
         )
 
     @classmethod

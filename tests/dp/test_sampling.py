@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedjax_room.dp.sampling import max_batch_size_for, poisson_sample
+from fedjax_room.dp.sampling import binomial_tail, max_batch_size_for, overflow_probability, poisson_sample
 from fedjax_room.errors import ConfigError
 
 
@@ -31,11 +31,44 @@ def test_mean_size_and_uniform_inclusion():
     assert counts.min() > draws * q - 6 * np.sqrt(draws * q) and counts.max() < draws * q + 6 * np.sqrt(draws * q)
 
 
-def test_overflow_truncates_with_warning():
-    rng = np.random.default_rng(1)
-    with pytest.warns(RuntimeWarning, match="truncated"):
-        idx, mask = poisson_sample(rng, 100, 0.9, 10)
-    assert mask.all() and len(np.unique(idx)) == 10
+def test_overflow_keeps_the_whole_poisson_sample():
+    # Issue 13 item 8: truncating an overflowing batch is not Poisson sampling, and was not in delta. Now the cap
+    # only sets a compiled shape: with the same randomness a tiny cap gives exactly the sample an unbounded one does.
+    for seed in range(20):
+        big_idx, big_mask = poisson_sample(np.random.default_rng(seed), 100, 0.9, 100)  # cannot overflow
+        with pytest.warns(RuntimeWarning, match="padded"):
+            idx, mask = poisson_sample(np.random.default_rng(seed), 100, 0.9, 10)
+        assert len(idx) % 10 == 0 and len(idx) >= mask.sum()
+        assert sorted(idx[mask]) == sorted(big_idx[big_mask])  # every drawn example is kept: the law is Binomial
+        assert int(mask.sum()) > 10
+
+
+def test_a_long_run_spends_no_delta_on_the_batch_cap():
+    # The 14063-step run of the issue (60 epochs of 60000 examples at batch 256): with truncation its coupling bound
+    # was 14063 * 1e-9 ~ 1.4e-5 on top of delta = 1e-5. Without truncation the sampler is exactly Poisson at any cap,
+    # so the run's delta is the accountant's alone; the cap is only how often a step needs a larger shape.
+    scipy_stats = pytest.importorskip("scipy.stats")
+    n, q, steps = 60000, 256 / 60000, 14063
+    cap = max_batch_size_for(n, q)
+    bound = overflow_probability(n, q, cap, steps)
+    exact = steps * scipy_stats.binom.sf(cap, n, q)  # union bound with scipy's tail
+    assert exact <= bound <= exact * (1 + 1e-5) and bound < 1e-6
+    rng = np.random.default_rng(5)
+    draws = [poisson_sample(rng, n, q, cap)[1].sum() for _ in range(200)]
+    assert max(draws) <= cap  # the usual shape holds in practice
+    assert overflow_probability(n, q, cap, 0) == 0.0 and overflow_probability(100, 0.5, 100, 9) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("n", "q", "k"),
+    [(480, 32 / 480, 73), (60000, 256 / 60000, 366), (1_000_000, 1e-3, 1200), (2**31 - 1, 1e-6, 3000), (50, 0.5, 40)],
+)
+def test_binomial_tail_is_an_upper_bound(n, q, k):
+    scipy_stats = pytest.importorskip("scipy.stats")
+    exact = scipy_stats.binom.sf(k - 1, n, q)
+    bound = binomial_tail(n, q, k)
+    assert exact <= bound <= exact * (1 + 1e-5)
+    assert binomial_tail(n, q, 0) == 1.0 and binomial_tail(n, q, n + 1) == 0.0
 
 
 def test_edge_rates():

@@ -60,6 +60,8 @@ def test_kill_9_mid_run_resumes_to_the_same_model(tmp_path):
 
         for name in SITES:
             tags = _ledger_tags(er, name)
+            assert tags[0] == "@size/0/count"  # the site's one DP count of its sizes (site.public_size), then the run
+            tags = tags[1:]
             assert len(tags) == len(set(tags)) == 2 * CONFIG["rounds"], tags  # each release spent once
             audit = (er.site_dir(name) / "state" / "audit.jsonl").read_text()
             assert audit.count('"update_released"') == CONFIG["rounds"]

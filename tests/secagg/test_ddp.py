@@ -81,14 +81,45 @@ def test_dp_event_dominates_the_skellam_bound():
         gaussian = acc.get_epsilon(1e-5)
         strict = mech.epsilon(rounds, 1e-5)
         assert strict <= gaussian <= strict * 1.001
-    event = mech.dp_event(5, sampling_rate=0.2)
-    assert isinstance(event, dp_accounting.SelfComposedDpEvent) and event.count == 5
-    assert isinstance(event.event, dp_accounting.PoissonSampledDpEvent)
-    pld = dp_accounting.pld.PLDAccountant()
-    pld.compose(event)
-    full = dp_accounting.pld.PLDAccountant()
-    full.compose(mech.dp_event(5))
-    assert pld.get_epsilon(1e-5) < full.get_epsilon(1e-5)
+    with pytest.raises(PrivacyError, match="subsampled"):
+        mech.dp_event(5, sampling_rate=0.2)  # no certified bound for subsampled Skellam
+
+
+@pytest.mark.parametrize(("sigma", "rounds", "old_pld", "skellam"), [(1.0, 5, 11.48, 12.31), (0.5, 50, 159.5, 210.2)])
+def test_the_reported_site_epsilon_is_the_certified_skellam_bound(tmp_path, sigma, rounds, old_pld, skellam):
+    # Issue 13 item 7: d = 1e6, 10 sites. The site-level ledger used to report the PLD of a Gaussian at z_eff
+    # (11.48, 159.5), below the certified Skellam RDP bound (12.31, 210.2). Now it composes the same events, round
+    # by round as a site does, in an integer-order RDP accountant, and reports at least the Skellam bound.
+    from fedjax_room.dp.accounting import Accountant
+    from fedjax_room.site.ledger import Ledger
+
+    mech = SkellamMechanism(clip_norm=1.0, noise_multiplier=sigma, dimension=1_000_000, max_sites=10, min_sites=10)
+    ledger = Ledger.open(tmp_path / "site_ledger.json", epsilon_cap=math.inf, delta=1e-5, kind="rdp_integer")
+    for r in range(1, rounds + 1):
+        run_eps, total = ledger.commit(f"run-1/{r}/train", mech.dp_event(1), {"round": r}, run_delta=1e-5)
+    certified = mech.epsilon(rounds, 1e-5)
+    assert certified == pytest.approx(skellam, abs=0.1)
+    assert run_eps >= certified and total >= certified and run_eps <= certified * (1 + 1e-9)
+    assert mech.certified_epsilon(rounds, 1e-5) >= certified
+    gaussian_pld = Accountant("pld").compose(mech.dp_event(rounds)).epsilon(1e-5)
+    assert gaussian_pld == pytest.approx(old_pld, abs=0.1) and gaussian_pld < certified  # what was reported
+    # a site-level ledger written as "pld" by an older version is recomposed as certified when a site opens it
+    old = Ledger.open(tmp_path / "old.json", epsilon_cap=math.inf, delta=1e-5, kind="pld")
+    for r in range(1, rounds + 1):
+        old.commit(f"run-1/{r}/train", mech.dp_event(1), {"round": r}, run_delta=1e-5)
+    assert old.epsilon() < certified
+    reopened = Ledger.open(tmp_path / "old.json", epsilon_cap=math.inf, delta=1e-5, kind="rdp_integer")
+    assert reopened.epsilon() == pytest.approx(total, rel=1e-12) and reopened.epsilon() >= certified
+
+
+def test_evaluation_releases_are_in_the_site_level_bound():
+    from fedjax_room.site.plan import site_eval_event
+
+    # zeroing out a site moves (count, correct, loss_sum / 5) by at most sqrt(3) * H; the noise is sqrt(3) * sigma
+    assert site_eval_event(20.0, 100) == dp_accounting.GaussianDpEvent(0.2)
+    assert site_eval_event(20.0, 0) == dp_accounting.NoOpDpEvent()
+    with pytest.raises(ConfigError):
+        site_eval_event(20.0, -1)
 
 
 def test_site_level_event_and_settings():

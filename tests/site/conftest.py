@@ -29,6 +29,9 @@ class Factory:
         self.heldout = make_data(60, 2)
 
     def agent(self, name="site-a", state=None, **policy):
+        # the sizes are declared public by default (no DP count in the ledger); pass
+        # declared_train_records=None, declared_heldout_records=None for a site that counts them under DP
+        policy = {"declared_train_records": len(self.train), "declared_heldout_records": len(self.heldout), **policy}
         return SiteAgent(
             name=name,
             train=self.train,
