@@ -203,3 +203,40 @@ def test_the_count_event_is_a_gaussian_mechanism():
     from fedjax_room.site.public_size import size_event
 
     assert size_event() == dp_accounting.GaussianDpEvent(SIZE_NOISE_MULTIPLIER)
+
+
+def test_a_distributed_dp_evaluation_is_composed_into_the_site_level_ledger(tmp_path):
+    # Issue 13 item 7: the site-level ledger left evaluation releases out. Zeroing out the whole site moves its
+    # (count, correct, loss_sum / 5) by at most sqrt(3) * heldout_bound; that Gaussian event is now composed and
+    # capped there, and the site-level epsilon the room hears (metrics.site_epsilon) includes it.
+    from fedjax_room.site.plan import site_eval_event
+
+    ddp = {"secure_aggregation": True, "site_noise_multiplier": 1.0, "site_clip_norm": 0.5}
+    policy = {"declared_train_records": 480, "declared_heldout_records": 120}
+    agent = _agent(tmp_path, 480, policy=policy)
+    assert isinstance(agent.handle("offer", _offer(**ddp)), m.RunAccept)
+    metrics = agent.handle("eval", _start("run-1", 1, "eval"))
+    assert isinstance(metrics, m.Metrics), metrics
+    _, _, plan = agent._load_run("run-1")
+    assert agent.site_ledger.tags == ["run-1/1/eval"]
+    assert agent.site_ledger.events == [{"type": "gaussian", "noise_multiplier": plan.eval_noise_multiplier / 120}]
+    assert site_eval_event(plan.eval_noise_multiplier, 120) == dp_accounting.GaussianDpEvent(
+        plan.eval_noise_multiplier / 120
+    )
+    assert metrics.site_epsilon == agent.site_ledger.run_epsilon("run-1", 1e-5) > 0
+    assert agent.handle("eval", _start("run-1", 1, "eval")) == metrics  # asked again: the same, nothing spent
+    assert agent.site_ledger.tags == ["run-1/1/eval"]
+    # a plain run's evaluation stays off the site-level ledger
+    assert isinstance(agent.handle("offer", _offer(run_id="run-2")), m.RunAccept)
+    plain = agent.handle("eval", _start("run-2", 1, "eval"))
+    assert isinstance(plain, m.Metrics) and plain.site_epsilon is None and agent.site_ledger.tags == ["run-1/1/eval"]
+
+
+def test_the_site_level_cap_refuses_an_evaluation_before_it_is_computed(tmp_path):
+    ddp = {"secure_aggregation": True, "site_noise_multiplier": 1.0, "site_clip_norm": 0.5}
+    policy = {"declared_train_records": 480, "declared_heldout_records": 120, "site_epsilon_cap": 0.5}
+    agent = _agent(tmp_path, 480, policy=policy)
+    assert isinstance(agent.handle("offer", _offer(**ddp)), m.RunAccept)
+    reply = agent.handle("eval", _start("run-1", 1, "eval"))
+    assert isinstance(reply, m.RunRefuse) and reply.error["reason"] == "site_epsilon_cap"
+    assert agent.site_ledger.events == [] and agent.ledger.events == []
