@@ -39,7 +39,15 @@ Special values, documented once here:
 - An example whose gradient is not finite (NaN or inf anywhere, or a norm that
   overflows) contributes **zero** and reports its non-finite norm (``nan`` or
   ``inf``), so it is visible in the returned norms. The other examples are not
-  affected.
+  affected. On the fast path the same holds for an example with a non-finite or
+  ``>= 2**100`` layer input or output gradient (reported norm ``nan``).
+
+The clip factor of every path comes from a *certified upper bound* of the norm of what
+the example actually adds to the sum, float32 rounding and underflow included
+(:mod:`fedjax_room.dp.float_bounds`), so no example ever adds more than ``clip_norm``,
+for any finite parameters; the reported norms are these bounds (vmap: within about
+``1e-5`` relative of the norm; fast path, layers over ``P`` positions: within about
+``(K + O + B) P u``, far above it only for parameters crafted to cancel across positions).
 
 The returned function is jitted; ``clip_norm`` is a static Python float. The
 clip bound travels with the function: ``fn.clip_norm``.
@@ -54,7 +62,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from fedjax_room.dp import fast_clipping
+from fedjax_room.dp import fast_clipping, float_bounds
 from fedjax_room.errors import ConfigError
 
 __all__ = ["METHODS", "ClippedGradFn", "clipped_grad", "per_example_grads"]
@@ -143,14 +151,31 @@ def clip_weights(norms: jax.Array, clip_norm: float, mask: jax.Array) -> tuple[j
     return weights.astype(norms.dtype), ok
 
 
+def _certified_norms(grads: Params, clip_norm: float, batch: int) -> tuple[jax.Array, float]:
+    """``(bounds, effective_clip_norm)``: per-example upper bounds on the norm of what is summed.
+
+    ``bounds >= ||grad_i||`` including the float32 rounding of the sums of squares, of the weighted sum
+    over the batch and of the clip factor (:mod:`fedjax_room.dp.float_bounds`); within about
+    ``(1024 + n / 1024 + B) u`` of the norm for ``n`` parameters.
+    """
+    leaves = [g.reshape(g.shape[0], -1) for g in jax.tree_util.tree_leaves(grads)]
+    parts = [float_bounds.sum_squares_rows(g) for g in leaves]
+    sq = sum(part for part, _ in parts)
+    n = sum(g.shape[1] for g in leaves)
+    n_eff = max(n_eff for _, n_eff in parts) + len(parts)
+    bound = float_bounds.materialised_bound(sq, n, n_eff, batch)
+    norms, slack = float_bounds.total_bound([bound])
+    return norms, float_bounds.effective_clip_norm(clip_norm, slack + float_bounds.materialised_slack(n))
+
+
 def _vmap_chunk(loss_fn: LossFn, clip_norm: float) -> Callable[..., tuple[Params, jax.Array, jax.Array]]:
     """(params, batch, mask) -> (clipped sum, norms, per-example losses) via per-example gradients."""
     per_example = jax.vmap(jax.value_and_grad(_single_example_loss(loss_fn)), in_axes=(None, 0))
 
     def chunk(params: Params, batch: Batch, mask: jax.Array) -> tuple[Params, jax.Array, jax.Array]:
         losses, grads = per_example(params, batch)
-        norms = global_norms(grads)
-        weights, ok = clip_weights(norms, clip_norm, mask)
+        norms, effective = _certified_norms(grads, clip_norm, mask.shape[0])
+        weights, ok = clip_weights(norms, effective, mask)
 
         def weighted_sum(g: jax.Array) -> jax.Array:
             rows = ok.reshape((-1,) + (1,) * (g.ndim - 1))

@@ -51,6 +51,7 @@ from flax.linen import dtypes as flax_dtypes
 from flax.linen.linear import canonicalize_padding
 from jax.extend.core import Var
 
+from fedjax_room.dp import float_bounds
 from fedjax_room.models.conv import conv_general_dilated as space_to_depth_conv
 
 __all__ = ["LayerPlan", "Plan", "clipped_chunk", "plan"]
@@ -420,6 +421,74 @@ def _kernel_layout(layer: LayerPlan, kernel: jax.Array) -> jax.Array:
     return _kernel_from_patch_order(layer, kernel)
 
 
+_HIGHEST = jax.lax.Precision.HIGHEST
+_MAX_EXPONENT = 100  # activations / output gradients of magnitude >= 2**100 make a record unusable
+
+
+def _normalise(v: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``(v * 2**-e, e, finite)`` per example (leading axis): a float32 copy whose entries are ``< 1``.
+
+    ``e`` is the binary exponent of the example's largest ``|v|`` (clamped to ``[-100, 100]``), so the
+    scaling is exact except for entries that underflow. ``finite`` is ``False`` for an example with a
+    non-finite entry or one of magnitude ``>= 2**100``; its copy is all zeros (finite).
+    """
+    rows = v.shape[0]
+    alpha = jnp.max(jnp.abs(v.reshape(rows, -1)), axis=1).astype(jnp.float32)  # NaN propagates
+    finite = alpha < 2.0**_MAX_EXPONENT  # False for NaN and inf too
+    _, e = jnp.frexp(alpha)
+    e = jnp.clip(e, -_MAX_EXPONENT, _MAX_EXPONENT).astype(jnp.int32)
+    scale = jnp.ldexp(jnp.ones((rows,), jnp.float32), -e).reshape((rows,) + (1,) * (v.ndim - 1))
+    finite_rows = finite.reshape(scale.shape)
+    return jnp.where(finite_rows, v.astype(jnp.float32) * scale, 0.0), e, finite
+
+
+def _factored_bound(a: jax.Array, g: jax.Array, batch: int) -> tuple[jax.Array, float]:
+    """``(bound, slack)`` for a layer whose clipped kernel sum is ``sum_{b,p} a_bp (c_b g_bp)^T``.
+
+    ``a`` ``(B, P, K)`` has entries ``<= 2`` and ``g`` ``(B, P, O)`` entries ``< 1`` (scaled copies, see
+    :func:`_normalise`). With ``M = a^T g`` (exact) and ``T = sum_p ||a_p|| ||g_p||``, record ``b``'s
+    computed share of the book-keeping sum ``v`` satisfies ``||v - c M|| <= c (gamma(BP+1) T + d) + e``
+    (rounding of ``c g``, of the ``B*P``-term dot, underflow scaled by ``c``: ``d``; underflow not
+    scaled: ``e``, returned as ``slack``). ``||M||^2`` is estimated by the Gram trick
+    ``S = sum_{p,q} (a_p.a_q)(g_p.g_q)``, whose float32 value can be far off under cancellation
+    across positions; its error is at most ``gamma_S T^2 + delta_S`` (dot products of length ``K``
+    and ``O``, the products, a two-stage ``P + P`` sum, underflow). So
+    ``bound = sqrt(max(S, 0) + gamma_S T^2 + delta_S) + gamma(BP+1) T + d`` (T itself from the
+    Gram diagonals, bounded above) is ``>= ||M|| + gamma(BP+1) T + d`` after the final rounding
+    factor, whatever the parameters. For one position (a dense layer) ``T^2 = S``: the bound is
+    the norm to within about ``(K + O) u``.
+    """
+    gamma = float_bounds.gamma
+    u, tiny = float_bounds.U, float_bounds.TINY
+    f32 = float_bounds.f32_up
+    positions, fan_in, fan_out = a.shape[1], a.shape[2], g.shape[2]
+    if positions == 1:
+        da = jnp.sum(jnp.square(a), axis=(1, 2))
+        dg = jnp.sum(jnp.square(g), axis=(1, 2))
+        sq = da * dg
+        t = jnp.sqrt(da + f32(4 * fan_in * tiny)) * jnp.sqrt(dg + f32(4 * fan_out * tiny))
+    else:
+        ga = jnp.einsum("bpi,bqi->bpq", a, a, precision=_HIGHEST)
+        gg = jnp.einsum("bpo,bqo->bpq", g, g, precision=_HIGHEST)
+        inner = jax.lax.optimization_barrier(jnp.sum(ga * gg, axis=2))
+        sq = jnp.sum(inner, axis=1)
+        da = jnp.diagonal(ga, axis1=1, axis2=2)
+        dg = jnp.diagonal(gg, axis1=1, axis2=2)
+        t = jnp.sum(jnp.sqrt(da + f32(4 * fan_in * tiny)) * jnp.sqrt(dg + f32(4 * fan_out * tiny)), axis=1)
+    g_k, g_o = gamma(fan_in), gamma(fan_out)
+    # T_exact <= rho_t * t: the diagonals, the sqrt and products, the P-term sum.
+    rho_t = 1.0 / ((1.0 - gamma(positions)) * (1.0 - u) ** 4 * math.sqrt((1.0 - g_k) * (1.0 - g_o)))
+    eps_product = (g_k + g_o + g_k * g_o) * (1.0 + u) + u
+    gamma_s = eps_product + gamma(2 * positions) * (1.0 + eps_product)
+    delta_s = positions**2 * (22.0 * fan_in * fan_out + 4.0) * tiny
+    gamma_bk = gamma(batch * positions + 1)
+    delta_bk = positions * math.sqrt(fan_in * fan_out) * 2.0**-124
+    y = jnp.maximum(sq, 0.0) + jnp.float32(f32(gamma_s * rho_t**2)) * jnp.square(t) + jnp.float32(f32(delta_s))
+    bound = jnp.sqrt(y) + jnp.float32(f32(gamma_bk * rho_t)) * t + jnp.float32(f32(delta_bk))
+    bound = bound * jnp.float32(f32(1.0 / (1.0 - u) ** 12))
+    return bound, positions * math.sqrt(fan_in * fan_out) * 2.0**-123
+
+
 def clipped_chunk(
     loss_fn: Callable[[Params, Batch], jax.Array],
     clip_norm: float,
@@ -465,45 +534,65 @@ def clipped_chunk(
 
     grads, (losses, acts) = jax.grad(summed, has_aux=True)(perturb)
 
-    # Per-example squared norms, layer by layer.
+    # Per-example upper bounds on the norm of what each layer adds to the sum (see _factored_bound).
     terms = []
-    sq = jnp.zeros((size,), jnp.float32)
+    bounds: list[jax.Array] = []
+    slack = 0.0
     for layer, x, g in zip(layers, acts, grads, strict=True):
-        a, gg = _layer_terms(layer, x, g)
-        a32, g32 = a.astype(jnp.float32), gg.astype(jnp.float32)
-        per_example = None
-        if layer.strategy == "outer":
-            sq = sq + jnp.sum(jnp.square(a32), axis=(1, 2)) * jnp.sum(jnp.square(g32), axis=(1, 2))
-        elif layer.strategy == "gram":
-            ga = jnp.einsum("bpi,bqi->bpq", a32, a32)
-            gg_ = jnp.einsum("bpo,bqo->bpq", g32, g32)
-            sq = sq + jnp.sum(ga * gg_, axis=(1, 2))
+        fan_out = layer.y_shape[-1]
+        g_rows = g.reshape(size, -1, fan_out)
+        if layer.strategy == "materialise":
+            a, gg = _layer_terms(layer, x, g)
+            per_example = jnp.einsum("bpi,bpo->bio", a, gg, precision=_HIGHEST)
+            n = per_example.shape[1] * fan_out
+            sq, n_eff = float_bounds.sum_squares_rows(per_example.reshape(size, n))
+            bounds.append(float_bounds.materialised_bound(sq, n, n_eff, size))
+            slack += float_bounds.materialised_slack(n)
+            terms.append((per_example, None, None, None))
         else:
-            per_example = jnp.einsum("bpi,bpo->bio", a, gg)
-            sq = sq + jnp.sum(jnp.square(per_example.astype(jnp.float32)), axis=(1, 2))
-        bias_grad = jnp.sum(gg, axis=1) if layer.bias_leaf is not None else None
-        if bias_grad is not None:
-            sq = sq + jnp.sum(jnp.square(bias_grad.astype(jnp.float32)), axis=1)
-        terms.append((a, gg, per_example, bias_grad))
-    norms = jnp.sqrt(sq)
-    weights, ok = clip_weights(norms, clip_norm, mask)
+            xs, ea, fin_a = _normalise(x)
+            gs, eg, fin_g = _normalise(g)
+            a, gg = _layer_terms(layer, xs, gs)
+            finite = jnp.logical_and(fin_a, fin_g)
+            bound_a = 1.0
+            if layer.kind == "conv" and layer.patches == "lax":
+                # lax's im2col is a convolution: only trust it to copy within a factor 2, and check that.
+                bound_a = 2.0
+                finite = jnp.logical_and(finite, jnp.max(jnp.abs(a), axis=(1, 2)) <= bound_a)
+            unit_bound, layer_slack = _factored_bound(a, gg, size)
+            scale_exp = ea + eg
+            bounds.append(jnp.where(finite, jnp.ldexp(unit_bound, scale_exp), jnp.nan))
+            slack += layer_slack
+            terms.append((None, a, gg, scale_exp))
+        if layer.bias_leaf is not None:
+            bias_grad = jnp.sum(g_rows.astype(jnp.float32), axis=1)
+            sq, n_eff = float_bounds.sum_squares_rows(bias_grad)
+            bounds.append(float_bounds.materialised_bound(sq, fan_out, n_eff, size))
+            slack += float_bounds.materialised_slack(fan_out)
+        else:
+            bias_grad = None
+        terms[-1] = (*terms[-1], bias_grad)
+    norms, total_slack = float_bounds.total_bound(bounds)
+    effective = float_bounds.effective_clip_norm(clip_norm, slack + total_slack)
+    weights, ok = clip_weights(norms, effective, mask)
 
     # Book-keeping: the clipped sum without a second backward pass.
     out: list[Any] = [None] * len(leaves)
-    for layer, (a, gg, per_example, bias_grad) in zip(layers, terms, strict=True):
+    for layer, (per_example, a, gg, scale_exp, bias_grad) in zip(layers, terms, strict=True):
         kernel_dtype = leaves[layer.kernel_leaf].dtype
         if per_example is not None:
             rows = jnp.where(ok[:, None, None], per_example, jnp.zeros((), per_example.dtype))
-            kernel = jnp.einsum("b,bio->io", weights.astype(rows.dtype), rows)
+            kernel = jnp.einsum("b,bio->io", weights.astype(rows.dtype), rows, precision=_HIGHEST)
         else:
-            okr = ok[:, None, None]
-            a_z = jnp.where(okr, a, jnp.zeros((), a.dtype))
-            g_w = jnp.where(okr, gg * weights.astype(gg.dtype)[:, None, None], jnp.zeros((), gg.dtype))
-            kernel = jnp.einsum("bpi,bpo->io", a_z, g_w)
+            # a and gg are the scaled (entries <= 1), finite arrays the bound was computed from; the
+            # weight carries the scales back. Rows that are not ok get h = 0 (a is finite: 0 * a = 0).
+            factor = jnp.ldexp(weights, scale_exp)
+            h = jnp.where(ok[:, None, None], gg * factor[:, None, None], jnp.zeros((), gg.dtype))
+            kernel = jnp.einsum("bpi,bpo->io", a, h, precision=_HIGHEST)
         out[layer.kernel_leaf] = _kernel_layout(layer, kernel).astype(kernel_dtype)
         if bias_grad is not None:
             rows = jnp.where(ok[:, None], bias_grad, jnp.zeros((), bias_grad.dtype))
-            bias = jnp.einsum("b,bo->o", weights.astype(rows.dtype), rows)
+            bias = jnp.einsum("b,bo->o", weights, rows, precision=_HIGHEST)
             out[layer.bias_leaf] = bias.astype(leaves[layer.bias_leaf].dtype)
     total = jax.tree_util.tree_unflatten(treedef, out)
     norms = jnp.where(mask, norms, 0.0)

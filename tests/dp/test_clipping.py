@@ -15,7 +15,9 @@ from fedjax_room.errors import ConfigError
 from fedjax_room.models import ModelSpec, cnn, init_params, logistic, make_loss_fn, mlp
 
 B = 6
-RTOL, ATOL = 1e-5, 1e-6
+# Clipping uses certified float32 upper bounds of the norms (dp/float_bounds.py): a few 1e-6 above the
+# exact norm here, up to ~2e-5 for the Gram trick over positions.
+RTOL, ATOL = 5e-5, 1e-5
 
 SPECS = {
     "logistic": logistic([5], 3),
