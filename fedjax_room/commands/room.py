@@ -98,6 +98,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--key", type=Path, help="this site's private key")
     p.add_argument("--data", type=Path, help="the site's training data (.npz/.csv/.parquet)")
     p.add_argument("--heldout", type=Path, help="held-out data for evaluation (default: 20%% of --data)")
+    p.add_argument(
+        "--schema",
+        type=Path,
+        help="declared schema JSON (features, feature_shape, label, classes); needed unless stored with --data",
+    )
     p.add_argument("--policy", type=Path, help="policy TOML (caps, allowed models, ...)")
     p.add_argument("--state", type=Path, help="state directory (ledger, releases, audit; default KEYDIR/NAME-state)")
     p.add_argument("--name", help="enrolled name (default: the key file's name without suffix)")
@@ -262,6 +267,7 @@ def run_site_cmd(args: argparse.Namespace) -> int:
             cafile=args.tls_ca,
             data=args.data,
             heldout=args.heldout,
+            schema=args.schema,
             policy=args.policy,
             state_dir=args.state,
             name=args.name,

@@ -8,6 +8,7 @@ features finite, labels within the schema's classes.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -89,7 +90,10 @@ class Dataset:
         return Dataset(self.x[idx], self.y[idx], self.schema)
 
     def split(self, test_fraction: float = 0.2, seed: int = 0) -> tuple[Dataset, Dataset]:
-        """``(train, test)``, stratified by class and shuffled; deterministic in ``seed``."""
+        """``(train, test)``, stratified by class and shuffled; deterministic in ``seed``.
+
+        Adding one record can move others between the sides: a site splits with :meth:`split_by_key` instead.
+        """
         if isinstance(test_fraction, bool) or not isinstance(test_fraction, int | float) or not 0 < test_fraction < 1:
             raise ConfigError(f"test_fraction must be a number in (0, 1), got {test_fraction!r}")
         rng = np.random.default_rng(seed)
@@ -111,6 +115,33 @@ class Dataset:
         rng.shuffle(train)
         rng.shuffle(test)
         return self.subset(train), self.subset(test)
+
+    def split_by_key(self, test_fraction: float, key: bytes) -> tuple[Dataset, Dataset]:
+        """``(train, test)`` where each record's side depends on that record alone (and ``key``).
+
+        A record is held out when a BLAKE2b hash, keyed with ``key`` (a secret: whoever knows it could tell the
+        sides apart), of its content (feature values and label) falls below ``test_fraction``. Adding or removing
+        one record moves no other record between the sides, so neighbouring datasets give neighbouring
+        ``(train, test)`` pairs. Identical records land on the same side. Order within each side is kept.
+        """
+        if isinstance(test_fraction, bool) or not isinstance(test_fraction, int | float) or not 0 < test_fraction < 1:
+            raise ConfigError(f"test_fraction must be a number in (0, 1), got {test_fraction!r}")
+        if not isinstance(key, bytes) or not 16 <= len(key) <= 64:
+            raise ConfigError("the split key must be 16 to 64 secret bytes")
+        flat = self.x.reshape(len(self), -1)
+        labels = [str(c).encode() for c in self.schema.classes]
+        threshold = int(test_fraction * 2**64)
+        held = np.zeros(len(self), dtype=bool)
+        for i in range(len(self)):
+            h = hashlib.blake2b(flat[i].tobytes(), digest_size=8, key=key, person=b"fedjax-heldout")
+            h.update(b"\x00" + labels[int(self.y[i])])
+            held[i] = int.from_bytes(h.digest(), "big") < threshold
+        if held.all() or not held.any():
+            raise DataError(
+                f"cannot split {len(self)} examples with test_fraction={test_fraction}: one side would be empty; "
+                "use more data, another fraction, or a separate held-out file"
+            )
+        return self.subset(np.flatnonzero(~held)), self.subset(np.flatnonzero(held))
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write to ``.npz``, ``.csv`` or ``.parquet`` (by suffix), schema included; see :mod:`.loaders`."""

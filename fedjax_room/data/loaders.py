@@ -16,7 +16,8 @@ exists, features are numeric without missing values or NaN, and every label is o
 of the declared classes; anything else raises :class:`SchemaError` (or
 :class:`DataError` for an unreadable file) naming the file and the column. With no
 schema, the one stored with the file is used, else one is inferred (label column
-``label``/``y``/``target``/``class``, or the last column).
+``label``/``y``/``target``/``class``, or the last column) — except with ``infer=False``, which a site uses:
+its class list leaves it, so it must be declared, never read off the data.
 """
 
 from __future__ import annotations
@@ -37,7 +38,15 @@ from fedjax_room.data.dataset import Dataset
 from fedjax_room.data.schema import Schema, default_feature_names
 from fedjax_room.errors import DataError, SchemaError
 
-__all__ = ["FORMATS", "PARQUET_SCHEMA_KEY", "load_dataset", "save_dataset", "schema_sidecar"]
+__all__ = [
+    "FORMATS",
+    "PARQUET_SCHEMA_KEY",
+    "load_dataset",
+    "load_schema",
+    "save_dataset",
+    "schema_sidecar",
+    "undeclared_schema_error",
+]
 
 #: Supported suffixes.
 FORMATS = (".npz", ".csv", ".parquet")
@@ -57,6 +66,17 @@ def _suffix(path: Path) -> str:
     if suffix not in FORMATS:
         raise DataError(f"{path}: unsupported file type {suffix or '(none)'!r}; use one of {', '.join(FORMATS)}")
     return suffix
+
+
+def undeclared_schema_error(path: str | os.PathLike[str]) -> SchemaError:
+    """The error of a site whose data comes without a declared schema (its class list would be read off the data)."""
+    path = Path(path)
+    return SchemaError(
+        f"{path}: no declared schema. A site's class list must be declared, never read off its data (one record "
+        "with a rare label would show in it). Declare it with --schema FILE (JSON: features, feature_shape, label, "
+        f"classes), or store it with the data: {schema_sidecar(path).name} next to a CSV, the 'schema' array of a "
+        ".npz or the Parquet metadata (Dataset.save writes it)"
+    )
 
 
 def _coerce_schema(schema: Schema | Mapping[str, Any] | None, path: Path) -> Schema | None:
@@ -238,7 +258,7 @@ def _read_sidecar(path: Path) -> Schema | None:
 # ----------------------------------------------------------------------------- npz
 
 
-def _load_npz(path: Path, schema: Schema | None) -> Dataset:
+def _load_npz(path: Path, schema: Schema | None, infer: bool = True) -> Dataset:
     if not zipfile.is_zipfile(path):
         raise DataError(f"{path}: not a readable .npz file (not a zip archive); write it with numpy.savez")
     try:
@@ -273,6 +293,8 @@ def _load_npz(path: Path, schema: Schema | None) -> Dataset:
         if x.ndim < 1:
             raise SchemaError(f"{path}: array 'x' must have a leading example axis, got shape {list(x.shape)}")
         if schema is None:
+            if not infer:
+                raise undeclared_schema_error(path)
             shape = x.shape[1:] or (1,)
             schema = Schema(
                 features=default_feature_names(shape),
@@ -284,6 +306,8 @@ def _load_npz(path: Path, schema: Schema | None) -> Dataset:
             x = x.reshape(-1, 1)
     else:
         if schema is None:
+            if not infer:
+                raise undeclared_schema_error(path)
             raise SchemaError(f"{path}: no array 'x'; declare a schema naming the feature arrays")
         missing = [f for f in schema.features if f not in arrays]
         if missing:
@@ -324,21 +348,44 @@ def _load_npz(path: Path, schema: Schema | None) -> Dataset:
 # ----------------------------------------------------------------------------- public
 
 
-def load_dataset(path: str | os.PathLike[str], schema: Schema | Mapping[str, Any] | None = None) -> Dataset:
-    """Load a ``.npz``, ``.csv`` or ``.parquet`` file, checked against ``schema`` (see the module docstring)."""
+def load_dataset(
+    path: str | os.PathLike[str], schema: Schema | Mapping[str, Any] | None = None, *, infer: bool = True
+) -> Dataset:
+    """Load a ``.npz``, ``.csv`` or ``.parquet`` file, checked against ``schema`` (see the module docstring).
+
+    With ``infer=False`` (what a site does) a file without a declared schema — neither ``schema`` nor one stored
+    with the file — is refused (:func:`undeclared_schema_error`) instead of having its classes read off the data.
+    """
     path = Path(path)
     suffix = _suffix(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found; check the path (relative paths are from {Path.cwd()})")
     declared = _coerce_schema(schema, path)
     if suffix == ".npz":
-        return _load_npz(path, declared)
+        return _load_npz(path, declared, infer)
     table = _read_csv(path) if suffix == ".csv" else _read_parquet(path)
     if declared is None:
         declared = _read_sidecar(path) if suffix == ".csv" else _table_schema_metadata(table, path)
     if declared is None:
+        if not infer:
+            raise undeclared_schema_error(path)
         declared = _infer_table_schema(table, path)
     return _table_to_dataset(table, declared, path)
+
+
+def load_schema(path: str | os.PathLike[str]) -> Schema:
+    """A declared schema from a JSON file (``features``, ``feature_shape``, ``label``, ``classes``)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SchemaError(f"{path}: schema file not found") from None
+    except (OSError, ValueError) as exc:
+        raise SchemaError(f"{path}: schema file is not valid JSON ({exc})") from None
+    try:
+        return Schema.from_dict(data)
+    except SchemaError as exc:
+        raise SchemaError(f"{path}: {exc.message}") from None
 
 
 def _label_values(dataset: Dataset) -> np.ndarray:

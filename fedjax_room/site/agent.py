@@ -42,7 +42,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -62,7 +62,7 @@ from fedjax_room.protocol import messages as m
 from fedjax_room.protocol.codec import Tree, digest, pack, pack_tree, unpack_tree
 from fedjax_room.protocol.config import RunConfig
 from fedjax_room.site.ledger import Ledger
-from fedjax_room.site.plan import EVAL_SENSITIVITY, LOSS_CLIP, Plan, coarse_count, make_plan
+from fedjax_room.site.plan import EVAL_SENSITIVITY, LOSS_CLIP, Plan, make_plan
 from fedjax_room.site.policy import Policy
 
 __all__ = ["SiteAgent", "load_secret"]
@@ -100,9 +100,15 @@ def _eval_fn(spec_json: str) -> Callable[..., Any]:
 
     @jax.jit
     def fn(params: Any, x: Any, y: Any) -> tuple[Any, Any]:
+        # Every per-example quantity is made finite and bounded *before* it is summed: crafted parameters can
+        # overflow a record's logits (inf - inf = NaN), and jnp.clip keeps NaN. A non-finite loss counts the clip
+        # bound; a record with a non-finite logit counts as not correct. So each sum has sensitivity 1 / LOSS_CLIP.
         logits = predict(params, x)
-        losses = jnp.clip(optax.softmax_cross_entropy_with_integer_labels(logits, y), 0.0, LOSS_CLIP)
-        return jnp.sum(losses), jnp.sum(jnp.argmax(logits, axis=-1) == y)
+        finite = jnp.all(jnp.isfinite(logits), axis=-1)
+        raw = optax.softmax_cross_entropy_with_integer_labels(jnp.where(finite[:, None], logits, 0.0), y)
+        losses = jnp.where(finite & jnp.isfinite(raw), jnp.clip(raw, 0.0, LOSS_CLIP), LOSS_CLIP)
+        correct = finite & (jnp.argmax(logits, axis=-1) == y)
+        return jnp.sum(losses), jnp.sum(correct.astype(jnp.int32))
 
     return fn
 
@@ -131,12 +137,27 @@ class SiteAgent:
         self.ledger = Ledger.open(
             self.state_dir / "ledger.json", epsilon_cap=policy.epsilon_cap, delta=policy.delta_cap
         )
+        # the PUBLIC sizes every plan, weight and published count comes from (declared, or one DP count charged to
+        # the ledger at first start); at most heldout_bound held-out records are evaluated (site.public_size)
+        from fedjax_room.site.public_size import resolve_public_size
+
+        self.public_size = resolve_public_size(
+            self.state_dir,
+            self.ledger,
+            n_train=len(train),
+            n_heldout=len(heldout),
+            declared_train=policy.declared_train_records,
+            declared_heldout=policy.declared_heldout_records,
+            seed=self._seed("@size", 0, 0, "count"),  # secret, from the site's secret like all its noise
+        )
+        if len(self._heldout) > self.public_size.heldout_bound:
+            self._heldout = self._heldout.subset(np.arange(self.public_size.heldout_bound))
         self._summary = self.ledger.summary()
         # site-level (whole-site) events of distributed-DP runs: a separate neighbouring relation, so a separate
         # accountant, reported next to the sample-level ledger and capped by the policy's site_epsilon_cap (if set)
         site_cap = math.inf if policy.site_epsilon_cap is None else policy.site_epsilon_cap
-        self.site_ledger = Ledger.open(
-            self.state_dir / "site_ledger.json", epsilon_cap=site_cap, delta=policy.delta_cap
+        self.site_ledger = Ledger.open(  # integer-order RDP: the certified bound of Skellam noise (secagg.ddp)
+            self.state_dir / "site_ledger.json", epsilon_cap=site_cap, delta=policy.delta_cap, kind="rdp_integer"
         )
         self.audit = audit
         self.train_delay = train_delay
@@ -158,7 +179,7 @@ class SiteAgent:
         """The ``site_status`` frame: schema, coarse count, policy and ledger summaries (no rows)."""
         return m.SiteStatus(
             schema=self._train.schema.to_dict(),
-            record_count=f"~{coarse_count(len(self._train) + len(self._heldout))}",
+            record_count=self.public_size.record_count(),  # from the public sizes, never the exact ones
             policy=self.policy.to_dict(),
             ledger=dict(self._summary),
         )
@@ -253,7 +274,7 @@ class SiteAgent:
                     reason="schema",
                 )
             try:
-                plan = make_plan(config, n_train=len(self._train), min_sites=self.policy.min_sites)
+                plan = make_plan(config, public_size=self.public_size.train, min_sites=self.policy.min_sites)
             except PrivacyError as exc:
                 raise PolicyViolation(f"{self.name}: {exc.message}", party=self.name, reason="privacy") from None
             self._check_budget(plan, msg.run_id)
@@ -336,11 +357,97 @@ class SiteAgent:
     # ------------------------------------------------------------------ releases
 
     def _resend(self, run_id: str, round: int, phase: str) -> m.Message | None:
+        """A frame stored by an older version of the agent (after its commit), if any."""
         path = self._release_path(run_id, round, phase)
         if path.exists():
             log.info("%s resends %s/%d/%s (already released, nothing spent)", self.name, run_id, round, phase)
             return m.decode(path.read_bytes())
         return None
+
+    def _ring_path(self, run_id: str, round: int) -> Path:
+        return self._release_path(run_id, round, "train").with_suffix(".ring.npy")
+
+    def _content_path(self, run_id: str, round: int, phase: str) -> Path:
+        return self._release_path(run_id, round, phase).with_suffix(".release")
+
+    @staticmethod
+    def _release_digest(content: bytes, ring: bytes) -> str:
+        return digest(pack([content, ring]))
+
+    def _store_release(self, run_id: str, round: int, phase: str, content: dict[str, Any], vector: Any) -> str:
+        """Persist what a release will hold (its data: payload, ring vector, noised counts) *before* its ledger
+        commit; returns the digest the commit records. Never sent: only a committed release leaves the site."""
+        ring = b""
+        if vector is not None:
+            buf = io.BytesIO()
+            np.save(buf, np.asarray(vector), allow_pickle=False)
+            ring = buf.getvalue()
+            atomic_write(self._ring_path(run_id, round), ring)
+        data = pack(content)
+        atomic_write(self._content_path(run_id, round, phase), data)
+        return self._release_digest(data, ring)
+
+    def _stored_release(self, key: str, record: dict[str, Any], round: int, phase: str) -> tuple[dict, Any]:
+        """The content (and ring vector) committed under ``key``, checked against the committed digest; refused
+        (:class:`StateError`) if it is lost or differs: a committed release is never recomputed, since that would
+        reuse its noise on whatever parameters are sent now."""
+        run_id = key.split("/", 1)[0]
+        if record.get("failed"):
+            raise RefusedError(
+                f"{self.name}: {phase} of round {round} failed after its privacy cost was spent; nothing to resend",
+                party=self.name,
+                reason="site_error",
+            )
+        path, ring_path = self._content_path(run_id, round, phase), self._ring_path(run_id, round)
+        want = record.get("release")
+        if want is not None and path.exists():
+            data = path.read_bytes()
+            ring = ring_path.read_bytes() if phase == "train" and ring_path.exists() else b""
+            if self._release_digest(data, ring) == want:
+                from fedjax_room.protocol.codec import unpack
+
+                vector = np.load(io.BytesIO(ring), allow_pickle=False) if ring else None
+                log.info("%s resends %s (already released, nothing spent)", self.name, key)
+                return unpack(data), vector
+        raise StateError(
+            f"{self.name}: release {key} was committed to the ledger but its stored content is missing or does not "
+            "match the committed digest; refusing it (recomputing it would reuse its noise on other parameters)"
+        )
+
+    def _check_round(self, run_id: str, round: Any, plan: Plan, phase: str) -> None:
+        """Only the rounds ``1..rounds`` of the accepted plan are ever trained or evaluated (each once: the ledger
+        key ``run/round/phase`` is spent at most once); anything else is refused before anything is computed."""
+        if isinstance(round, bool) or not isinstance(round, int) or not 1 <= round <= plan.rounds:
+            raise RefusedError(
+                f"{self.name}: round {round!r} of run {run_id} is outside its accepted plan (rounds 1..{plan.rounds}); "
+                f"refusing to {phase} it, nothing spent",
+                party=self.name,
+                reason="round_range",
+            )
+
+    def _precheck_spend(self, key: str, event: Any, round: int, spec: ModelSpec) -> None:
+        """Refuse a release whose event would pass the cap before computing it (a data-independent check)."""
+        if self.ledger.would_exceed(event):
+            run_id = key.split("/", 1)[0]
+            self._audit("run_refused", run_id=run_id, spec_hash=spec.hash, reason="epsilon_cap", round=round)
+            raise PolicyViolation(
+                f"{self.name}: release {key} would take its ledger past its cap; refusing round {round} (ledger stays "
+                f"at {self.ledger.epsilon():.4g} of {self.ledger.epsilon_cap:g})",
+                party=self.name,
+                reason="epsilon_cap",
+            )
+
+    def _pay_failed(self, key: str, event: Any, round: int, phase: str, config: RunConfig, spec: ModelSpec) -> NoReturn:
+        """A data-dependent computation failed: spend its cost anyway (its failure could depend on a record), then
+        refuse with a data-independent message; the details stay in this site's log."""
+        log.exception("%s: %s of %s failed; spending its cost and refusing", self.name, phase, key)
+        self._commit(key, event, {"round": round, "phase": phase, "failed": True}, config, spec)
+        raise RefusedError(
+            f"{self.name}: {phase} of round {round} failed on this site (see its log); its privacy cost is spent and "
+            "nothing is released",
+            party=self.name,
+            reason="site_error",
+        )
 
     def _commit(self, key: str, event: Any, record: dict[str, Any], config: RunConfig, spec: ModelSpec) -> tuple:
         run_id = key.split("/", 1)[0]
@@ -363,8 +470,13 @@ class SiteAgent:
         ``msg`` is a ``RoundStart``, or a :class:`~fedjax_room.protocol.secure.SecureTrain` under secure
         aggregation, which returns a :class:`~fedjax_room.protocol.secure.SecureRelease` (the encoded vector to mask
         and an ``update`` with an empty payload).
+
+        Order: checks that do not read the data (round in the plan, cohort, parameters, budget); then the
+        data-dependent work (training, encoding; an update that cannot be encoded becomes zeros, any failure is paid
+        for); the release is stored; its cost is committed with the release's digest; only then does it leave. A
+        committed round asked again returns exactly the stored release (or is refused), never a recomputation.
         """
-        from fedjax_room.protocol.secure import SecureRelease, SecureTrain
+        from fedjax_room.protocol.secure import SecureTrain
 
         secure: SecureTrain | None = None
         if isinstance(msg, SecureTrain):
@@ -379,14 +491,10 @@ class SiteAgent:
                 msg.run_id,
             )
             return None
+        self._check_round(msg.run_id, msg.round, plan, "train")
         record = self.ledger.released(key)
         if record is not None:
-            again = self._resend(msg.run_id, msg.round, "train")
-            ring = self._release_path(msg.run_id, msg.round, "train").with_suffix(".ring.npy")
-            if again is not None and secure is None:
-                return again
-            if again is not None and ring.exists():
-                return SecureRelease(again, np.load(ring, allow_pickle=False))
+            return self._train_again(key, msg, record, config, plan, secure)
         if msg.cohort < self.policy.min_sites:
             raise PolicyViolation(
                 f"{self.name}: round {msg.round} has {msg.cohort} sites, fewer than this site's minimum "
@@ -395,72 +503,27 @@ class SiteAgent:
                 reason="min_sites",
             )
         params = self._global_params(msg, spec)
-        trainer = self._trainers.get(msg.run_id)
-        if trainer is None:
-            from fedjax_room.local import LocalTrainer
-
-            trainer = LocalTrainer(
-                spec,
-                clip_norm=config.clip_norm,
-                noise_multiplier=plan.noise_multiplier,
-                batch_size=config.batch_size,
-                learning_rate=config.learning_rate,
-            )
-            self._trainers[msg.run_id] = trainer
+        if secure is not None and config.site_noise_multiplier is not None:
+            self._check_site_budget(key, config, secure, msg.round, spec)  # before anything is spent
+        event = plan.train_event()
+        self._precheck_spend(key, event, msg.round, spec)
         started = time.perf_counter()
-        seed = self._seed(msg.run_id, config.seed, msg.round, "train")
-        attack = self.policy.attack()  # test/demo only: a [simulation] table makes this site an attacker
-        import jax
-
-        train_data = self._train
-        if attack is not None and attack.data is not None:
-            train_data = attack.data(train_data, params, jax.random.key(seed % 2**31))
-        new_params, _stats = trainer.train(params, train_data, plan.local_steps, seed)
-
-        delta = jax.tree.map(
-            lambda new, old: (np.asarray(new, np.float32) - old).astype(np.float32), new_params, params
-        )
-        if attack is not None and attack.update is not None:
-            poisoned = attack.update(delta, params, jax.random.key((seed + 1) % 2**31))
-            delta = jax.tree.map(lambda x: np.asarray(x, np.float32), jax.device_get(poisoned))
-            log.warning("%s is a simulated attacker (%s): its update is poisoned", self.name, attack.name)
-        vector = None
-        if secure is not None:  # the update leaves only masked, in secagg frames
-            vector = self._secure_vector(delta, config, secure)
-            payload = b""
-        else:
-            payload = pack_tree(dict(delta))
+        try:
+            payload, vector = self._compute_update(msg, spec, config, plan, params, secure)
+        except Exception:
+            self._pay_failed(key, event, msg.round, "train", config, spec)
         payload_digest = digest(payload)
+        release = self._store_release(msg.run_id, msg.round, "train", {"payload": payload}, vector)
         if self.train_delay:
             time.sleep(self.train_delay)
-        if record is None:
-            if secure is not None and config.site_noise_multiplier is not None:
-                self._check_site_budget(key, config, secure, msg.round, spec)  # before anything is spent
-            run_eps, total = self._commit(
-                key, plan.train_event(), {"round": msg.round, "phase": "train", "digest": payload_digest}, config, spec
-            )
-        else:  # committed before a crash, frame never stored: the replay is bit-identical
-            if record.get("digest") != payload_digest:
-                raise StateError(f"{self.name}: replayed update for {key} differs from the one committed")
-            run_eps, total = record["epsilon"], record["ledger_epsilon"]
-        site_eps = None
-        if secure is not None and config.site_noise_multiplier is not None:
-            site_eps = self._site_level(key, config, secure, msg.round)
-        update = m.Update(
-            run_id=msg.run_id,
-            round=msg.round,
-            weight=plan.weight,
-            payload=payload,
-            epsilon=run_eps,
-            ledger_epsilon=total,
-            delta=config.delta,
-            site_epsilon=site_eps,
+        run_eps, total = self._commit(
+            key,
+            event,
+            {"round": msg.round, "phase": "train", "digest": payload_digest, "release": release},
+            config,
+            spec,
         )
-        if vector is not None:
-            buf = io.BytesIO()
-            np.save(buf, vector, allow_pickle=False)
-            atomic_write(self._release_path(msg.run_id, msg.round, "train").with_suffix(".ring.npy"), buf.getvalue())
-        atomic_write(self._release_path(msg.run_id, msg.round, "train"), m.encode(update))
+        out = self._train_frame(msg, payload, vector, run_eps, total, config, plan, secure, key)
         self._audit(
             "update_released",
             run_id=msg.run_id,
@@ -478,9 +541,103 @@ class SiteAgent:
             run_eps,
             total,
         )
-        if vector is not None:
+        return out
+
+    def _train_again(
+        self, key: str, msg: m.RoundStart, record: dict[str, Any], config: RunConfig, plan: Plan, secure: Any
+    ) -> Any:
+        """A committed round asked again: exactly the release stored before its commit, or a refusal."""
+        if "release" not in record and not record.get("failed"):  # committed by an older agent: its stored frame
+            from fedjax_room.protocol.secure import SecureRelease
+
+            again, ring = self._resend(msg.run_id, msg.round, "train"), self._ring_path(msg.run_id, msg.round)
+            if again is not None and secure is None:
+                return again
+            if again is not None and ring.exists():
+                return SecureRelease(again, np.load(ring, allow_pickle=False))
+            raise StateError(f"{self.name}: release {key} was committed but never stored; refusing to recompute it")
+        content, vector = self._stored_release(key, record, msg.round, "train")
+        payload = bytes(content["payload"])
+        if (secure is None) != (vector is None):
+            raise StateError(f"{self.name}: release {key} was stored for the other kind of round; refusing it")
+        run_eps, total = record["epsilon"], record["ledger_epsilon"]
+        return self._train_frame(msg, payload, vector, run_eps, total, config, plan, secure, key)
+
+    def _train_frame(
+        self,
+        msg: m.RoundStart,
+        payload: bytes,
+        vector: Any,
+        run_eps: float,
+        total: float,
+        config: RunConfig,
+        plan: Plan,
+        secure: Any,
+        key: str,
+    ) -> Any:
+        from fedjax_room.protocol.secure import SecureRelease
+
+        site_eps = None
+        if secure is not None and config.site_noise_multiplier is not None:
+            site_eps = self._site_level(key, config, secure, msg.round)
+        update = m.Update(
+            run_id=msg.run_id,
+            round=msg.round,
+            weight=plan.weight,
+            payload=payload,
+            epsilon=run_eps,
+            ledger_epsilon=total,
+            delta=config.delta,
+            site_epsilon=site_eps,
+        )
+        if secure is not None:
             return SecureRelease(update, vector)
         return update
+
+    def _compute_update(
+        self, msg: m.RoundStart, spec: ModelSpec, config: RunConfig, plan: Plan, params: Tree, secure: Any
+    ) -> tuple[bytes, np.ndarray | None]:
+        """Train and encode (the data-dependent part): ``(payload, ring vector or None)``.
+
+        A delta that is not finite (the trainer overflowed, e.g. under a huge learning rate or crafted parameters)
+        is replaced by zeros: a fixed, data-independent update, released and paid for like any other. Every step's
+        noisy gradient is already private, so which of the two is sent is post-processing.
+        """
+        import jax
+
+        trainer = self._trainers.get(msg.run_id)
+        if trainer is None:
+            from fedjax_room.local import LocalTrainer
+
+            trainer = LocalTrainer(
+                spec,
+                clip_norm=config.clip_norm,
+                noise_multiplier=plan.noise_multiplier,
+                batch_size=config.batch_size,
+                learning_rate=config.learning_rate,
+                public_size=plan.public_size or None,  # q and the normaliser from the plan's public size, not N
+            )
+            self._trainers[msg.run_id] = trainer
+        seed = self._seed(msg.run_id, config.seed, msg.round, "train")
+        attack = self.policy.attack()  # test/demo only: a [simulation] table makes this site an attacker
+        train_data = self._train
+        if attack is not None and attack.data is not None:
+            train_data = attack.data(train_data, params, jax.random.key(seed % 2**31))
+        new_params, _stats = trainer.train(params, train_data, plan.local_steps, seed)
+        with np.errstate(over="ignore", invalid="ignore"):
+            delta = jax.tree.map(
+                lambda new, old: (np.asarray(new, np.float32) - old).astype(np.float32), new_params, params
+            )
+        if attack is not None and attack.update is not None:
+            poisoned = attack.update(delta, params, jax.random.key((seed + 1) % 2**31))
+            delta = jax.tree.map(lambda x: np.asarray(x, np.float32), jax.device_get(poisoned))
+            log.warning("%s is a simulated attacker (%s): its update is poisoned", self.name, attack.name)
+        if not all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(delta)):
+            log.warning("%s: round %s's update is not finite; releasing zeros (still paid for)", self.name, msg.round)
+            delta = jax.tree.map(np.zeros_like, delta)
+        if secure is not None:  # the update leaves only masked, in secagg frames
+            return b"", self._secure_vector(delta, config, secure)
+        return pack_tree(dict(delta)), None
 
     def _secure_vector(self, delta: Any, config: RunConfig, secure: Any) -> np.ndarray:
         """The update as a SecAgg ring vector: fixed point (scaled by the FedAvg fraction), or with distributed DP
@@ -530,15 +687,83 @@ class SiteAgent:
         )
         return float(run_eps)
 
+    def _site_eval_event(self, plan: Plan) -> Any:
+        from fedjax_room.site.plan import site_eval_event
+
+        return site_eval_event(plan.eval_noise_multiplier, self.public_size.heldout_bound)
+
+    def _precheck_site_eval(self, key: str, config: RunConfig, plan: Plan, round: int, spec: ModelSpec) -> None:
+        """In a distributed-DP run, refuse an evaluation whose site-level event would pass the site-level cap."""
+        if config.site_noise_multiplier is None or self.site_ledger.released(key) is not None:
+            return
+        if not self.site_ledger.would_exceed(self._site_eval_event(plan)):
+            return
+        run_id = key.split("/", 1)[0]
+        self._audit("run_refused", run_id=run_id, spec_hash=spec.hash, reason="site_epsilon_cap", round=round)
+        raise PolicyViolation(
+            f"{self.name}: evaluating round {round} would take its site-level ledger (distributed DP) past its cap: "
+            f"{self.site_ledger.epsilon():.4g} of {self.site_ledger.epsilon_cap:g} spent; refusing it",
+            party=self.name,
+            reason="site_epsilon_cap",
+        )
+
+    def _site_eval(self, key: str, config: RunConfig, plan: Plan, round: int) -> float | None:
+        """In a distributed-DP run, compose this evaluation's site-level event (:func:`~fedjax_room.site.plan.
+        site_eval_event`) into the site-level ledger; the run's site-level epsilon (None in other runs)."""
+        if config.site_noise_multiplier is None:
+            return None
+        done = self.site_ledger.released(key)
+        if done is not None:
+            return float(done["epsilon"])
+        run_eps, _ = self.site_ledger.commit(
+            key,
+            self._site_eval_event(plan),
+            {"round": round, "phase": "eval", "site_level": True},
+            run_delta=config.delta,
+        )
+        return float(run_eps)
+
     def evaluate(self, msg: m.RoundStart) -> m.Metrics | m.RunRefuse:
-        """Noised evaluation counts of the global model on the held-out split, accounted before release."""
+        """Noised evaluation counts of the global model on the held-out split, stored and accounted before release.
+
+        A committed evaluation asked again returns exactly the stored counts (whatever parameters come with it), or
+        is refused; it is never recomputed with the same noise.
+        """
         key = f"{msg.run_id}/{msg.round}/eval"
         spec, config, plan = self._load_run(msg.run_id)
-        if self.ledger.released(key) is not None:
-            again = self._resend(msg.run_id, msg.round, "eval")
-            if again is not None:
-                return again
+        self._check_round(msg.run_id, msg.round, plan, "eval")
+        record = self.ledger.released(key)
+        if record is not None:
+            if "release" not in record and not record.get("failed"):  # committed by an older agent
+                again = self._resend(msg.run_id, msg.round, "eval")
+                if again is not None:
+                    return again
+                raise StateError(f"{self.name}: release {key} was committed but never stored; refusing to recompute it")
+            content, _ = self._stored_release(key, record, msg.round, "eval")
+            site_eps = self._site_eval(key, config, plan, msg.round)  # committed now if a crash came before
+            eps, total = record["epsilon"], record["ledger_epsilon"]
+            return self._metrics_frame(msg, content["metrics"], eps, total, config, site_eps)
         params = self._global_params(msg, spec)
+        event = plan.eval_event()
+        self._precheck_spend(key, event, msg.round, spec)
+        self._precheck_site_eval(key, config, plan, msg.round, spec)  # distributed-DP runs: the site-level cap too
+        try:
+            noised = self._compute_metrics(msg, spec, config, plan, params)
+        except Exception:
+            self._site_eval(key, config, plan, msg.round)
+            self._pay_failed(key, event, msg.round, "eval", config, spec)
+        release = self._store_release(msg.run_id, msg.round, "eval", {"metrics": noised}, None)
+        record = {"round": msg.round, "phase": "eval", "release": release}
+        run_eps, total = self._commit(key, event, record, config, spec)
+        site_eps = self._site_eval(key, config, plan, msg.round)  # distributed-DP runs: the site-level ledger too
+        metrics = self._metrics_frame(msg, noised, run_eps, total, config, site_eps)
+        self._audit("metrics_released", run_id=msg.run_id, round=msg.round, epsilon=run_eps, ledger_epsilon=total)
+        return metrics
+
+    def _compute_metrics(
+        self, msg: m.RoundStart, spec: ModelSpec, config: RunConfig, plan: Plan, params: Tree
+    ) -> list[float]:
+        """``[count, correct, loss_sum]`` on the held-out split plus Gaussian noise (each term finite, bounded)."""
         loss_sum, correct, count = 0.0, 0, len(self._heldout)
         fn = _eval_fn(spec.to_json())
         for start in range(0, count, 1024):
@@ -548,13 +773,21 @@ class SiteAgent:
         seed = self._seed(msg.run_id, config.seed, msg.round, "eval")
         rng = np.random.default_rng([seed, 7])
         noise = rng.normal(0.0, plan.eval_noise_multiplier * EVAL_SENSITIVITY, size=3)
-        noised = (count + noise[0], correct + noise[1], loss_sum + LOSS_CLIP * noise[2])
-        record = self.ledger.released(key)
-        if record is None:
-            run_eps, total = self._commit(key, plan.eval_event(), {"round": msg.round, "phase": "eval"}, config, spec)
-        else:
-            run_eps, total = record["epsilon"], record["ledger_epsilon"]
-        metrics = m.Metrics(
+        noised = [float(count + noise[0]), float(correct + noise[1]), float(loss_sum + LOSS_CLIP * noise[2])]
+        if not all(math.isfinite(v) for v in noised):  # cannot happen with bounded terms; never release one
+            raise StateError("a noised evaluation count is not finite")
+        return noised
+
+    def _metrics_frame(
+        self,
+        msg: m.RoundStart,
+        noised: list[float],
+        run_eps: float,
+        total: float,
+        config: RunConfig,
+        site_eps: float | None = None,
+    ) -> m.Metrics:
+        return m.Metrics(
             run_id=msg.run_id,
             round=msg.round,
             count=float(noised[0]),
@@ -563,10 +796,8 @@ class SiteAgent:
             epsilon=run_eps,
             ledger_epsilon=total,
             delta=config.delta,
+            site_epsilon=site_eps,
         )
-        atomic_write(self._release_path(msg.run_id, msg.round, "eval"), m.encode(metrics))
-        self._audit("metrics_released", run_id=msg.run_id, round=msg.round, epsilon=run_eps, ledger_epsilon=total)
-        return metrics
 
     # used by tests and the CLI
     def describe(self) -> dict[str, Any]:

@@ -38,26 +38,39 @@ def build_agent(
     heldout: Path | None = None,
     heldout_fraction: float = 0.2,
     train_delay: float = 0.0,
+    schema: Path | None = None,
 ) -> Any:
-    """Load everything a site needs and return its :class:`~fedjax_room.site.agent.SiteAgent`."""
+    """Load everything a site needs and return its :class:`~fedjax_room.site.agent.SiteAgent`.
+
+    The data's schema must be declared — ``schema`` (a JSON file) or one stored with the data file — since its
+    class list leaves the site; it is never read off the data (a :class:`~fedjax_room.errors.SchemaError` says how
+    to declare it). ``heldout`` is read with the same schema. Without ``heldout``, each record is held out or not by
+    a hash of its own content keyed with the site's secret (:meth:`~fedjax_room.data.Dataset.split_by_key`).
+    """
+    import hashlib
+    import hmac
+
     from fedjax_room.audit import AuditLog
-    from fedjax_room.data import load_dataset
+    from fedjax_room.data.loaders import load_dataset, load_schema
     from fedjax_room.identity import load_private_key
-    from fedjax_room.site.agent import SiteAgent
+    from fedjax_room.site.agent import SiteAgent, load_secret
     from fedjax_room.site.ledger import check_against_audit
     from fedjax_room.site.policy import Policy
 
     name = name or Path(key).name.split(".")[0]
     signing_key = load_private_key(key)
     rules = Policy.load(policy)
-    dataset = load_dataset(data)
-    if heldout is not None:
-        train, held = dataset, load_dataset(heldout)
-    else:
-        train, held = dataset.split(heldout_fraction, seed=0)
+    declared = load_schema(schema) if schema is not None else None
+    dataset = load_dataset(data, declared, infer=False)
+    held_out = load_dataset(heldout, dataset.schema, infer=False) if heldout is not None else None
     state = Path(state_dir) if state_dir else Path(key).parent / f"{name}-state"
     audit = AuditLog.open(state, signing_key, writer=name)
     try:
+        if held_out is not None:
+            train, held = dataset, held_out
+        else:  # each record's side depends on that record alone, keyed with the site's secret
+            split_key = hmac.new(load_secret(state), b"fedjax-room heldout split v1", hashlib.sha256).digest()
+            train, held = dataset.split_by_key(heldout_fraction, split_key)
         agent = SiteAgent(
             name=name, train=train, heldout=held, policy=rules, state_dir=state, audit=audit, train_delay=train_delay
         )

@@ -121,14 +121,25 @@ def test_accept_train_eval_and_replay(factory):
     assert last.epsilon <= 1.0  # the whole run, training and evaluation, within the target
 
 
-def test_replay_after_a_crash_between_commit_and_store_is_identical(factory):
+def test_replay_after_a_restart_is_identical(factory):
     agent = factory.agent()
     agent.handle("offer", _offer())
     update = agent.handle("train", _start("run-1", 1, "train"))
-    (agent.state_dir / "releases" / "run-1" / "1-train.msgpack").unlink()  # as if killed before storing it
     reborn = factory.agent()
     again = reborn.handle("train", _start("run-1", 1, "train"))
     assert again == update and len(reborn.ledger.events) == 1
+
+
+@pytest.mark.parametrize("phase", ["train", "eval"])
+def test_a_committed_release_whose_stored_content_is_lost_is_refused_not_recomputed(factory, phase):
+    agent = factory.agent()
+    agent.handle("offer", _offer())
+    assert not isinstance(agent.handle(phase, _start("run-1", 1, phase)), m.RunRefuse)
+    (agent.state_dir / "releases" / "run-1" / f"1-{phase}.release").unlink()
+    reborn = factory.agent()
+    again = reborn.handle(phase, _start("run-1", 1, phase))
+    assert isinstance(again, m.RunRefuse) and again.error["code"] == "state", again
+    assert "recomput" in again.error["message"] and len(reborn.ledger.events) == 1
 
 
 def test_a_round_past_the_cap_is_refused_and_the_ledger_never_passes_it(factory):
