@@ -12,17 +12,24 @@ single worker thread (so ledger writes are serialised and the websocket stays al
 * ``eval`` — evaluate the global model on the local held-out split and release only
   Gaussian-noised (count, correct, clipped loss sum), accounted like training.
 
-Each release is keyed ``run/round/phase``: asked again (a coordinator restarted), the agent resends
-the stored frame and spends nothing. Seeds come from HMAC(secret, run id, run seed, round, phase),
-the secret living in ``STATE/secret``: replays are bit-identical, and nobody without the secret can
-reproduce the noise. Nothing un-noised — rows, per-example values, raw losses — is ever returned.
+Each release is keyed ``run/round/phase``, and only rounds ``1..rounds`` of an accepted plan exist. A release is
+computed, **stored** (``STATE/releases``), then its cost is committed to the ledger together with the stored
+release's digest, and only then sent. Asked again (a coordinator restarted, a replay, a site that crashed after
+its commit), the agent answers exactly the stored release, whatever parameters come with the request, and spends
+nothing; a committed release whose stored copy is lost is refused, never recomputed (that would reuse its noise
+on other parameters). Seeds come from HMAC(secret, run id, run seed, round, phase), the secret living in
+``STATE/secret``: nobody without the secret can reproduce the noise. Everything a data-dependent computation
+could reveal by failing is paid for first (an update that cannot be encoded is sent as zeros; any other failure
+spends the round and refuses). Nothing un-noised — rows, per-example values, raw losses — is ever returned.
 
 State directory layout::
 
     STATE/secret            32 random bytes (mode 0600)
     STATE/ledger.json       the privacy ledger (fedjax_room.site.ledger)
     STATE/runs/<run>.json   accepted runs: spec, config, plan
-    STATE/releases/<run>/<round>-<phase>.msgpack   the exact frames released
+    STATE/releases/<run>/<round>-<phase>.release   what each release holds (payload or noised counts), stored
+                                                   before its ledger commit, which records its digest
+    STATE/releases/<run>/<round>-train.ring.npy    the ring vector of a secure round (covered by that digest)
     STATE/audit.jsonl       the site's audit log
 """
 
