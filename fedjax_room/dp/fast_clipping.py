@@ -20,9 +20,25 @@ only ``a`` and ``g`` for each layer, which one forward and one backward pass giv
      ``sum_{t,s} (a_t . a_s)(g_t . g_s)`` or the per-example kernel gradient
      ``a_i^T g_i``, whichever keeps the smaller per-example intermediate
      (decided statically in :func:`plan`, see :func:`_strategy`).
-4. Book-keeping: with ``c_i = min(1, C / ||grad_i||)`` the clipped sum of a kernel
+4. Book-keeping: with ``c_i = min(1, C / n_i)`` the clipped sum of a kernel
    is ``sum_i a_i^T (c_i g_i)``, one einsum, no second backward pass. Rows of
    examples that are masked or not finite are zeroed first (``0 * nan = nan``).
+
+The clip factor's ``n_i`` is a *certified upper bound* on the norm of what example ``i``
+actually adds to that float32 sum, never an estimate (issue 13): in float32 the Gram sum
+can be far below the norm when the per-position terms cancel (crafted parameters made one
+record add 40x the bound), and ``||a||^2`` can underflow to 0 while ``a g^T`` does not. So
+``a`` and ``g`` are first scaled per example by a power of two to entries below 1 (exact;
+the weight carries the scale back), the Gram estimate gets a rigorous error term
+``gamma_S T^2 + delta_S`` with ``T = sum_t ||a_t|| ||g_t||`` (from the Gram diagonals), and
+the book-keeping's own rounding, the record's share of the ``B*P``-term dot included, adds
+``gamma(B*P + 1) T`` (:func:`_factored_bound`). Materialised per-example gradients and
+biases are bounded from the materialised values themselves
+(:func:`fedjax_room.dp.float_bounds.materialised_bound`). An example whose layer inputs or
+output gradients are not finite or reach ``2**100`` contributes zero (reported norm ``nan``).
+For ordinary data the bound is within about ``(K + O + 2P) u P`` of the norm (``u = 2**-24``);
+for cancelling, crafted parameters it is far above it, so such a record is clipped harder,
+never less.
 
 When it applies (:func:`plan`): every parameter leaf is the kernel or bias of
 exactly one plain ``nn.Dense`` / ``nn.Conv`` (``feature_group_count=1``, no
