@@ -449,13 +449,16 @@ def _normalise(v: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     non-finite entry or one of magnitude ``>= 2**100``; its copy is all zeros (finite).
     """
     rows = v.shape[0]
-    alpha = jnp.max(jnp.abs(v.reshape(rows, -1)), axis=1).astype(jnp.float32)  # NaN propagates
+    # A flat copy first: reducing and scaling v in whatever layout the vmapped forward/backward left it
+    # in costs XLA:CPU about 15 ms per step on the DP MNIST CNN (6 ms for the whole conv layer otherwise).
+    flat = jax.lax.optimization_barrier(v.reshape(rows, -1).astype(jnp.float32))
+    alpha = jnp.max(jnp.abs(flat), axis=1)  # NaN propagates
     finite = alpha < 2.0**_MAX_EXPONENT  # False for NaN and inf too
     _, e = jnp.frexp(alpha)
     e = jnp.clip(e, -_MAX_EXPONENT, _MAX_EXPONENT).astype(jnp.int32)
-    scale = jnp.ldexp(jnp.ones((rows,), jnp.float32), -e).reshape((rows,) + (1,) * (v.ndim - 1))
-    finite_rows = finite.reshape(scale.shape)
-    return jnp.where(finite_rows, v.astype(jnp.float32) * scale, 0.0), e, finite
+    scale = jnp.ldexp(jnp.ones((rows,), jnp.float32), -e)
+    scaled = jnp.where(finite[:, None], flat * scale[:, None], 0.0)
+    return scaled.reshape(v.shape), e, finite
 
 
 def _factored_bound(a: jax.Array, g: jax.Array, batch: int) -> tuple[jax.Array, float]:
