@@ -38,7 +38,7 @@ from fedjax_room.analyst.results import (
 from fedjax_room.errors import AuthError, ConfigError, FedRoomError, VersionError, error_from_dict
 from fedjax_room.models import ModelSpec
 from fedjax_room.protocol import messages as m
-from fedjax_room.protocol.codec import Tree, unpack_tree
+from fedjax_room.protocol.codec import Tree, unpack, unpack_tree
 from fedjax_room.protocol.config import RunConfig
 from fedjax_room.transport.client import Backoff, open_connection
 
@@ -122,6 +122,8 @@ class _Core:
         try:
             return fut.result(timeout)
         except concurrent.futures.TimeoutError:
+            if fut.done():  # the coroutine's own TimeoutError (the same class since Python 3.11)
+                raise
             fut.cancel()
             raise TimeoutError(f"the room did not answer within {timeout:g}s") from None
 
@@ -237,6 +239,7 @@ class _Core:
             msg = m.decode(data) if isinstance(data, bytes) else None
         except FedRoomError as exc:
             log.warning("ignoring a bad frame from the coordinator: %s", exc.message)
+            self._fail_request(data, exc)
             return
         if isinstance(msg, _RESULT_TYPES):
             if isinstance(msg, m.RunSnapshot):  # applied here, in frame order with the run's events
@@ -256,6 +259,17 @@ class _Core:
             run = self.runs.get(msg.run_id)
             if run is not None:
                 run._on_event(msg.kind, msg.data)
+
+    def _fail_request(self, data: bytes | str, exc: FedRoomError) -> None:
+        """A reply refused at decode fails its request with that typed error at once (not with a timeout)."""
+        try:
+            body = unpack(data) if isinstance(data, bytes) else None
+        except FedRoomError:
+            return
+        req = body.get("req") if isinstance(body, dict) else None
+        entry = self.pending.get(req) if isinstance(req, int) and not isinstance(req, bool) else None
+        if entry and not entry[0].done():
+            entry[0].set_exception(exc)
 
     # -------------------------------------------------------------- shutdown
 
