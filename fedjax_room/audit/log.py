@@ -43,7 +43,7 @@ from fedjax_room.audit.verify import (
     verify_log,
 )
 from fedjax_room.errors import AuditError, ConfigError, StateError
-from fedjax_room.files import open_private, private_dir
+from fedjax_room.files import fsync_dir, open_private, private_dir
 from fedjax_room.identity import fingerprint, load_private_key, public_key_bytes, sign
 
 try:  # POSIX; elsewhere the one-writer rule is the caller's to keep
@@ -75,19 +75,6 @@ def _iso(t: datetime) -> str:
     if t.tzinfo is None:
         raise ConfigError("the audit clock returned a naive datetime; return an aware UTC datetime")
     return t.astimezone(UTC).isoformat(timespec="microseconds")
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
 
 
 # --------------------------------------------------------------------------------------------- writing
@@ -172,7 +159,7 @@ class AuditLog:
                         "close that one first - a log has one writer"
                     ) from None
             if created:
-                _fsync_dir(p.parent)
+                fsync_dir(p.parent)
             log = cls(p, fd, key, writer, 0, GENESIS, clock or _now)
             data = p.read_bytes()
             if not data:
@@ -335,7 +322,7 @@ class AuditLog:
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, hp)
-            _fsync_dir(hp.parent)
+            fsync_dir(hp.parent)
         except OSError as exc:
             raise AuditError(
                 f"record {self._count - 1} was written to {self._path}, but its head {hp} could not be: {exc}",

@@ -27,21 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from fedjax_room.errors import ReplayError, StateError
+from fedjax_room.files import atomic_write
 
 __all__ = ["SESSIONS_FILE", "SessionBindings"]
 
 #: The file name in the site's state directory.
 SESSIONS_FILE = "secagg_sessions.json"
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 class SessionBindings:
@@ -89,7 +80,7 @@ class SessionBindings:
         self._rounds[self._key(run_id, round)] = {"session": session, "released": True}
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            _write_private(self.path, json.dumps(self._rounds, sort_keys=True).encode())
+            atomic_write(self.path, json.dumps(self._rounds, sort_keys=True).encode())
 
     def __len__(self) -> int:
         return len(self._rounds)
