@@ -8,7 +8,7 @@ into a validated :class:`~fedjax_room.models.ModelSpec`. Every mistake raises
 Commands::
 
     %room demo [--sites N] [--dataset D] [--non-iid ALPHA] [--state-dir DIR] [--as NAME]
-    %room connect URL --key PATH [--as NAME]
+    %room connect URL --key PATH [--coordinator-key PATH] [--as NAME]
     %room sites | runs | budget | launch | stop
     %room audit [--last N]
     %room watch RUN_ID [--as NAME]
@@ -98,11 +98,12 @@ class DemoArgs:
 
 @dataclasses.dataclass(frozen=True)
 class ConnectArgs:
-    """``%room connect URL --key PATH``."""
+    """``%room connect URL --key PATH [--coordinator-key PATH]``."""
 
     url: str
     key: str
     var: str = _DEFAULT_VAR
+    coordinator_key: str | None = None
     name: str = "connect"
 
 
@@ -223,6 +224,13 @@ def _build(name: str) -> _Parser:
     elif name == "connect":
         parser.add_argument("url", help="the room's URL, e.g. ws://127.0.0.1:8765")
         parser.add_argument("--key", required=True, metavar="PATH", help="the analyst's private key file")
+        parser.add_argument(
+            "--coordinator-key",
+            metavar="PATH",
+            default=None,
+            help="the coordinator's coordinator.key.pub or the room manifest, to pin its key (default: the one "
+            "beside --key, or $FEDJAX_ROOM_COORDINATOR_KEY)",
+        )
         parser.add_argument("--as", dest="var", type=_identifier, default=_DEFAULT_VAR, help="variable for the Room")
     elif name == "audit":
         parser.add_argument("--last", type=_positive_int, default=20, metavar="N", help="how many records (20)")
@@ -286,7 +294,7 @@ def parse_line(line: str) -> Parsed:
     if command == "demo":
         return DemoArgs(sites=ns.sites, dataset=ns.dataset, non_iid=ns.non_iid, var=ns.var, state_dir=ns.state_dir)
     if command == "connect":
-        return ConnectArgs(url=ns.url, key=ns.key, var=ns.var)
+        return ConnectArgs(url=ns.url, key=ns.key, var=ns.var, coordinator_key=ns.coordinator_key)
     if command == "watch":
         return WatchArgs(run_id=ns.run_id, var=ns.var)
     if command == "cancel":

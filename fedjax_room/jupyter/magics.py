@@ -38,10 +38,10 @@ def one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {message}"
 
 
-def _default_connect(url: str, key: str) -> Any:
+def _default_connect(url: str, key: str, **options: Any) -> Any:
     from fedjax_room import analyst
 
-    return analyst.connect(url, key=key)
+    return analyst.connect(url, key=key, **options)
 
 
 def _default_start_room(**kwargs: Any) -> Any:
@@ -68,7 +68,7 @@ class RoomMagics(Magics):
     """The ``%room`` line magic and ``%%room train`` cell magic; holds the connected room."""
 
     #: How to connect and how to start an embedded room (swappable in tests).
-    connect_fn: Callable[[str, str], Any] = staticmethod(_default_connect)
+    connect_fn: Callable[..., Any] = staticmethod(_default_connect)
     start_room_fn: Callable[..., Any] = staticmethod(_default_start_room)
 
     def __init__(self, shell: Any = None) -> None:
@@ -171,7 +171,8 @@ class RoomMagics(Magics):
         )
 
     def connect(self, parsed: room_args.ConnectArgs) -> None:
-        room = self.connect_fn(parsed.url, parsed.key)
+        pin = {"coordinator_key": parsed.coordinator_key} if parsed.coordinator_key else {}
+        room = self.connect_fn(parsed.url, parsed.key, **pin)
         self.stop(quiet=True)
         self.room = room
         self.room_var = parsed.var

@@ -31,6 +31,10 @@ from fedjax_room.jupyter.args import (
         ("demo --as r2", DemoArgs(var="r2")),
         ("demo --state-dir '/tmp/my room'", DemoArgs(state_dir="/tmp/my room")),
         ("connect ws://h:1 --key 'my key.pem'", ConnectArgs("ws://h:1", "my key.pem")),
+        (
+            "connect ws://h:1 --key k --coordinator-key room-manifest.json",
+            ConnectArgs("ws://h:1", "k", coordinator_key="room-manifest.json"),
+        ),
         ("sites", SimpleArgs("sites")),
         ("runs", SimpleArgs("runs")),
         ("budget", SimpleArgs("budget")),

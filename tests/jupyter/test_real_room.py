@@ -122,3 +122,36 @@ def test_launch_form_starts_a_real_run(shell):
     assert form.dashboard.wait(30)
     assert form.run.status == "finished" and form.dashboard.status == "finished"
     assert form.dashboard.rounds_done == 1 and max(form.dashboard.epsilon.values()) <= 1.0 + 1e-6
+
+
+def test_connect_pins_the_coordinator_key(shell, tmp_path):
+    """`%room connect --coordinator-key`: a wrong pin or no pin sends nothing; the room's own key connects.
+
+    Last in this module: a successful `%room connect` replaces (and stops) the demo room.
+    """
+    import shutil
+
+    import fedjax_room.jupyter as jupyter
+    from fedjax_room.identity import generate_key, save_private_key
+
+    embedded = jupyter._magics.embedded
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    key = shutil.copy(embedded.analyst_key, alone / "analyst.key")  # no pin beside this copy
+    other = tmp_path / "other.key"
+    save_private_key(generate_key(), other)
+
+    result, cap = cell(shell, f"%room connect {embedded.url} --key {key} --coordinator-key {other}.pub --as r2")
+    assert isinstance(result.error_in_exec, UsageError)
+    assert "not the one pinned" in cap.stderr or "UnknownIdentityError" in cap.stderr, cap.stderr
+    assert "r2" not in shell.user_ns
+
+    result, cap = cell(shell, f"%room connect {embedded.url} --key {key} --as r2")
+    assert isinstance(result.error_in_exec, UsageError), "connected without any pin"
+    assert "r2" not in shell.user_ns
+
+    result, cap = cell(
+        shell, f"%room connect {embedded.url} --key {key} --coordinator-key {embedded.coordinator_key} --as r2"
+    )
+    assert result.success, cap.stderr
+    assert "Connected to" in cap.stdout and "r2" in shell.user_ns
