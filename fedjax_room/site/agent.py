@@ -511,7 +511,8 @@ class SiteAgent:
             )
         params = self._global_params(msg, spec)
         if secure is not None and config.site_noise_multiplier is not None:
-            self._check_site_budget(key, config, secure, msg.round, spec)  # before anything is spent
+            # before anything is spent
+            self._precheck_site(key, self._site_event(config, secure), f"round {msg.round}", msg.round, spec)
         event = plan.train_event()
         self._precheck_spend(key, event, msg.round, spec)
         started = time.perf_counter()
@@ -586,7 +587,7 @@ class SiteAgent:
 
         site_eps = None
         if secure is not None and config.site_noise_multiplier is not None:
-            site_eps = self._site_level(key, config, secure, msg.round)
+            site_eps = self._commit_site(key, self._site_event(config, secure), msg.round, "train", config)
         update = m.Update(
             run_id=msg.run_id,
             round=msg.round,
@@ -666,69 +667,40 @@ class SiteAgent:
 
         return make_encoder(config, SecAggConfig.from_dict(secure.setup.config)).dp_event(1)
 
-    def _check_site_budget(self, key: str, config: RunConfig, secure: Any, round: int, spec: ModelSpec) -> None:
-        """Refuse this round (nothing spent, nothing released) if its site-level event would pass the cap."""
-        if self.site_ledger.released(key) is not None:
-            return
-        if not self.site_ledger.would_exceed(self._site_event(config, secure)):
-            return
-        run_id = key.split("/", 1)[0]
-        self._audit("run_refused", run_id=run_id, spec_hash=spec.hash, reason="site_epsilon_cap", round=round)
-        raise PolicyViolation(
-            f"{self.name}: round {round} would take its site-level ledger (distributed DP) past its cap: "
-            f"{self.site_ledger.epsilon():.4g} of {self.site_ledger.epsilon_cap:g} spent; refusing the round",
-            party=self.name,
-            reason="site_epsilon_cap",
-        )
-
-    def _site_level(self, key: str, config: RunConfig, secure: Any, round: int) -> float:
-        """Compose this round's site-level event (distributed DP) into the site-level ledger; the run's epsilon."""
-        done = self.site_ledger.released(key)
-        if done is not None:
-            return float(done["epsilon"])
-        run_eps, _ = self.site_ledger.commit(
-            key,
-            self._site_event(config, secure),
-            {"round": round, "phase": "train", "site_level": True},
-            run_delta=config.delta,
-        )
-        return float(run_eps)
-
     def _site_eval_event(self, plan: Plan) -> Any:
         from fedjax_room.site.plan import site_eval_event
 
         return site_eval_event(plan.eval_noise_multiplier, self.public_size.heldout_bound)
 
-    def _precheck_site_eval(self, key: str, config: RunConfig, plan: Plan, round: int, spec: ModelSpec) -> None:
-        """In a distributed-DP run, refuse an evaluation whose site-level event would pass the site-level cap."""
-        if config.site_noise_multiplier is None or self.site_ledger.released(key) is not None:
-            return
-        if not self.site_ledger.would_exceed(self._site_eval_event(plan)):
+    def _precheck_site(self, key: str, event: Any, what: str, round: int, spec: ModelSpec) -> None:
+        """Refuse a release (nothing spent, nothing released) whose site-level event would pass the site-level cap."""
+        if self.site_ledger.released(key) is not None or not self.site_ledger.would_exceed(event):
             return
         run_id = key.split("/", 1)[0]
         self._audit("run_refused", run_id=run_id, spec_hash=spec.hash, reason="site_epsilon_cap", round=round)
         raise PolicyViolation(
-            f"{self.name}: evaluating round {round} would take its site-level ledger (distributed DP) past its cap: "
+            f"{self.name}: {what} would take its site-level ledger (distributed DP) past its cap: "
             f"{self.site_ledger.epsilon():.4g} of {self.site_ledger.epsilon_cap:g} spent; refusing it",
             party=self.name,
             reason="site_epsilon_cap",
         )
+
+    def _commit_site(self, key: str, event: Any, round: int, phase: str, config: RunConfig) -> float:
+        """Compose a release's site-level event (distributed DP) into the site-level ledger, once per key; the run's
+        site-level epsilon."""
+        done = self.site_ledger.released(key)
+        if done is not None:
+            return float(done["epsilon"])
+        record = {"round": round, "phase": phase, "site_level": True}
+        run_eps, _ = self.site_ledger.commit(key, event, record, run_delta=config.delta)
+        return float(run_eps)
 
     def _site_eval(self, key: str, config: RunConfig, plan: Plan, round: int) -> float | None:
         """In a distributed-DP run, compose this evaluation's site-level event (:func:`~fedjax_room.site.plan.
         site_eval_event`) into the site-level ledger; the run's site-level epsilon (None in other runs)."""
         if config.site_noise_multiplier is None:
             return None
-        done = self.site_ledger.released(key)
-        if done is not None:
-            return float(done["epsilon"])
-        run_eps, _ = self.site_ledger.commit(
-            key,
-            self._site_eval_event(plan),
-            {"round": round, "phase": "eval", "site_level": True},
-            run_delta=config.delta,
-        )
-        return float(run_eps)
+        return self._commit_site(key, self._site_eval_event(plan), round, "eval", config)
 
     def evaluate(self, msg: m.RoundStart) -> m.Metrics | m.RunRefuse:
         """Noised evaluation counts of the global model on the held-out split, stored and accounted before release.
@@ -753,7 +725,8 @@ class SiteAgent:
         params = self._global_params(msg, spec)
         event = plan.eval_event()
         self._precheck_spend(key, event, msg.round, spec)
-        self._precheck_site_eval(key, config, plan, msg.round, spec)  # distributed-DP runs: the site-level cap too
+        if config.site_noise_multiplier is not None:  # distributed-DP runs: the site-level cap too
+            self._precheck_site(key, self._site_eval_event(plan), f"evaluating round {msg.round}", msg.round, spec)
         try:
             noised = self._compute_metrics(msg, spec, config, plan, params)
         except Exception:
