@@ -245,14 +245,7 @@ def _read_sidecar(path: Path) -> Schema | None:
     sidecar = schema_sidecar(path)
     if not sidecar.exists():
         return None
-    try:
-        data = json.loads(sidecar.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise SchemaError(f"{sidecar}: schema file is not valid JSON ({exc})") from None
-    try:
-        return Schema.from_dict(data)
-    except SchemaError as exc:
-        raise SchemaError(f"{sidecar}: {exc.message}") from None
+    return load_schema(sidecar)
 
 
 # ----------------------------------------------------------------------------- npz
