@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedjax_room.errors import BadSignatureError, ConfigError
 from fedjax_room.identity import public_key_bytes, public_key_from_bytes, sign, verify
+from fedjax_room.protocol.fields import is_id
 
 __all__ = [
     "FORMAT",
@@ -54,7 +54,6 @@ FORMAT = "fedjax-room-manifest"
 MANIFEST_DOMAIN = b"fedjax-room manifest v1\n"
 #: Largest manifest file read (a 64-site manifest is ~12 KB).
 MAX_MANIFEST_BYTES = 1 << 20
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _MAX_SITES = 1024
 
 
@@ -75,7 +74,7 @@ def _key(value: Any, what: str) -> bytes:
 
 
 def _name(name: Any) -> str:
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not is_id(name):
         raise ConfigError(f"manifest: site name {name!r} must be 1-64 letters, digits, - _ . (starting alphanumeric)")
     return name
 

@@ -43,7 +43,6 @@ import json
 import logging
 import math
 import os
-import re
 import secrets
 import threading
 import time
@@ -68,6 +67,7 @@ from fedjax_room.models import ModelSpec
 from fedjax_room.protocol import messages as m
 from fedjax_room.protocol.codec import Tree, digest, pack, pack_tree, unpack_tree
 from fedjax_room.protocol.config import RunConfig
+from fedjax_room.protocol.fields import is_id
 from fedjax_room.site.ledger import Ledger
 from fedjax_room.site.plan import EVAL_SENSITIVITY, LOSS_CLIP, Plan, make_plan
 from fedjax_room.site.policy import Policy
@@ -75,8 +75,6 @@ from fedjax_room.site.policy import Policy
 __all__ = ["SiteAgent", "load_secret"]
 
 log = logging.getLogger("fedjax_room.site")
-
-_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 def load_secret(state_dir: Path) -> bytes:
@@ -196,7 +194,7 @@ class SiteAgent:
         return int.from_bytes(mac[:8], "big") & ((1 << 63) - 1)
 
     def _run_path(self, run_id: str) -> Path:
-        if not _RUN_ID.fullmatch(run_id):
+        if not is_id(run_id):
             raise ProtocolError(f"run id {run_id!r} is not a plain name")
         return self.state_dir / "runs" / f"{run_id}.json"
 

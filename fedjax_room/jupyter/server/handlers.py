@@ -40,6 +40,7 @@ from jupyter_server.utils import ensure_async, url_path_join
 from fedjax_room.errors import FedRoomError
 from fedjax_room.jupyter.server.notebook import dashboard_notebook, notebook_path
 from fedjax_room.jupyter.server.registry import RoomRegistry, UnknownRoomError, _message
+from fedjax_room.protocol.fields import ID_PATTERN
 
 __all__ = ["NAMESPACE", "ROUTES", "route_patterns", "setup_handlers"]
 
@@ -256,7 +257,7 @@ ROUTES: list[tuple[str, type[BaseHandler]]] = [
     (rf"rooms/{_ROOM}", RoomHandler),
     (rf"rooms/{_ROOM}/sites", SitesHandler),
     (rf"rooms/{_ROOM}/runs", RunsHandler),
-    (rf"rooms/{_ROOM}/runs/(?P<run_id>[A-Za-z0-9][A-Za-z0-9._-]{{0,63}})/cancel", CancelHandler),
+    (rf"rooms/{_ROOM}/runs/(?P<run_id>{ID_PATTERN.pattern})/cancel", CancelHandler),
     (rf"rooms/{_ROOM}/budget", BudgetHandler),
     (rf"rooms/{_ROOM}/audit", AuditHandler),
     (rf"rooms/{_ROOM}/notebook", NotebookHandler),
