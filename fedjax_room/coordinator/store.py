@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from fedjax_room.errors import ConfigError, StateError
+from fedjax_room.files import atomic_write  # re-exported: the coordinator's state files are written with it
 from fedjax_room.protocol.codec import MAX_FRAME_BYTES, Tree, decode_tree, digest, encode_tree, pack, unpack
 
 __all__ = ["MAX_CHECKPOINT_BYTES", "Identity", "RoundRow", "RunRow", "Store", "atomic_write"]
@@ -73,13 +74,6 @@ CREATE TABLE IF NOT EXISTS site_spend (
     site TEXT NOT NULL, run_id TEXT NOT NULL, round INTEGER NOT NULL, epsilon REAL NOT NULL,
     PRIMARY KEY (site, run_id, round));
 """
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` (0600, folder 0700) via a fsynced temporary file and an atomic rename."""
-    from fedjax_room.files import atomic_write as write
-
-    write(path, data)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -52,7 +52,6 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from fedjax_room.coordinator.store import atomic_write
 from fedjax_room.data import Dataset
 from fedjax_room.errors import (
     BudgetExceededError,
@@ -63,6 +62,7 @@ from fedjax_room.errors import (
     RefusedError,
     StateError,
 )
+from fedjax_room.files import atomic_write
 from fedjax_room.models import ModelSpec
 from fedjax_room.protocol import messages as m
 from fedjax_room.protocol.codec import Tree, digest, pack, pack_tree, unpack_tree

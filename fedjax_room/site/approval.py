@@ -26,8 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fedjax_room.coordinator.store import atomic_write
 from fedjax_room.errors import ConfigError
+from fedjax_room.files import atomic_write
 
 __all__ = ["Inbox"]
 

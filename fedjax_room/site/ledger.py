@@ -23,9 +23,9 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from fedjax_room.coordinator.store import atomic_write
 from fedjax_room.dp.accounting import Accountant, event_to_dict
 from fedjax_room.errors import BudgetExceededError, StateError
+from fedjax_room.files import atomic_write
 
 __all__ = ["Ledger", "check_against_audit"]
 

@@ -33,8 +33,8 @@ from typing import Any
 import numpy as np
 from dp_accounting import DpEvent, GaussianDpEvent
 
-from fedjax_room.coordinator.store import atomic_write
 from fedjax_room.errors import BudgetExceededError, StateError
+from fedjax_room.files import atomic_write
 from fedjax_room.site.ledger import Ledger
 from fedjax_room.site.plan import coarse_count
 
