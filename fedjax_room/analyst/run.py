@@ -1,0 +1,247 @@
+"""A federated run as the analyst sees it: :class:`Run`, kept up to date by the room's pushed events.
+
+Created by :meth:`fedjax_room.analyst.client.Room.train` / :meth:`~fedjax_room.analyst.client.Room.run`;
+the client's I/O thread applies the coordinator's ``RunSnapshot`` and ``RunEvent`` frames to it, and
+callbacks given to :meth:`Run.subscribe` run on the client's callback thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+from fedjax_room.analyst.results import PrivacyReport, Refusal, RoundResult
+from fedjax_room.errors import ConfigError, FedRoomError, error_from_dict
+from fedjax_room.models import ModelSpec
+from fedjax_room.protocol import messages as m
+from fedjax_room.protocol.codec import Tree, unpack_tree
+
+if TYPE_CHECKING:
+    from fedjax_room.analyst.client import _Core
+
+__all__ = ["Run"]
+
+log = logging.getLogger("fedjax_room.analyst")
+
+
+class Run:
+    """A federated run, updated live in the background. Created by :meth:`Room.train`."""
+
+    def __init__(self, core: _Core, run_id: str) -> None:
+        self._core = core
+        self.id = run_id
+        self.spec: ModelSpec | None = None
+        self.config: dict[str, Any] = {}
+        self._cond = threading.Condition()
+        self._status = "pending"
+        self._history: dict[int, RoundResult] = {}
+        self._refusals: list[Refusal] = []
+        self._error: FedRoomError | None = None
+        self._privacy = PrivacyReport(run_id, {})
+        self._rounds_done = 0
+        self._callbacks: list[Callable[[RoundResult], Any]] = []
+        self._params: tuple[int, Tree] | None = None
+        self._defences: list[dict[str, Any]] = []
+        self._waiting: list[str] = []
+
+    # -------------------------------------------------------------- state (updated on the loop thread)
+
+    def _apply_snapshot(self, snap: Mapping[str, Any]) -> None:
+        fresh: list[RoundResult] = []
+        with self._cond:
+            if snap.get("spec") and self.spec is None:
+                self.spec = ModelSpec.from_dict(snap["spec"])
+            if snap.get("config"):
+                self.config = dict(snap["config"])
+            for row in snap.get("history") or []:
+                rr = RoundResult.from_dict(row)
+                if rr.round not in self._history:
+                    self._history[rr.round] = rr
+                    fresh.append(rr)
+            self._refusals = [Refusal.from_dict(r) for r in snap.get("refusals") or []]
+            self._defences = [dict(d) for d in snap.get("defences") or self._defences]
+            self._waiting = [str(s) for s in snap.get("waiting") or ()]
+            self._privacy = PrivacyReport.from_dict(self.id, snap.get("privacy") or {})
+            self._rounds_done = int(snap.get("rounds_done", 0))
+            self._set_status(snap.get("status", "pending"), snap.get("error"))
+            self._cond.notify_all()
+        self._fire(fresh)
+
+    def _set_status(self, status: str, error: Any) -> None:
+        self._status = status
+        if error:
+            self._error = error_from_dict(error) if isinstance(error, Mapping) else FedRoomError(str(error))
+
+    def _on_event(self, kind: str, data: Mapping[str, Any]) -> None:
+        fresh: list[RoundResult] = []
+        with self._cond:
+            if kind == "round":
+                rr = RoundResult.from_dict(data)
+                if rr.round not in self._history:
+                    self._history[rr.round] = rr
+                    fresh.append(rr)
+                self._rounds_done = max(self._rounds_done, rr.round)
+                if self._status == "pending":
+                    self._status = "running"
+            elif kind == "status":
+                self._rounds_done = int(data.get("rounds_done", self._rounds_done))
+                self._set_status(str(data.get("status", self._status)), data.get("error"))
+            elif kind == "waiting":
+                self._waiting = [str(s) for s in data.get("waiting") or ()]
+            elif kind == "refusal":
+                refusal = Refusal.from_dict(data)
+                if refusal not in self._refusals:
+                    self._refusals.append(refusal)
+            if data.get("privacy"):
+                self._privacy = PrivacyReport.from_dict(self.id, data["privacy"])
+            self._cond.notify_all()
+        self._fire(fresh)
+
+    def _fire(self, results: list[RoundResult]) -> None:
+        for rr in results:
+            for cb in list(self._callbacks):
+                self._core.callbacks.submit(self._safe, cb, rr)
+
+    @staticmethod
+    def _safe(cb: Callable[[RoundResult], Any], rr: RoundResult) -> None:
+        try:
+            cb(rr)
+        except Exception:
+            log.exception("a run callback failed")
+
+    # -------------------------------------------------------------- public
+
+    @property
+    def done(self) -> bool:
+        """Whether the run has finished or failed."""
+        return self._status in ("finished", "failed")
+
+    @property
+    def status(self) -> str:
+        """``"pending"``, ``"running"``, ``"finished"`` or ``"failed"``."""
+        return self._status
+
+    @property
+    def rounds_done(self) -> int:
+        """Rounds aggregated so far."""
+        return self._rounds_done
+
+    @property
+    def history(self) -> list[RoundResult]:
+        """Every round's result so far, in order."""
+        with self._cond:
+            return [self._history[k] for k in sorted(self._history)]
+
+    @property
+    def privacy(self) -> PrivacyReport:
+        """Each site's epsilon (and delta) spent in this run, its cap and what is left of its ledger."""
+        return self._privacy
+
+    @property
+    def refusals(self) -> list[Refusal]:
+        """Sites that refused the run or a round, and why."""
+        with self._cond:
+            return list(self._refusals)
+
+    @property
+    def waiting(self) -> list[str]:
+        """Sites whose data owner has not yet approved this run's model (``approval = "manual"``); [] otherwise."""
+        with self._cond:
+            return list(self._waiting)
+
+    @property
+    def waiting_text(self) -> str:
+        """``"waiting for approval by site-a, site-b"`` (empty when nobody is waiting)."""
+        waiting = self.waiting
+        return f"waiting for approval by {', '.join(waiting)}" if waiting else ""
+
+    @property
+    def defences(self) -> list[dict[str, Any]]:
+        """Which poisoning defences run for this run: ``[{name, active, detail}]`` (docs/robustness.md)."""
+        return list(self._defences)
+
+    def defences_text(self) -> str:
+        """:attr:`defences` as lines ``[on ] name: detail`` / ``[off] name: detail``."""
+        return "\n".join(f"[{'on ' if d['active'] else 'off'}] {d['name']}: {d['detail']}" for d in self._defences)
+
+    @property
+    def error(self) -> FedRoomError | None:
+        """Why the run failed (None unless ``status == "failed"``)."""
+        return self._error
+
+    def rounds(self, timeout: float | None = None) -> Iterator[RoundResult]:
+        """Yield each round's result as it arrives (earlier ones first); stops when the run ends.
+
+        ``timeout`` bounds the wait for each next round (:class:`TimeoutError`).
+        """
+        seen = 0
+        while True:
+            with self._cond:
+                ok = self._cond.wait_for(lambda n=seen: len(self._history) > n or self.done, timeout)
+                if not ok:
+                    raise TimeoutError(f"no round of {self.id} within {timeout:g}s")
+                ordered = [self._history[k] for k in sorted(self._history)]
+                finished = self.done
+            yield from ordered[seen:]
+            seen = len(ordered)
+            if finished and seen >= len(self._history):
+                return
+
+    def cancel(self, reason: str = "") -> Run:
+        """Stop this run (yours only; the room's operator can stop any with ``fedjax-room cancel``).
+
+        The room records ``run_cancelled`` in its audit log, the run ends ``failed`` with a
+        :class:`~fedjax_room.errors.RefusedError` whose reason is ``cancelled``, and the sites start no
+        further round of it. Returns the run once the room has confirmed; raises
+        :class:`~fedjax_room.errors.RefusedError` (not your run) or :class:`ConfigError` (already over).
+        """
+        if not isinstance(reason, str):
+            raise ConfigError(f"reason must be a string, got {type(reason).__name__}")
+        self._core.call(
+            self._core.request(lambda req: m.CancelRun(req=req, run_id=self.id, message=reason[:500]), resend=False)
+        )
+        with self._cond:  # the status event may still be in flight; the room has ended the run either way
+            self._cond.wait_for(lambda: self.done, self._core.timeout)
+        return self
+
+    def wait(self, timeout: float | None = None) -> Run:
+        """Block until the run finishes or fails; returns the run (check :attr:`status` / :attr:`error`)."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: self.done, timeout):
+                raise TimeoutError(f"run {self.id} still {self._status} after {timeout:g}s")
+        return self
+
+    @property
+    def params(self) -> Tree | None:
+        """The global model's parameters after the last finished round (downloaded; audited)."""
+        cached = self._params
+        if cached is not None and cached[0] == self._rounds_done and self.done:
+            return cached[1]
+        reply = self._core.call(self._core.request(lambda req: m.GetModel(req=req, run_id=self.id)))
+        params = unpack_tree(reply.params)
+        self._params = (reply.round, params)
+        return params
+
+    def subscribe(self, callback: Callable[[RoundResult], Any]) -> Callable[[], None]:
+        """Call ``callback(RoundResult)`` for every round from now on (on a background thread).
+
+        Returns a function that unsubscribes.
+        """
+        self._callbacks.append(callback)
+
+        def unsubscribe() -> None:
+            with contextlib.suppress(ValueError):
+                self._callbacks.remove(callback)
+
+        return unsubscribe
+
+    def __repr__(self) -> str:
+        return f"Run(id={self.id!r}, status={self._status!r}, rounds={self._rounds_done}/{self.config.get('rounds')})"
+
+    def _repr_html_(self) -> str:
+        from fedjax_room.jupyter.display import run_html
+
+        return run_html(self)
