@@ -625,25 +625,28 @@ class SiteAgent:
             )
             self._trainers[msg.run_id] = trainer
         seed = self._seed(msg.run_id, config.seed, msg.round, "train")
-        attack = self.policy.attack()  # test/demo only: a [simulation] table makes this site an attacker
-        train_data = self._train
-        if attack is not None and attack.data is not None:
-            train_data = attack.data(train_data, params, jax.random.key(seed % 2**31))
+        train_data = self._local_data(self._train, params, seed)
         new_params, _stats = trainer.train(params, train_data, plan.local_steps, seed)
         with np.errstate(over="ignore", invalid="ignore"):
             delta = jax.tree.map(
                 lambda new, old: (np.asarray(new, np.float32) - old).astype(np.float32), new_params, params
             )
-        if attack is not None and attack.update is not None:
-            poisoned = attack.update(delta, params, jax.random.key((seed + 1) % 2**31))
-            delta = jax.tree.map(lambda x: np.asarray(x, np.float32), jax.device_get(poisoned))
-            log.warning("%s is a simulated attacker (%s): its update is poisoned", self.name, attack.name)
+        delta = self._outgoing(delta, params, seed)
         if not all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(delta)):
             log.warning("%s: round %s's update is not finite; releasing zeros (still paid for)", self.name, msg.round)
             delta = jax.tree.map(np.zeros_like, delta)
         if secure is not None:  # the update leaves only masked, in secagg frames
             return b"", self._secure_vector(delta, config, secure)
         return pack_tree(dict(delta)), None
+
+    # the seam a simulated attacker (fedjax_room.sim.attacker.AttackingAgent) overrides; identity here
+    def _local_data(self, data: Dataset, params: Tree, seed: int) -> Dataset:
+        """The records a round trains on (``seed``: the round's secret training seed): this site's own."""
+        return data
+
+    def _outgoing(self, delta: Tree, params: Tree, seed: int) -> Tree:
+        """The update a round releases (before the finite check, encoding and masking): the trained delta."""
+        return delta
 
     def _secure_vector(self, delta: Any, config: RunConfig, secure: Any) -> np.ndarray:
         """The update as a SecAgg ring vector: fixed point (scaled by the FedAvg fraction), or with distributed DP

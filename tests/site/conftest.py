@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from fedjax_room.data import Dataset, Schema
+from fedjax_room.sim.attacker import AttackingAgent
 from fedjax_room.site.agent import SiteAgent
 from fedjax_room.site.policy import Policy
 
@@ -28,11 +29,13 @@ class Factory:
         self.train = make_data(200, 1)
         self.heldout = make_data(60, 2)
 
-    def agent(self, name="site-a", state=None, **policy):
+    def agent(self, name="site-a", state=None, attack=None, **policy):
         # the sizes are declared public by default (no DP count in the ledger); pass
         # declared_train_records=None, declared_heldout_records=None for a site that counts them under DP
         policy = {"declared_train_records": len(self.train), "declared_heldout_records": len(self.heldout), **policy}
-        return SiteAgent(
+        kwargs = {} if attack is None else {"attack": attack}  # a simulated attacker (fedjax_room.sim.attacker)
+        return (SiteAgent if attack is None else AttackingAgent)(
+            **kwargs,
             name=name,
             train=self.train,
             heldout=self.heldout,

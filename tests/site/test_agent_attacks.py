@@ -19,6 +19,7 @@ from fedjax_room.protocol import messages as m
 from fedjax_room.protocol.codec import pack_tree, unpack_tree
 from fedjax_room.protocol.config import RunConfig
 from fedjax_room.protocol.secure import SecureRelease, SecureTrain
+from fedjax_room.robust.attacks import get_attack
 from fedjax_room.secagg import SecAggConfig
 from fedjax_room.site.ledger import Ledger
 
@@ -126,11 +127,10 @@ def test_learning_rate_1e38_is_refused_at_the_offer_and_spends_nothing(factory):
 
 @pytest.mark.parametrize("secure", [False, True], ids=["plain", "secure"])
 def test_non_finite_updates_are_paid_for_and_never_refused(factory, secure):
-    """Updates that overflow to inf/NaN (here: a simulated attacker policy scaling its update by -1e39, the same
+    """Updates that overflow to inf/NaN (here: a simulated attacker (sim.attacker) scaling its update by -1e39, the same
     effect a huge learning rate had) cannot be encoded: each round still spends exactly once and releases a fixed,
     data-independent zero update, instead of refusing before the ledger commit."""
-    simulation = {"attack": "sign_flip", "options": {"scale": 1e39}}
-    agent = factory.agent(epsilon_cap=1e6, simulation=simulation)
+    agent = factory.agent(epsilon_cap=1e6, attack=get_attack("sign_flip", scale=1e39))
     _accept(agent, rounds=6, batch_size=1, local_steps=2, secure_aggregation=secure)
     for rnd in range(1, 7):
         reply = agent.handle("train", _secure(rnd) if secure else _start(rnd, "train"))
@@ -146,8 +146,7 @@ def test_non_finite_updates_are_paid_for_and_never_refused(factory, secure):
 
 
 def test_non_finite_update_under_distributed_dp_is_zeros_plus_noise_and_paid(factory):
-    simulation = {"attack": "sign_flip", "options": {"scale": 1e39}}
-    agent = factory.agent(epsilon_cap=1e6, simulation=simulation)
+    agent = factory.agent(epsilon_cap=1e6, attack=get_attack("sign_flip", scale=1e39))
     _accept(agent, rounds=2, secure_aggregation=True, site_noise_multiplier=1.0, site_clip_norm=1.0)
     reply = agent.handle("train", _secure(1))
     assert isinstance(reply, SecureRelease), reply
