@@ -14,7 +14,7 @@ Loopback sockets are not in the loop (bytes on the wire are printed instead: ~4 
 
 ``--loopback`` measures a real room instead (issue #4, Benchmark: "round time with and without secure aggregation
 on loopback"). For secure aggregation off, then on, it starts an embedded room
-(:func:`fedjax_room.analyst.demo.start_room`: a coordinator process and ``--sites`` site processes on 127.0.0.1,
+(:func:`fedjax_room.sim.demo.start_room`: a coordinator process and ``--sites`` site processes on 127.0.0.1,
 real websockets, the ``digits`` dataset), connects the analyst and trains an MLP 64-W-10 with W chosen so the
 model has about ``--params`` parameters, for ``--rounds`` rounds of ``--local-steps`` DP-SGD steps. A round's
 time is the wall time between successive ``run.rounds()`` results on the analyst side (round 1, with the JIT
@@ -263,7 +263,7 @@ def _loopback_round_times(args, spec, secure):
     """One embedded room, one run: the analyst-side wall time of each round after the first."""
     import tempfile
 
-    from fedjax_room.analyst.demo import start_room
+    from fedjax_room.sim.demo import start_room
 
     policy = {
         "epsilon_cap": 1e6,  # a benchmark, not a privacy budget: never the limit

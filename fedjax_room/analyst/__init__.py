@@ -1,8 +1,7 @@
 """The analyst's Python API: ``connect(url, key=...) -> Room`` (sync face over an async core).
 
-:mod:`.client` (:class:`Room`, :class:`Run`), :mod:`.results` (what calls return),
-:mod:`.demo` (an embedded room: :func:`~fedjax_room.analyst.demo.start_room`), :mod:`.launch`
-(starting room processes).
+:mod:`.client` (:class:`Room`, :class:`Run`), :mod:`.results` (what calls return). A pure client: it imports
+no site, coordinator or training code. The embedded demo room lives in :mod:`fedjax_room.sim.demo`.
 """
 
 from fedjax_room.analyst.client import Room, Run, connect

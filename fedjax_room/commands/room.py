@@ -11,7 +11,7 @@
   --reason TEXT --state DIR`` decide on model specs waiting for approval (:mod:`fedjax_room.site.approval`).
 * ``demo [--sites 3] [--dataset digits] [--rounds R] [--target-epsilon E] [--non-iid ALPHA] [--state DIR]
   [--json] [--aggregator NAME] [--attack boost|sign_flip|label_flip|gaussian --malicious K]
-  [--exclude-below T]`` runs an embedded room end to end (see :mod:`fedjax_room.analyst.demo`).
+  [--exclude-below T]`` runs an embedded room end to end (see :mod:`fedjax_room.sim.demo`).
 """
 
 from __future__ import annotations
@@ -286,7 +286,7 @@ def _serve_then_exit(serve: Any) -> int:
     nothing is released before it is fully written (ledger and release files are atomic), so nothing is
     lost by not waiting for them. A process spawned by an embedded room also stops once its parent dies.
     """
-    from fedjax_room.analyst.launch import wait_for_parent
+    from fedjax_room.sim.launch import wait_for_parent
 
     wait_for_parent()
     try:
@@ -304,7 +304,7 @@ def _serve_then_exit(serve: Any) -> int:
 
 def run_demo(args: argparse.Namespace) -> int:
     """The embedded end-to-end demo."""
-    from fedjax_room.analyst.demo import run_demo as demo
+    from fedjax_room.sim.demo import run_demo as demo
 
     return demo(
         sites=args.sites,

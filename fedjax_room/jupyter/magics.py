@@ -1,7 +1,7 @@
 """``%room`` and ``%%room train``: IPython magics over the analyst API, and nothing more.
 
 Each magic parses its arguments with :mod:`fedjax_room.jupyter.args` (pure), calls one method of the
-analyst API (``fedjax_room.connect``, ``fedjax_room.analyst.demo.start_room``, ``Room.sites/runs/
+analyst API (``fedjax_room.connect``, ``fedjax_room.sim.demo.start_room``, ``Room.sites/runs/
 budget/audit/train``) and shows the result with :mod:`fedjax_room.jupyter.display` or a widget. Any
 :class:`~fedjax_room.errors.FedRoomError` (bad arguments, a refusal, a budget that would be exceeded)
 and any failure to reach the room becomes one line — IPython's ``UsageError: ...`` — never a traceback;
@@ -45,7 +45,7 @@ def _default_connect(url: str, key: str, **options: Any) -> Any:
 
 
 def _default_start_room(**kwargs: Any) -> Any:
-    from fedjax_room.analyst.demo import start_room
+    from fedjax_room.sim.demo import start_room
 
     return start_room(**kwargs)
 

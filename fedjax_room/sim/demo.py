@@ -33,8 +33,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from fedjax_room.analyst.launch import spawn_coordinator, spawn_site, stop_process
 from fedjax_room.errors import ConfigError, StateError
+from fedjax_room.sim.launch import spawn_coordinator, spawn_site, stop_process
 
 __all__ = ["DEMO_RECIPES", "EmbeddedRoom", "run_demo", "start_room", "write_room_manifest"]
 

@@ -1,6 +1,6 @@
 """Starting room processes on this machine: a coordinator and site agents, each ``python -m fedjax_room``.
 
-Used by the embedded room (:mod:`fedjax_room.analyst.demo`) and by the integration tests. Every
+Used by the embedded room (:mod:`fedjax_room.sim.demo`) and by the integration tests. Every
 process writes its log to ``<state>/logs/<name>.log``; :func:`stop_process` sends SIGTERM and, if
 the process has not exited within a grace period, SIGKILL.
 """

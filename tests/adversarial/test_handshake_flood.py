@@ -15,8 +15,8 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from fedjax_room.analyst.demo import start_room
 from fedjax_room.models import logistic
+from fedjax_room.sim.demo import start_room
 
 pytestmark = pytest.mark.slow
 

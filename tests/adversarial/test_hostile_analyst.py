@@ -16,7 +16,6 @@ import sys
 import msgpack
 import pytest
 
-from fedjax_room.analyst.demo import start_room
 from fedjax_room.coordinator.store import Store
 from fedjax_room.errors import ConfigError, RefusedError
 from fedjax_room.identity import fingerprint, generate_key, public_key_bytes
@@ -25,6 +24,7 @@ from fedjax_room.jupyter.server.registry import RoomRegistry
 from fedjax_room.models import logistic, mlp
 from fedjax_room.protocol import messages as m
 from fedjax_room.protocol.codec import MAX_DECODED_ITEMS
+from fedjax_room.sim.demo import start_room
 from fedjax_room.transport.client import open_connection
 
 pytestmark = pytest.mark.slow

@@ -27,8 +27,6 @@ import time
 import pytest
 
 import fedjax_room
-from fedjax_room.analyst.demo import write_room_manifest
-from fedjax_room.analyst.launch import spawn, spawn_site, stop_process
 from fedjax_room.coordinator.server import coordinator_key
 from fedjax_room.coordinator.store import Store
 from fedjax_room.data import load_builtin, partition
@@ -38,6 +36,8 @@ from fedjax_room.models import logistic
 from fedjax_room.protocol import messages as m
 from fedjax_room.protocol.coordinator import CoordinatorMachine, MemoryAudit
 from fedjax_room.protocol.secure import SecureRound
+from fedjax_room.sim.demo import write_room_manifest
+from fedjax_room.sim.launch import spawn, spawn_site, stop_process
 from fedjax_room.site.policy import Policy
 from fedjax_room.transport.server import MachineServer
 

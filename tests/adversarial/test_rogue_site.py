@@ -1,7 +1,7 @@
 """A rogue site against a real coordinator process on loopback (issue 14 section 5).
 
 One honest site process (``site-a``) and one scripted rogue (``rogue``, enrolled like any site) in a room
-started by :func:`~fedjax_room.analyst.demo.start_room`. The rogue declares ``~400`` records, then:
+started by :func:`~fedjax_room.sim.demo.start_room`. The rogue declares ``~400`` records, then:
 
 1. answers an offer with a plan claiming weight 1e15 (more than it declared): the plan is refused, and the
    updates and metrics it then sends for that run (which it is not in) are recorded as no spend;
@@ -20,13 +20,13 @@ import sqlite3
 import numpy as np
 import pytest
 
-from fedjax_room.analyst.demo import start_room
 from fedjax_room.coordinator.store import Store
 from fedjax_room.data import load_dataset
 from fedjax_room.identity import fingerprint, generate_key, public_key_bytes, save_private_key
 from fedjax_room.models import logistic
 from fedjax_room.protocol import messages as m
 from fedjax_room.protocol.codec import pack_tree, unpack_tree
+from fedjax_room.sim.demo import start_room
 from fedjax_room.site.plan import coarse_count
 from fedjax_room.transport.client import open_connection
 

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 _PARENT = """
 import sys, time
 from pathlib import Path
-from fedjax_room.analyst.launch import spawn
+from fedjax_room.sim.launch import spawn
 state = Path(sys.argv[1])
 proc = spawn(["coordinator", "--state", str(state), "--port", "0"], state / "coordinator.log")
 print(proc.pid, flush=True)

@@ -7,10 +7,10 @@ import os
 import numpy as np
 import pytest
 
-from fedjax_room.analyst.demo import start_room
 from fedjax_room.coordinator.store import Store
 from fedjax_room.models import logistic
 from fedjax_room.protocol.codec import flatten_tree
+from fedjax_room.sim.demo import start_room
 from fedjax_room.site.ledger import Ledger
 
 pytestmark = pytest.mark.slow

@@ -13,11 +13,11 @@ import time
 
 import pytest
 
-from fedjax_room.analyst.demo import start_room
 from fedjax_room.audit import cross_check, verify_log
 from fedjax_room.errors import AuthError
 from fedjax_room.identity import load_private_key
 from fedjax_room.models import logistic, mlp
+from fedjax_room.sim.demo import start_room
 from fedjax_room.site.ledger import Ledger
 from fedjax_room.transport.client import open_connection
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import pytest
 
-from fedjax_room.analyst.demo import start_room
 from fedjax_room.audit import verify_log
 from fedjax_room.local import evaluate
 from fedjax_room.models import logistic
+from fedjax_room.sim.demo import start_room
 
 pytestmark = pytest.mark.slow
 

@@ -10,12 +10,12 @@ import time
 import numpy as np
 import pytest
 
-from fedjax_room.analyst.demo import start_room
 from fedjax_room.coordinator.store import Store
 from fedjax_room.data import load_dataset
 from fedjax_room.errors import ConfigError, RoleError, UnknownIdentityError
 from fedjax_room.identity import fingerprint, generate_key, load_private_key, public_key_bytes
 from fedjax_room.models import logistic
+from fedjax_room.sim.demo import start_room
 from fedjax_room.site.ledger import Ledger
 from fedjax_room.transport.client import open_connection
 

@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from fedjax_room.analyst.demo import start_room
 from fedjax_room.models import logistic
+from fedjax_room.sim.demo import start_room
 
 pytestmark = pytest.mark.slow
 

@@ -18,7 +18,7 @@ layers: [{type: dense, features: 10}]
 
 @pytest.fixture(scope="module")
 def shell():
-    pytest.importorskip("fedjax_room.analyst.demo")
+    pytest.importorskip("fedjax_room.sim.demo")
     from IPython.testing.globalipapp import get_ipython
 
     ip = get_ipython()

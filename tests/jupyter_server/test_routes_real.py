@@ -20,13 +20,13 @@ SMALL_RUN = {"model": "logistic", "rounds": 2, "local_steps": 5}
 
 def _room_available() -> bool:
     try:
-        return importlib.util.find_spec("fedjax_room.analyst.demo") is not None
+        return importlib.util.find_spec("fedjax_room.sim.demo") is not None
     except ModuleNotFoundError:
         return False
 
 
 if not _room_available():
-    pytest.skip("fedjax_room.analyst.demo (the embedded room) is not there yet", allow_module_level=True)
+    pytest.skip("fedjax_room.sim.demo (the embedded room) is not there yet", allow_module_level=True)
 
 
 class Shared:
@@ -45,7 +45,7 @@ class Shared:
 
 @pytest.fixture(scope="module")
 def shared_room():
-    from fedjax_room.analyst.demo import start_room
+    from fedjax_room.sim.demo import start_room
 
     embedded = start_room(sites=2, dataset="digits")
     try:

@@ -1,6 +1,6 @@
 """Every notebook in notebooks/ is committed clean and runs unattended under papermill.
 
-The papermill runs need the real room (``fedjax_room.analyst.demo``); their parameters are small so
+The papermill runs need the real room (``fedjax_room.sim.demo``); their parameters are small so
 the three together stay within a few minutes on two cores. Each notebook's last cells assert what it
 claims (the run finished, an accuracy or average-precision floor, epsilon within the target).
 """
@@ -57,13 +57,13 @@ def test_committed_without_outputs_and_with_parameters(path):
 
 def _room_available() -> bool:
     try:
-        return importlib.util.find_spec("fedjax_room.analyst.demo") is not None
+        return importlib.util.find_spec("fedjax_room.sim.demo") is not None
     except ModuleNotFoundError:
         return False
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not _room_available(), reason="needs the embedded room (fedjax_room.analyst.demo)")
+@pytest.mark.skipif(not _room_available(), reason="needs the embedded room (fedjax_room.sim.demo)")
 @pytest.mark.parametrize("name", sorted(SMALL))
 def test_notebook_runs_under_papermill(name, tmp_path, monkeypatch):
     repo = str(NOTEBOOKS.parent)  # the kernel imports this checkout, installed or not

@@ -15,12 +15,12 @@ from cryptography.x509.oid import NameOID
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from fedjax_room.analyst.launch import spawn_coordinator, stop_process
 from fedjax_room.coordinator.store import Store
 from fedjax_room.errors import RoleError, UnknownIdentityError
 from fedjax_room.identity import fingerprint, generate_key, public_key_bytes
 from fedjax_room.protocol import messages as m
 from fedjax_room.protocol.handshake import make_hello
+from fedjax_room.sim.launch import spawn_coordinator, stop_process
 from fedjax_room.transport import client as transport_client
 from fedjax_room.transport.client import recv_message
 

@@ -1,7 +1,7 @@
 """The rooms one Jupyter server is connected to, and their state as JSON for the sidebar.
 
 :class:`RoomRegistry` holds the ``Room`` objects the analyst API returns (``fedjax_room.analyst.connect``
-for a remote coordinator, ``fedjax_room.analyst.demo.start_room`` for an embedded demo room), the runs
+for a remote coordinator, ``fedjax_room.sim.demo.start_room`` for an embedded demo room), the runs
 started through this server (so their round history, refusals and errors are known), and turns what the
 analyst API returns into plain JSON: dataclasses become dicts, NaN and infinities become ``null`` (the
 browser's ``JSON.parse`` rejects them), numpy scalars become numbers.
@@ -175,7 +175,7 @@ def _default_connect(url: str, key: str) -> Any:
 
 
 def _default_start_room(**kwargs: Any) -> Any:
-    from fedjax_room.analyst.demo import start_room
+    from fedjax_room.sim.demo import start_room
 
     return start_room(**kwargs)
 
