@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import inspect
 import itertools
 import logging
 import threading
@@ -26,6 +27,7 @@ from typing import Any
 
 from websockets.exceptions import ConnectionClosed
 
+from fedjax_room.analyst.options import options_doc, train_signature
 from fedjax_room.analyst.results import (
     BudgetReport,
     RunSummary,
@@ -334,65 +336,33 @@ class Room:
         reply = self._ask(lambda req: m.ListRuns(req=req))
         return [RunSummary.from_dict(r) for r in reply.runs]
 
-    def train(
-        self,
-        spec: ModelSpec | Mapping[str, Any],
-        rounds: int = 5,
-        target_epsilon: float | None = 3.0,
-        delta: float = 1e-5,
-        clip_norm: float = 1.0,
-        batch_size: int = 32,
-        local_steps: int = 10,
-        learning_rate: float = 0.1,
-        aggregator: str = "fedavg",
-        server_optimizer: str = "fedavg",
-        server_learning_rate: float = 1.0,
-        secure_aggregation: bool = False,
-        min_sites: int | None = None,
-        round_timeout: float = 60.0,
-        seed: int = 0,
-        noise_multiplier: float | None = None,
-        exclude_below: float | None = None,
-        site_noise_multiplier: float | None = None,
-        site_clip_norm: float = 1.0,
-    ) -> Run:
+    def train(self, spec: ModelSpec | Mapping[str, Any], /, **options: Any) -> Run:
         """Start a federated run of ``spec``; returns at once (the run goes on in the background).
 
-        With ``target_epsilon`` each site calibrates its own noise so the whole run stays within it;
-        pass ``noise_multiplier`` (and ``target_epsilon=None``) for fixed noise instead. ``aggregator`` is
-        ``fedavg``, ``mean`` or a robust rule (``median``, ``trimmed_mean``, ``krum``, ``multi_krum``,
-        ``norm_bound``); ``exclude_below`` leaves out sites whose trust falls below it (docs/robustness.md).
+        ``options`` are :class:`~fedjax_room.protocol.config.RunConfig`'s fields (listed below, generated from
+        it); one not given takes its default. With ``target_epsilon`` each site calibrates its own noise so
+        the whole run stays within it; give ``noise_multiplier`` instead for fixed noise (then the default
+        target is off; giving both is a :class:`ConfigError`). ``aggregator`` is ``fedavg``, ``mean`` or a
+        robust rule; ``exclude_below`` leaves out sites whose trust falls below it (docs/robustness.md).
         ``secure_aggregation=True`` shows the coordinator only the sum of the sites' (masked) updates;
-        ``site_noise_multiplier`` (with it) adds distributed DP for site-level privacy: each site clips its whole
-        update to ``site_clip_norm`` and adds its share of the noise; ``run.privacy[site].site_epsilon``.
+        ``site_noise_multiplier`` (with it) adds distributed DP for site-level privacy:
+        ``run.privacy[site].site_epsilon``. An unknown or out-of-bounds option raises :class:`ConfigError`.
+
+        Options:
         """
         model = ModelSpec.from_dict(spec)
-        if noise_multiplier is not None and target_epsilon == 3.0:
-            target_epsilon = None  # the default target gives way to an explicit noise multiplier
-        config = RunConfig.from_dict(
-            {
-                "rounds": rounds,
-                "target_epsilon": target_epsilon,
-                "noise_multiplier": noise_multiplier,
-                "delta": delta,
-                "clip_norm": clip_norm,
-                "batch_size": batch_size,
-                "local_steps": local_steps,
-                "learning_rate": learning_rate,
-                "aggregator": aggregator,
-                "server_optimizer": server_optimizer,
-                "server_learning_rate": server_learning_rate,
-                "secure_aggregation": secure_aggregation,
-                "min_sites": min_sites,
-                "round_timeout": round_timeout,
-                "seed": seed,
-                "exclude_below": exclude_below,
-                "site_noise_multiplier": site_noise_multiplier,
-                "site_clip_norm": site_clip_norm,
-            }
-        ).to_dict()
+        config = RunConfig.from_dict(options).to_dict()
         created = self._ask(lambda req: m.StartRun(req=req, spec=model.to_dict(), config=config), resend=False)
         return self.run(created.run_id)
+
+    # generated from RunConfig: help(Room.train) and inspect.signature list every run option with its default
+    train.__signature__ = train_signature(  # type: ignore[attr-defined]
+        [
+            inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY),
+            inspect.Parameter("spec", inspect.Parameter.POSITIONAL_ONLY, annotation="ModelSpec | Mapping[str, Any]"),
+        ]
+    ).replace(return_annotation="Run")
+    train.__doc__ = (train.__doc__ or "") + "\n" + options_doc(" " * 12) + "\n"
 
     def run(self, run_id: str) -> Run:
         """Follow an existing run (yours or another analyst's)."""

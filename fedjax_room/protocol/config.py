@@ -10,8 +10,11 @@ multiplier, each site spends what that costs on its data and refuses a round tha
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
+import functools
 import math
+import typing
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,12 +22,19 @@ from fedjax_room.errors import ConfigError
 
 __all__ = [
     "AGGREGATORS",
+    "LOCAL_OPTIMIZERS",
+    "OPTIONS_SCHEMA_VERSION",
+    "OPTION_GROUPS",
     "SECURE_AGGREGATORS",
     "SERVER_OPTIMIZERS",
+    "OptionSpec",
     "RunConfig",
     "RunLimits",
     "check_run_request",
     "checkpoint_bytes_estimate",
+    "options_schema",
+    "run_option",
+    "run_options",
 ]
 
 #: Aggregators the coordinator implements (``fedjax_room.robust.AGGREGATORS``; kept here without importing JAX):
@@ -80,7 +90,7 @@ class RunLimits:
             raise ConfigError(f"unknown run limits {sorted(extra)}; known: {sorted(fields)}")
         values: dict[str, Any] = {}
         for key, value in data.items():
-            kind = type(fields[key].default)
+            kind: type[int] | type[float] = int if isinstance(fields[key].default, int) else float
             ok = not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(float(value))
             if not ok or value <= 0 or (kind is int and not float(value).is_integer()):
                 raise ConfigError(f"run limit {key} must be a positive {kind.__name__}, got {value!r}")
@@ -107,188 +117,254 @@ class RunLimits:
 DEFAULT_LIMITS = RunLimits()
 
 
-def _num(
-    data: Mapping[str, Any],
-    key: str,
+#: Local optimisers a site may run after the DP noise (``fedjax_room.local.trainer.OPTIMIZERS``; kept here
+#: without importing JAX): plain SGD, or heavy-ball momentum 0.9.
+LOCAL_OPTIMIZERS = ("sgd", "momentum")
+#: The groups a run option belongs to, in the order a form shows them.
+OPTION_GROUPS = ("privacy", "training", "aggregation", "room")
+#: Version of :func:`options_schema`'s JSON shape (bumped when a key changes meaning).
+OPTIONS_SCHEMA_VERSION = 1
+
+_KINDS: dict[type, str] = {bool: "bool", int: "int", float: "float", str: "str"}
+_PY_TYPES: dict[str, type] = {kind: py for py, kind in _KINDS.items()}
+
+
+def _number_text(value: float) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class OptionSpec:
+    """One run option as every surface shows it: :func:`run_options` lists them, :meth:`to_dict` is its JSON.
+
+    ``type`` is ``"int" | "float" | "bool" | "str"``; ``nullable`` says ``None`` is a value ("off" or "not
+    set"); ``minimum``/``maximum`` are the bounds (``exclusive_minimum``: the value must be above ``minimum``),
+    ``choices`` the allowed strings. ``basic`` marks the few options a short form shows up front.
+    """
+
+    name: str
+    type: str
+    default: Any
+    help: str
+    group: str
+    nullable: bool = False
+    minimum: float | None = None
+    maximum: float | None = None
+    exclusive_minimum: bool = False
+    choices: tuple[str, ...] | None = None
+    basic: bool = False
+
+    @property
+    def python_type(self) -> builtins.type:
+        """``int``, ``float``, ``bool`` or ``str``."""
+        return _PY_TYPES[self.type]
+
+    @property
+    def flag(self) -> str:
+        """The command-line flag: ``--target-epsilon`` for ``target_epsilon``."""
+        return "--" + self.name.replace("_", "-")
+
+    def bounds_text(self) -> str:
+        """``[1, 1000]``, ``(0, 10]``; empty without bounds."""
+        if self.minimum is None and self.maximum is None:
+            return ""
+        lo = "-inf" if self.minimum is None else _number_text(self.minimum)
+        hi = "inf" if self.maximum is None else _number_text(self.maximum)
+        return f"{'(' if self.exclusive_minimum else '['}{lo}, {hi}]"
+
+    def check(self, value: Any) -> Any:
+        """``value`` validated (ints and floats normalised); raises :class:`ConfigError` saying what to change."""
+        name = self.name
+        if value is None and self.nullable:
+            return None
+        if self.type == "bool":
+            if not isinstance(value, bool):
+                raise ConfigError(f"{name} must be true or false, got {value!r}")
+            return value
+        if self.type == "str":
+            if not isinstance(value, str) or (self.choices is not None and value not in self.choices):
+                raise ConfigError(f"unknown {name} {value!r}; choose one of {', '.join(self.choices or ())}")
+            return value
+        if self.type == "int":
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)
+            lo = -math.inf if self.minimum is None else self.minimum
+            hi = math.inf if self.maximum is None else self.maximum
+            if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+                raise ConfigError(
+                    f"{name} must be an integer in [{self.minimum}, {self.maximum}] (this room's bounds), got {value!r}"
+                )
+            return value
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(float(value)):
+            raise ConfigError(f"{name} must be a finite number, got {value!r}")
+        number = float(value)
+        if self.exclusive_minimum and self.minimum == 0 and number <= 0:
+            raise ConfigError(f"{name} must be positive, got {number:g}")
+        low = self.minimum is not None and (number <= self.minimum if self.exclusive_minimum else number < self.minimum)
+        if low or (self.maximum is not None and number > self.maximum):
+            raise ConfigError(f"{name} = {number:g} is outside this room's bounds {self.bounds_text()}")
+        return number
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON data (the shape documented in docs/protocol.md, "Run options")."""
+        out = dataclasses.asdict(self)
+        out["choices"] = list(self.choices) if self.choices is not None else None
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class _Decl:
+    """How a :class:`RunConfig` field is checked and shown; bounds are numbers or :class:`RunLimits` names."""
+
+    help: str
+    group: str
+    lo: float | str | None = None
+    hi: float | str | None = None
+    above: bool = False  # the lower bound is exclusive
+    choices: tuple[str, ...] | None = None
+    basic: bool = False
+
+
+def _opt(
     default: Any,
+    help: str,
+    group: str,
     *,
-    positive: bool = True,
-    allow_none: bool = False,
-    lo: float | None = None,
-    hi: float | None = None,
+    lo: float | str | None = None,
+    hi: float | str | None = None,
+    above: bool = False,
+    choices: tuple[str, ...] | None = None,
+    basic: bool = False,
 ) -> Any:
-    value = data.get(key, default)
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(float(value)):
-        raise ConfigError(f"{key} must be a finite number, got {value!r}")
-    value = float(value)
-    if positive and value <= 0:
-        raise ConfigError(f"{key} must be positive, got {value}")
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
-        bounds = f"[{'-inf' if lo is None else f'{lo:g}'}, {'inf' if hi is None else f'{hi:g}'}]"
-        raise ConfigError(f"{key} = {value:g} is outside this room's bounds {bounds}")
-    return value
-
-
-def _int(data: Mapping[str, Any], key: str, default: Any, *, lo: int, hi: int, allow_none: bool = False) -> Any:
-    value = data.get(key, default)
-    if value is None and allow_none:
-        return None
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise ConfigError(f"{key} must be an integer in [{lo}, {hi}] (this room's bounds), got {value!r}")
-    return value
+    """A :class:`RunConfig` field with its declaration (help, group, bounds, choices) as metadata."""
+    decl = _Decl(help=help, group=group, lo=lo, hi=hi, above=above, choices=choices, basic=basic)
+    return dataclasses.field(default=default, metadata={"option": decl})
 
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
-    """Everything about a run except the model spec. Build with :meth:`from_dict` (validated)."""
+    """Everything about a run except the model spec. Build with :meth:`from_dict` (validated).
 
-    rounds: int = 5
-    target_epsilon: float | None = 3.0
-    noise_multiplier: float | None = None
-    delta: float = 1e-5
-    clip_norm: float = 1.0
-    batch_size: int = 32
-    local_steps: int = 10
-    learning_rate: float = 0.1
-    aggregator: str = "fedavg"
-    server_optimizer: str = "fedavg"
-    server_learning_rate: float = 1.0
-    secure_aggregation: bool = False
-    min_sites: int | None = None
-    round_timeout: float = 60.0
-    seed: int = 0
+    Each field is declared once, here, with its type, default, bounds (numbers or :class:`RunLimits` names)
+    and help text; :func:`run_options` reads them, and ``Room.train``, the ``%%room train`` magic, the launch
+    form, the sidebar (``GET /fedjax-room/options``) and the CLI are generated from that list. Adding an
+    option here adds it everywhere (the site or coordinator still has to use it).
+    """
+
+    rounds: int = _opt(5, "federated rounds", "training", lo=1, hi="max_rounds", basic=True)
+    target_epsilon: float | None = _opt(
+        3.0,
+        "epsilon each site may spend on the whole run (training and evaluation); each site calibrates its own "
+        "noise to it. Give noise_multiplier instead for fixed noise",
+        "privacy",
+        lo="min_target_epsilon",
+        hi="max_target_epsilon",
+        basic=True,
+    )
+    noise_multiplier: float | None = _opt(
+        None,
+        "fixed DP-SGD noise multiplier instead of a target epsilon (each site spends what it costs on its data)",
+        "privacy",
+        lo="min_noise_multiplier",
+        hi="max_noise_multiplier",
+    )
+    delta: float = _opt(
+        1e-5, "DP delta (keep it below 1/number of examples)", "privacy", lo="min_delta", hi="max_delta", basic=True
+    )
+    clip_norm: float = _opt(
+        1.0, "per-example gradient clip norm", "privacy", lo="min_clip_norm", hi="max_clip_norm", basic=True
+    )
+    batch_size: int = _opt(32, "expected local batch size (Poisson sampling)", "training", lo=1, hi="max_batch_size")
+    local_steps: int = _opt(10, "local DP-SGD steps per round", "training", lo=1, hi="max_local_steps")
+    learning_rate: float = _opt(0.1, "local learning rate", "training", lo=0.0, hi="max_learning_rate", above=True)
+    aggregator: str = _opt(
+        "fedavg",
+        "how the coordinator combines updates: fedavg, mean, or a robust rule (median, trimmed_mean, krum, "
+        "multi_krum, norm_bound)",
+        "aggregation",
+        choices=AGGREGATORS,
+        basic=True,
+    )
+    server_optimizer: str = _opt(
+        "fedavg", "server optimiser applied to the aggregate", "aggregation", choices=SERVER_OPTIMIZERS
+    )
+    server_learning_rate: float = _opt(
+        1.0, "server learning rate", "aggregation", lo=0.0, hi="max_server_learning_rate", above=True
+    )
+    secure_aggregation: bool = _opt(
+        False,
+        "mask the updates so the coordinator sees only their sum (fedavg or mean only)",
+        "aggregation",
+        basic=True,
+    )
+    min_sites: int | None = _opt(
+        None, "fewest sites a round may close with (default: the room's)", "room", lo=1, hi="max_min_sites"
+    )
+    round_timeout: float = _opt(
+        60.0, "seconds a round waits for silent sites", "room", lo="min_round_timeout", hi="max_round_timeout"
+    )
+    seed: int = _opt(0, "random seed (initial model, sampling, noise)", "room", lo=0, hi=2**63 - 1)
     #: leave out of the aggregate a site whose trust (anomaly flags over rounds) falls below this; None: flag only
-    exclude_below: float | None = None
+    exclude_below: float | None = _opt(
+        None,
+        "leave out sites whose trust (anomaly flags over rounds) falls below this; unset: only flag them "
+        "(not with secure aggregation)",
+        "aggregation",
+        lo=0.0,
+        hi=1.0,
+        above=True,
+    )
     #: distributed DP (needs secure_aggregation): each site clips its whole update to ``site_clip_norm`` and adds its
     #: share of Skellam noise so the unmasked sum carries ``site_noise_multiplier * site_clip_norm``; None: off
-    site_noise_multiplier: float | None = None
-    site_clip_norm: float = 1.0
+    site_noise_multiplier: float | None = _opt(
+        None,
+        "distributed DP for site-level privacy (needs secure_aggregation): the unmasked sum carries noise "
+        "site_noise_multiplier * site_clip_norm; unset: off",
+        "privacy",
+        lo="min_noise_multiplier",
+        hi="max_noise_multiplier",
+    )
+    site_clip_norm: float = _opt(
+        1.0,
+        "with site_noise_multiplier: each site's whole update is clipped to this norm",
+        "privacy",
+        lo="min_clip_norm",
+        hi="max_clip_norm",
+    )
     #: secure aggregation without distributed DP: each coordinate of a site's (weighted) update is clipped to
     #: [-secagg_range, secagg_range] before fixed-point encoding
-    secagg_range: float = 1.0
+    secagg_range: float = _opt(
+        1.0,
+        "with secure aggregation: each coordinate of a site's update is clipped to [-secagg_range, secagg_range] "
+        "before fixed-point encoding",
+        "aggregation",
+        lo="min_clip_norm",
+        hi="max_clip_norm",
+    )
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | RunConfig, *, limits: RunLimits | None = None) -> RunConfig:
         """Validate plain data into a config within ``limits`` (default :class:`RunLimits`); raise
-        :class:`ConfigError` saying what to change."""
+        :class:`ConfigError` saying what to change.
+
+        A key left out takes its default, except that ``noise_multiplier`` given without ``target_epsilon``
+        switches the default target off (exactly one of the two is set).
+        """
         lim = limits or DEFAULT_LIMITS
         if isinstance(data, RunConfig):
             data = data.to_dict()
         if not isinstance(data, Mapping):
             raise ConfigError(f"a run config must be a map, got {type(data).__name__}")
-        fields = {f.name: f.default for f in dataclasses.fields(cls)}
-        extra = set(data) - set(fields)
+        options = run_options(lim)
+        extra = set(data) - {o.name for o in options}
         if extra:
-            raise ConfigError(f"unknown run settings {sorted(extra)}; known: {sorted(fields)}")
-        target = _num(
-            data,
-            "target_epsilon",
-            fields["target_epsilon"],
-            allow_none=True,
-            lo=lim.min_target_epsilon,
-            hi=lim.max_target_epsilon,
-        )
-        noise = _num(
-            data,
-            "noise_multiplier",
-            fields["noise_multiplier"],
-            allow_none=True,
-            lo=lim.min_noise_multiplier,
-            hi=lim.max_noise_multiplier,
-        )
-        if "noise_multiplier" in data and data["noise_multiplier"] is not None and "target_epsilon" not in data:
-            target = None
-        if (target is None) == (noise is None):
-            raise ConfigError(
-                "give exactly one of target_epsilon (each site calibrates its noise) and noise_multiplier "
-                "(fixed noise); set the other to None"
-            )
-        delta = _num(data, "delta", fields["delta"])
-        if not delta < 1:
-            raise ConfigError(f"delta must be in (0, 1), typically below 1/num_examples, got {delta}")
-        delta = _num(data, "delta", fields["delta"], lo=lim.min_delta, hi=lim.max_delta)
-        # the cost bounds first: the accountant's work grows with these (checked before anything else is built)
-        rounds = _int(data, "rounds", fields["rounds"], lo=1, hi=lim.max_rounds)
-        local_steps = _int(data, "local_steps", fields["local_steps"], lo=1, hi=lim.max_local_steps)
-        if rounds * local_steps > lim.max_total_steps:
-            raise ConfigError(
-                f"rounds * local_steps = {rounds * local_steps} DP-SGD steps is over this room's bound of "
-                f"{lim.max_total_steps}; use fewer rounds or local steps"
-            )
-        if noise is not None and rounds * local_steps / noise**2 > lim.max_accountant_cost:
-            raise ConfigError(
-                f"rounds * local_steps / noise_multiplier^2 = {rounds * local_steps / noise**2:.3g} is over this "
-                f"room's bound of {lim.max_accountant_cost:g} (accounting work and privacy loss both grow with it); "
-                "raise noise_multiplier or use fewer steps"
-            )
-        aggregator = data.get("aggregator", fields["aggregator"])
-        if aggregator not in AGGREGATORS:
-            raise ConfigError(f"unknown aggregator {aggregator!r}; choose one of {', '.join(AGGREGATORS)}")
-        server_optimizer = data.get("server_optimizer", fields["server_optimizer"])
-        if server_optimizer not in SERVER_OPTIMIZERS:
-            raise ConfigError(
-                f"unknown server_optimizer {server_optimizer!r}; choose one of {', '.join(SERVER_OPTIMIZERS)}"
-            )
-        secure = data.get("secure_aggregation", False)
-        if not isinstance(secure, bool):
-            raise ConfigError(f"secure_aggregation must be true or false, got {secure!r}")
-        if secure and aggregator not in SECURE_AGGREGATORS:  # mirrors robust.check_secure_compatible
-            raise ConfigError(
-                f"aggregator {aggregator!r} needs each site's update, but secure aggregation shows the coordinator "
-                f"only their sum; use {' or '.join(SECURE_AGGREGATORS)} (each site clips its own update), or turn "
-                "secure aggregation off"
-            )
-        exclude_below = _num(data, "exclude_below", None, allow_none=True)
-        if exclude_below is not None and not 0 < exclude_below <= 1:
-            raise ConfigError(f"exclude_below (a trust threshold) must be in (0, 1] or None, got {exclude_below:g}")
-        if exclude_below is not None and secure:
-            raise ConfigError(
-                "exclude_below needs per-site anomaly flags, but secure aggregation hides each site's update; "
-                "leave exclude_below unset or turn secure aggregation off"
-            )
-        site_noise = _num(
-            data,
-            "site_noise_multiplier",
-            None,
-            allow_none=True,
-            lo=lim.min_noise_multiplier,
-            hi=lim.max_noise_multiplier,
-        )
-        if site_noise is not None and not secure:
-            raise ConfigError(
-                "site_noise_multiplier (distributed DP) needs secure_aggregation=True: without it the coordinator "
-                "would see each site's less-noised update"
-            )
-        clip = {"lo": lim.min_clip_norm, "hi": lim.max_clip_norm}
-        return cls(
-            rounds=rounds,
-            target_epsilon=target,
-            noise_multiplier=noise,
-            delta=delta,
-            clip_norm=_num(data, "clip_norm", fields["clip_norm"], **clip),
-            batch_size=_int(data, "batch_size", fields["batch_size"], lo=1, hi=lim.max_batch_size),
-            local_steps=local_steps,
-            learning_rate=_num(data, "learning_rate", fields["learning_rate"], lo=0.0, hi=lim.max_learning_rate),
-            aggregator=aggregator,
-            server_optimizer=server_optimizer,
-            server_learning_rate=_num(
-                data, "server_learning_rate", fields["server_learning_rate"], lo=0.0, hi=lim.max_server_learning_rate
-            ),
-            secure_aggregation=secure,
-            min_sites=_int(data, "min_sites", None, lo=1, hi=lim.max_min_sites, allow_none=True),
-            round_timeout=_num(
-                data, "round_timeout", fields["round_timeout"], lo=lim.min_round_timeout, hi=lim.max_round_timeout
-            ),
-            seed=_int(data, "seed", fields["seed"], lo=0, hi=2**63 - 1),
-            exclude_below=exclude_below,
-            site_noise_multiplier=site_noise,
-            site_clip_norm=_num(data, "site_clip_norm", fields["site_clip_norm"], **clip),
-            secagg_range=_num(data, "secagg_range", fields["secagg_range"], **clip),
-        )
+            raise ConfigError(f"unknown run settings {sorted(extra)}; known: {sorted(o.name for o in options)}")
+        given = dict(data)
+        if given.get("noise_multiplier") is not None and "target_epsilon" not in given:
+            given["target_epsilon"] = None  # the default target gives way to a fixed noise multiplier
+        v = {o.name: o.check(given.get(o.name, o.default)) for o in options}
+        _check_together(v, lim)
+        return cls(**v)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able data."""
@@ -297,6 +373,115 @@ class RunConfig:
     def replace(self, **changes: Any) -> RunConfig:
         """A validated copy with ``changes``."""
         return RunConfig.from_dict({**self.to_dict(), **changes})
+
+
+def _check_together(v: Mapping[str, Any], lim: RunLimits) -> None:
+    """The rules between options (each option's own bounds are already checked)."""
+    target, noise, secure, aggregator = (
+        v["target_epsilon"],
+        v["noise_multiplier"],
+        v["secure_aggregation"],
+        v["aggregator"],
+    )
+    if (target is None) == (noise is None):
+        raise ConfigError(
+            "give exactly one of target_epsilon (each site calibrates its noise) and noise_multiplier "
+            "(fixed noise); set the other to None"
+        )
+    # the cost bounds: the accountant's work grows with these
+    steps = v["rounds"] * v["local_steps"]
+    if steps > lim.max_total_steps:
+        raise ConfigError(
+            f"rounds * local_steps = {steps} DP-SGD steps is over this room's bound of "
+            f"{lim.max_total_steps}; use fewer rounds or local steps"
+        )
+    if noise is not None and steps / noise**2 > lim.max_accountant_cost:
+        raise ConfigError(
+            f"rounds * local_steps / noise_multiplier^2 = {steps / noise**2:.3g} is over this "
+            f"room's bound of {lim.max_accountant_cost:g} (accounting work and privacy loss both grow with it); "
+            "raise noise_multiplier or use fewer steps"
+        )
+    if secure and aggregator not in SECURE_AGGREGATORS:  # mirrors robust.check_secure_compatible
+        raise ConfigError(
+            f"aggregator {aggregator!r} needs each site's update, but secure aggregation shows the coordinator "
+            f"only their sum; use {' or '.join(SECURE_AGGREGATORS)} (each site clips its own update), or turn "
+            "secure aggregation off"
+        )
+    if v["exclude_below"] is not None and secure:
+        raise ConfigError(
+            "exclude_below needs per-site anomaly flags, but secure aggregation hides each site's update; "
+            "leave exclude_below unset or turn secure aggregation off"
+        )
+    if v["site_noise_multiplier"] is not None and not secure:
+        raise ConfigError(
+            "site_noise_multiplier (distributed DP) needs secure_aggregation=True: without it the coordinator "
+            "would see each site's less-noised update"
+        )
+
+
+def _kind(hint: Any) -> tuple[str, bool]:
+    """``("float", True)`` for ``float | None``."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    nullable = len(args) < len(typing.get_args(hint))
+    base = args[0] if nullable and len(args) == 1 else hint
+    return _KINDS[base], nullable
+
+
+_HINTS = typing.get_type_hints(RunConfig)
+
+
+@functools.lru_cache(maxsize=16)
+def run_options(limits: RunLimits | None = None) -> tuple[OptionSpec, ...]:
+    """Every run option, in :class:`RunConfig`'s field order, with its bounds under ``limits`` (default
+    :class:`RunLimits`): what ``Room.train``, the magics, the launch form, REST, the sidebar and the CLI offer."""
+    lim = limits or DEFAULT_LIMITS
+    out = []
+    for f in dataclasses.fields(RunConfig):
+        decl: _Decl = f.metadata["option"]
+        kind, nullable = _kind(_HINTS[f.name])
+        lo, hi = (getattr(lim, b) if isinstance(b, str) else b for b in (decl.lo, decl.hi))
+        out.append(
+            OptionSpec(
+                name=f.name,
+                type=kind,
+                default=f.default,
+                help=decl.help,
+                group=decl.group,
+                nullable=nullable,
+                minimum=lo,
+                maximum=hi,
+                exclusive_minimum=decl.above,
+                choices=decl.choices,
+                basic=decl.basic,
+            )
+        )
+    return tuple(out)
+
+
+def run_option(name: str) -> OptionSpec:
+    """One run option by name (default limits); :class:`ConfigError` if there is none."""
+    for option in run_options():
+        if option.name == name:
+            return option
+    raise ConfigError(f"unknown run option {name!r}; known: {', '.join(o.name for o in run_options())}")
+
+
+def options_schema(limits: RunLimits | None = None) -> dict[str, Any]:
+    """The run options as JSON (``GET /fedjax-room/options`` serves it; docs/protocol.md, "Run options")::
+
+        {"version": 1, "groups": ["privacy", ...], "one_of": [["target_epsilon", "noise_multiplier"]],
+         "options": [{"name", "type", "default", "help", "group", "nullable", "minimum", "maximum",
+                      "exclusive_minimum", "choices", "basic"}, ...]}
+
+    ``one_of``: exactly one option of each list is set (not null); giving ``noise_multiplier`` alone
+    switches the default ``target_epsilon`` off.
+    """
+    return {
+        "version": OPTIONS_SCHEMA_VERSION,
+        "groups": list(OPTION_GROUPS),
+        "one_of": [["target_epsilon", "noise_multiplier"]],
+        "options": [o.to_dict() for o in run_options(limits)],
+    }
 
 
 #: Bytes of optimiser state per parameter byte that each server optimiser keeps in a checkpoint.
