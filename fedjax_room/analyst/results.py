@@ -12,6 +12,8 @@ import math
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from fedjax_room.analyst.views import budget_html, privacy_html, sites_html
+
 __all__ = [
     "BudgetReport",
     "PrivacyReport",
@@ -57,8 +59,6 @@ class SiteList(list[SiteInfo]):
     """What ``room.sites()`` returns: a plain list of :class:`SiteInfo` that renders as a table in Jupyter."""
 
     def _repr_html_(self) -> str:
-        from fedjax_room.jupyter.display import sites_html
-
         return sites_html(list(self))
 
 
@@ -203,8 +203,6 @@ class PrivacyReport:
         return {"run_id": self.run_id, "sites": {k: dataclasses.asdict(v) for k, v in self.sites.items()}}
 
     def _repr_html_(self) -> str:
-        from fedjax_room.jupyter.display import privacy_html
-
         return privacy_html(self)
 
 
@@ -252,6 +250,4 @@ class BudgetReport:
         return {"sites": {k: dataclasses.asdict(v) for k, v in self.sites.items()}}
 
     def _repr_html_(self) -> str:
-        from fedjax_room.jupyter.display import budget_html
-
         return budget_html(self)

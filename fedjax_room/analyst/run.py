@@ -242,6 +242,6 @@ class Run:
         return f"Run(id={self.id!r}, status={self._status!r}, rounds={self._rounds_done}/{self.config.get('rounds')})"
 
     def _repr_html_(self) -> str:
-        from fedjax_room.jupyter.display import run_html
+        from fedjax_room.analyst.views import run_html
 
         return run_html(self)

@@ -1,15 +1,14 @@
-"""Rich displays for the analyst's data: pure functions from plain data to HTML (and text) strings.
+"""How the analyst's results render: pure functions from plain data to HTML (and text) strings.
 
 Each ``*_html`` function takes what the analyst API returns — a list of dataclasses or dicts, a mapping
 ``{site: record}``, or an object with ``to_dict()`` — and returns an HTML string with every value
-escaped, so a site name or a policy field can never inject markup. They are what the analyst types use
-as ``_repr_html_``, what ``%room sites|runs|budget|audit`` show, and what renders in static HTML exports.
+escaped, so a site name or a policy field can never inject markup. They are what the analyst types
+(:mod:`.results`, :class:`~fedjax_room.analyst.run.Run`) use as ``_repr_html_``, what ``%room
+sites|runs|budget|audit`` show (through :class:`fedjax_room.jupyter.display.Table`), and what renders in
+static HTML exports. No notebook machinery is needed: they work in any Python process.
 
 :func:`records` is the one normaliser all of them share; :func:`text_table` is the plain-text twin
-used for ``text/plain`` output (papermill logs, terminals).
-
-:class:`Table` wraps a list of records so that it displays as HTML in a notebook and as a text table
-elsewhere, while still being the list itself (``sites = %room sites`` gives the list of ``SiteInfo``).
+used for ``text/plain`` output (papermill logs, terminals); :data:`VIEWS` names each table view.
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ from typing import Any
 
 __all__ = [
     "VIEWS",
-    "Table",
+    "View",
     "audit_html",
     "budget_html",
     "epsilon_bar_html",
@@ -282,7 +281,9 @@ def _spent_cell(row: Mapping[str, Any]) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
-class _View:
+class View:
+    """One table view: how to turn data into rows, which columns, caption and empty text."""
+
     rows: Callable[[Any], list[dict[str, Any]]]
     columns: tuple[str, ...]
     caption: str
@@ -303,16 +304,16 @@ class _View:
 
 
 _EPS_HEADERS = {"delta": "δ", "cap": "ε cap", "remaining": "ε remaining"}
-VIEWS: dict[str, _View] = {
-    "sites": _View(
+VIEWS: dict[str, View] = {
+    "sites": View(
         _site_rows,
         ("name", "status", "record_count", "schema", "policy"),
         "Sites ({n})",
         "no sites enrolled",
         headers={"record_count": "records"},
     ),
-    "runs": _View(_run_rows, ("id", "status", "progress", "spec_hash"), "Runs ({n})", "no runs"),
-    "budget": _View(
+    "runs": View(_run_rows, ("id", "status", "progress", "spec_hash"), "Runs ({n})", "no runs"),
+    "budget": View(
         _budget_rows,
         ("site", "epsilon", "delta", "cap", "remaining"),
         "Privacy budget",
@@ -320,7 +321,7 @@ VIEWS: dict[str, _View] = {
         headers={"epsilon": "ε spent / cap", **_EPS_HEADERS},
         cell_html={"epsilon": _spent_cell},
     ),
-    "privacy": _View(
+    "privacy": View(
         _budget_rows,
         ("site", "epsilon", "delta", "cap", "remaining"),
         "Privacy report",
@@ -328,14 +329,14 @@ VIEWS: dict[str, _View] = {
         headers={"epsilon": "ε / cap", **_EPS_HEADERS},
         cell_html={"epsilon": _spent_cell},
     ),
-    "rounds": _View(
+    "rounds": View(
         _round_rows,
         ("round", "sites", "dropped", "flagged", "loss", "accuracy", "max ε"),
         "Rounds",
         "no round finished yet",
     ),
-    "refusals": _View(records, ("site", "reason", "message"), "Refusals", "no refusals"),
-    "audit": _View(
+    "refusals": View(records, ("site", "reason", "message"), "Refusals", "no refusals"),
+    "audit": View(
         _audit_rows, ("index", "time", "writer", "kind", "fields"), "Audit log (last {n})", "no audit records"
     ),
 }
@@ -412,35 +413,3 @@ def run_html(run: Any) -> str:
 def view_text(view: str, data: Any) -> str:
     """The plain-text twin of ``<view>_html`` (``view`` is a key of :data:`VIEWS`)."""
     return VIEWS[view].text(data)
-
-
-class Table(list):
-    """A list that displays itself as an HTML table in notebooks and as a text table elsewhere.
-
-    ``Table(items, view)``: ``items`` stay the original objects (``SiteInfo``, ...); ``view`` names how to
-    show them (a key of :data:`VIEWS`); ``source`` is what the view renders if not the items themselves.
-    """
-
-    def __init__(self, items: Iterable[Any] = (), view: str = "", *, source: Any = None) -> None:
-        super().__init__(items)
-        if view and view not in VIEWS:
-            raise ValueError(f"unknown view {view!r}; choose one of {', '.join(VIEWS)}")
-        self._view = view
-        self._source = source
-
-    def _data(self) -> Any:
-        return self._source if self._source is not None else list(self)
-
-    def _repr_html_(self) -> str:
-        if not self._view:
-            return html_table(records(list(self)))
-        return VIEWS[self._view].html(self._data())
-
-    def to_text(self) -> str:
-        """The table as fixed-width text."""
-        if not self._view:
-            return text_table(records(list(self)))
-        return VIEWS[self._view].text(self._data())
-
-    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
-        printer.text("Table(...)" if cycle else self.to_text())

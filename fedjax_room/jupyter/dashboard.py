@@ -22,8 +22,8 @@ from typing import Any
 import ipywidgets as widgets
 import traitlets
 
+from fedjax_room.analyst.views import format_value, records
 from fedjax_room.jupyter.chart import svg_line_chart
-from fedjax_room.jupyter.display import format_value, records
 
 __all__ = ["RUN_STATUSES", "SITE_STATUSES", "RunDashboard", "field"]
 
@@ -418,7 +418,7 @@ class RunDashboard(widgets.VBox):
     # ---- static views -------------------------------------------------------------------------
     def to_html(self) -> str:
         """A static HTML snapshot (for exports and logs): header, progress, charts, per-site epsilon."""
-        from fedjax_room.jupyter.display import epsilon_bar_html
+        from fedjax_room.analyst.views import epsilon_bar_html
 
         rows = "".join(
             f"<tr><td>{html.escape(site)}</td><td>{html.escape(self.site_status.get(site, 'waiting'))}</td>"

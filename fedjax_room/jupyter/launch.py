@@ -18,10 +18,10 @@ from typing import Any
 import ipywidgets as widgets
 import traitlets
 
+from fedjax_room.analyst.views import records
 from fedjax_room.errors import ConfigError, FedRoomError
 from fedjax_room.jupyter.args import AGGREGATORS
 from fedjax_room.jupyter.dashboard import RunDashboard, field
-from fedjax_room.jupyter.display import records
 from fedjax_room.models import ModelSpec, cnn, logistic, mlp
 
 __all__ = ["FAMILIES", "LaunchForm", "parse_sizes", "schema_shape"]

@@ -21,10 +21,11 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.display import display
 
+from fedjax_room.analyst.views import records
 from fedjax_room.errors import ConfigError, FedRoomError
 from fedjax_room.jupyter import args as room_args
 from fedjax_room.jupyter.dashboard import RunDashboard, field
-from fedjax_room.jupyter.display import Table, records
+from fedjax_room.jupyter.display import Table
 
 __all__ = ["RoomMagics", "one_line"]
 

@@ -13,8 +13,8 @@ import html
 
 import pytest
 
+from fedjax_room.analyst import views as display
 from fedjax_room.errors import ProtocolError
-from fedjax_room.jupyter import display
 from fedjax_room.jupyter.server.notebook import dashboard_notebook, dashboard_source
 from fedjax_room.protocol import messages as m
 from fedjax_room.protocol.codec import pack

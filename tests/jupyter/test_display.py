@@ -2,9 +2,7 @@ import dataclasses
 
 import pytest
 
-from fedjax_room.jupyter.chart import svg_line_chart
-from fedjax_room.jupyter.display import (
-    Table,
+from fedjax_room.analyst.views import (
     audit_html,
     budget_html,
     epsilon_bar_html,
@@ -19,6 +17,8 @@ from fedjax_room.jupyter.display import (
     sites_html,
     text_table,
 )
+from fedjax_room.jupyter.chart import svg_line_chart
+from fedjax_room.jupyter.display import Table
 
 EVIL = '<script>alert("x")</script>'
 

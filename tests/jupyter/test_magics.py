@@ -183,7 +183,7 @@ def test_watch_follows_an_existing_run(ip, fake_room, fakes):
 
 
 def test_audit_hides_chain_hashes_and_signatures():
-    from fedjax_room.jupyter.display import audit_html
+    from fedjax_room.analyst.views import audit_html
 
     record = {
         "fields": {"run_id": "run-1", "round": 2},

@@ -151,8 +151,8 @@ def show_dashboard(url: str, key: str, run: str | None = None, *, connect: Calla
     The widget keeps ``.room`` (the connection) and ``.run``. ``connect`` defaults to
     ``fedjax_room.analyst.connect``.
     """
+    from fedjax_room.analyst.views import records
     from fedjax_room.jupyter.dashboard import RunDashboard
-    from fedjax_room.jupyter.display import records
 
     if connect is None:
         from fedjax_room.analyst import connect

@@ -280,7 +280,7 @@ class RoomRegistry:
     # -- what the sidebar shows ---------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
-        from fedjax_room import __version__
+        from fedjax_room._version import __version__
 
         entries = self.entries()
         active = any(_get(run, "status") in ACTIVE_STATUSES for e in entries for run in list(e.runs.values()))
@@ -442,7 +442,7 @@ class RoomRegistry:
         return self._run_dict(entry, run_id, None)
 
     def budget(self, room_id: str) -> list[dict[str, Any]]:
-        from fedjax_room.jupyter.display import records
+        from fedjax_room.analyst.views import records
 
         rows = []
         for row in records(self.get(room_id).room.budget()):
