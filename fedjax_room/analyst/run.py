@@ -10,9 +10,18 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, NamedTuple
 
+from fedjax_room.analyst.events import (
+    EVENT_KINDS,
+    DefenceEvent,
+    RefusalEvent,
+    RoundEvent,
+    RunEvent,
+    StatusEvent,
+    WaitingEvent,
+)
 from fedjax_room.analyst.results import PrivacyReport, Refusal, RoundResult
 from fedjax_room.errors import ConfigError, FedRoomError, error_from_dict
 from fedjax_room.models import ModelSpec
@@ -25,6 +34,11 @@ if TYPE_CHECKING:
 __all__ = ["Run"]
 
 log = logging.getLogger("fedjax_room.analyst")
+
+
+class _Subscription(NamedTuple):
+    callback: Callable[[Any], Any]
+    kinds: frozenset[str] | None
 
 
 class Run:
@@ -42,7 +56,7 @@ class Run:
         self._error: FedRoomError | None = None
         self._privacy = PrivacyReport(run_id, {})
         self._rounds_done = 0
-        self._callbacks: list[Callable[[RoundResult], Any]] = []
+        self._callbacks: list[_Subscription] = []
         self._params: tuple[int, Tree] | None = None
         self._defences: list[dict[str, Any]] = []
         self._waiting: list[str] = []
@@ -50,65 +64,114 @@ class Run:
     # -------------------------------------------------------------- state (updated on the loop thread)
 
     def _apply_snapshot(self, snap: Mapping[str, Any]) -> None:
-        fresh: list[RoundResult] = []
+        """Take the run's whole state; the events are what it shows that this run had not seen yet."""
         with self._cond:
+            events: list[RunEvent] = []
             if snap.get("spec") and self.spec is None:
                 self.spec = ModelSpec.from_dict(snap["spec"])
             if snap.get("config"):
                 self.config = dict(snap["config"])
-            for row in snap.get("history") or []:
-                rr = RoundResult.from_dict(row)
-                if rr.round not in self._history:
-                    self._history[rr.round] = rr
-                    fresh.append(rr)
-            self._refusals = [Refusal.from_dict(r) for r in snap.get("refusals") or []]
-            self._defences = [dict(d) for d in snap.get("defences") or self._defences]
-            self._waiting = [str(s) for s in snap.get("waiting") or ()]
             self._privacy = PrivacyReport.from_dict(self.id, snap.get("privacy") or {})
-            self._rounds_done = int(snap.get("rounds_done", 0))
-            self._set_status(snap.get("status", "pending"), snap.get("error"))
+            for row in snap.get("history") or []:
+                events += self._add_round(RoundResult.from_dict(row))
+            for row in snap.get("refusals") or []:
+                events += self._add_refusal(Refusal.from_dict(row))
+            self._defences = [dict(d) for d in snap.get("defences") or self._defences]
+            events += self._set_waiting(snap.get("waiting"))
+            before = (self._status, self._error)
+            self._rounds_done = max(self._rounds_done, int(snap.get("rounds_done", 0)))
+            self._set_status(str(snap.get("status", self._status)), snap.get("error"))
+            if (self._status, self._error) != before:
+                events.append(self._status_event())
             self._cond.notify_all()
-        self._fire(fresh)
+            self._fire(events)
 
     def _set_status(self, status: str, error: Any) -> None:
         self._status = status
         if error:
             self._error = error_from_dict(error) if isinstance(error, Mapping) else FedRoomError(str(error))
 
-    def _on_event(self, kind: str, data: Mapping[str, Any]) -> None:
-        fresh: list[RoundResult] = []
-        with self._cond:
-            if kind == "round":
-                rr = RoundResult.from_dict(data)
-                if rr.round not in self._history:
-                    self._history[rr.round] = rr
-                    fresh.append(rr)
-                self._rounds_done = max(self._rounds_done, rr.round)
-                if self._status == "pending":
-                    self._status = "running"
-            elif kind == "status":
-                self._rounds_done = int(data.get("rounds_done", self._rounds_done))
-                self._set_status(str(data.get("status", self._status)), data.get("error"))
-            elif kind == "waiting":
-                self._waiting = [str(s) for s in data.get("waiting") or ()]
-            elif kind == "refusal":
-                refusal = Refusal.from_dict(data)
-                if refusal not in self._refusals:
-                    self._refusals.append(refusal)
-            if data.get("privacy"):
-                self._privacy = PrivacyReport.from_dict(self.id, data["privacy"])
-            self._cond.notify_all()
-        self._fire(fresh)
+    def _status_event(self) -> StatusEvent:
+        return StatusEvent(self.id, self._status, self._rounds_done, self._error, self._privacy)
 
-    def _fire(self, results: list[RoundResult]) -> None:
-        for rr in results:
-            for cb in list(self._callbacks):
-                self._core.callbacks.submit(self._safe, cb, rr)
+    def _add_round(self, rr: RoundResult) -> list[RunEvent]:
+        if rr.round in self._history:
+            return []
+        self._history[rr.round] = rr
+        self._rounds_done = max(self._rounds_done, rr.round)
+        events: list[RunEvent] = [RoundEvent(self.id, rr, self._privacy)]
+        if rr.defence:
+            events.append(DefenceEvent(self.id, rr.round, dict(rr.defence)))
+        return events
+
+    def _add_refusal(self, refusal: Refusal) -> list[RunEvent]:
+        if refusal in self._refusals:
+            return []
+        self._refusals.append(refusal)
+        return [RefusalEvent(self.id, refusal)]
+
+    def _set_waiting(self, waiting: Any) -> list[RunEvent]:
+        names = [str(s) for s in waiting or ()]
+        if names == self._waiting:
+            return []
+        self._waiting = names
+        return [WaitingEvent(self.id, tuple(names))]
+
+    def _on_event(self, kind: str, data: Mapping[str, Any]) -> None:
+        """One ``RunEvent`` frame pushed by the coordinator ("round", "status", "refusal", "waiting")."""
+        with self._cond:
+            events: list[RunEvent] = []
+            try:
+                if data.get("privacy"):
+                    self._privacy = PrivacyReport.from_dict(self.id, data["privacy"])
+                if kind == "round":
+                    events += self._add_round(RoundResult.from_dict(data))
+                    if self._status == "pending":
+                        self._status = "running"
+                        events.append(self._status_event())
+                elif kind == "status":
+                    self._rounds_done = int(data.get("rounds_done", self._rounds_done))
+                    self._set_status(str(data.get("status", self._status)), data.get("error"))
+                    events.append(self._status_event())
+                elif kind == "waiting":
+                    events += self._set_waiting(data.get("waiting"))
+                elif kind == "refusal":
+                    events += self._add_refusal(Refusal.from_dict(data))
+                else:
+                    log.debug("ignoring a run event of unknown kind %r", kind)
+            except (KeyError, TypeError, ValueError) as exc:  # a malformed event must not stop the client
+                log.warning("ignoring a malformed %r event of %s: %s", kind, self.id, exc)
+            self._cond.notify_all()
+            self._fire(events)
+
+    def _replay(self) -> list[RunEvent]:
+        """The events that bring a new subscriber up to now (called with the lock held)."""
+        events: list[RunEvent] = []
+        for number in sorted(self._history):
+            rr = self._history[number]
+            events.append(RoundEvent(self.id, rr, self._privacy))
+            if rr.defence:
+                events.append(DefenceEvent(self.id, rr.round, dict(rr.defence)))
+        events += [RefusalEvent(self.id, r) for r in self._refusals]
+        if self._waiting:
+            events.append(WaitingEvent(self.id, tuple(self._waiting)))
+        events.append(self._status_event())
+        return events
+
+    def _fire(self, events: list[RunEvent], only: _Subscription | None = None) -> None:
+        """Queue ``events`` for the subscribers, in order (called with the lock held, so none is delivered twice)."""
+        for event in events:
+            for sub in [only] if only is not None else list(self._callbacks):
+                if sub.kinds is None or event.kind in sub.kinds:
+                    try:
+                        self._core.callbacks.submit(self._safe, sub.callback, event)
+                    except RuntimeError:  # the room was closed: nobody is listening any more
+                        return
 
     @staticmethod
-    def _safe(cb: Callable[[RoundResult], Any], rr: RoundResult) -> None:
+    def _safe(cb: Callable[[Any], Any], event: RunEvent) -> None:
         try:
-            cb(rr)
+            cb(event)
         except Exception:
             log.exception("a run callback failed")
 
@@ -225,16 +288,34 @@ class Run:
         self._params = (reply.round, params)
         return params
 
-    def subscribe(self, callback: Callable[[RoundResult], Any]) -> Callable[[], None]:
-        """Call ``callback(RoundResult)`` for every round from now on (on a background thread).
+    def subscribe(
+        self,
+        callback: Callable[[RunEvent], Any],
+        *,
+        kinds: Iterable[str] | None = None,
+        replay: bool = False,
+    ) -> Callable[[], None]:
+        """Call ``callback(event)`` for each of this run's events from now on (typed records, :mod:`.events`).
 
+        Events are :class:`~fedjax_room.analyst.events.RoundEvent`, ``DefenceEvent``, ``RefusalEvent``,
+        ``WaitingEvent`` and ``StatusEvent``, each with a ``kind``; ``kinds`` (e.g. ``{"round"}``) keeps only
+        those. With ``replay`` the callback first gets the events that bring it up to now (every round so far,
+        the refusals, who is waiting, the current status) with none lost or repeated in between. Callbacks run
+        one at a time, in order, on the client's callback thread (never the caller's), so they may call the room.
         Returns a function that unsubscribes.
         """
-        self._callbacks.append(callback)
+        wanted = None if kinds is None else frozenset(kinds)
+        if wanted is not None and not wanted <= set(EVENT_KINDS):
+            raise ConfigError(f"unknown event kind(s) {sorted(wanted - set(EVENT_KINDS))}; known: {EVENT_KINDS}")
+        sub = _Subscription(callback, wanted)
+        with self._cond:
+            if replay:
+                self._fire(self._replay(), only=sub)
+            self._callbacks.append(sub)
 
         def unsubscribe() -> None:
-            with contextlib.suppress(ValueError):
-                self._callbacks.remove(callback)
+            with self._cond, contextlib.suppress(ValueError):
+                self._callbacks.remove(sub)
 
         return unsubscribe
 

@@ -110,7 +110,7 @@ def test_analyst_api_returns_no_records(room):
         client.train(SPEC, site_noise_multiplier=1.0)  # distributed DP without masking would show less-noised updates
     seen = []
     run = client.train(SPEC, rounds=2, target_epsilon=3.0, **FAST)
-    run.subscribe(lambda r: seen.append((r, client.budget())))  # a callback may call the room
+    run.subscribe(lambda r: seen.append((r, client.budget())), kinds={"round"})  # a callback may call the room
     streamed = list(run.rounds(timeout=120))
     run.wait(120)
     assert run.status == "finished", run.error
