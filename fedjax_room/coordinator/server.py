@@ -14,17 +14,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import signal
 import threading
 from pathlib import Path
 from typing import Any
 
-from fedjax_room.coordinator.store import Store, atomic_write
+from fedjax_room.coordinator.store import Store
 from fedjax_room.errors import ConfigError
+from fedjax_room.files import atomic_write
 from fedjax_room.protocol.codec import MAX_FRAME_BYTES
 from fedjax_room.protocol.coordinator import CoordinatorMachine
 from fedjax_room.transport.server import MachineServer, server_ssl_context
+from fedjax_room.transport.signals import install_stop_signals
 
 __all__ = ["LogAudit", "coordinator_key", "run_coordinator", "serve_coordinator"]
 
@@ -95,10 +95,7 @@ async def serve_coordinator(
     log.info("room %s listening on %s (state in %s)", store.room_id, url, state)
     print(f"fedjax-room coordinator: room {store.room_id} listening on {url}", flush=True)
     stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, _stopper(stop))
+    install_stop_signals(stop)
     try:
         await stop.wait()
     finally:
@@ -108,22 +105,6 @@ async def serve_coordinator(
         store.close()
         with contextlib.suppress(OSError):
             (state / "coordinator.url").unlink()
-
-
-def _stopper(stop: asyncio.Event, grace: float = 5.0) -> Any:
-    """A signal handler: ask for a clean shutdown, and exit anyway if it has not happened in ``grace`` s.
-
-    (A shutdown can stall behind an import lock held by the background JAX warm-up; every write this
-    process makes is atomic, so leaving is always safe.)
-    """
-
-    def handler() -> None:
-        stop.set()
-        timer = threading.Timer(grace, os._exit, args=(0,))
-        timer.daemon = True
-        timer.start()
-
-    return handler
 
 
 def _warm_up() -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from fedjax_room.errors import AuthError, VersionError
 from fedjax_room.protocol.actions import Close, Send, Work
 from fedjax_room.protocol.site import SiteMachine
 from fedjax_room.transport.client import Backoff, open_connection
+from fedjax_room.transport.signals import install_stop_signals
 
 __all__ = ["build_agent", "run_site", "serve_site"]
 
@@ -249,12 +249,7 @@ def run_site(
 
     async def main() -> None:
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        from fedjax_room.coordinator.server import _stopper
-
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, _stopper(stop))
+        install_stop_signals(stop)
         print(f"fedjax-room site {agent.name}: serving {coordinator} (state in {agent.state_dir})", flush=True)
         await serve_site(
             coordinator,
