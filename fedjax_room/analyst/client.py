@@ -27,7 +27,6 @@ from typing import Any
 
 from websockets.exceptions import ConnectionClosed
 
-from fedjax_room.analyst.options import options_doc, train_signature
 from fedjax_room.analyst.results import (
     BudgetReport,
     RunSummary,
@@ -40,6 +39,7 @@ from fedjax_room.models import ModelSpec
 from fedjax_room.protocol import messages as m
 from fedjax_room.protocol.codec import unpack
 from fedjax_room.protocol.config import RunConfig
+from fedjax_room.protocol.options import options_doc, train_signature
 from fedjax_room.transport.client import Backoff, open_connection
 
 __all__ = ["Room", "Run", "connect"]

@@ -13,10 +13,12 @@ Commands::
     %room audit [--last N]
     %room watch RUN_ID [--as NAME]
     %room cancel RUN_ID [--reason TEXT]
-    %%room train [--rounds R] [--target-epsilon E | --noise-multiplier S] [--delta D] [--clip-norm C] [--aggregator A]
-                 [--secure-aggregation] [--batch-size B] [--local-steps S] [--learning-rate LR]
-                 [--server-optimizer O] [--server-learning-rate SLR] [--min-sites M]
-                 [--round-timeout T] [--seed S] [--as NAME] [--no-dashboard]
+    %%room train [--RUN-OPTION VALUE ...] [--as NAME] [--no-dashboard]
+
+``%%room train`` takes every run option of :class:`~fedjax_room.protocol.config.RunConfig` as a flag
+(``--target-epsilon 2``, ``--secure-aggregation``/``--no-secure-aggregation``, ``--exclude-below none``),
+generated from its declaration (:func:`fedjax_room.protocol.options.add_run_options`); one not given takes
+RunConfig's default.
 """
 
 from __future__ import annotations
@@ -29,8 +31,10 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from fedjax_room.data.builtin import BUILTIN_DATASETS as DATASETS
 from fedjax_room.errors import ConfigError, ModelSpecError
 from fedjax_room.protocol.config import AGGREGATORS, SERVER_OPTIMIZERS
+from fedjax_room.protocol.options import add_run_options, given_options
 
 if TYPE_CHECKING:
     from fedjax_room.models import ModelSpec
@@ -54,9 +58,8 @@ __all__ = [
     "parse_train_line",
 ]
 
-# AGGREGATORS and SERVER_OPTIMIZERS are the room's own (fedjax_room.protocol.config), re-exported here.
-#: Built-in datasets an embedded demo room can serve (fedjax_room.data.BUILTIN_DATASETS, kept light to import).
-DATASETS = ("digits", "breast_cancer", "mnist", "fraud")
+# AGGREGATORS and SERVER_OPTIMIZERS are the room's own (fedjax_room.protocol.config), and DATASETS the built-in
+# datasets an embedded demo room can serve (fedjax_room.data.builtin), re-exported here.
 
 #: Every sub-command of ``%room``, with a one-line summary (in ``--help`` order).
 COMMANDS: dict[str, str] = {
@@ -241,22 +244,8 @@ def _build(name: str) -> _Parser:
         parser.add_argument("run_id", help="your run's id, as `%%room runs` lists it")
         parser.add_argument("--reason", default="", help="why (kept in the audit log)")
     elif name == "train":
+        add_run_options(parser)  # every RunConfig field, generated from its declaration
         add = parser.add_argument
-        add("--rounds", type=_positive_int, help="federated rounds")
-        add("--target-epsilon", type=_positive_float, metavar="EPS", help="per-site epsilon the run may spend")
-        add("--noise-multiplier", type=_positive_float, metavar="SIGMA", help="fixed noise instead of a target")
-        add("--delta", type=_probability, help="DP delta")
-        add("--clip-norm", type=_positive_float, help="per-example gradient clip norm")
-        add("--aggregator", choices=AGGREGATORS, help="how the coordinator combines updates")
-        add("--secure-aggregation", action="store_true", default=None, help="mask updates (SecAgg)")
-        add("--batch-size", type=_positive_int, help="expected local batch size")
-        add("--local-steps", type=_positive_int, help="local DP-SGD steps per round")
-        add("--learning-rate", type=_positive_float, metavar="LR", help="local learning rate")
-        add("--server-optimizer", choices=SERVER_OPTIMIZERS, help="server optimiser")
-        add("--server-learning-rate", type=_positive_float, metavar="LR", help="server learning rate")
-        add("--min-sites", type=_positive_int, help="fewest sites a round may close with")
-        add("--round-timeout", type=_positive_float, metavar="SECONDS", help="round deadline")
-        add("--seed", type=int, help="random seed")
         add("--as", dest="var", type=_identifier, default="run", help="variable for the Run (default run)")
         add("--no-dashboard", dest="dashboard", action="store_false", help="do not show the live dashboard")
     return parser
@@ -309,11 +298,8 @@ def parse_train_line(line: str) -> TrainArgs | HelpArgs:
         tokens = tokens[1:]
     if _is_help(tokens):
         return HelpArgs(topic="train")
-    ns = vars(_build("train").parse_args(tokens))
-    var = ns.pop("var")
-    dashboard = ns.pop("dashboard")
-    options = {key: value for key, value in ns.items() if value is not None}
-    return TrainArgs(options=options, var=var, dashboard=dashboard)
+    ns = _build("train").parse_args(tokens)
+    return TrainArgs(options=given_options(ns), var=ns.var, dashboard=ns.dashboard)
 
 
 def parse_spec_body(body: str) -> ModelSpec:

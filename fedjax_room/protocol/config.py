@@ -298,7 +298,7 @@ class RunConfig:
         basic=True,
     )
     min_sites: int | None = _opt(
-        None, "fewest sites a round may close with (default: the room's)", "room", lo=1, hi="max_min_sites"
+        None, "fewest sites a round may close with; unset: the room's own minimum", "room", lo=1, hi="max_min_sites"
     )
     round_timeout: float = _opt(
         60.0, "seconds a round waits for silent sites", "room", lo="min_round_timeout", hi="max_round_timeout"

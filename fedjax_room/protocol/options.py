@@ -1,8 +1,9 @@
-"""The run options on every analyst surface, generated from :class:`~fedjax_room.protocol.config.RunConfig`.
+"""The run options rendered for every analyst surface, from :class:`~fedjax_room.protocol.config.RunConfig`.
 
 Each option is declared once, on :class:`RunConfig` (type, default, bounds, help text;
 :func:`~fedjax_room.protocol.config.run_options` lists them). This module turns that list into what each
-surface needs, so none of them repeats a name, a default or a bound:
+surface needs, so none of them repeats a name, a default or a bound (pure, light to import: the magics'
+parser uses it without loading JAX):
 
 * :func:`train_signature` / :func:`options_doc`: the keyword arguments ``Room.train`` shows to ``help()``,
   IPython's ``?`` and ``inspect.signature``;
@@ -99,11 +100,11 @@ def add_run_options(
     group = parser.add_argument_group("run options (RunConfig)")
     chosen = _selected(only, skip)
     for option in chosen:
-        bounds = f" in {option.bounds_text()}" if option.bounds_text() else ""
+        bounds = f"in {option.bounds_text()}; " if option.bounds_text() else ""
         note = notes.get(option.name) or f"default {_default_text(option)}"
         flags = [option.flag, *aliases.get(option.name, ())]
         kw: dict[str, Any] = {"dest": option.name, "default": argparse.SUPPRESS}
-        help_text = f"{option.help}{bounds} ({note})".replace("%", "%%")
+        help_text = f"{option.help} ({bounds}{note})".replace("%", "%%")
         if option.type == "bool":
             group.add_argument(*flags, action=argparse.BooleanOptionalAction, help=help_text, **kw)
         elif option.choices:

@@ -101,15 +101,40 @@ def test_parse_train_line_keeps_only_what_was_set():
     assert parsed.var == "r" and parsed.dashboard is False
     assert parse_train_line("--help") == HelpArgs(topic="train")
     assert parse_train_line("--noise-multiplier 1.1").options == {"noise_multiplier": 1.1}
+    assert parse_train_line("--min-sites none --no-secure-aggregation").options == {
+        "secure_aggregation": False,
+        "min_sites": None,
+    }
+
+
+def test_train_magic_accepts_exactly_runconfigs_options_with_its_defaults():
+    """The parser is generated from RunConfig: a flag per field, each parsing RunConfig's default back."""
+    from fedjax_room.jupyter.args import _build
+    from fedjax_room.protocol.config import RunConfig, run_options
+
+    dests = {a.dest for a in _build("train")._actions} - {"var", "dashboard"}
+    assert dests == {o.name for o in run_options()}
+    tokens = []
+    for o in run_options():
+        if o.type == "bool":
+            tokens.append(o.flag if o.default else "--no-" + o.flag[2:])
+        else:
+            tokens += [o.flag, "none" if o.default is None else str(o.default)]
+    options = parse_train_line(" ".join(tokens)).options
+    assert options == RunConfig().to_dict()
+    assert RunConfig.from_dict(options) == RunConfig()
 
 
 @pytest.mark.parametrize(
     "line, match",
     [
-        ("--rounds 0", "positive integer"),
-        ("--target-epsilon nan", "positive number"),
-        ("--target-epsilon -3", "positive number"),
-        ("--delta 1", "between 0 and 1"),
+        ("--rounds 0", r"rounds must be an integer in \[1, 1000\]"),
+        ("--rounds two", "rounds must be an integer"),
+        ("--target-epsilon nan", "finite number"),
+        ("--target-epsilon -3", r"outside this room's bounds \[0.01, 50\]"),
+        ("--delta 1", "delta = 1 is outside"),
+        ("--exclude-below 0", "exclude_below must be positive"),
+        ("--server-optimizer adam", "invalid choice"),
         ("--aggregator mode", "invalid choice"),
         ("--secure-aggregation yes", "unrecognized arguments"),
         ("--round 3", "%%room train: unrecognized arguments: --round"),  # no abbreviations

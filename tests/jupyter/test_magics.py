@@ -103,7 +103,7 @@ def test_train_no_dashboard_and_as(ip, fake_room):
         ("%room connect ws://x", "--key"),
         ("%room train", "cell magic"),
         ("%%room sites\nfoo", "only cell magic"),
-        ("%%room train --rounds -1\n" + SPEC, "positive integer"),
+        ("%%room train --rounds -1\n" + SPEC, "rounds must be an integer in"),
         ("%%room train\n", "cell body is empty"),  # IPython's own one-line error
         ("%%room train\n# nothing yet\n", "needs a model spec"),
         ("%%room train\nfamily: [", "neither valid YAML nor JSON"),
