@@ -282,7 +282,8 @@ class AuditLog:
             self._last_hash = record_hash(line)
             if not head_first:
                 self._write_head()
-            return json.loads(line)
+            written: dict[str, Any] = json.loads(line)
+            return written
 
     def _append_line(self, data: bytes) -> None:
         assert self._fd is not None

@@ -61,7 +61,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, cast
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -98,6 +98,19 @@ HEAD_DOMAIN = b"fedjax-room audit head v1\n"
 VERSION = 1
 _RECORD_KEYS = frozenset({"v", "index", "time", "writer", "kind", "fields", "prev", "sig"})
 _HEAD_KEYS = frozenset({"v", "count", "hash", "writer", "time", "sig"})
+
+
+class _Head(TypedDict):
+    """A signed head, as :func:`_parse_head` returns it once its keys, types and signature are checked."""
+
+    v: int
+    count: int
+    hash: str
+    writer: str
+    time: object  # covered by the signature, not read
+    sig: str
+
+
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _HEX128 = re.compile(r"[0-9a-f]{128}")
 
@@ -301,12 +314,12 @@ def _read_head_bytes(path: Path) -> bytes | None:
         raise AuditError(f"cannot read the audit head {hp}: {exc}", index=-1) from None
 
 
-def _read_head(path: Path, key: Ed25519PublicKey, writer: str) -> dict[str, Any] | None:
+def _read_head(path: Path, key: Ed25519PublicKey, writer: str) -> _Head | None:
     """The signed head next to the log at ``path``, checked against ``key``; None if there is none."""
     return _parse_head(path, _read_head_bytes(path), key, writer)
 
 
-def _parse_head(path: Path, data: bytes | None, key: Ed25519PublicKey, writer: str) -> dict[str, Any] | None:
+def _parse_head(path: Path, data: bytes | None, key: Ed25519PublicKey, writer: str) -> _Head | None:
     """Check a head read from beside ``path`` against ``key`` and ``writer``; None if there was none."""
     if data is None:
         return None
@@ -338,10 +351,10 @@ def _parse_head(path: Path, data: bytes | None, key: Ed25519PublicKey, writer: s
         raise AuditError(
             f"the audit head {hp} is not signed by the log's key: it was edited or replaced", index=-1
         ) from None
-    return head
+    return cast(_Head, head)  # its keys and their types are checked above
 
 
-def _check_head(scan: _Scan, head: dict[str, Any] | None, *, require: bool) -> None:
+def _check_head(scan: _Scan, head: _Head | None, *, require: bool) -> None:
     """Raise :class:`AuditError` unless the head agrees with the (fully scanned) records."""
     n = len(scan.records)
     path = scan.path
@@ -383,7 +396,7 @@ def _read_bytes(path: Path) -> bytes:
         raise AuditError(f"{path} is a directory, not an audit log", index=-1) from None
 
 
-def _head_caught_up(path: Path, scan: _Scan, head_then: dict[str, Any] | None) -> bool:
+def _head_caught_up(path: Path, scan: _Scan, head_then: _Head | None) -> bool:
     """True when the records ran ahead of the head read before them because the writer kept appending.
 
     The earlier head must cover a prefix of what was read, and the head as it is now must count at least

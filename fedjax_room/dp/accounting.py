@@ -86,17 +86,17 @@ _MAX_EVENT_DEPTH = 32
 # ----------------------------------------------------------------------------- validation
 
 
-def _check_number(value: Any, name: str) -> float:
+def _check_number(value: object, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigError(f"{name} must be a number, got {value!r}")
-    value = float(value)
-    if math.isnan(value):
+    number = float(value)
+    if math.isnan(number):
         raise ConfigError(f"{name} must be a number, got NaN")
-    return value
+    return number
 
 
-def _check_sampling_rate(q: Any) -> float:
-    q = _check_number(q, "sampling_rate")
+def _check_sampling_rate(value: object) -> float:
+    q = _check_number(value, "sampling_rate")
     if not 0.0 < q <= 1.0:
         raise ConfigError(
             f"sampling_rate must be in (0, 1] (the probability each example is in a batch, "
@@ -105,8 +105,8 @@ def _check_sampling_rate(q: Any) -> float:
     return q
 
 
-def _check_noise(sigma: Any) -> float:
-    sigma = _check_number(sigma, "noise_multiplier")
+def _check_noise(value: object) -> float:
+    sigma = _check_number(value, "noise_multiplier")
     if not sigma > 0.0 or math.isinf(sigma):
         raise ConfigError(
             f"noise_multiplier must be a positive finite number (noise stddev / clip norm), got {sigma}; "
@@ -115,28 +115,28 @@ def _check_noise(sigma: Any) -> float:
     return sigma
 
 
-def _check_steps(steps: Any) -> int:
+def _check_steps(steps: object) -> int:
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ConfigError(f"steps must be a non-negative integer, got {steps!r}")
     return steps
 
 
-def _check_delta(delta: Any) -> float:
-    delta = _check_number(delta, "delta")
+def _check_delta(value: object) -> float:
+    delta = _check_number(value, "delta")
     if not 0.0 < delta < 1.0:
         raise ConfigError(f"delta must be in (0, 1), typically below 1/num_examples (e.g. 1e-5), got {delta}")
     return delta
 
 
-def _check_epsilon(eps: Any, name: str) -> float:
-    eps = _check_number(eps, name)
+def _check_epsilon(value: object, name: str) -> float:
+    eps = _check_number(value, name)
     if not eps > 0.0 or math.isinf(eps):
         raise ConfigError(f"{name} must be a positive finite number, got {eps}")
     return eps
 
 
-def _check_kind(kind: Any) -> str:
-    if kind not in ACCOUNTANTS:
+def _check_kind(kind: object) -> str:
+    if not isinstance(kind, str) or kind not in ACCOUNTANTS:
         raise ConfigError(f"unknown accountant {kind!r}; choose one of {', '.join(ACCOUNTANTS)}")
     return kind
 

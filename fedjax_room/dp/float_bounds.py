@@ -102,7 +102,8 @@ def materialised_bound(sq: jax.Array, n: int, n_eff: int, batch: int) -> jax.Arr
     covered by the constant. Non-finite ``sq`` stays non-finite.
     """
     factor = f32_up((1.0 + gamma(batch)) / math.sqrt(1.0 - gamma(n_eff)) / (1.0 - U) ** 3)
-    return jnp.sqrt(sq + jnp.float32(f32_up(2.0 * n * TINY))) * jnp.float32(factor)
+    bound: jax.Array = jnp.sqrt(sq + jnp.float32(f32_up(2.0 * n * TINY))) * jnp.float32(factor)
+    return bound
 
 
 def materialised_slack(n: int) -> float:

@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from fedjax_room.errors import ConfigError
@@ -30,34 +31,34 @@ class GaussianNoiseState(NamedTuple):
     key: jax.Array
 
 
-def check_key(key: Any) -> jax.Array:
+def check_key(key: object) -> jax.Array:
     """Validate a JAX PRNG key (new-style ``jax.random.key`` or legacy ``uint32[2]``)."""
     if key is None:
         raise ConfigError("a PRNG key is required for DP noise: pass key=jax.random.key(seed) with a secret seed")
     if isinstance(key, int | float):
         raise ConfigError(f"key must be a JAX PRNG key, not the number {key!r}: pass key=jax.random.key({key!r})")
-    if not hasattr(key, "dtype") or not hasattr(key, "shape"):
+    if not isinstance(key, jax.Array | np.ndarray):
         raise ConfigError(f"key must be a JAX PRNG key (jax.random.key(seed)), got {type(key).__name__}")
-    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
         if key.shape != ():
             raise ConfigError(f"key must be a single PRNG key, got an array of keys of shape {key.shape}")
-        return key
+        return jnp.asarray(key)  # the key itself
     if key.shape != (2,) or key.dtype != jnp.uint32:
         raise ConfigError(
             "key must be a JAX PRNG key (jax.random.key(seed)), "
             f"got an array of shape {key.shape} and dtype {key.dtype}"
         )
-    return key
+    return jnp.asarray(key)  # a legacy uint32[2] key as a JAX array (itself when it is one)
 
 
-def check_nonnegative(value: Any, what: str) -> float:
+def check_nonnegative(value: object, what: str) -> float:
     """A finite float >= 0, else :class:`ConfigError`."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigError(f"{what} must be a non-negative number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value) or value < 0:
-        raise ConfigError(f"{what} must be a finite number >= 0, got {value!r}")
-    return value
+    number = float(value)
+    if not math.isfinite(number) or number < 0:
+        raise ConfigError(f"{what} must be a finite number >= 0, got {number!r}")
+    return number
 
 
 def standard_normal_like(key: jax.Array, leaves: list[jax.Array]) -> list[jax.Array]:

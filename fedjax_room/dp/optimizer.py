@@ -36,11 +36,11 @@ Batch = Any
 DPTrainStep = Callable[[Params, optax.OptState, Batch, jax.Array], tuple[Params, optax.OptState, dict[str, jax.Array]]]
 
 
-def _positive(value: Any, what: str) -> float:
-    value = check_nonnegative(value, what)
-    if value == 0:
+def _positive(value: object, what: str) -> float:
+    number = check_nonnegative(value, what)
+    if number == 0:
         raise ConfigError(f"{what} must be > 0, got 0")
-    return value
+    return number
 
 
 def dpsgd(
