@@ -1,7 +1,7 @@
-"""The room service: SQLite store and checkpoints, aggregation and server optimisers, the server process.
+"""The room service: the SQLite store and checkpoints, the server process.
 
-Submodules: :mod:`.store`, :mod:`.aggregation`, :mod:`.server` (imported on use, so the pure parts
-stay light).
+Submodules: :mod:`.store`, :mod:`.server` (imported on use, so the pure parts stay light). Aggregation and the
+server optimiser are the robust layer's (:mod:`fedjax_room.robust.aggregate`, :mod:`fedjax_room.robust.server`).
 """
 
 __all__: list[str] = []

@@ -25,6 +25,7 @@ import msgpack
 import numpy as np
 
 from fedjax_room.errors import FrameTooLargeError, ProtocolError
+from fedjax_room.tree import MAX_TREE_DEPTH, Tree, flatten_tree, unflatten_tree
 
 __all__ = [
     "DTYPES",
@@ -58,8 +59,7 @@ MAX_TREE_LEAVES = 4096
 #: dtypes allowed on the wire, by their little-endian numpy string.
 DTYPES: frozenset[str] = frozenset({"<f2", "<f4", "<f8", "|i1", "<i2", "<i4", "<i8", "|u1", "<u2", "<u4", "|b1"})
 
-_MAX_DEPTH = 32
-Tree = dict[str, Any]
+_MAX_DEPTH = MAX_TREE_DEPTH
 
 
 def pack(obj: Any) -> bytes:
@@ -164,39 +164,6 @@ def decode_array(obj: Any, *, where: str = "array") -> np.ndarray:
             f"({count * np_dtype.itemsize} expected)"
         )
     return np.frombuffer(data, dtype=np_dtype).reshape(shape).copy()
-
-
-def flatten_tree(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a/b": leaf}`` for a nested mapping ``{"a": {"b": leaf}}``. Keys must be non-empty strings without '/'."""
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if not isinstance(key, str) or not key or "/" in key:
-            raise ProtocolError(f"tree key {key!r} must be a non-empty string without '/'")
-        path = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            out.update(flatten_tree(value, path + "/"))
-        else:
-            out[path] = value
-    return out
-
-
-def unflatten_tree(flat: Mapping[str, Any]) -> Tree:
-    """Inverse of :func:`flatten_tree`; conflicting paths raise :class:`ProtocolError`."""
-    tree: Tree = {}
-    for path in sorted(flat):
-        parts = path.split("/")
-        if not all(parts) or len(parts) > _MAX_DEPTH:
-            raise ProtocolError(f"bad tree path {path!r}")
-        node = tree
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ProtocolError(f"tree path {path!r} conflicts with a leaf at {part!r}")
-            node = child
-        if parts[-1] in node:
-            raise ProtocolError(f"tree path {path!r} conflicts with another path")
-        node[parts[-1]] = flat[path]
-    return tree
 
 
 def encode_tree(tree: Mapping[str, Any]) -> dict[str, dict[str, Any]]:

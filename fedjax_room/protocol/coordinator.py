@@ -569,7 +569,7 @@ class CoordinatorMachine(SecureDriver, RunDriver):
             self.audit.append("update_received", run_id=a.id, round=a.round, site=c.name, digest=digest(msg.payload))
             a.answered[c.name] = "secure"
             return
-        from fedjax_room.coordinator.aggregation import check_update
+        from fedjax_room.robust.aggregate import check_update
 
         delta = check_update(unpack_tree(msg.payload, max_bytes=self.max_frame), a.params)
         self.audit.append("update_received", run_id=a.id, round=a.round, site=c.name, digest=digest(msg.payload))
@@ -700,7 +700,7 @@ class CoordinatorMachine(SecureDriver, RunDriver):
 
     def _prepare(self, run_id: str, spec: dict[str, Any], config: RunConfig) -> None:
         """Build the initial model and write checkpoint 0 (touches no machine state: runs in a worker thread)."""
-        from fedjax_room.coordinator.aggregation import server_optimizer
+        from fedjax_room.robust.server import server_optimizer
 
         params = self._init_params(spec, config.seed)
         opt = server_optimizer(config.server_optimizer, config.server_learning_rate)

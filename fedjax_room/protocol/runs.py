@@ -343,7 +343,7 @@ class RunDriver:
         self._open_phase("train", a.round + 1, now)
 
     def _close_train(self, now: float) -> None:
-        from fedjax_room.coordinator.aggregation import server_optimizer
+        from fedjax_room.robust.server import server_optimizer
 
         a = self._active
         assert a is not None

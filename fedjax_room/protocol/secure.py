@@ -308,7 +308,7 @@ class SecureDriver:
 
     def _secure_close(self, now: float) -> None:
         """The SecAgg round is over: apply the decoded aggregate, or fail the run if it aborted."""
-        from fedjax_room.coordinator.aggregation import server_optimizer
+        from fedjax_room.robust.server import server_optimizer
 
         a = self._active
         sec, a.secure = a.secure, None

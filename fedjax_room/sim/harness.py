@@ -45,7 +45,7 @@ from fedjax_room.models import ModelSpec, init_params, mlp
 from fedjax_room.robust.anomaly import AnomalyConfig
 from fedjax_room.robust.attacks import get_attack
 from fedjax_room.robust.defence import RobustAggregation
-from fedjax_room.robust.server import apply_aggregate, server_optimizer
+from fedjax_room.robust.server import server_optimizer
 
 __all__ = ["RoundRecord", "SimResult", "SimSpec", "run_simulation", "site_name"]
 
@@ -261,10 +261,9 @@ def run_simulation(spec: SimSpec, *, progress: bool = False) -> SimResult:
         for i in malicious:
             sites[i] = attack.data(sites[i], None, jax.random.fold_in(root, 1_000_000 + i))
 
-    params = init_params(model, jax.random.fold_in(root, 0))
+    params = jax.tree.map(lambda x: np.asarray(x, np.float32), dict(init_params(model, jax.random.fold_in(root, 0))))
     tx = server_optimizer(spec.server_optimizer, spec.server_learning_rate)
     opt_state = tx.init(params)
-    step = jax.jit(lambda p, d, s: apply_aggregate(tx, p, d, s))
     defence = RobustAggregation(spec.aggregator, anomaly=spec.anomaly, **dict(spec.aggregator_options))
     dstate = defence.init(names)
     index = {n: i for i, n in enumerate(names)}
@@ -282,7 +281,7 @@ def run_simulation(spec: SimSpec, *, progress: bool = False) -> SimResult:
                 delta = attack.update(delta, params, jax.random.fold_in(jax.random.fold_in(root, r), i))
             updates[names[i]] = (delta, float(len(data)))
         agg, dstate, report = defence.apply(updates, dstate)
-        params, opt_state = step(params, agg, opt_state)
+        params, opt_state = tx.update(agg, opt_state, params)
         ev = evaluate(model, params, test)
         records.append(
             RoundRecord(

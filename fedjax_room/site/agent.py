@@ -223,7 +223,7 @@ class SiteAgent:
         return ref
 
     def _global_params(self, msg: m.RoundStart, spec: ModelSpec) -> Tree:
-        from fedjax_room.coordinator.aggregation import check_update
+        from fedjax_room.robust.aggregate import check_update
 
         return check_update(unpack_tree(msg.params), self._reference(spec))
 

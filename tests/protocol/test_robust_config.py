@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fedjax_room import robust
-from fedjax_room.coordinator.aggregation import server_optimizer
+from fedjax_room.robust.server import server_optimizer
 from fedjax_room.errors import ConfigError, PolicyError, PolicyViolation
 from fedjax_room.models import logistic
 from fedjax_room.protocol.config import AGGREGATORS, SECURE_AGGREGATORS, SERVER_OPTIMIZERS, RunConfig

@@ -10,9 +10,7 @@ import pytest
 from fedjax_room.errors import ConfigError, RoundError
 from fedjax_room.robust import (
     AGGREGATORS,
-    apply_aggregate,
     get_aggregator,
-    server_optimizer,
     stack_updates,
     unstack_updates,
 )
@@ -166,24 +164,6 @@ def test_stack_and_unstack_by_site_name() -> None:
     np.testing.assert_array_equal(back[1]["w"], b["w"])
     with pytest.raises(RoundError, match="site-b"):
         stack_updates({"site-a": a, "site-b": {"w": np.zeros(3, np.float32)}})
-
-
-def test_server_optimizers_apply_the_aggregate() -> None:
-    params = {"w": jnp.zeros(3)}
-    delta = {"w": jnp.array([1.0, -2.0, 0.5])}
-    tx = server_optimizer("fedavg", 1.0)
-    new, _ = apply_aggregate(tx, params, delta, tx.init(params))
-    np.testing.assert_allclose(new["w"], delta["w"])
-    for name in ("fedadam", "fedyogi"):
-        tx = server_optimizer(name, 0.1)
-        new, state = apply_aggregate(tx, params, delta, tx.init(params))
-        # adaptive steps move each coordinate by about lr, in the aggregate's direction
-        np.testing.assert_allclose(np.sign(new["w"]), np.sign(delta["w"]))
-        assert np.all(np.abs(new["w"]) <= 0.1 + 1e-6)
-    with pytest.raises(ConfigError, match="unknown server optimizer"):
-        server_optimizer("fedprox")
-    with pytest.raises(ConfigError):
-        server_optimizer("fedadam", 0.0)
 
 
 @pytest.mark.parametrize("n", [1, 2, 7, 65])
