@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -142,12 +141,6 @@ class Dataset:
                 "use more data, another fraction, or a separate held-out file"
             )
         return self.subset(np.flatnonzero(~held)), self.subset(np.flatnonzero(held))
-
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write to ``.npz``, ``.csv`` or ``.parquet`` (by suffix), schema included; see :mod:`.loaders`."""
-        from fedjax_room.data.loaders import save_dataset
-
-        save_dataset(self, path)
 
     def describe(self) -> dict[str, Any]:
         """What may be shown about this dataset: its schema and its size."""

@@ -190,7 +190,7 @@ def start_room(
     site is connected.
     """
     from fedjax_room.coordinator.store import Store
-    from fedjax_room.data import load_builtin, partition
+    from fedjax_room.data import load_builtin, partition, save_dataset
     from fedjax_room.identity import fingerprint, generate_key, load_private_key, public_key_bytes, save_private_key
 
     if isinstance(sites, bool) or not isinstance(sites, int) or not 1 <= sites <= 64:
@@ -202,7 +202,7 @@ def start_room(
 
     full = load_builtin(dataset, seed=seed)
     pool, central_test = full.split(0.2, seed=seed)
-    central_test.save(state / "central_test.npz")
+    save_dataset(central_test, state / "central_test.npz")
     parts = partition(pool, sites, alpha=non_iid, seed=seed)
 
     keys_dir = state / "keys"
@@ -225,8 +225,8 @@ def start_room(
     for name, part in zip(names, parts, strict=True):
         folder = private_dir(state / "sites" / name)  # the site's records: 0700, its files 0600
         train, heldout = part.split(0.2, seed=seed)
-        train.save(folder / "train.npz")
-        heldout.save(folder / "heldout.npz")
+        save_dataset(train, folder / "train.npz")
+        save_dataset(heldout, folder / "heldout.npz")
         chosen = (policies or {}).get(name, policy)
         _policy_for(chosen, sites).save(folder / "policy.toml")
 

@@ -29,7 +29,7 @@ import pytest
 import fedjax_room
 from fedjax_room.coordinator.server import coordinator_key
 from fedjax_room.coordinator.store import Store
-from fedjax_room.data import load_builtin, partition
+from fedjax_room.data import load_builtin, partition, save_dataset
 from fedjax_room.errors import ConfigError, UnknownIdentityError
 from fedjax_room.identity import fingerprint, generate_key, load_private_key, public_key_bytes, save_private_key
 from fedjax_room.models import logistic
@@ -178,8 +178,8 @@ class Room:
             folder = self.root / "sites" / name
             folder.mkdir(parents=True, exist_ok=True)
             train, heldout = part.split(0.2, seed=0)
-            train.save(folder / "train.npz")
-            heldout.save(folder / "heldout.npz")
+            save_dataset(train, folder / "train.npz")
+            save_dataset(heldout, folder / "heldout.npz")
             Policy.from_dict({"epsilon_cap": 50.0, "delta_cap": 1e-5, "min_sites": MIN_SITES[name]}).save(
                 folder / "policy.toml"
             )

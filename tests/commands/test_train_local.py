@@ -50,10 +50,10 @@ def test_train_local_errors(capsys, tmp_path):
 
 
 def test_train_local_from_file(tmp_path, capsys):
-    from fedjax_room.data import load_builtin
+    from fedjax_room.data import load_builtin, save_dataset
 
     path = tmp_path / "bc.parquet"
-    load_builtin("breast_cancer").save(path)
+    save_dataset(load_builtin("breast_cancer"), path)
     rc = main(["train-local", "--dataset", str(path), "--model", "logistic", "--epochs", "1", "--delta", "1e-3",
                "--no-baseline", "--json"])  # fmt: skip
     assert rc == 0

@@ -5,7 +5,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from fedjax_room.data import Dataset, Schema, load_dataset, schema_sidecar
+from fedjax_room.data import Dataset, Schema, load_dataset, save_dataset, schema_sidecar
 from fedjax_room.errors import DataError, SchemaError
 
 FORMATS = [".npz", ".csv", ".parquet"]
@@ -29,7 +29,7 @@ def image():
 def test_round_trip(tmp_path, suffix, make):
     ds = make()
     path = tmp_path / f"data{suffix}"
-    ds.save(path)
+    save_dataset(ds, path)
     for schema in (None, ds.schema, ds.schema.to_dict()):
         back = load_dataset(path, schema)
         assert back.schema == ds.schema

@@ -12,6 +12,7 @@ import shutil
 
 import pytest
 
+from fedjax_room.data import save_dataset
 from fedjax_room.errors import StateError
 from fedjax_room.identity import generate_key, save_private_key
 from fedjax_room.protocol import messages as m
@@ -24,8 +25,8 @@ from tests.site.test_agent import _offer, _start
 def site_files(factory, tmp_path):
     key = tmp_path / "keys" / "clinic-1.key"
     save_private_key(generate_key(), key)
-    factory.train.save(tmp_path / "train.npz")
-    factory.heldout.save(tmp_path / "heldout.npz")
+    save_dataset(factory.train, tmp_path / "train.npz")
+    save_dataset(factory.heldout, tmp_path / "heldout.npz")
     fields = {f.name for f in dataclasses.fields(Policy)}
     sizes = {"declared_train_records": len(factory.train), "declared_heldout_records": len(factory.heldout)}
     policy = Policy(epsilon_cap=5.0, **{k: v for k, v in sizes.items() if k in fields}).save(tmp_path / "policy.toml")

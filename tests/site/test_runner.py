@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from fedjax_room.audit import verify_log
+from fedjax_room.data import save_dataset
 from fedjax_room.errors import PolicyError, SchemaError
 from fedjax_room.identity import generate_key, save_private_key, save_public_key
 from fedjax_room.site.policy import Policy
@@ -19,7 +20,7 @@ def test_build_agent_from_files(factory, tmp_path):
     key = tmp_path / "keys" / "clinic-1.key"
     save_private_key(generate_key(), key)
     data = tmp_path / "data.npz"
-    factory.train.save(data)
+    save_dataset(factory.train, data)
     policy = Policy(epsilon_cap=4.0).save(tmp_path / "policy.toml")
     agent = build_agent(key=key, data=data, policy=policy)
     assert agent.name == "clinic-1"
@@ -34,7 +35,7 @@ def test_bad_policy_file_is_a_clear_error(factory, tmp_path):
     key = tmp_path / "s.key"
     save_private_key(generate_key(), key)
     data = tmp_path / "data.npz"
-    factory.train.save(data)
+    save_dataset(factory.train, data)
     (tmp_path / "policy.toml").write_text("epsilon_cap = 'lots'\n")
     with pytest.raises(PolicyError, match="epsilon_cap"):
         build_agent(key=key, data=data, policy=tmp_path / "policy.toml")
@@ -65,10 +66,10 @@ def test_adding_one_record_moves_no_other_record_between_train_and_heldout(facto
         np.concatenate([factory.train.y, factory.heldout.y]),
         factory.train.schema,
     )
-    base.save(tmp_path / "base.npz")
+    save_dataset(base, tmp_path / "base.npz")
     one = make_data(1, 77)
     grown = Dataset(np.concatenate([one.x, base.x]), np.concatenate([one.y, base.y]), base.schema)
-    grown.save(tmp_path / "grown.npz")
+    save_dataset(grown, tmp_path / "grown.npz")
     state = tmp_path / "state"
     a = build_agent(key=key, data=tmp_path / "base.npz", policy=policy, state_dir=state)
     a.audit.close()
@@ -123,7 +124,7 @@ def test_a_site_without_a_declared_class_list_refuses_to_start(factory, tmp_path
 
 def test_heldout_file_is_read_with_the_declared_schema(factory, tmp_path):
     key, policy = _site_files(tmp_path)
-    factory.train.save(tmp_path / "train.npz")
+    save_dataset(factory.train, tmp_path / "train.npz")
     held = _npz_without_schema(tmp_path / "held.npz", factory.heldout)
     agent = build_agent(key=key, data=tmp_path / "train.npz", heldout=held, policy=policy)
     agent.audit.close()
