@@ -56,7 +56,8 @@ _PLAIN = 8 + 2 * SHARE_BYTES
 
 
 def _pack(*items: object) -> bytes:
-    return msgpack.packb([PROTOCOL, *items], use_bin_type=True)
+    packed: bytes = msgpack.packb([PROTOCOL, *items], use_bin_type=True)
+    return packed
 
 
 def advert_transcript(digest: bytes, sender: int, enc_key: bytes, mask_key: bytes, commitment: bytes) -> bytes:

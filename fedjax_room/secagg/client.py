@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from enum import StrEnum
+from functools import partial
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -148,17 +149,21 @@ class SecAggClient:
             if self._state is not ClientState.ABORTED:
                 self._abort(f"server aborted the round: {message.reason}")
             return []
-        handlers = {
-            KeyDirectory: (ClientState.AWAIT_KEYS, self._on_keys),
-            ShareBundle: (ClientState.AWAIT_SHARES, self._on_shares),
-            SurvivorList: (ClientState.AWAIT_SURVIVORS, self._on_survivors),
-            UnmaskRequest: (ClientState.AWAIT_UNMASK, self._on_unmask),
-        }
-        if type(message) not in handlers:
-            raise ProtocolError(f"a client does not accept {type(message).__name__} messages")
-        state, handler = handlers[type(message)]
+        state: ClientState
+        step: Callable[[], list[Message]]
+        match message:
+            case KeyDirectory():
+                state, step = ClientState.AWAIT_KEYS, partial(self._on_keys, message)
+            case ShareBundle():
+                state, step = ClientState.AWAIT_SHARES, partial(self._on_shares, message)
+            case SurvivorList():
+                state, step = ClientState.AWAIT_SURVIVORS, partial(self._on_survivors, message)
+            case UnmaskRequest():
+                state, step = ClientState.AWAIT_UNMASK, partial(self._on_unmask, message)
+            case _:
+                raise ProtocolError(f"a client does not accept {type(message).__name__} messages")
         self._expect(state, type(message).__name__)  # refused, but the round goes on
-        return self._guard(lambda: handler(message))  # any failure from here on aborts the client
+        return self._guard(step)  # any failure from here on aborts the client
 
     def abort(self, reason: str) -> None:
         """Leave the round (e.g. on a local timeout): drop every secret; answer nothing more."""

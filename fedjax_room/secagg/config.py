@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
@@ -36,7 +36,7 @@ PROTOCOL = "fedjax-room/secagg/1"
 _MAX_ID = 2**32
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, init=False)
 class SecAggConfig:
     """Parameters of one round.
 
@@ -51,54 +51,73 @@ class SecAggConfig:
         neighbours: ``None`` for the original protocol (everyone masks with everyone); an integer ``k``
             for SecAgg+ (a random ``k``-regular graph; see :func:`~fedjax_room.secagg.masking.default_neighbours`).
         graph_seed: public randomness for the SecAgg+ graph; default: SHA-256 of the round id.
+
+    The attributes hold the resolved values: ``threshold``, ``min_clients`` and ``graph_seed`` are never None.
     """
 
     round_id: str
     clients: Mapping[int, bytes]
     vector_length: int
-    modulus_bits: int = 32
-    threshold: int | None = None
-    min_clients: int | None = None
-    neighbours: int | None = None
-    graph_seed: bytes | None = field(default=None)
+    modulus_bits: int
+    threshold: int
+    min_clients: int
+    neighbours: int | None
+    graph_seed: bytes
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.round_id, str) or not self.round_id:
+    def __init__(
+        self,
+        round_id: str,
+        clients: Mapping[int, bytes],
+        vector_length: int,
+        modulus_bits: int = 32,
+        threshold: int | None = None,
+        min_clients: int | None = None,
+        neighbours: int | None = None,
+        graph_seed: bytes | None = None,
+    ) -> None:
+        def put(name: str, value: object) -> None:
+            object.__setattr__(self, name, value)
+
+        if not isinstance(round_id, str) or not round_id:
             raise ConfigError("round_id must be a non-empty string, unique to this round")
-        clients = dict(self.clients)
-        if len(clients) < 2:
+        put("round_id", round_id)
+        checked = dict(clients)
+        if len(checked) < 2:
             raise ConfigError("secure aggregation needs at least 2 clients (3 or more to hide anything)")
-        for cid, key in clients.items():
+        for cid, key in checked.items():
             if not isinstance(cid, int) or isinstance(cid, bool) or not 0 < cid < _MAX_ID:
                 raise ConfigError(f"client ids must be integers in [1, 2^32), got {cid!r}")
             if not isinstance(key, bytes) or len(key) != 32:
                 raise ConfigError(f"client {cid}: identity key must be the raw 32-byte Ed25519 public key")
-        object.__setattr__(self, "clients", {cid: clients[cid] for cid in sorted(clients)})
-        if not isinstance(self.vector_length, int) or self.vector_length < 1:
-            raise ConfigError(f"vector_length must be a positive integer, got {self.vector_length!r}")
-        check_modulus_bits(self.modulus_bits)
-        n = len(clients)
-        if self.neighbours is not None and (not isinstance(self.neighbours, int) or self.neighbours < 1):
-            raise ConfigError(f"neighbours must be None (full graph) or a positive integer, got {self.neighbours!r}")
-        seed = self.graph_seed if self.graph_seed is not None else hashlib.sha256(self.round_id.encode()).digest()
+        put("clients", {cid: checked[cid] for cid in sorted(checked)})
+        if not isinstance(vector_length, int) or vector_length < 1:
+            raise ConfigError(f"vector_length must be a positive integer, got {vector_length!r}")
+        put("vector_length", vector_length)
+        check_modulus_bits(modulus_bits)
+        put("modulus_bits", modulus_bits)
+        n = len(checked)
+        if neighbours is not None and (not isinstance(neighbours, int) or neighbours < 1):
+            raise ConfigError(f"neighbours must be None (full graph) or a positive integer, got {neighbours!r}")
+        put("neighbours", neighbours)
+        seed = graph_seed if graph_seed is not None else hashlib.sha256(round_id.encode()).digest()
         if not isinstance(seed, bytes) or len(seed) != 32:
             raise ConfigError("graph_seed must be 32 bytes")
-        object.__setattr__(self, "graph_seed", seed)
+        put("graph_seed", seed)
         holders = self.holder_count
-        threshold = holders // 2 + 1 if self.threshold is None else self.threshold
-        if not isinstance(threshold, int) or not holders // 2 + 1 <= threshold <= holders:
+        resolved = holders // 2 + 1 if threshold is None else threshold
+        if not isinstance(resolved, int) or not holders // 2 + 1 <= resolved <= holders:
             raise ConfigError(
-                f"threshold {threshold!r} must be a strict majority of the {holders} holders of each secret, "
+                f"threshold {resolved!r} must be a strict majority of the {holders} holders of each secret, "
                 f"i.e. in [{holders // 2 + 1}, {holders}]; a smaller one would let a lying server unmask a client"
             )
-        object.__setattr__(self, "threshold", threshold)
-        if self.min_clients is None:
-            min_clients = threshold if self.full_graph else max(threshold, n // 2 + 1)
+        put("threshold", resolved)
+        if min_clients is None:
+            least = resolved if self.full_graph else max(resolved, n // 2 + 1)
         else:
-            min_clients = self.min_clients
-        if not isinstance(min_clients, int) or not 2 <= min_clients <= n:
-            raise ConfigError(f"min_clients must be in [2, {n}], got {min_clients!r}")
-        object.__setattr__(self, "min_clients", min_clients)
+            least = min_clients
+        if not isinstance(least, int) or not 2 <= least <= n:
+            raise ConfigError(f"min_clients must be in [2, {n}], got {least!r}")
+        put("min_clients", least)
 
     @property
     def ids(self) -> tuple[int, ...]:

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 import numpy as np
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from fedjax_room.errors import ConfigError, CryptoError
@@ -108,7 +108,7 @@ def pairwise_sign(me: int, peer: int) -> int:
     return 1 if me < peer else -1
 
 
-def _keystream_cipher(seed: bytes, purpose: bytes):
+def _keystream_cipher(seed: bytes, purpose: bytes) -> CipherContext:
     if len(seed) != KEY_BYTES:
         raise ConfigError(f"mask seeds are {KEY_BYTES} bytes, got {len(seed)}")
     key = hkdf(seed, salt=b"", info=_LABEL + b"prg/" + purpose)

@@ -25,6 +25,8 @@ import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
+from typing import TypeVar
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -35,6 +37,7 @@ from fedjax_room.secagg.config import SecAggConfig
 from fedjax_room.secagg.messages import (
     AdvertiseKeys,
     ConsistencySignature,
+    Envelope,
     MaskedInput,
     Message,
     ShareKeys,
@@ -53,6 +56,8 @@ __all__ = [
     "ServerState",
     "run_round",
 ]
+
+_T = TypeVar("_T")
 
 DROP_POINTS = ("advertise", "share", "input", "consistency", "unmask")
 """Where :func:`run_round` can make a client vanish: instead of sending that stage's message."""
@@ -126,7 +131,7 @@ def run_round(
     )
     run = RoundRun(server=server, clients=clients, total=None, error=None)
     gone: set[int] = set()
-    queue: deque = deque()
+    queue: deque[Envelope] = deque()
 
     def carry(direction: str, cid: int, message: Message) -> Message:
         if intercept is not None:
@@ -142,22 +147,22 @@ def run_round(
         for reply in replies:
             if cid in drop.get(_POINT_OF[type(reply)], ()):
                 gone.add(cid)
-                _timed_server(run, lambda: queue.extend(server.drop(cid)))
+                queue.extend(_timed_server(run, partial(server.drop, cid)))
                 return
             message = carry("up", cid, reply)
             try:
-                _timed_server(run, lambda m=message: queue.extend(server.receive(m)))
+                queue.extend(_timed_server(run, partial(server.receive, message)))
             except FedRoomError as exc:  # the room would log this and disconnect the site
                 run.rejected.append((cid, exc))
                 gone.add(cid)
-                _timed_server(run, lambda: queue.extend(server.drop(cid)))
+                queue.extend(_timed_server(run, partial(server.drop, cid)))
                 return
 
     for cid in config.ids:
         client = clients[cid]
         if cid in inputs:
-            _timed_client(run, cid, lambda c=client, v=inputs[cid]: c.set_input(v))
-        to_server(cid, _timed_client(run, cid, client.advertise, wrap=True))
+            _timed_client(run, cid, partial(client.set_input, inputs[cid]))
+        to_server(cid, [_timed_client(run, cid, client.advertise)])
     while queue:
         envelope = queue.popleft()
         cid = envelope.recipient
@@ -165,11 +170,11 @@ def run_round(
             continue
         message = carry("down", cid, envelope.message)
         try:
-            replies = _timed_client(run, cid, lambda c=clients[cid], m=message: c.receive(m))
+            replies = _timed_client(run, cid, partial(clients[cid].receive, message))
         except FedRoomError as exc:
             run.client_errors[cid] = exc
             gone.add(cid)
-            _timed_server(run, lambda c=cid: queue.extend(server.drop(c)))
+            queue.extend(_timed_server(run, partial(server.drop, cid)))
             continue
         to_server(cid, replies)
     try:
@@ -179,18 +184,17 @@ def run_round(
     return run
 
 
-def _timed_client(run: RoundRun, cid: int, step, wrap: bool = False):
+def _timed_client(run: RoundRun, cid: int, step: Callable[[], _T]) -> _T:
     start = time.perf_counter()
     try:
-        out = step()
+        return step()
     finally:
         run.client_seconds[cid] += time.perf_counter() - start
-    return [out] if wrap else out
 
 
-def _timed_server(run: RoundRun, step) -> None:
+def _timed_server(run: RoundRun, step: Callable[[], _T]) -> _T:
     start = time.perf_counter()
     try:
-        step()
+        return step()
     finally:
         run.server_seconds += time.perf_counter() - start

@@ -77,6 +77,9 @@ class ServerState(StrEnum):
 
 
 _ORDER = [ServerState.ADVERTISE, ServerState.SHARE, ServerState.COLLECT, ServerState.CONSISTENCY, ServerState.UNMASK]
+#: What a client sends the server.
+_ClientMessage = AdvertiseKeys | ShareKeys | MaskedInput | ConsistencySignature | UnmaskShares
+
 _STAGE_OF: dict[type[Message], ServerState] = {
     AdvertiseKeys: ServerState.ADVERTISE,
     ShareKeys: ServerState.SHARE,
@@ -160,11 +163,11 @@ class SecAggServer:
         """Take one client message; returns what to send (when it closes a stage)."""
         out = self.tick(now) if now is not None else []
         stage = _STAGE_OF.get(type(message))
-        if stage is None:
+        if stage is None or not isinstance(message, _ClientMessage):
             raise ProtocolError(f"the server does not accept {type(message).__name__} messages")
         if message.round != self._digest:
             raise ProtocolError("message is for another secure-aggregation round (config digest differs)")
-        sender = message.sender  # type: ignore[attr-defined]
+        sender = message.sender
         if sender not in self.config.clients:
             raise ProtocolError(f"client {sender} is not in this round")
         if self._state not in _ORDER or _ORDER.index(stage) < _ORDER.index(self._state) or sender in self._dropped:
@@ -176,14 +179,17 @@ class SecAggServer:
             )
         if sender not in self._expected:
             raise ProtocolError(f"client {sender} is not part of stage {self._state.value} (it dropped out earlier)")
-        handler = {
-            ServerState.ADVERTISE: self._on_advert,
-            ServerState.SHARE: self._on_share_keys,
-            ServerState.COLLECT: self._on_masked_input,
-            ServerState.CONSISTENCY: self._on_signature,
-            ServerState.UNMASK: self._on_unmask_shares,
-        }[stage]
-        handler(message)
+        match message:  # the stage of each type is _STAGE_OF's
+            case AdvertiseKeys():
+                self._on_advert(message)
+            case ShareKeys():
+                self._on_share_keys(message)
+            case MaskedInput():
+                self._on_masked_input(message)
+            case ConsistencySignature():
+                self._on_signature(message)
+            case UnmaskShares():
+                self._on_unmask_shares(message)
         if self._answered() >= self._expected - self._dropped:
             out += self._close_stage(now)
         return out
