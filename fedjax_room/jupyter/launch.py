@@ -1,10 +1,13 @@
-"""The launch form: pick a model and DP settings, press a button, watch the run.
+"""The launch form: pick a model and the run options, press a button, watch the run.
 
-:class:`LaunchForm` is an ipywidgets box whose Python object is the model: its validated traitlets
-(``family``, ``hidden``, ``rounds``, ``target_epsilon``, ``delta``, ``clip_norm``, ``aggregator``,
-``secure_aggregation``) are linked both ways to the controls. :meth:`LaunchForm.spec` builds the
-declarative model spec with :mod:`fedjax_room.models`; :meth:`LaunchForm.launch` (the button) calls
-``room.train`` — nothing else — and opens a :class:`~fedjax_room.jupyter.dashboard.RunDashboard`.
+:class:`LaunchForm` is an ipywidgets box whose Python object is the model: a validated traitlet per run
+option (generated from :class:`~fedjax_room.protocol.config.RunConfig`: every field, with its default and
+bounds) plus the model's ``family``, ``hidden`` and ``conv``, each kept in sync both ways with its control.
+The options marked ``basic`` are shown up front, the others under "more options", by group.
+:meth:`LaunchForm.spec` builds the model spec for the sites' schema
+(:func:`fedjax_room.models.from_schema.spec_from_schema`); :meth:`LaunchForm.launch` (the button) calls
+``room.train`` with the options that were given (set in ``train_options`` or changed from RunConfig's
+default) — nothing else — and opens a :class:`~fedjax_room.jupyter.dashboard.RunDashboard`.
 
 The input shape and number of classes come from the sites' schema (``room.sites()``) unless given.
 """
@@ -12,21 +15,26 @@ The input shape and number of classes come from the sites' schema (``room.sites(
 from __future__ import annotations
 
 import html
+import math
+import types
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import ipywidgets as widgets
 import traitlets
 
-from fedjax_room.analyst.views import records
 from fedjax_room.errors import ConfigError, FedRoomError
-from fedjax_room.jupyter.args import AGGREGATORS
 from fedjax_room.jupyter.dashboard import RunDashboard, field
-from fedjax_room.models import ModelSpec, cnn, logistic, mlp
+from fedjax_room.jupyter.display import records
+from fedjax_room.models import ModelSpec
+from fedjax_room.models.from_schema import FAMILIES, schema_dims, spec_from_schema
+from fedjax_room.protocol.config import OPTION_GROUPS, OptionSpec, run_options
+from fedjax_room.protocol.options import parse_option
 
 __all__ = ["FAMILIES", "LaunchForm", "parse_sizes", "schema_shape"]
 
-FAMILIES = ("logistic", "mlp", "cnn")
+#: The largest bound a numeric box is given (a browser's numbers are doubles; larger bounds are checked here).
+_WIDGET_BOUND = 1e15
 
 
 def parse_sizes(text: str) -> tuple[int, ...]:
@@ -44,28 +52,66 @@ def parse_sizes(text: str) -> tuple[int, ...]:
 def schema_shape(sites: Any) -> tuple[tuple[int, ...], int] | None:
     """(input_shape, num_classes) from the first site whose schema declares them, else None."""
     for row in records(sites, key="name"):
-        schema = row.get("schema")
-        if not isinstance(schema, Mapping):
+        try:
+            return schema_dims(row.get("schema"))
+        except FedRoomError:
             continue
-        shape = schema.get("feature_shape") or ([len(schema["features"])] if schema.get("features") else None)
-        classes = schema.get("classes")
-        if shape and classes:
-            return tuple(int(s) for s in shape), len(classes)
     return None
 
 
-class LaunchForm(widgets.VBox):
-    """A form that starts a run on ``room`` and shows its live dashboard below."""
+def _trait(option: OptionSpec) -> traitlets.TraitType[Any, Any]:
+    if option.choices:
+        return traitlets.Enum(option.choices, default_value=option.default)
+    kind = {"int": traitlets.Int, "float": traitlets.Float, "bool": traitlets.Bool, "str": traitlets.Unicode}
+    return kind[option.type](option.default, allow_none=option.nullable)
+
+
+def _control(option: OptionSpec) -> widgets.Widget:
+    label = option.name.replace("_", " ")
+    tip = {"tooltip": option.help}
+    if option.type == "bool":
+        return widgets.Checkbox(description=label, indent=True, **tip)
+    if option.choices:
+        return widgets.Dropdown(options=option.choices, description=label, **tip)
+    lo, hi = option.minimum, option.maximum
+    finite = lo is not None and hi is not None and max(abs(lo), abs(hi)) <= _WIDGET_BOUND
+    if option.nullable or not finite:
+        return widgets.Text(description=label, placeholder="unset" if option.nullable else "", **tip)
+    if option.type == "int":
+        return widgets.BoundedIntText(min=int(lo or 0), max=int(hi or 0), description=label, **tip)
+    step = 10 ** math.floor(math.log10(option.default)) if option.default else 0.1
+    return widgets.BoundedFloatText(min=lo, max=hi, step=step, description=label, **tip)
+
+
+def _as_control(control: widgets.Widget, value: Any) -> Any:
+    if isinstance(control, widgets.Text):
+        return "" if value is None else str(value)
+    return value
+
+
+def _from_control(option: OptionSpec, control: widgets.Widget, value: Any) -> Any:
+    if isinstance(control, widgets.Text) and isinstance(value, str):
+        return None if option.nullable and not value.strip() else parse_option(option, value)
+    return value
+
+
+_OPTIONS = run_options()
+#: The form's run-option traits, one per RunConfig field (generated: a new field appears here by itself).
+_OptionTraits = types.new_class(
+    "_OptionTraits", (widgets.VBox,), {}, lambda ns: ns.update({o.name: _trait(o) for o in _OPTIONS})
+)
+
+
+class LaunchForm(_OptionTraits):  # type: ignore[misc, valid-type]
+    """A form that starts a run on ``room`` and shows its live dashboard below.
+
+    Besides the model traits, it has one trait per run option (``form.rounds``, ``form.exclude_below``, ...),
+    validated by the option's own check; ``train_options`` set their initial values (and are always sent).
+    """
 
     family = traitlets.Enum(FAMILIES, default_value="mlp")
     hidden = traitlets.Unicode("64")
     conv = traitlets.Unicode("16, 32")
-    rounds = traitlets.Int(5)
-    target_epsilon = traitlets.Float(3.0)
-    delta = traitlets.Float(1e-5)
-    clip_norm = traitlets.Float(1.0)
-    aggregator = traitlets.Enum(AGGREGATORS, default_value="fedavg")
-    secure_aggregation = traitlets.Bool(False)
     message = traitlets.Unicode("")
 
     def __init__(
@@ -80,7 +126,6 @@ class LaunchForm(widgets.VBox):
     ) -> None:
         self.room = room
         self.on_launch = on_launch
-        self.train_options = dict(train_options or {})
         self.run: Any = None
         self.dashboard: RunDashboard | None = None
         if input_shape is None or num_classes is None:
@@ -92,55 +137,79 @@ class LaunchForm(widgets.VBox):
             input_shape, num_classes = input_shape or found[0], num_classes or found[1]
         self.input_shape = tuple(int(s) for s in input_shape)
         self.num_classes = int(num_classes)
-        c = {
+        options = {o.name: o for o in _OPTIONS}
+        unknown = set(train_options or {}) - set(options)
+        if unknown:
+            raise ConfigError(f"train_options: not run options: {', '.join(sorted(unknown))}")
+        #: the options sent whatever their value (the caller's ``train_options``)
+        self.given: set[str] = set(train_options or {})
+        model_controls: dict[str, widgets.Widget] = {
             "family": widgets.Dropdown(options=FAMILIES, description="model"),
             "hidden": widgets.Text(description="hidden", placeholder="e.g. 64, 32"),
             "conv": widgets.Text(description="conv", placeholder="channels, e.g. 16, 32"),
-            "rounds": widgets.BoundedIntText(min=1, max=10_000, description="rounds"),
-            "target_epsilon": widgets.BoundedFloatText(min=0.01, max=100.0, step=0.5, description="target ε"),
-            "delta": widgets.BoundedFloatText(min=1e-12, max=0.1, step=1e-6, description="δ"),
-            "clip_norm": widgets.BoundedFloatText(min=1e-4, max=1e4, step=0.1, description="clip norm"),
-            "aggregator": widgets.Dropdown(options=AGGREGATORS, description="aggregator"),
-            "secure_aggregation": widgets.Checkbox(description="secure aggregation", indent=True),
         }
-        self.controls = c
+        option_controls = {o.name: _control(o) for o in _OPTIONS}
+        self.controls: dict[str, widgets.Widget] = {**model_controls, **option_controls}
         self.button = widgets.Button(description="Start run", button_style="primary", icon="play")
         self.button.on_click(lambda _button: self._click())
         self._message = widgets.HTML()
         self.output = widgets.Output()
+        basic = [option_controls[o.name] for o in _OPTIONS if o.basic]
+        groups = [
+            (g, [option_controls[o.name] for o in _OPTIONS if o.group == g and not o.basic]) for g in OPTION_GROUPS
+        ]
+        groups = [(g, c) for g, c in groups if c]
+        more = widgets.Accordion(children=[widgets.VBox(_rows(c)) for _, c in groups])
+        for i, (g, _) in enumerate(groups):
+            more.set_title(i, g)
+        self.more = widgets.Accordion(children=[more], selected_index=None)
+        self.more.set_title(0, "more options")
         super().__init__(
             children=[
                 widgets.HTML(
                     f"<b>New run</b> — input {html.escape(str(list(self.input_shape)))}, {self.num_classes} classes"
                 ),
-                widgets.HBox([c["family"], c["hidden"], c["conv"]]),
-                widgets.HBox([c["rounds"], c["aggregator"], c["secure_aggregation"]]),
-                widgets.HBox([c["target_epsilon"], c["delta"], c["clip_norm"]]),
+                widgets.HBox(list(model_controls.values())),
+                *_rows(basic),
+                self.more,
                 widgets.HBox([self.button, self._message]),
                 self.output,
             ],
             **kwargs,
         )
-        self._links = [widgets.link((self, name), (control, "value")) for name, control in c.items()]
-        self._sync_visibility()
+        for name, value in (train_options or {}).items():
+            try:
+                setattr(self, name, value)
+            except traitlets.TraitError as exc:
+                raise ConfigError(f"train_options: {exc}") from None
+        for name, control in self.controls.items():
+            self._sync(name, control, options.get(name))
 
-    @traitlets.validate("rounds")
-    def _valid_rounds(self, proposal: Any) -> int:
-        if proposal["value"] < 1:
-            raise traitlets.TraitError(f"rounds must be at least 1, got {proposal['value']}")
-        return proposal["value"]
+    def _sync(self, name: str, control: widgets.Widget, option: OptionSpec | None) -> None:
+        """Keep trait ``name`` and its control equal both ways; a bad value typed in shows as the form's message."""
+        control.value = _as_control(control, getattr(self, name))
 
-    @traitlets.validate("target_epsilon", "clip_norm")
-    def _valid_positive(self, proposal: Any) -> float:
-        if not proposal["value"] > 0:
-            raise traitlets.TraitError(f"{proposal['trait'].name} must be positive, got {proposal['value']}")
-        return proposal["value"]
+        def to_control(change: Any) -> None:
+            control.value = _as_control(control, change["new"])
 
-    @traitlets.validate("delta")
-    def _valid_delta(self, proposal: Any) -> float:
-        if not 0 < proposal["value"] < 1:
-            raise traitlets.TraitError(f"delta must be strictly between 0 and 1, got {proposal['value']}")
-        return proposal["value"]
+        def to_trait(change: Any) -> None:
+            try:
+                value = _from_control(option, control, change["new"]) if option is not None else change["new"]
+                if getattr(self, name) != value:
+                    setattr(self, name, value)
+            except (FedRoomError, traitlets.TraitError) as exc:
+                self.message = f"error: {getattr(exc, 'message', None) or exc}"
+
+        self.observe(to_control, names=name)
+        control.observe(to_trait, names="value")
+
+    @traitlets.validate(*(o.name for o in _OPTIONS))
+    def _valid_option(self, proposal: Any) -> Any:
+        option = next(o for o in _OPTIONS if o.name == proposal["trait"].name)
+        try:
+            return option.check(proposal["value"])
+        except ConfigError as exc:
+            raise traitlets.TraitError(exc.message) from None
 
     @traitlets.validate("hidden", "conv")
     def _valid_sizes(self, proposal: Any) -> str:
@@ -163,30 +232,19 @@ class LaunchForm(widgets.VBox):
         self.controls["conv"].layout.display = None if self.family == "cnn" else "none"
 
     def spec(self) -> ModelSpec:
-        """The declarative model spec the form describes."""
-        hidden = parse_sizes(self.hidden)
-        if self.family == "logistic":
-            return logistic(self.input_shape, self.num_classes)
-        if self.family == "mlp":
-            return mlp(self.input_shape, self.num_classes, hidden=hidden or (64,))
-        if len(self.input_shape) != 3:
-            raise ConfigError(
-                f"a cnn needs (height, width, channels) inputs but the sites' data has shape {list(self.input_shape)};"
-                " choose mlp or logistic"
-            )
-        conv = tuple((c, 3, 1) for c in parse_sizes(self.conv)) or ((16, 3, 1),)
-        return cnn(self.input_shape, self.num_classes, conv=conv, dense=hidden)
+        """The declarative model spec the form describes, for the sites' schema."""
+        schema = {"feature_shape": list(self.input_shape), "classes": list(range(self.num_classes))}
+        hidden, conv = parse_sizes(self.hidden), parse_sizes(self.conv)
+        return spec_from_schema(schema, self.family, hidden=hidden or None, conv=conv or None)
 
     def train_kwargs(self) -> dict[str, Any]:
-        """The keyword arguments for ``room.train`` (form values over ``train_options``)."""
+        """The keyword arguments for ``room.train``: each option given (``train_options``) or changed from its
+        RunConfig default. One left alone is not sent, so RunConfig decides (e.g. the default target epsilon
+        gives way to a noise multiplier)."""
         return {
-            **self.train_options,
-            "rounds": self.rounds,
-            "target_epsilon": self.target_epsilon,
-            "delta": self.delta,
-            "clip_norm": self.clip_norm,
-            "aggregator": self.aggregator,
-            "secure_aggregation": self.secure_aggregation,
+            o.name: getattr(self, o.name)
+            for o in _OPTIONS
+            if o.name in self.given or getattr(self, o.name) != o.default
         }
 
     def launch(self) -> Any:
@@ -219,3 +277,7 @@ class LaunchForm(widgets.VBox):
             self.message = f"error: {getattr(exc, 'message', None) or exc}"
         finally:
             self.button.disabled = False
+
+
+def _rows(controls: Sequence[widgets.Widget], per_row: int = 3) -> list[widgets.HBox]:
+    return [widgets.HBox(list(controls[i : i + per_row])) for i in range(0, len(controls), per_row)]

@@ -20,7 +20,7 @@ def test_schema_shape(fakes):
 
 def test_controls_and_traits_are_linked(fake_room):
     form = LaunchForm(fake_room)
-    assert form.controls["rounds"].value == 5 and form.controls["target_epsilon"].value == 3.0
+    assert form.controls["rounds"].value == 5 and form.controls["target_epsilon"].value == "3.0"
     form.controls["rounds"].value = 9
     assert form.rounds == 9
     form.aggregator = "mean"
@@ -42,6 +42,9 @@ def test_controls_and_traits_are_linked(fake_room):
         ("hidden", "a,b"),
         ("family", "rnn"),
         ("aggregator", "mode"),
+        ("exclude_below", 1.5),
+        ("min_sites", 0),
+        ("seed", -1),
     ],
 )
 def test_traits_are_validated(fake_room, name, value):
@@ -64,12 +67,11 @@ def test_button_starts_a_run_and_opens_a_dashboard(fake_room):
         16,
         10,
     ]
-    assert kwargs == {
-        "local_steps": 3,
+    assert kwargs == {  # given (train_options) or changed; clip_norm left at RunConfig's default is not sent
         "rounds": 4,
         "target_epsilon": 2.0,
         "delta": 1e-6,
-        "clip_norm": 1.0,
+        "local_steps": 3,
         "aggregator": "mean",
         "secure_aggregation": True,
     }
@@ -105,3 +107,33 @@ def test_needs_a_shape(fakes):
     room.sites = lambda: []
     with pytest.raises(ConfigError, match="input_shape"):
         LaunchForm(room)
+
+
+def test_form_has_exactly_runconfigs_options_with_its_defaults(fake_room):
+    """Generated from RunConfig: a trait and a control per field, each starting at RunConfig's default."""
+    from fedjax_room.protocol.config import RunConfig, run_options
+
+    form = LaunchForm(fake_room)
+    names = [o.name for o in run_options()]
+    assert set(form.controls) - {"family", "hidden", "conv"} == set(names)
+    assert {n: getattr(form, n) for n in names} == RunConfig().to_dict()
+    assert form.train_kwargs() == {}  # nothing given: RunConfig decides
+    form.controls["exclude_below"].value = "0.4"  # a nullable option is a text box; empty is unset
+    form.controls["secagg_range"].value = 2.0
+    assert form.exclude_below == 0.4 and form.train_kwargs() == {"exclude_below": 0.4, "secagg_range": 2.0}
+    form.controls["exclude_below"].value = "2"
+    assert form.exclude_below == 0.4 and "exclude_below" in form._message.value
+    form.controls["exclude_below"].value = ""
+    assert form.exclude_below is None
+    form.noise_multiplier = 1.5  # the default target gives way, as in Room.train
+    assert RunConfig.from_dict(form.train_kwargs()).target_epsilon is None
+
+
+def test_train_options_are_initial_values_and_always_sent(fake_room):
+    form = LaunchForm(fake_room, train_options={"rounds": 5, "site_clip_norm": 0.5})
+    assert form.site_clip_norm == 0.5 and form.controls["site_clip_norm"].value == 0.5
+    assert form.train_kwargs() == {"rounds": 5, "site_clip_norm": 0.5}
+    with pytest.raises(ConfigError, match="not run options"):
+        LaunchForm(fake_room, train_options={"round": 3})
+    with pytest.raises(ConfigError, match="rounds"):
+        LaunchForm(fake_room, train_options={"rounds": 0})
