@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from fedjax_room.analyst.events import RoundEvent, StatusEvent, WaitingEvent
 from fedjax_room.analyst.results import (
     BudgetReport,
     Refusal,
@@ -23,7 +24,10 @@ from fedjax_room.errors import StateError
 
 
 class FakeRun:
-    """A run the test drives by hand: ``emit(result)`` then ``finish()``."""
+    """A run the test drives by hand: ``emit(result)``, ``set_waiting(sites)``, then ``finish()``.
+
+    Its subscribers get the typed run events a real ``Run`` delivers (fedjax_room.analyst.events).
+    """
 
     def __init__(self, run_id: str, spec: Any, kwargs: dict) -> None:
         self.id, self.spec, self.kwargs = run_id, spec, kwargs
@@ -34,16 +38,43 @@ class FakeRun:
         self.error = None
         self.privacy: list[dict] = []
         self.params = None
+        self.waiting: list[str] = []
         self._subscribers: list = []
         self._done = threading.Event()
 
-    def subscribe(self, callback) -> None:
+    def subscribe(self, callback, *, kinds=None, replay: bool = False):
+        if kinds is not None:
+            wanted, inner = set(kinds), callback
+
+            def callback(event):
+                return inner(event) if event.kind in wanted else None
+
+        events = []
+        if replay:
+            events = [self._round_event(r) for r in self.history]
+            if self.waiting:
+                events.append(WaitingEvent(self.id, tuple(self.waiting)))
+            events.append(StatusEvent(self.id, self.status, len(self.history), None, None))
+        for event in events:
+            callback(event)
         self._subscribers.append(callback)
+        return lambda: self._subscribers.remove(callback) if callback in self._subscribers else None
+
+    def _round_event(self, result) -> RoundEvent:
+        rr = result if isinstance(result, RoundResult) else RoundResult.from_dict(result)
+        return RoundEvent(self.id, rr, None)
+
+    def _send(self, event) -> None:
+        for cb in list(self._subscribers):
+            cb(event)
 
     def emit(self, result: RoundResult) -> None:
         self.history.append(result)
-        for cb in list(self._subscribers):
-            cb(result)
+        self._send(self._round_event(result))
+
+    def set_waiting(self, sites) -> None:
+        self.waiting = list(sites)
+        self._send(WaitingEvent(self.id, tuple(self.waiting)))
 
     def finish(self, status: str = "finished", error: str | None = None) -> None:
         self.status, self.error = status, error
@@ -53,6 +84,7 @@ class FakeRun:
             {"site": s, "epsilon": e, "delta": 1e-5, "cap": 10.0, "remaining": 10.0 - e} for s, e in epsilon.items()
         ]
         self._done.set()
+        self._send(StatusEvent(self.id, status, len(self.history), None, None))
 
     def wait(self, timeout: float | None = None) -> FakeRun:
         self._done.wait(timeout)

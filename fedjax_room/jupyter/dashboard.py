@@ -5,14 +5,18 @@ loss and accuracy per round, each site's epsilon and cap, site status, refusals 
 child widgets whenever one changes. It never trains or computes anything itself: :meth:`update` takes
 one ``RoundResult`` (or a dict with the same fields) and :meth:`finish` the run's end state.
 
-:meth:`RunDashboard.attach` wires it to a live ``Run``: it replays ``run.history``, subscribes to the
-run's per-round results (delivered on the run's background thread, so the kernel stays free), and
-starts one daemon thread that waits for the run to end and records its final status, refusals and
-privacy report. Updates are serialised with a lock, so results may arrive from any thread.
+:meth:`RunDashboard.attach` wires it to a live ``Run``: it subscribes to the run's typed events
+(:mod:`fedjax_room.analyst.events`: round, defence, refusal, waiting, status) with ``replay=True``, so the
+rounds so far arrive first and none is lost or shown twice in between; no thread of its own and no
+polling. The events arrive on the analyst client's callback thread, not the kernel's: every change is
+made under the dashboard's lock, and ipywidgets sends the resulting comm messages through the kernel's
+IOPub channel (thread-safe), so the dashboard moves while a cell blocks on ``run.wait()``. The final
+``status`` event records how the run ended (status, error, refusals, privacy report).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import math
 import threading
@@ -106,8 +110,9 @@ class RunDashboard(widgets.VBox):
         self._gauges = widgets.VBox()
         self._gauge_widgets: dict[str, tuple[widgets.FloatProgress, widgets.Label, widgets.HTML]] = {}
         self._notes = widgets.HTML()
-        self._watcher: threading.Thread | None = None
-        self._seen_rounds: set[int] = set()
+        self._run: Any = None
+        self._ended = threading.Event()
+        self._unsubscribe: Any = None
         super().__init__(
             children=[
                 self._header,
@@ -157,7 +162,6 @@ class RunDashboard(widgets.VBox):
         if number < 1:
             raise traitlets.TraitError(f"round numbers start at 1, got {number}")
         with self._lock, self.hold_trait_notifications():
-            self._seen_rounds.add(number)
             losses, accuracies = list(self.losses), list(self.accuracies)
             while len(losses) < number:
                 losses.append(None)
@@ -241,79 +245,80 @@ class RunDashboard(widgets.VBox):
             self.epsilon, self.epsilon_cap = eps, caps
 
     def attach(self, run: Any) -> RunDashboard:
-        """Follow a live ``Run``: replay its history, subscribe to new rounds, record how it ends."""
+        """Follow a live ``Run``: its events so far, then each as it comes (``run.subscribe(..., replay=True)``)."""
         self.run_id = str(field(run, "id", "") or self.run_id)
-        for result in list(field(run, "history", None) or []):
-            self.update(result)
-        subscribe = getattr(run, "subscribe", None)
-        if callable(subscribe):
-            subscribe(self._on_event)
-        if field(run, "status", None) == "running" and self.status == "pending":
-            self.status = "running"
-        self._watcher = threading.Thread(target=self._watch, args=(run,), name=f"dashboard-{self.run_id}", daemon=True)
-        self._watcher.start()
+        self._run = run
+        self._ended.clear()
+        self._unsubscribe = run.subscribe(self._on_event, replay=True)
         return self
 
     def _on_event(self, event: Any) -> None:
+        """One typed run event (or, from an older caller, a bare round result)."""
         try:
-            self.update(event)
-        except Exception as exc:  # a bad record must not kill the run's thread
-            self.error = f"dashboard could not show a round: {exc}"
+            kind = field(event, "kind")
+            if kind == "round":
+                self.update(event.result)
+                if event.privacy is not None:
+                    self.set_privacy(event.privacy)
+            elif kind == "defence":
+                self._show_defence(event.flagged, event.excluded)
+            elif kind == "refusal":
+                self.set_refusals([*self.refusals, dataclasses.asdict(event.refusal)])
+            elif kind == "waiting":
+                self._show_waiting(event.waiting)
+            elif kind == "status":
+                if event.done:
+                    self._end(event)
+                elif event.status == "running" and self.status == "pending":
+                    self.status = "running"
+            else:
+                self.update(event)
+        except Exception as exc:  # a bad record must not kill the client's callback thread
+            self.error = f"dashboard could not show an event: {exc}"
 
-    def _show_waiting(self, run: Any) -> None:
-        """Mark the sites whose data owner has not approved the model yet (``run.waiting``)."""
-        waiting = field(run, "waiting", None)
-        if not isinstance(waiting, list | tuple):
-            return
+    def _show_defence(self, flagged: Iterable[str], excluded: Iterable[str]) -> None:
         with self._lock:
             statuses = dict(self.site_status)
-            for site in waiting:
-                statuses[str(site)] = "awaiting approval"
+            statuses.update({str(s): "flagged" for s in flagged})
+            statuses.update({str(s): "excluded" for s in excluded})
+            self.site_status = statuses
+
+    def _show_waiting(self, waiting: Iterable[str]) -> None:
+        """Mark the sites whose data owner has not approved the model yet; the others wait no more."""
+        names = {str(s) for s in waiting}
+        with self._lock:
+            statuses = dict(self.site_status)
+            for site in names:
+                statuses[site] = "awaiting approval"
             for site, state in list(statuses.items()):
-                if state == "awaiting approval" and site not in waiting:
+                if state == "awaiting approval" and site not in names:
                     statuses[site] = "waiting"
             if statuses != self.site_status:
                 self.site_status = statuses
 
-    def _watch(self, run: Any) -> None:
-        error = ""
+    def _end(self, event: Any) -> None:
+        """The run ended: its final status, error, refusals and privacy report."""
+        run = self._run
         try:
-            while True:  # wake every second to show who is waiting for approval
-                self._show_waiting(run)
-                try:
-                    run.wait(timeout=1.0)
-                except TimeoutError:
-                    continue
-                if field(run, "status", "finished") in ("finished", "failed"):
-                    break
-        except Exception as exc:  # the run failed; its error is the dashboard's message
-            error = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-        try:
-            for result in list(field(run, "history", None) or []):
-                if int(field(result, "round", 0) or 0) not in self._seen_rounds:
-                    self.update(result)
-            run_error = field(run, "error", None)
-            message = str(getattr(run_error, "message", None) or run_error or error or "")
-            status = field(run, "status", "finished")
-            if message:
-                status = "failed"
-            elif status not in ("finished", "failed"):
-                status = "finished"
+            error = field(event, "error", None) or field(run, "error", None)
+            message = str(getattr(error, "message", None) or error or "")
+            status = "failed" if message or event.status == "failed" else "finished"
             self.finish(
                 status,
                 error=message,
                 refusals=field(run, "refusals", None),
-                privacy=field(run, "privacy", None),
+                privacy=field(event, "privacy", None) or field(run, "privacy", None),
             )
         except Exception as exc:
             self.finish("failed", error=f"dashboard lost the run: {exc}")
+        finally:
+            self._ended.set()
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Wait until the watcher thread has recorded the run's end; True if it has."""
-        if self._watcher is None:
+        """Wait until the run's end has been recorded; True if it has."""
+        if self._run is None:
             return self.status in ("finished", "failed")
-        self._watcher.join(timeout)
-        return not self._watcher.is_alive()
+        return self._ended.wait(timeout)
 
     # ---- rendering ----------------------------------------------------------------------------
     @traitlets.observe(

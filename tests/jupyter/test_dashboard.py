@@ -1,7 +1,6 @@
 """The run dashboard's traits change round by round (no browser), driven by hand and by a live run."""
 
 import threading
-import time
 
 import pytest
 import traitlets
@@ -126,12 +125,30 @@ def test_sites_awaiting_approval_and_flagged_sites_are_shown(fakes):
     run = room.train("spec", rounds=1)
     run.status = "pending"
     run.waiting = ["alpha"]
+    threads = threading.active_count()
     dash = RunDashboard(rounds=1, sites=["alpha", "beta"]).attach(run)
+    assert threading.active_count() == threads  # pushed events, no watcher thread of its own
     assert dash.site_status["alpha"] == "awaiting approval"
-    run.waiting = []
-    time.sleep(1.5)  # the watcher looks again every second
+    run.set_waiting([])  # the data owner approved: a waiting event, no polling
     assert dash.site_status["alpha"] == "waiting"
     dash.update({"round": 1, "sites": ["alpha", "beta"], "dropped": [], "defence": {"flagged": {"beta": ["norm"]}}})
     assert dash.site_status == {"alpha": "active", "beta": "flagged"}
     run.finish()
     assert dash.wait(5)
+
+
+def test_typed_events_drive_the_dashboard(fakes):
+    from fedjax_room.analyst.events import DefenceEvent, RefusalEvent, StatusEvent
+    from fedjax_room.errors import RefusedError
+
+    room = fakes.FakeRoom()
+    run = room.train("spec", rounds=2)
+    dash = RunDashboard(rounds=2, sites=["alpha", "beta", "gamma"]).attach(run)
+    run.emit(fakes.RoundResult(1, ["alpha", "beta"], [], 1.0, 0.5, {"alpha": 0.4}))
+    run._send(DefenceEvent(run.id, 1, {"flagged": {"beta": ["norm"]}, "excluded": ["gamma"]}))
+    run._send(RefusalEvent(run.id, fakes.Refusal("gamma", "epsilon_cap", "past its cap")))
+    assert dash.site_status == {"alpha": "active", "beta": "flagged", "gamma": "refused"}
+    assert dash.refusals == [{"site": "gamma", "reason": "epsilon_cap", "message": "past its cap"}]
+    assert not dash.wait(0)
+    run._send(StatusEvent(run.id, "failed", 1, RefusedError("cancelled by the analyst"), None))
+    assert dash.wait(0) and dash.status == "failed" and "cancelled by the analyst" in dash._notes.value

@@ -4,6 +4,7 @@
 route                                      method  does
 =========================================  ======  =====================================================
 ``/fedjax-room/status``                    GET     version, connected rooms, whether a run is active
+``/fedjax-room/events``                    WS      live typed JSON messages (:mod:`.live`): rooms, sites, runs
 ``/fedjax-room/rooms``                     GET     connected rooms
 ``/fedjax-room/rooms``                     POST    connect ``{"url": ..., "key": path}`` -> 201 room
 ``/fedjax-room/rooms/demo``                POST    start a demo room ``{"sites": 3, "dataset": "digits"}``
@@ -29,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -38,45 +38,19 @@ from jupyter_server.base.handlers import APIHandler
 from jupyter_server.utils import ensure_async, url_path_join
 
 from fedjax_room.errors import FedRoomError
+from fedjax_room.jupyter.server.calls import in_daemon_thread
+from fedjax_room.jupyter.server.live import EventHub, EventsHandler
 from fedjax_room.jupyter.server.notebook import dashboard_notebook, notebook_path
 from fedjax_room.jupyter.server.registry import RoomRegistry, UnknownRoomError, _message
 from fedjax_room.protocol.fields import ID_PATTERN
 
-__all__ = ["NAMESPACE", "ROUTES", "route_patterns", "setup_handlers"]
+__all__ = ["NAMESPACE", "ROUTES", "in_daemon_thread", "route_patterns", "setup_handlers"]
 
 NAMESPACE = "fedjax-room"
 #: Seconds a route waits for the room before answering 504 (starting a demo room takes longer).
 CALL_TIMEOUT = 30.0
 DEMO_TIMEOUT = 300.0
 _ROOM = r"(?P<room_id>room-[0-9]+)"
-
-
-def in_daemon_thread(fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
-    """``fn(*args)`` on a daemon thread of its own, as a future of this event loop.
-
-    Not an executor: the analyst API can block for as long as a room does not answer, and a pool's
-    worker blocked that way would hold up the server's exit (pools join their workers); a daemon
-    thread does not.
-    """
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[Any] = loop.create_future()
-
-    def settle(ok: bool, value: Any) -> None:
-        if not future.done():
-            future.set_result(value) if ok else future.set_exception(value)
-
-    def work() -> None:
-        try:
-            outcome = (True, fn(*args))
-        except BaseException as exc:  # delivered to the awaiting handler
-            outcome = (False, exc)
-        try:
-            loop.call_soon_threadsafe(settle, *outcome)
-        except RuntimeError:  # the server's loop closed while the room was answering
-            pass
-
-    threading.Thread(target=work, name="fedjax-room-call", daemon=True).start()
-    return future
 
 
 class BaseHandler(APIHandler):
@@ -250,8 +224,9 @@ class NotebookHandler(BaseHandler):
 
 
 #: (pattern relative to /fedjax-room/, handler) — every route this extension registers.
-ROUTES: list[tuple[str, type[BaseHandler]]] = [
+ROUTES: list[tuple[str, type[BaseHandler] | type[EventsHandler]]] = [
     (r"status", StatusHandler),
+    (r"events", EventsHandler),
     (r"rooms", RoomsHandler),
     (r"rooms/demo", DemoHandler),
     (rf"rooms/{_ROOM}", RoomHandler),
@@ -272,8 +247,9 @@ def route_patterns(base_url: str = "/") -> list[str]:
 def setup_handlers(web_app: Any, registry: RoomRegistry) -> None:
     """Register every route on the server's tornado application."""
     base_url = web_app.settings["base_url"]
+    hub = EventHub(registry)
     handlers = [
-        (full, handler, {"registry": registry})
+        (full, handler, {"hub": hub} if handler is EventsHandler else {"registry": registry})
         for full, (_, handler) in zip(route_patterns(base_url), ROUTES, strict=True)
     ]
     web_app.add_handlers(".*$", handlers)

@@ -13,7 +13,6 @@ notebooks and the kernel can import it cheaply.
 from __future__ import annotations
 
 import re
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -89,62 +88,6 @@ def dashboard_notebook(url: str, key: str, run_id: str | None, *, kernel_name: s
     }
 
 
-class _PolledRun:
-    """A run started elsewhere when the room offers no handle on it: rounds_done polled from ``room.runs()``.
-
-    Round numbers advance; metrics the coordinator's summary does not carry stay empty.
-    """
-
-    def __init__(self, room: Any, run_id: str, interval: float = 1.0) -> None:
-        self.room, self.id, self.interval = room, run_id, interval
-        self.status, self.error, self.refusals, self.privacy = "pending", None, [], None
-        self.history: list[dict[str, Any]] = []
-        self._subscribers: list[Callable[[Any], None]] = []
-        self._done = threading.Event()
-        threading.Thread(target=self._poll, name=f"poll-{run_id}", daemon=True).start()
-
-    def subscribe(self, callback: Callable[[Any], None]) -> None:
-        self._subscribers.append(callback)
-
-    def wait(self, timeout: float | None = None) -> _PolledRun:
-        self._done.wait(timeout)
-        return self
-
-    def _summary(self) -> Any:
-        for summary in self.room.runs():
-            if str(getattr(summary, "id", "")) == self.id:
-                return summary
-        return None
-
-    def _poll(self) -> None:
-        try:
-            while True:
-                summary = self._summary()
-                if summary is not None:
-                    self.status = str(getattr(summary, "status", self.status))
-                    for number in range(len(self.history) + 1, int(getattr(summary, "rounds_done", 0)) + 1):
-                        result = {"round": number, "sites": [], "dropped": [], "loss": None, "accuracy": None}
-                        self.history.append(result)
-                        for callback in list(self._subscribers):
-                            callback(result)
-                    if self.status in ("finished", "failed"):
-                        return
-                self._done.wait(self.interval)
-        except Exception as exc:  # the connection went away: the dashboard says so
-            self.status, self.error = "failed", f"lost the room: {exc}"
-        finally:
-            self._done.set()
-
-
-def _find_run(room: Any, run_id: str) -> Any:
-    lookup = getattr(room, "run", None)
-    if callable(lookup):
-        run = lookup(run_id)
-        if run is not None:
-            return run
-    return _PolledRun(room, run_id)
-
-
 def show_dashboard(url: str, key: str, run: str | None = None, *, connect: Callable[..., Any] | None = None) -> Any:
     """Connect to the room at ``url`` and return a live dashboard for ``run`` (a launch form if None).
 
@@ -176,7 +119,7 @@ def show_dashboard(url: str, key: str, run: str | None = None, *, connect: Calla
     for summary in room.runs():
         if str(getattr(summary, "id", "")) == run:
             rounds = int(getattr(summary, "rounds", 0) or 0)
-    handle = _find_run(room, run)
+    handle = room.run(run)  # watched: its events are pushed to the dashboard
     dashboard = RunDashboard(run_id=run, rounds=rounds, sites=caps.keys(), caps=caps)
     dashboard.room, dashboard.run = room, handle
     return dashboard.attach(handle)

@@ -142,7 +142,12 @@ class RoomEntry:
     embedded: Any = None
     dataset: str | None = None
     created: float = dataclasses.field(default_factory=time.time)
+    #: the runs this server follows (started here, live, or asked for by a sidebar): run id -> ``Run``
     runs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: run id -> the function that ends this registry's subscription to that run's events
+    unsubscribe: dict[str, Callable[[], None]] = dataclasses.field(default_factory=dict)
+    #: runs started through this server (always followed)
+    started: set[str] = dataclasses.field(default_factory=set)
 
     @property
     def label(self) -> str:
@@ -198,6 +203,19 @@ class RoomRegistry:
         self._lock = threading.RLock()
         #: Calls in flight that later identical requests share (see handlers.BaseHandler.call).
         self.inflight: dict[str, Any] = {}
+        #: Where changes go as JSON messages (the websocket hub sets it; called from any thread).
+        self.listener: Callable[[dict[str, Any]], None] | None = None
+
+    def _emit(self, message: dict[str, Any]) -> None:
+        listener = self.listener
+        if listener is not None:
+            try:
+                listener(message)
+            except Exception:  # a listener must not break the call that changed something
+                pass
+
+    def _emit_rooms(self) -> None:
+        self._emit({"type": "rooms", **self.status()})
 
     # -- rooms -------------------------------------------------------------------------------
 
@@ -205,6 +223,7 @@ class RoomRegistry:
         with self._lock:
             entry = RoomEntry(id=f"room-{next(self._ids)}", **fields)
             self._rooms[entry.id] = entry
+        self._emit_rooms()
         return entry
 
     def connect(self, url: str, key: str) -> dict[str, Any]:
@@ -261,9 +280,13 @@ class RoomRegistry:
         with self._lock:
             self._rooms.pop(room_id, None)
         self._close(entry)
+        self._emit_rooms()
 
     @staticmethod
     def _close(entry: RoomEntry) -> None:
+        for stop in list(entry.unsubscribe.values()):
+            stop()
+        entry.unsubscribe.clear()
         for obj, method in ((entry.room, "close"), (entry.embedded, "stop")):
             if obj is not None:
                 try:
@@ -301,13 +324,20 @@ class RoomRegistry:
         return rows
 
     def runs(self, room_id: str) -> list[dict[str, Any]]:
-        """Every run the room knows, with round history for those this server can follow."""
+        """Every run the room knows; round history, refusals and errors for those this server follows.
+
+        A run is followed (watched, its events pushed to the sidebars) while it is live, when it was started
+        here, or when a sidebar asked for it (:meth:`watch`); the others are their one-line summary
+        (``"followed": false``), so listing a room with many old runs costs one request, not one per run.
+        """
         entry = self.get(room_id)
         out: list[dict[str, Any]] = []
         seen: set[str] = set()
         for summary in entry.room.runs():
             run_id = str(_get(summary, "id"))
             seen.add(run_id)
+            if run_id not in entry.runs and _get(summary, "status") in ACTIVE_STATUSES:
+                self._handle(entry, run_id)
             out.append(self._run_dict(entry, run_id, summary))
         for run_id in list(entry.runs):
             if run_id not in seen:  # started here, not yet listed by the coordinator
@@ -315,6 +345,7 @@ class RoomRegistry:
         return out
 
     def _handle(self, entry: RoomEntry, run_id: str) -> Any:
+        """The followed run ``run_id`` (watched now if it was not), or None if the room has no such run."""
         run = entry.runs.get(run_id)
         if run is not None:
             return run
@@ -325,11 +356,52 @@ class RoomRegistry:
             except (FedRoomError, KeyError, LookupError):
                 return None
             if run is not None:
-                entry.runs[run_id] = run
+                self._follow(entry, run_id, run)
         return run
 
+    def _follow(self, entry: RoomEntry, run_id: str, run: Any) -> None:
+        """Keep ``run`` and forward each of its events (``Run.subscribe``) as a ``run`` message."""
+        entry.runs[run_id] = run
+        subscribe = getattr(run, "subscribe", None)
+        if run_id in entry.unsubscribe or not callable(subscribe):
+            return
+
+        def on_event(event: Any) -> None:
+            from fedjax_room.analyst.events import to_json
+
+            data = to_json(event) if dataclasses.is_dataclass(event) else jsonable(event)
+            self._emit({"type": "run", "room": entry.id, "run": self._run_dict(entry, run_id, None), "event": data})
+
+        stop = subscribe(on_event)
+        entry.unsubscribe[run_id] = stop if callable(stop) else (lambda: None)
+
+    def watch(self, room_id: str, run_id: str) -> dict[str, Any]:
+        """Follow run ``run_id`` (a sidebar asked for its details); answers the run."""
+        from fedjax_room.protocol.fields import is_id
+
+        entry = self.get(room_id)
+        if not is_id(run_id):
+            raise ConfigError(f"{run_id!r} is not a run id")
+        if self._handle(entry, run_id) is None:
+            raise ConfigError(f"no run {run_id!r} in this room")
+        return self._run_dict(entry, run_id, None)
+
+    def unwatch(self, room_id: str, run_id: str) -> None:
+        """Stop following ``run_id`` unless it was started here or is still live (no sidebar wants it)."""
+        try:
+            entry = self.get(room_id)
+        except UnknownRoomError:
+            return
+        run = entry.runs.get(run_id)
+        if run is None or run_id in entry.started or _get(run, "status") in ACTIVE_STATUSES:
+            return
+        entry.runs.pop(run_id, None)
+        stop = entry.unsubscribe.pop(run_id, None)
+        if stop is not None:
+            stop()
+
     def _run_dict(self, entry: RoomEntry, run_id: str, summary: Any) -> dict[str, Any]:
-        run = self._handle(entry, run_id)
+        run = entry.runs.get(run_id)  # followed runs only: looking a run up here must not start watching it
         history = [jsonable(r) for r in (list(_get(run, "history", None) or []) if run is not None else [])]
         history = [h for h in history if isinstance(h, dict) and isinstance(h.get("round"), int)]
         for h in history:
@@ -345,7 +417,10 @@ class RoomRegistry:
             h["epsilon"] = {k: v for k, v in (h.get("epsilon") or {}).items() if isinstance(v, int | float)}
         status = _get(run, "status", None) if run is not None else None
         status = status or _get(summary, "status", "pending")
-        rounds_done = max([int(_get(summary, "rounds_done", 0) or 0)] + [h["round"] for h in history])
+        rounds_done = max(
+            [int(_get(summary, "rounds_done", 0) or 0), int(_get(run, "rounds_done", 0) or 0)]
+            + [h["round"] for h in history]
+        )
         rounds = int(_get(summary, "rounds", 0) or 0) or int(getattr(run, "rounds_total", 0) or 0)
         if not rounds and run is not None:
             config = getattr(run, "config", None)
@@ -366,7 +441,8 @@ class RoomRegistry:
                 r if isinstance(r, dict) else {"site": "?", "reason": "", "message": str(r)} for r in refusals
             ],
             "error": None if error is None else str(error),
-            "started_here": run_id in entry.runs and run is not None,
+            "started_here": run_id in entry.started,
+            "followed": run is not None,
             # "waiting for approval by <site>": sites whose data owner has not approved the model yet
             "waiting": [str(s) for s in (waiting or ())] if isinstance(waiting, list | tuple) else [],
         }
@@ -422,7 +498,8 @@ class RoomRegistry:
             options[name] = kind(value)
         run = entry.room.train(spec, **options)
         run_id = str(_get(run, "id"))
-        entry.runs[run_id] = run
+        entry.started.add(run_id)
+        self._follow(entry, run_id, run)
         return self._run_dict(entry, run_id, {"id": run_id, "rounds": options.get("rounds", 0)})
 
     def cancel_run(self, room_id: str, run_id: str, body: Mapping[str, Any] | None = None) -> dict[str, Any]:
