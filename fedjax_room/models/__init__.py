@@ -1,6 +1,16 @@
-"""Declarative model specs (JSON-able data) and their Flax modules."""
+"""Declarative model specs (JSON-able data) and their Flax modules.
 
-from fedjax_room.models.build import SpecModel, build_model, init_params, make_loss_fn, make_predict_fn
+The specs (:mod:`.spec`, :mod:`.from_schema`) are plain Python and light to import; the Flax side
+(:mod:`.build`: ``build_model``, ``init_params``, ...) is imported on first use, so a client that only
+handles specs (the analyst API, the Jupyter server's routes) never loads JAX.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from fedjax_room.models.from_schema import FAMILIES, spec_from_schema
 from fedjax_room.models.spec import (
     ACTIVATIONS,
     FAMILY_LAYERS,
@@ -12,8 +22,12 @@ from fedjax_room.models.spec import (
     spec_hash,
 )
 
+if TYPE_CHECKING:
+    from fedjax_room.models.build import SpecModel, build_model, init_params, make_loss_fn, make_predict_fn
+
 __all__ = [
     "ACTIVATIONS",
+    "FAMILIES",
     "FAMILY_LAYERS",
     "LAYER_TYPES",
     "ModelSpec",
@@ -25,5 +39,14 @@ __all__ = [
     "make_loss_fn",
     "make_predict_fn",
     "mlp",
+    "spec_from_schema",
     "spec_hash",
 ]
+
+_LAZY = {"SpecModel", "build_model", "init_params", "make_loss_fn", "make_predict_fn"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module("fedjax_room.models.build"), name)
+    raise AttributeError(f"module 'fedjax_room.models' has no attribute {name!r}")
