@@ -4,6 +4,7 @@
 route                                      method  does
 =========================================  ======  =====================================================
 ``/fedjax-room/status``                    GET     version, connected rooms, whether a run is active
+``/fedjax-room/options``                   GET     run options (RunConfig's schema), datasets, model families
 ``/fedjax-room/events``                    WS      live typed JSON messages (:mod:`.live`): rooms, sites, runs
 ``/fedjax-room/rooms``                     GET     connected rooms
 ``/fedjax-room/rooms``                     POST    connect ``{"url": ..., "key": path}`` -> 201 room
@@ -41,7 +42,7 @@ from fedjax_room.errors import FedRoomError
 from fedjax_room.jupyter.server.calls import in_daemon_thread
 from fedjax_room.jupyter.server.live import EventHub, EventsHandler
 from fedjax_room.jupyter.server.notebook import dashboard_notebook, notebook_path
-from fedjax_room.jupyter.server.registry import RoomRegistry, UnknownRoomError, _message
+from fedjax_room.jupyter.server.registry import RoomRegistry, UnknownRoomError, _message, options_document
 from fedjax_room.protocol.fields import ID_PATTERN
 
 __all__ = ["NAMESPACE", "ROUTES", "in_daemon_thread", "route_patterns", "setup_handlers"]
@@ -125,6 +126,27 @@ class StatusHandler(BaseHandler):
     @tornado.web.authenticated
     async def get(self) -> None:
         self.reply(await self.call(self.registry.status, share="status"))
+
+
+class OptionsHandler(BaseHandler):
+    """What the sidebar's forms are generated from (no room needed)::
+
+        {"version": 1, "groups": ["privacy", "training", "aggregation", "room"],
+         "one_of": [["target_epsilon", "noise_multiplier"]],
+         "options": [{"name": "rounds", "type": "int", "default": 5, "help": "federated rounds",
+                      "group": "training", "nullable": false, "minimum": 1, "maximum": 1000,
+                      "exclusive_minimum": false, "choices": null, "basic": true}, ...],
+         "datasets": ["digits", ...], "families": ["logistic", "mlp", "cnn"], "max_demo_sites": 16}
+
+    ``options`` is every RunConfig field in order (``fedjax_room.protocol.config.options_schema``); a POST
+    ``rooms/<id>/runs`` body takes any of them by ``name``; leave one out for its default (``one_of``: exactly
+    one is non-null; sending only ``noise_multiplier`` switches the default target off). docs/protocol.md,
+    "Run options".
+    """
+
+    @tornado.web.authenticated
+    async def get(self) -> None:
+        self.reply(options_document())
 
 
 class RoomsHandler(BaseHandler):
@@ -226,6 +248,7 @@ class NotebookHandler(BaseHandler):
 #: (pattern relative to /fedjax-room/, handler) — every route this extension registers.
 ROUTES: list[tuple[str, type[BaseHandler] | type[EventsHandler]]] = [
     (r"status", StatusHandler),
+    (r"options", OptionsHandler),
     (r"events", EventsHandler),
     (r"rooms", RoomsHandler),
     (r"rooms/demo", DemoHandler),

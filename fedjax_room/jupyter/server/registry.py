@@ -24,11 +24,16 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from fedjax_room.data.builtin import BUILTIN_DATASETS as DATASETS
 from fedjax_room.errors import ConfigError, FedRoomError
+from fedjax_room.models.from_schema import FAMILIES
+from fedjax_room.protocol.config import options_schema, run_options
 
 __all__ = [
     "ACTIVE_STATUSES",
     "DATASETS",
+    "TRAIN_OPTIONS",
+    "options_document",
     "RoomEntry",
     "RoomRegistry",
     "UnknownRoomError",
@@ -38,27 +43,23 @@ __all__ = [
 ]
 
 ACTIVE_STATUSES = ("pending", "running")
-DATASETS = ("digits", "breast_cancer", "mnist", "fraud")
 MAX_DEMO_SITES = 16
 
-#: Options a POST /runs body may carry through to ``Room.train`` (besides ``spec`` / ``model``).
-TRAIN_OPTIONS = {
-    "rounds": int,
-    "target_epsilon": float,
-    "noise_multiplier": float,
-    "delta": float,
-    "clip_norm": float,
-    "batch_size": int,
-    "local_steps": int,
-    "learning_rate": float,
-    "aggregator": str,
-    "server_optimizer": str,
-    "server_learning_rate": float,
-    "secure_aggregation": bool,
-    "min_sites": int,
-    "round_timeout": float,
-    "seed": int,
-}
+#: Options a POST /runs body may carry through to ``Room.train`` (besides ``spec`` / ``model``): every
+#: RunConfig field with its type, generated from RunConfig (fedjax_room.protocol.config.run_options).
+TRAIN_OPTIONS: dict[str, type] = {o.name: o.python_type for o in run_options()}
+
+
+def options_document() -> dict[str, Any]:
+    """``GET /fedjax-room/options``: RunConfig's :func:`~fedjax_room.protocol.config.options_schema` plus
+    ``datasets`` (what a demo room can serve), ``families`` (models built from the sites' schema for a POST
+    /runs ``{"model": family}``) and ``max_demo_sites``. The JSON shape is in docs/protocol.md, "Run options"."""
+    return {
+        **options_schema(),
+        "datasets": list(DATASETS),
+        "families": list(FAMILIES),
+        "max_demo_sites": MAX_DEMO_SITES,
+    }
 
 
 class UnknownRoomError(ConfigError):
@@ -449,7 +450,7 @@ class RoomRegistry:
 
     def start_run(self, room_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
         """Start a run from a JSON body: ``spec`` (a model spec dict) or ``model`` (a family name), options."""
-        from fedjax_room.models import ModelSpec, cnn, logistic, mlp
+        from fedjax_room.models import ModelSpec, spec_from_schema
 
         entry = self.get(room_id)
         if not isinstance(body, Mapping):
@@ -467,17 +468,16 @@ class RoomRegistry:
             sites = entry.room.sites()
             if not sites:
                 raise ConfigError("the room has no sites yet, so no schema to build a model for; give a 'spec'")
-            schema = jsonable(_get(sites[0], "schema")) or {}
-            shape = schema.get("feature_shape") or [len(schema.get("features") or [])]
-            classes = len(schema.get("classes") or []) or 2
-            if family == "logistic":
-                spec = logistic(shape, classes)
-            elif family == "mlp":
-                spec = mlp(shape, classes, hidden=tuple(body.get("hidden") or (64,)))
-            elif family == "cnn":
-                spec = cnn(shape, classes)
-            else:
-                raise ConfigError(f"'model' must be logistic, mlp or cnn (or give a 'spec'), not {family!r}")
+            if family not in FAMILIES:
+                names = f"{', '.join(FAMILIES[:-1])} or {FAMILIES[-1]}"
+                raise ConfigError(f"'model' must be {names} (or give a 'spec'), not {family!r}")
+            hidden = body.get("hidden")
+            if hidden is not None and (
+                not isinstance(hidden, list) or not all(isinstance(h, int) and not isinstance(h, bool) for h in hidden)
+            ):
+                raise ConfigError(f"'hidden' must be a list of layer widths such as [64, 32], not {hidden!r}")
+            # the class count and input shape come from the sites' schema (refused if it does not declare them)
+            spec = spec_from_schema(jsonable(_get(sites[0], "schema")), family, hidden=hidden)
         options: dict[str, Any] = {}
         for name, kind in TRAIN_OPTIONS.items():
             value = body.get(name)
