@@ -26,7 +26,7 @@ __all__ = ["format_table", "register"]
 _SHORT_HEX = 12
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``audit`` command group."""
     parser = subparsers.add_parser(
         "audit",

@@ -12,7 +12,7 @@ import argparse
 __all__ = ["register", "run_install_kernel"]
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``install-kernel`` command."""
     from fedjax_room.jupyter.kernelspec import DISPLAY_NAME, KERNEL_NAME
 

@@ -22,7 +22,7 @@ from fedjax_room.errors import ConfigError
 __all__ = ["register", "run_create", "run_sign", "run_verify"]
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``manifest create|sign|verify``."""
     parser = subparsers.add_parser(
         "manifest",

@@ -16,7 +16,7 @@ from pathlib import Path
 __all__ = ["register", "run_cancel"]
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``cancel``."""
     p = subparsers.add_parser(
         "cancel",

@@ -45,12 +45,12 @@ def _dirichlet_indices(
     out = [np.concatenate(parts) if parts else np.empty(0, np.int64) for parts in sites]
     # Fallback: top up small sites from the largest, so every site has min_size examples.
     while True:
-        sizes = np.array([len(p) for p in out])
-        small = int(np.argmin(sizes))
-        if sizes[small] >= min_size:
+        counts = np.array([len(p) for p in out])
+        small = int(np.argmin(counts))
+        if counts[small] >= min_size:
             return out
-        large = int(np.argmax(sizes))
-        need = min(min_size - sizes[small], sizes[large] - min_size)
+        large = int(np.argmax(counts))
+        need = min(min_size - counts[small], counts[large] - min_size)
         donated = rng.choice(len(out[large]), size=need, replace=False)
         keep = np.ones(len(out[large]), dtype=bool)
         keep[donated] = False

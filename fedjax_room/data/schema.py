@@ -142,13 +142,13 @@ class Schema:
         features = data["features"]
         if isinstance(features, str) or not isinstance(features, Sequence):
             raise SchemaError(f"schema: 'features' must be a list of column names, got {features!r}")
-        shape = data.get("feature_shape")
         classes = data["classes"]
         if isinstance(classes, str) or not isinstance(classes, Sequence):
             raise SchemaError(f"schema: 'classes' must be a list of label values, got {classes!r}")
         return cls(
             features=tuple(features),
-            feature_shape=tuple(shape) if isinstance(shape, Sequence) and not isinstance(shape, str) else shape,
+            # a list (or an int, or None for the default): __post_init__ checks it and makes it a tuple
+            feature_shape=data["feature_shape"] if "feature_shape" in data else (len(features),),
             label=data["label"],
             classes=tuple(classes),
         )

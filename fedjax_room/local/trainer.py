@@ -116,7 +116,8 @@ def _check_compatible(spec: ModelSpec, dataset: Dataset) -> None:
 def _key(seed: int) -> jax.Array:
     """A threefry PRNG key from all 64 bits of ``seed`` (``jax.random.key`` keeps only 32 without x64)."""
     seed &= (1 << 64) - 1
-    return jax.random.wrap_key_data(np.array([seed >> 32, seed & 0xFFFFFFFF], dtype=np.uint32), impl="threefry2x32")
+    data = jnp.asarray(np.array([seed >> 32, seed & 0xFFFFFFFF], dtype=np.uint32))
+    return jax.random.wrap_key_data(data, impl="threefry2x32")
 
 
 def _seed_or_fresh(seed: int | None) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import flax.linen as nn
 import jax
@@ -56,6 +56,7 @@ def max_pool(x: jax.Array, window: tuple[int, ...], strides: tuple[int, ...]) ->
         limit = (x.shape[0], *(o + s * (n - 1) + 1 for o, s, n in zip(offset, strides, out, strict=True)), x.shape[-1])
         view = jax.lax.slice(x, start, limit, (1, *strides, 1))
         result = view if result is None else jnp.maximum(result, view)
+    assert result is not None  # itertools.product yields at least one offset
     return result
 
 
@@ -119,6 +120,7 @@ def make_predict_fn(spec: ModelSpec | Mapping[str, Any]) -> Callable[[Params, ja
     model = build_model(spec)
 
     def predict(params: Params, x: jax.Array) -> jax.Array:
-        return model.apply({"params": params}, x)
+        # flax types apply() as "output, or (output, variables) when mutable": it is the output here
+        return cast(jax.Array, model.apply({"params": params}, x))
 
     return predict

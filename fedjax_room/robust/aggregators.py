@@ -86,7 +86,7 @@ AGGREGATORS = ("fedavg", "mean", "median", "trimmed_mean", "krum", "multi_krum",
 class AggregatorState(NamedTuple):
     """The state every rule carries: how many rounds it has aggregated."""
 
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]  # optax's name for it; shadows tuple.count, never called here
 
 
 class AggregateInfo(NamedTuple):

@@ -41,15 +41,17 @@ def stack_updates(updates: Sequence[Any] | Mapping[str, Any]) -> tuple[Updates, 
     same tree structure and leaf shapes, else :class:`RoundError` names the first
     that differs.
     """
+    sites: tuple[str, ...] | None
     if isinstance(updates, Mapping):
-        sites: tuple[str, ...] | None = tuple(sorted(updates))
-        items = [updates[s] for s in sites]
+        names = tuple(sorted(updates))
+        items = [updates[s] for s in names]
+        sites = names
     else:
         sites = None
         items = list(updates)
     if not items:
         raise RoundError("no updates to stack: a round needs at least one site update")
-    first = jax.tree_util.tree_structure(items[0])
+    first: object = jax.tree_util.tree_structure(items[0])  # jaxlib ships no type for PyTreeDef
     shapes = [np.shape(leaf) for leaf in jax.tree_util.tree_leaves(items[0])]
     for i, item in enumerate(items[1:], start=1):
         name = sites[i] if sites else f"#{i}"
