@@ -139,18 +139,6 @@ def global_norms(grads: Params) -> jax.Array:
     return jnp.sqrt(sq)
 
 
-def clip_weights(norms: jax.Array, clip_norm: float, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """``(weights, ok)``: ``weights = min(1, C / norm)`` on usable examples, else 0.
-
-    ``ok`` is ``mask & isfinite(norm)``; the caller must also zero the *values* of
-    rows that are not ok (``0 * nan`` is ``nan``).
-    """
-    ok = jnp.logical_and(mask, jnp.isfinite(norms))
-    safe = jnp.where(ok, norms, 1.0)
-    weights = jnp.where(ok, jnp.minimum(1.0, clip_norm / jnp.maximum(safe, 1e-30)), 0.0)
-    return weights.astype(norms.dtype), ok
-
-
 def _certified_norms(grads: Params, clip_norm: float, batch: int) -> tuple[jax.Array, float]:
     """``(bounds, effective_clip_norm)``: per-example upper bounds on the norm of what is summed.
 
@@ -175,7 +163,7 @@ def _vmap_chunk(loss_fn: LossFn, clip_norm: float) -> Callable[..., tuple[Params
     def chunk(params: Params, batch: Batch, mask: jax.Array) -> tuple[Params, jax.Array, jax.Array]:
         losses, grads = per_example(params, batch)
         norms, effective = _certified_norms(grads, clip_norm, mask.shape[0])
-        weights, ok = clip_weights(norms, effective, mask)
+        weights, ok = float_bounds.clip_weights(norms, effective, mask)
 
         def weighted_sum(g: jax.Array) -> jax.Array:
             rows = ok.reshape((-1,) + (1,) * (g.ndim - 1))

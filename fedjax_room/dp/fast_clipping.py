@@ -522,8 +522,6 @@ def clipped_chunk(
     report norm 0, non-finite rows contribute zero and report their norm).
     ``the_plan`` must come from :func:`plan` on the same loss, params and batch shapes.
     """
-    from fedjax_room.dp.clipping import clip_weights  # local: clipping imports this module
-
     layers = the_plan.layers
     leaves, treedef = jax.tree_util.tree_flatten(params)
     size = mask.shape[0]
@@ -593,7 +591,7 @@ def clipped_chunk(
         terms[-1] = (*terms[-1], bias_grad)
     norms, total_slack = float_bounds.total_bound(bounds)
     effective = float_bounds.effective_clip_norm(clip_norm, slack + total_slack)
-    weights, ok = clip_weights(norms, effective, mask)
+    weights, ok = float_bounds.clip_weights(norms, effective, mask)
 
     # Book-keeping: the clipped sum without a second backward pass.
     out: list[Any] = [None] * len(leaves)

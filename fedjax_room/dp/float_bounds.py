@@ -37,6 +37,7 @@ from fedjax_room.errors import ConfigError
 __all__ = [
     "TINY",
     "U",
+    "clip_weights",
     "effective_clip_norm",
     "f32_up",
     "gamma",
@@ -130,3 +131,16 @@ def effective_clip_norm(clip_norm: float, slack: float) -> float:
             f"(underflow alone can add {slack:.3g}); use clip_norm >= {slack * 2.0**21:.3g}"
         )
     return _f32_down(clip_norm - slack)
+
+
+def clip_weights(norms: jax.Array, clip_norm: float, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(weights, ok)``: the clip factors ``min(1, C / norm)`` of usable examples (``norm`` a bound from
+    this module, ``C`` from :func:`effective_clip_norm`), else 0.
+
+    ``ok`` is ``mask & isfinite(norm)``; the caller must also zero the *values* of
+    rows that are not ok (``0 * nan`` is ``nan``).
+    """
+    ok = jnp.logical_and(mask, jnp.isfinite(norms))
+    safe = jnp.where(ok, norms, 1.0)
+    weights = jnp.where(ok, jnp.minimum(1.0, clip_norm / jnp.maximum(safe, 1e-30)), 0.0)
+    return weights.astype(norms.dtype), ok
