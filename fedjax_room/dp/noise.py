@@ -72,7 +72,7 @@ def standard_normal_like(key: jax.Array, leaves: list[jax.Array]) -> list[jax.Ar
     which a single-device update does not need. 670k normals on one core: 3.0 ms instead
     of 4.3 ms (the padding keeps XLA:CPU's multi-threaded loop on an even split).
     """
-    out: list[jax.Array | None] = [None] * len(leaves)
+    pieces: dict[int, jax.Array] = {}
     by_dtype: dict[Any, list[int]] = {}
     for i, leaf in enumerate(leaves):
         by_dtype.setdefault(jnp.dtype(leaf.dtype), []).append(i)
@@ -84,9 +84,9 @@ def standard_normal_like(key: jax.Array, leaves: list[jax.Array]) -> list[jax.Ar
             flat = jax.random.normal(jax.random.fold_in(key, j), (padded,), dtype)
         offset = 0
         for i, size in zip(members, sizes, strict=True):
-            out[i] = flat[offset : offset + size].reshape(leaves[i].shape)
+            pieces[i] = flat[offset : offset + size].reshape(leaves[i].shape)
             offset += size
-    return out  # type: ignore[return-value]
+    return [pieces[i] for i in range(len(leaves))]
 
 
 def gaussian_noise(stddev: float, key: jax.Array) -> optax.GradientTransformation:
