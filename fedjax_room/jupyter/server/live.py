@@ -4,13 +4,15 @@ The server pushes (each a JSON object with a ``type``)::
 
     {"type": "hello", "version": ..., "limits": {...}}            once, first
     {"type": "rooms", "rooms": [room info], "active": bool}       the connected rooms changed
-    {"type": "snapshot", "room": id, "sites", "runs", "budget", "audit", "errors", "active"}
+    {"type": "snapshot", "room": id, "info": room info, "sites", "runs", "budget", "audit", "errors", "active"}
                                                                   a whole room (on connect, on resync)
     {"type": "sites",  "room": id, "sites": [site]}               the room's site list changed
     {"type": "runs",   "room": id, "runs": [run]}                 the room's run list changed
     {"type": "budget", "room": id, "budget": [row]}               the sites' epsilon ledgers changed
     {"type": "audit",  "room": id, "audit": [record]}             new audit records
     {"type": "run",    "room": id, "run": run, "event": {...}}    one run event (analyst.events.to_json)
+                                                                  (or "event": null: the run's state, asked for)
+    {"type": "room_error", "room": id, "part": ..., "message": ...}  a poll of the room failed
     {"type": "error",  "message": ...}                            a message from this client was refused
 
 and accepts ``{"type": "subscribe" | "unsubscribe", "room": id, "run": id}`` (follow a run that is not live,
@@ -77,6 +79,7 @@ class EventHub:
         self._last: dict[tuple[str, str], str] = {}  # (type, room) -> the JSON last sent
         self._poller: asyncio.Task[None] | None = None
         self._ledger_due: set[str] = set()
+        self._rooms_sent: set[str] = set()  # the rooms the clients have had a snapshot of
         registry.listener = self.publish_threadsafe
 
     # ---------------------------------------------------------------- clients
@@ -99,6 +102,7 @@ class EventHub:
             self._poller.cancel()
             self._poller = None
             self._last.clear()
+            self._rooms_sent.clear()
 
     def wanted(self, room_id: str, run_id: str) -> bool:
         return any((room_id, run_id) in c.subscriptions for c in self.clients)
@@ -128,11 +132,14 @@ class EventHub:
         if message.get("type") == "run" and isinstance(message.get("event"), dict):
             if message["event"].get("kind") in ("round", "status", "refusal"):
                 self._ledger_soon(str(message.get("room")))
-        elif message.get("type") == "rooms":
-            known = {r["id"] for r in message.get("rooms") or []}
-            self._last = {k: v for k, v in self._last.items() if not k[1] or k[1] in known}
         for client in list(self.clients):
             client.send_text(text)
+        if message.get("type") == "rooms":
+            known = {r["id"] for r in message.get("rooms") or []}
+            self._last = {k: v for k, v in self._last.items() if not k[1] or k[1] in known}
+            for room_id in known - self._rooms_sent:  # a room connected since: the sidebars need all of it
+                asyncio.ensure_future(self.send_snapshot(room_id))
+            self._rooms_sent = known
 
     async def call(self, fn: Any, *args: Any) -> Any:
         return await in_daemon_thread(fn, *args)
@@ -142,7 +149,7 @@ class EventHub:
             snap = await self.call(self.registry.snapshot, room_id)
         except UnknownRoomError:
             return
-        message = {"type": "snapshot", "room": room_id, **snap}
+        message = {"type": "snapshot", **snap, "room": room_id, "info": snap["room"]}
         if client is not None:
             client.send_text(json.dumps(message, allow_nan=False))
         else:
@@ -164,6 +171,7 @@ class EventHub:
         client.send_text(json.dumps({"type": "hello", "version": __version__, "limits": limits}))
         status = await self.call(self.registry.status)
         client.send_text(json.dumps({"type": "rooms", **status}, allow_nan=False))
+        self._rooms_sent |= {room["id"] for room in status["rooms"]}
         for room in status["rooms"]:
             await self.send_snapshot(room["id"], client)
 
