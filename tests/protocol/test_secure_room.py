@@ -1,28 +1,20 @@
-"""Secure aggregation in the room, driven in process: the coordinator machine, site machines and real site agents
-(tiny logistic model, synthetic data), frames passed through queues, jobs run inline, a fake clock."""
+"""Secure aggregation in the room, driven in process by the one round engine (fedjax_room.sim.LoopbackRoom): the
+coordinator machine, site machines and real site agents (tiny logistic model, synthetic data), every frame encoded,
+jobs run inline, a virtual clock."""
 
 from __future__ import annotations
 
-import collections
 import json
 
 import numpy as np
 import pytest
 
-from fedjax_room.coordinator.store import Store
 from fedjax_room.data import Dataset, Schema
-from fedjax_room.identity import fingerprint, generate_key, public_key_bytes
 from fedjax_room.local import evaluate
 from fedjax_room.models import ModelSpec
 from fedjax_room.protocol import messages as m
-from fedjax_room.protocol.actions import Close, Send, Work
-from fedjax_room.protocol.coordinator import CoordinatorMachine, MemoryAudit
-from fedjax_room.protocol.handshake import make_hello
 from fedjax_room.protocol.secure import flatten_update
-from fedjax_room.protocol.site import SiteMachine
-from fedjax_room.room_manifest import create_manifest
-from fedjax_room.site.agent import SiteAgent
-from fedjax_room.site.policy import Policy
+from fedjax_room.sim.loopback import LoopbackRoom
 
 SCHEMA = Schema(features=("a", "b", "c", "d"), feature_shape=(4,), label="y", classes=(0, 1))
 SPEC = {"family": "logistic", "input_shape": [4], "num_classes": 2, "layers": [{"type": "dense", "features": 2}]}
@@ -45,149 +37,30 @@ def make_data(n, seed):
     return Dataset(x, y, SCHEMA)
 
 
-class Room:
-    """One coordinator and its sites in one process."""
+def Room(tmp_path, tag, names=("site-a", "site-b", "site-c"), policies=None, sizes=None, seed=0):
+    """One coordinator and its sites in one process: the real machines and agents (fedjax_room.sim.LoopbackRoom)."""
+    policies = policies or {}
+    sites = {
+        name: (make_data((sizes or {}).get(name, 150 + 50 * i), 10 + i), make_data(40, 20 + i), policies.get(name))
+        for i, name in enumerate(names)
+    }
+    room = LoopbackRoom(tmp_path / tag, sites, seed=seed, keep_frames=True)
+    room.kill_after = {}  # site -> secagg message type after which its connection drops
 
-    def __init__(self, tmp_path, tag, names=("site-a", "site-b", "site-c"), policies=None, sizes=None):
-        self.store = Store.open(tmp_path / f"coord-{tag}")
-        self.audit = MemoryAudit()
-        self.coord = CoordinatorMachine(self.store, audit=self.audit)
-        self.now = 0.0
-        self.queue: collections.deque = collections.deque()
-        self.conns: dict[int, str] = {}
-        self.sites: dict[str, dict] = {}
-        self.analyst_inbox: list = []
-        self.received: list = []  # every frame a site sent to the coordinator
-        self.dead: set[str] = set()
-        self.kill_after: dict[str, str] = {}  # site -> secagg message type after which its connection drops
-        self.cut = None  # a predicate on coordinator frames: from the first match on, the coordinator is "down"
-        self.cutting = False
-        policies = policies or {}
-        self._route(self.coord.start(self.now), None)
-        for i, name in enumerate(names):
-            key = generate_key()
-            self.store.enroll(name, "site", public_key_bytes(key), fingerprint(key))
-            state = tmp_path / f"{tag}-{name}"
-            state.mkdir()
-            (state / "secret").write_bytes(bytes([i + 1]) * 32)  # same seeds in every room of a test
-            n = (sizes or {}).get(name, 150 + 50 * i)
-            audit = MemoryAudit()  # the site's log: the agent's records and its protocol machine's
-            agent = SiteAgent(
-                name=name,
-                train=make_data(n, 10 + i),
-                heldout=make_data(40, 20 + i),
-                policy=Policy(**policies.get(name, {})),
-                state_dir=state,
-                audit=audit,
-            )
-            machine = SiteMachine(agent.status, identity_key=key, audit=audit.append)
-            self.sites[name] = {"key": key, "agent": agent, "machine": machine, "audit": audit}
-        # the room manifest each site pins: only these keys may be its SecAgg peers
-        manifest = create_manifest(
-            {n: public_key_bytes(x["key"]) for n, x in self.sites.items()}, public_key_bytes(generate_key())
-        )
-        for n, x in self.sites.items():
-            x["machine"].manifest, x["machine"].name = manifest, n
-        akey = generate_key()
-        self.store.enroll("analyst", "analyst", public_key_bytes(akey), fingerprint(akey))
-        self.analyst_key = akey
-        self.analyst = self._handshake("analyst", akey, "analyst")
-        for name, s in self.sites.items():
-            s["conn"] = self._handshake(name, s["key"], "site")
-            self._route(s["machine"].welcomed(), name)
-        self.pump()
+    def after(site, msg):
+        if isinstance(msg, m.SecAgg) and room.kill_after.get(site) == str(msg.body.get("type")).split("/")[-1]:
+            room.kill(site)
 
-    def _handshake(self, name, key, role):
-        conn = 100 + len(self.conns)
-        self.conns[conn] = name
-        (challenge,) = [m.decode(a.data) for a in self.coord.open(conn, self.now)]
-        out = self.coord.receive(conn, m.encode(make_hello(challenge, key, role=role, name=name)), self.now)
-        assert isinstance(m.decode(out[0].data), m.Welcome)
-        return conn
+    room.after_site_frame = after
+    return room
 
-    def _route(self, actions, site):
-        for a in actions:
-            if site is None:  # from the coordinator
-                if isinstance(a, Send) and self.cut is not None:
-                    self.cutting = self.cutting or self.cut(m.decode(a.data))
-                    if self.cutting:
-                        continue
-                if isinstance(a, Send):
-                    who = self.conns.get(a.conn)
-                    if who == "analyst":
-                        self.analyst_inbox.append(m.decode(a.data))
-                    elif who in self.sites and who not in self.dead:
-                        self.queue.append(("site", who, a.data))
-            elif site not in self.dead:
-                if isinstance(a, Send):
-                    self.queue.append(("coord", site, a.data))
-                elif isinstance(a, Work):
-                    self.queue.append(("work", site, a))
-                elif isinstance(a, Close):  # pragma: no cover - a failing test shows it
-                    raise AssertionError(f"{site} closed its connection: {a}")
 
-    def pump(self, limit=100_000):
-        for _ in range(limit):
-            if not self.queue:
-                return
-            kind, site, item = self.queue.popleft()
-            if site in self.dead:
-                continue
-            s = self.sites[site]
-            if kind == "coord":
-                msg = m.decode(item)
-                self.received.append((site, msg))
-                self._route(self.coord.receive(s["conn"], item, self.now), None)
-                if isinstance(msg, m.SecAgg) and self.kill_after.get(site) == str(msg.body.get("type")).split("/")[-1]:
-                    self.kill(site)
-            elif kind == "site":
-                self._route(s["machine"].receive(item), site)
-            else:
-                result = s["agent"].handle(item.kind, item.message)
-                self._route(s["machine"].work_done(item.key, result), site)
-        raise AssertionError("the room did not settle")
+def start(room, settle=True, **config):
+    return room.start(SPEC, {**BASE, **config}, settle=settle)
 
-    def restart_coordinator(self):
-        """A new coordinator machine on the same store; every party reconnects."""
-        self.cut, self.cutting = None, False
-        self.queue.clear()
-        self.coord = CoordinatorMachine(self.store, audit=self.audit)
-        self.conns = {}
-        self._route(self.coord.start(self.now), None)
-        self.analyst = self._handshake("analyst", self.analyst_key, "analyst")
-        for name, s in self.sites.items():
-            s["machine"].disconnected()
-            s["conn"] = self._handshake(name, s["key"], "site")
-            self._route(s["machine"].welcomed(), name)
-        self.pump()
 
-    def kill(self, site):
-        self.dead.add(site)
-        self._route(self.coord.close(self.sites[site]["conn"], self.now), None)
-
-    def start(self, settle=True, **config):
-        self._route(
-            self.coord.receive(
-                self.analyst, m.encode(m.StartRun(req=1, spec=SPEC, config={**BASE, **config})), self.now
-            ),
-            None,
-        )
-        self.pump()
-        run_id = [x.run_id for x in self.analyst_inbox if isinstance(x, m.RunCreated)][-1]
-        for _ in range(10 if settle else 0):  # dead sites: let the deadlines pass
-            if self.store.run(run_id).status in ("finished", "failed"):
-                break
-            self.tick(BASE["round_timeout"] + 1)
-        return run_id
-
-    def tick(self, dt):
-        self.now += dt
-        self._route(self.coord.tick(self.now), None)
-        self.pump()
-
-    def params(self, run_id):
-        run = self.store.run(run_id)
-        return self.store.load_checkpoint(run_id, run.rounds_done)[0]
+def params(room, run_id):
+    return room.store.load_checkpoint(run_id, room.store.run(run_id).rounds_done)[0]
 
 
 def _accuracy(params):
@@ -197,16 +70,16 @@ def _accuracy(params):
 
 def test_secure_run_matches_the_plain_run(tmp_path):
     plain = Room(tmp_path, "plain")
-    rid = plain.start()
+    rid = start(plain)
     secure = Room(tmp_path, "secure")
-    sid = secure.start(secure_aggregation=True)
+    sid = start(secure, secure_aggregation=True)
     assert rid == sid
     for room, run_id in ((plain, rid), (secure, sid)):
         run = room.store.run(run_id)
         assert run.status == "finished" and run.rounds_done == 2, run.error
-    a, b = flatten_update(plain.params(rid)), flatten_update(secure.params(sid))
+    a, b = flatten_update(params(plain, rid)), flatten_update(params(secure, sid))
     assert np.max(np.abs(a - b)) < 1e-5  # fixed-point error (~1e-8 per coordinate per round) and float noise
-    assert abs(_accuracy(plain.params(rid)) - _accuracy(secure.params(sid))) <= 0.005
+    assert abs(_accuracy(params(plain, rid)) - _accuracy(params(secure, sid))) <= 0.005
     # the sites' sample-level accounting is the same either way
     assert plain.coord.snapshot(rid)["privacy"].keys() == secure.coord.snapshot(sid)["privacy"].keys()
     kinds = [r["fields"].get("secure") for r in secure.audit.records if r["kind"] == "aggregate_applied"]
@@ -215,13 +88,13 @@ def test_secure_run_matches_the_plain_run(tmp_path):
 
 def test_the_coordinator_never_holds_an_unmasked_update(tmp_path):
     room = Room(tmp_path, "secure")
-    run_id = room.start(secure_aggregation=True, rounds=1)
+    run_id = start(room, secure_aggregation=True, rounds=1)
     assert room.store.run(run_id).status == "finished"
     updates = [msg for _, msg in room.received if isinstance(msg, m.Update)]
     assert updates and all(u.payload == b"" for u in updates)
     masked = {site: msg.body["data"] for site, msg in room.received if msg.TYPE == "secagg" and "data" in msg.body}
     assert set(masked) == set(room.sites)
-    coord_bytes = b"".join(p.read_bytes() for p in (tmp_path / "coord-secure").rglob("*") if p.is_file())
+    coord_bytes = b"".join(p.read_bytes() for p in (tmp_path / "secure" / "coordinator").rglob("*") if p.is_file())
     audit_bytes = json.dumps(room.audit.records, default=repr).encode()
     for name, s in room.sites.items():
         ring = np.load(s["agent"].state_dir / "releases" / run_id / "1-train.ring.npy")
@@ -234,35 +107,35 @@ def test_the_coordinator_never_holds_an_unmasked_update(tmp_path):
 def test_a_site_dropping_after_its_masked_input_still_counts(tmp_path):
     names = ("site-a", "site-b", "site-c", "site-d")
     plain = Room(tmp_path, "plain", names=names)
-    rid = plain.start(rounds=1)
+    rid = start(plain, rounds=1)
     secure = Room(tmp_path, "secure", names=names)
     secure.kill_after["site-d"] = "masked_input"
-    sid = secure.start(secure_aggregation=True, rounds=1)
+    sid = start(secure, secure_aggregation=True, rounds=1)
     run = secure.store.run(sid)
     assert run.status == "finished", run.error
     rounds = secure.store.rounds(sid)
     assert "site-d" in rounds[0].sites  # its input is in the sum; it only missed the consistency stage
-    assert np.max(np.abs(flatten_update(plain.params(rid)) - flatten_update(secure.params(sid)))) < 1e-5
+    assert np.max(np.abs(flatten_update(params(plain, rid)) - flatten_update(params(secure, sid)))) < 1e-5
 
 
 def test_a_site_dropping_after_advertising_is_left_out_of_the_sum(tmp_path):
     plain = Room(tmp_path, "plain", names=("site-a", "site-b", "site-c"))
-    rid = plain.start(rounds=1)
+    rid = start(plain, rounds=1)
     secure = Room(tmp_path, "secure", names=("site-a", "site-b", "site-c", "site-d"))
     secure.kill_after["site-d"] = "advertise_keys"
-    sid = secure.start(secure_aggregation=True, rounds=1, min_sites=3)
+    sid = start(secure, secure_aggregation=True, rounds=1, min_sites=3)
     run = secure.store.run(sid)
     assert run.status == "finished", run.error
     assert secure.store.rounds(sid)[0].dropped == ["site-d"]
     # the survivors' FedAvg equals the plain room's with only those three sites
-    assert np.max(np.abs(flatten_update(plain.params(rid)) - flatten_update(secure.params(sid)))) < 1e-5
+    assert np.max(np.abs(flatten_update(params(plain, rid)) - flatten_update(params(secure, sid)))) < 1e-5
 
 
 def test_too_many_dropouts_fail_the_round_and_release_nothing(tmp_path):
     room = Room(tmp_path, "secure", names=("site-a", "site-b", "site-c"))
     room.kill_after["site-b"] = "advertise_keys"
     room.kill_after["site-c"] = "advertise_keys"
-    run_id = room.start(secure_aggregation=True, rounds=1)
+    run_id = start(room, secure_aggregation=True, rounds=1)
     run = room.store.run(run_id)
     assert run.status == "failed" and "secure aggregation aborted" in run.error["message"]
     assert run.rounds_done == 0
@@ -271,10 +144,10 @@ def test_too_many_dropouts_fail_the_round_and_release_nothing(tmp_path):
 def test_a_site_requiring_secure_aggregation(tmp_path):
     policies = {"site-a": {"require_secure_aggregation": True}}
     room = Room(tmp_path, "policy", policies=policies)
-    first = room.start(rounds=1)
+    first = start(room, rounds=1)
     refusals = room.coord.snapshot(first)["refusals"]
     assert [(r["site"], r["reason"]) for r in refusals] == [("site-a", "secure_aggregation")]
-    second = room.start(rounds=1, secure_aggregation=True)
+    second = start(room, rounds=1, secure_aggregation=True)
     snap = room.coord.snapshot(second)
     assert snap["status"] == "finished" and snap["refusals"] == []
     assert room.store.rounds(second)[0].sites == ["site-a", "site-b", "site-c"]
@@ -282,7 +155,7 @@ def test_a_site_requiring_secure_aggregation(tmp_path):
 
 def test_distributed_dp_reports_both_guarantees(tmp_path):
     room = Room(tmp_path, "ddp")
-    run_id = room.start(secure_aggregation=True, site_noise_multiplier=1.0, site_clip_norm=0.5, rounds=2)
+    run_id = start(room, secure_aggregation=True, site_noise_multiplier=1.0, site_clip_norm=0.5, rounds=2)
     snap = room.coord.snapshot(run_id)
     assert snap["status"] == "finished", snap["error"]
     for site, p in snap["privacy"].items():
@@ -306,7 +179,7 @@ def test_site_noise_needs_secure_aggregation():
 def test_a_secure_round_resumes_after_a_coordinator_restart(tmp_path):
     room = Room(tmp_path, "restart")
     room.cut = lambda msg: isinstance(msg, m.SecAggSetup) and msg.round == 2  # it goes down as round 2 opens
-    run_id = room.start(settle=False, secure_aggregation=True, rounds=2)
+    run_id = start(room, settle=False, secure_aggregation=True, rounds=2)
     assert room.store.run(run_id).rounds_done == 1
     room.restart_coordinator()  # resumes round 2 with no site connected; they join while adverts are open
     run = room.store.run(run_id)
@@ -319,7 +192,7 @@ def test_masked_uploads_are_audited_on_both_sides(tmp_path):
     import hashlib
 
     room = Room(tmp_path, "masked-audit")
-    run_id = room.start(secure_aggregation=True, rounds=2)
+    run_id = start(room, secure_aggregation=True, rounds=2)
     assert room.store.run(run_id).status == "finished"
     sent = {
         (site, msg.round): hashlib.sha256(msg.body["data"]).hexdigest()
@@ -345,13 +218,13 @@ def test_masked_uploads_are_audited_on_both_sides(tmp_path):
 def test_site_epsilon_cap_refuses_the_round_that_would_pass_it(tmp_path):
     ddp = {"secure_aggregation": True, "site_noise_multiplier": 1.0, "site_clip_norm": 0.5}
     probe = Room(tmp_path, "probe")
-    probe.start(rounds=1, **ddp)
+    start(probe, rounds=1, **ddp)
     one_round = probe.sites["site-a"]["agent"].site_ledger.epsilon()
     assert 0 < one_round < np.inf
 
     # (1.001: per-site evaluation dominates the site-level epsilon, so one more Skellam round adds only a little)
     room = Room(tmp_path, "cap", policies={"site-a": {"site_epsilon_cap": 1.001 * one_round}})
-    run_id = room.start(rounds=2, **ddp)
+    run_id = start(room, rounds=2, **ddp)
     agent = room.sites["site-a"]["agent"]
     # Round 1 fits and is spent on both ledgers; round 2 would pass the site-level cap: refused, nothing spent.
     assert [t.split("/", 1)[1] for t in agent.site_ledger.tags] == ["1/train", "1/eval"]  # evaluation included
