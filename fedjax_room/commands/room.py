@@ -9,21 +9,25 @@
 * ``site --coordinator URL --key site.key --data PATH --policy policy.toml [--state DIR]`` runs a data
   owner's agent. ``site pending --state DIR``, ``site approve HASH --state DIR`` and ``site reject HASH
   --reason TEXT --state DIR`` decide on model specs waiting for approval (:mod:`fedjax_room.site.approval`).
-* ``demo [--sites 3] [--dataset digits] [--rounds R] [--target-epsilon E] [--non-iid ALPHA] [--state DIR]
-  [--json] [--aggregator NAME] [--attack boost|sign_flip|label_flip|gaussian --malicious K]
-  [--exclude-below T]`` runs an embedded room end to end (see :mod:`fedjax_room.sim.demo`).
+* ``demo [--sites 3] [--dataset digits] [--non-iid ALPHA] [--state DIR] [--json]
+  [--attack boost|sign_flip|label_flip|gaussian --malicious K] [RUN OPTIONS]`` runs an embedded room end to
+  end (see :mod:`fedjax_room.sim.demo`); the run options are every RunConfig field as a flag
+  (``--rounds``, ``--target-epsilon``, ``--aggregator``, ``--exclude-below``, ...), generated from RunConfig.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import logging
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
+from fedjax_room.data.builtin import BUILTIN_DATASETS
 from fedjax_room.errors import ConfigError, FedRoomError
+from fedjax_room.protocol.options import add_run_options, given_options
 
 __all__ = [
     "register",
@@ -129,20 +133,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Start a coordinator and N sites as processes on 127.0.0.1, train a DP federated model "
         "from the analyst client, and compare it with a non-private central baseline.",
     )
-    p.add_argument("--sites", type=int, default=3)
-    p.add_argument("--dataset", default="digits", choices=("digits", "breast_cancer", "mnist", "fraud"))
-    p.add_argument("--rounds", type=int, default=None, help="federated rounds (default: per dataset)")
-    p.add_argument("--target-epsilon", type=float, default=3.0, help="each site's epsilon for the whole run")
+    p.add_argument("--sites", type=int, default=3, help="number of sites (default 3)")
+    p.add_argument("--dataset", default="digits", choices=BUILTIN_DATASETS, help="built-in dataset (default digits)")
     p.add_argument("--non-iid", type=float, default=None, metavar="ALPHA", help="Dirichlet(alpha) label skew")
     p.add_argument("--state", type=Path, default=None, help="state directory (default: a new temporary one)")
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--aggregator",
-        default="fedavg",
-        choices=("fedavg", "mean", "median", "trimmed_mean", "krum", "multi_krum", "norm_bound"),
-        help="how the coordinator combines updates (robust rules: median, trimmed_mean, krum, ...)",
-    )
     p.add_argument(
         "--attack",
         choices=("boost", "sign_flip", "label_flip", "gaussian"),
@@ -150,23 +145,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="make --malicious sites simulated attackers (a demo feature: watch fedavg break and median hold)",
     )
     p.add_argument("--malicious", type=int, default=1, metavar="K", help="how many sites attack (with --attack)")
-    p.add_argument(
-        "--exclude-below", type=float, default=None, metavar="T", help="leave out sites whose trust falls below T"
-    )
-    p.add_argument(
-        "--no-secure-aggregation",
-        dest="secure_aggregation",
-        action="store_false",
-        default=None,
-        help="send plain updates (default: secure aggregation on, unless a robust rule, --exclude-below or --attack)",
-    )
-    p.add_argument(
-        "--site-noise-multiplier",
-        type=float,
-        default=None,
-        metavar="Z",
-        help="distributed DP on top of secure aggregation: site-level privacy (noise Z * site clip norm on the sum)",
-    )
+    add_run_options(p, notes=_demo_notes())  # every RunConfig option, generated from its declaration
     p.set_defaults(func=run_demo)
 
 
@@ -302,23 +281,32 @@ def _serve_then_exit(serve: Any) -> int:
     os._exit(code)
 
 
+def _demo_notes() -> dict[str, str]:
+    """The run options whose default the demo picks itself (per dataset, or secure aggregation when it can)."""
+    from fedjax_room.sim.demo import DEMO_RECIPES
+
+    notes = {name: "default: the dataset's demo recipe" for r in DEMO_RECIPES.values() for name in r["train"]}
+    notes["secure_aggregation"] = "default: on, unless a robust aggregator, --exclude-below or --attack"
+    return notes
+
+
 def run_demo(args: argparse.Namespace) -> int:
-    """The embedded end-to-end demo."""
+    """The embedded end-to-end demo: the run options given on the command line go to ``room.train``."""
     from fedjax_room.sim.demo import run_demo as demo
 
+    given = given_options(args)
+    if given.get("noise_multiplier") is not None and "target_epsilon" not in given:
+        given["target_epsilon"] = None  # not given: the default target gives way to the fixed noise
+    accepted = inspect.signature(demo).parameters  # those the demo also reads itself; the rest pass through
+    named = {name: given.pop(name) for name in list(given) if name in accepted}
     return demo(
         sites=args.sites,
         dataset=args.dataset,
-        rounds=args.rounds,
-        target_epsilon=args.target_epsilon,
         non_iid=args.non_iid,
         state_dir=args.state,
         as_json=args.json,
-        seed=args.seed,
-        aggregator=args.aggregator,
         attack=args.attack,
         malicious=args.malicious,
-        exclude_below=args.exclude_below,
-        secure_aggregation=args.secure_aggregation,
-        site_noise_multiplier=args.site_noise_multiplier,
+        options=given,
+        **named,
     )

@@ -320,7 +320,7 @@ def run_demo(
     sites: int = 3,
     dataset: str = "digits",
     rounds: int | None = None,
-    target_epsilon: float = 3.0,
+    target_epsilon: float | None = 3.0,
     non_iid: float | None = None,
     state_dir: str | Path | None = None,
     as_json: bool = False,
@@ -332,8 +332,12 @@ def run_demo(
     exclude_below: float | None = None,
     secure_aggregation: bool | None = None,
     site_noise_multiplier: float | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> int:
     """The ``fedjax-room demo`` command; returns the exit status.
+
+    ``options``: any other RunConfig options for ``room.train``, over the dataset's recipe (``target_epsilon=None``
+    with a ``noise_multiplier`` among them for fixed noise).
 
     Secure aggregation is on (``secure_aggregation=None``) unless the run needs each site's update: a robust
     aggregator, ``exclude_below``, or a simulated ``attack`` (whose point is to watch per-update defences).
@@ -349,7 +353,7 @@ def run_demo(
 
     out = out or sys.stdout
     recipe = DEMO_RECIPES[dataset]
-    settings = {**recipe["train"]}
+    settings = {**recipe["train"], **(options or {})}
     if rounds is not None:
         settings["rounds"] = rounds
     started = time.perf_counter()
@@ -384,7 +388,12 @@ def run_demo(
             spec = _spec_for(test, recipe)
             say(
                 f"Training a {spec.family} model ({spec.param_count()} parameters) for {settings['rounds']} rounds, "
-                f"target epsilon {target_epsilon:g} per site (delta 1e-5), aggregator {aggregator} ..."
+                + (
+                    f"target epsilon {target_epsilon:g} per site"
+                    if target_epsilon is not None
+                    else f"noise multiplier {settings.get('noise_multiplier')}"
+                )
+                + f" (delta {settings.get('delta', 1e-5):g}), aggregator {aggregator} ..."
             )
             extra: dict[str, Any] = {"exclude_below": exclude_below} if exclude_below is not None else {}
             if secure_aggregation is None:
@@ -401,9 +410,8 @@ def run_demo(
                     else ""
                 )
             )
-            run = room.train(
-                spec, target_epsilon=target_epsilon, delta=1e-5, seed=seed, aggregator=aggregator, **extra, **settings
-            )
+            train = {"target_epsilon": target_epsilon, "delta": 1e-5, "seed": seed, "aggregator": aggregator}
+            run = room.train(spec, **{**train, **extra, **settings})
             for line in run.defences_text().splitlines():
                 say(f"  defence {line}")
             header = f"{'round':>5}  {'sites':>5}  {'loss*':>7}  {'acc*':>6}  epsilon so far per site"
@@ -443,7 +451,8 @@ def run_demo(
         baseline = evaluate(spec, baseline_params, test).accuracy
         elapsed = time.perf_counter() - started
         say("")
-        say(f"Global model test accuracy: {accuracy:.4f}  (DP federated, epsilon <= {target_epsilon:g} per site)")
+        bound = f"epsilon <= {target_epsilon:g}" if target_epsilon is not None else "fixed noise"
+        say(f"Global model test accuracy: {accuracy:.4f}  (DP federated, {bound} per site)")
         say(f"Non-private central baseline: {baseline:.4f}")
         say(
             f"  Both measured on a central test split of {len(test)} examples that no site ever held "
