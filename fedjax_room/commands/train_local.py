@@ -30,6 +30,7 @@ import sys
 import time
 from typing import Any
 
+from fedjax_room.data.builtin import BUILTIN_DATASETS
 from fedjax_room.models.from_schema import FAMILIES as MODELS
 from fedjax_room.models.from_schema import image_shape, spec_from_schema
 from fedjax_room.protocol.config import run_option
@@ -58,7 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__.split("\n\n")[0] if __doc__ else None,
     )
     parser.add_argument(
-        "--dataset", default="digits", help="built-in name (digits, breast_cancer, mnist, fraud) or a data file"
+        "--dataset", default="digits", help=f"built-in name ({', '.join(BUILTIN_DATASETS)}) or a data file"
     )
     parser.add_argument("--epochs", type=float, default=15.0, help="expected passes over the data (default 15)")
     parser.add_argument("--model", choices=MODELS, default="mlp", help="model family (default mlp: 64 tanh units)")

@@ -304,11 +304,10 @@ def wait_for_sites(room: EmbeddedRoom, names: list[str], *, timeout: float = 120
 
 
 def _spec_for(dataset: Any, recipe: dict[str, Any]) -> Any:
-    from fedjax_room import models
+    from fedjax_room.models import spec_from_schema
 
     family, kwargs = recipe["model"]
-    shape, classes = list(dataset.schema.feature_shape), dataset.num_classes
-    return getattr(models, family)(shape, classes, **kwargs)
+    return spec_from_schema(dataset.schema, family, **kwargs)
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
