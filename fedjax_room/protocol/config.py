@@ -342,6 +342,14 @@ class RunConfig:
         hi="max_clip_norm",
     )
 
+    local_optimizer: str = _opt(
+        "sgd",
+        "each site's local optimiser on the noised gradients: sgd, or heavy-ball momentum (0.9); post-processing, "
+        "so it costs no privacy",
+        "training",
+        choices=LOCAL_OPTIMIZERS,
+    )
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | RunConfig, *, limits: RunLimits | None = None) -> RunConfig:
         """Validate plain data into a config within ``limits`` (default :class:`RunLimits`); raise

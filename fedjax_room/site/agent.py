@@ -621,6 +621,7 @@ class SiteAgent:
                 noise_multiplier=plan.noise_multiplier,
                 batch_size=config.batch_size,
                 learning_rate=config.learning_rate,
+                optimizer=config.local_optimizer,
                 public_size=plan.public_size or None,  # q and the normaliser from the plan's public size, not N
             )
             self._trainers[msg.run_id] = trainer

@@ -79,3 +79,10 @@ def test_not_given_is_not_the_default():
     assert RunConfig.from_dict({"target_epsilon": 3.0}).target_epsilon == 3.0
     with pytest.raises(ConfigError, match="exactly one"):
         RunConfig.from_dict({"target_epsilon": 3.0, "noise_multiplier": 1.0})
+
+
+def test_local_optimizers_are_the_trainers():
+    from fedjax_room.local.trainer import OPTIMIZERS
+    from fedjax_room.protocol.config import LOCAL_OPTIMIZERS
+
+    assert LOCAL_OPTIMIZERS == OPTIMIZERS == run_option("local_optimizer").choices
