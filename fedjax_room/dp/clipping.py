@@ -75,22 +75,22 @@ ClippedGradFn = Callable[..., tuple[Params, jax.Array]]
 METHODS = ("auto", "vmap", "fast")
 
 
-def _check_clip_norm(clip_norm: Any) -> float:
+def _check_clip_norm(clip_norm: object) -> float:
     if isinstance(clip_norm, bool) or not isinstance(clip_norm, int | float):
         raise ConfigError(f"clip_norm must be a positive number, got {clip_norm!r}")
-    clip_norm = float(clip_norm)
-    if not math.isfinite(clip_norm) or clip_norm <= 0:
-        raise ConfigError(f"clip_norm must be a positive finite number (e.g. 1.0), got {clip_norm!r}")
-    return clip_norm
+    bound = float(clip_norm)
+    if not math.isfinite(bound) or bound <= 0:
+        raise ConfigError(f"clip_norm must be a positive finite number (e.g. 1.0), got {bound!r}")
+    return bound
 
 
-def _check_method(method: Any) -> str:
-    if method not in METHODS:
+def _check_method(method: object) -> str:
+    if not isinstance(method, str) or method not in METHODS:
         raise ConfigError(f"method must be one of {', '.join(map(repr, METHODS))}, got {method!r}")
     return method
 
 
-def _check_microbatch(microbatch_size: Any) -> int | None:
+def _check_microbatch(microbatch_size: object) -> int | None:
     if microbatch_size is None:
         return None
     if isinstance(microbatch_size, bool) or not isinstance(microbatch_size, int) or microbatch_size <= 0:
@@ -105,14 +105,15 @@ def batch_size_of(batch: Batch) -> int:
     leaves = jax.tree_util.tree_leaves(batch)
     if not leaves:
         raise ConfigError("the batch has no arrays; pass a dict like {'x': x, 'y': y} with a leading example axis")
-    sizes = {jnp.shape(leaf)[0] if jnp.ndim(leaf) else None for leaf in leaves}
-    if None in sizes or len(sizes) != 1:
+    firsts = [jnp.shape(leaf)[0] if jnp.ndim(leaf) else None for leaf in leaves]
+    size = firsts[0]
+    if size is None or len(set(firsts)) != 1:
         shapes = [tuple(jnp.shape(leaf)) for leaf in leaves]
         raise ConfigError(
             f"every array in the batch needs the same leading example axis; got shapes {shapes}. "
             "Give scalars a leading axis too (e.g. y of shape (B,))."
         )
-    return int(sizes.pop())
+    return int(size)
 
 
 def _single_example_loss(loss_fn: LossFn) -> Callable[[Params, Batch], jax.Array]:
@@ -148,7 +149,7 @@ def _certified_norms(grads: Params, clip_norm: float, batch: int) -> tuple[jax.A
     """
     leaves = [g.reshape(g.shape[0], -1) for g in jax.tree_util.tree_leaves(grads)]
     parts = [float_bounds.sum_squares_rows(g) for g in leaves]
-    sq = sum(part for part, _ in parts)
+    sq = jnp.asarray(sum(part for part, _ in parts))  # the array itself (asarray only types it)
     n = sum(g.shape[1] for g in leaves)
     n_eff = max(n_eff for _, n_eff in parts) + len(parts)
     bound = float_bounds.materialised_bound(sq, n, n_eff, batch)
@@ -202,7 +203,10 @@ def _microbatched(
         return chunk_fn(params, batch, mask)
     chunks = -(-size // microbatch_size)
     batch, mask = _pad_batch(batch, mask, chunks * microbatch_size)
-    split = lambda x: x.reshape((chunks, microbatch_size) + x.shape[1:])
+
+    def split(x: jax.Array) -> jax.Array:
+        return x.reshape((chunks, microbatch_size) + x.shape[1:])
+
     xs = (jax.tree_util.tree_map(split, batch), split(mask))
     zero = jax.tree_util.tree_map(jnp.zeros_like, params)
 
@@ -228,7 +232,7 @@ def make_clipper(
     microbatch_size = _check_microbatch(microbatch_size)
     vmap_chunk = _vmap_chunk(loss_fn, clip_norm)
 
-    def run(params: Params, batch: Batch, mask: jax.Array | None = None):
+    def run(params: Params, batch: Batch, mask: jax.Array | None = None) -> tuple[Params, jax.Array, jax.Array, str]:
         size = batch_size_of(batch)
         if mask is None:
             mask = jnp.ones((size,), bool)

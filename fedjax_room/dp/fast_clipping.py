@@ -65,6 +65,7 @@ import jax
 import jax.numpy as jnp
 from flax.linen import dtypes as flax_dtypes
 from flax.linen.linear import canonicalize_padding
+from flax.linen.module import InterceptorContext
 from jax.extend.core import Var
 
 from fedjax_room.dp import float_bounds
@@ -210,7 +211,9 @@ def plan(loss_fn: Callable[[Params, Batch], jax.Array], params: Params, batch: B
     def discover(leaf_values: list[Any], ex: Batch) -> jax.Array:
         index = {id(leaf): i for i, leaf in enumerate(leaf_values)}
 
-        def interceptor(next_fun, args, kwargs, context):
+        def interceptor(
+            next_fun: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], context: InterceptorContext
+        ) -> Any:
             if not _is_target(context):
                 return next_fun(*args, **kwargs)
             module = context.module
@@ -220,8 +223,8 @@ def plan(loss_fn: Callable[[Params, Batch], jax.Array], params: Params, batch: B
             bad = _unsupported_config(module)
             if bad:
                 problems.append(f"layer {name} uses {bad}")
-            kernel = module.get_variable("params", "kernel")
-            bias = module.get_variable("params", "bias") if module.use_bias else None
+            kernel: object = module.get_variable("params", "kernel")  # compared by identity only
+            bias: object = module.get_variable("params", "bias") if module.use_bias else None
             kernel_leaf = index.get(id(kernel))
             bias_leaf = index.get(id(bias)) if bias is not None else None
             if kernel_leaf is None or (bias is not None and bias_leaf is None):
@@ -308,7 +311,9 @@ def plan(loss_fn: Callable[[Params, Batch], jax.Array], params: Params, batch: B
     def detached(leaf_values: list[Any], ex: Batch) -> jax.Array:
         counter = iter(layers)
 
-        def interceptor(next_fun, args, kwargs, context):
+        def interceptor(
+            next_fun: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], context: InterceptorContext
+        ) -> Any:
             if not _is_target(context):
                 return next_fun(*args, **kwargs)
             layer = next(counter)
@@ -530,7 +535,9 @@ def clipped_chunk(
     def one_example(perts: list[jax.Array], example: Batch) -> tuple[jax.Array, list[jax.Array]]:
         acts: list[jax.Array] = []
 
-        def interceptor(next_fun, args, kwargs, context):
+        def interceptor(
+            next_fun: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], context: InterceptorContext
+        ) -> Any:
             if not _is_target(context):
                 return next_fun(*args, **kwargs)
             k = len(acts)
@@ -552,7 +559,9 @@ def clipped_chunk(
     grads, (losses, acts) = jax.grad(summed, has_aux=True)(perturb)
 
     # Per-example upper bounds on the norm of what each layer adds to the sum (see _factored_bound).
-    terms = []
+    # each layer's kernel term (the per-example gradients, or the scaled factors a, gg and their
+    # exponent) and its per-example bias gradient
+    terms: list[tuple[jax.Array | tuple[jax.Array, jax.Array, jax.Array], jax.Array | None]] = []
     bounds: list[jax.Array] = []
     slack = 0.0
     for layer, x, g in zip(layers, acts, grads, strict=True):
@@ -565,7 +574,7 @@ def clipped_chunk(
             sq, n_eff = float_bounds.sum_squares_rows(per_example.reshape(size, n))
             bounds.append(float_bounds.materialised_bound(sq, n, n_eff, size))
             slack += float_bounds.materialised_slack(n)
-            terms.append((per_example, None, None, None))
+            kernel_term: jax.Array | tuple[jax.Array, jax.Array, jax.Array] = per_example
         else:
             xs, ea, fin_a = _normalise(x)
             gs, eg, fin_g = _normalise(g)
@@ -580,34 +589,35 @@ def clipped_chunk(
             scale_exp = ea + eg
             bounds.append(jnp.where(finite, jnp.ldexp(unit_bound, scale_exp), jnp.nan))
             slack += layer_slack
-            terms.append((None, a, gg, scale_exp))
+            kernel_term = (a, gg, scale_exp)
+        bias_grad: jax.Array | None = None
         if layer.bias_leaf is not None:
             bias_grad = jnp.sum(g_rows.astype(jnp.float32), axis=1)
             sq, n_eff = float_bounds.sum_squares_rows(bias_grad)
             bounds.append(float_bounds.materialised_bound(sq, fan_out, n_eff, size))
             slack += float_bounds.materialised_slack(fan_out)
-        else:
-            bias_grad = None
-        terms[-1] = (*terms[-1], bias_grad)
+        terms.append((kernel_term, bias_grad))
     norms, total_slack = float_bounds.total_bound(bounds)
     effective = float_bounds.effective_clip_norm(clip_norm, slack + total_slack)
     weights, ok = float_bounds.clip_weights(norms, effective, mask)
 
     # Book-keeping: the clipped sum without a second backward pass.
     out: list[Any] = [None] * len(leaves)
-    for layer, (per_example, a, gg, scale_exp, bias_grad) in zip(layers, terms, strict=True):
+    for layer, (kernel_term, bias_grad) in zip(layers, terms, strict=True):
         kernel_dtype = leaves[layer.kernel_leaf].dtype
-        if per_example is not None:
+        if not isinstance(kernel_term, tuple):
+            per_example = kernel_term
             rows = jnp.where(ok[:, None, None], per_example, jnp.zeros((), per_example.dtype))
             kernel = jnp.einsum("b,bio->io", weights.astype(rows.dtype), rows, precision=_HIGHEST)
         else:
             # a and gg are the scaled (entries <= 1), finite arrays the bound was computed from; the
             # weight carries the scales back. Rows that are not ok get h = 0 (a is finite: 0 * a = 0).
+            a, gg, scale_exp = kernel_term
             factor = jnp.ldexp(weights, scale_exp)
             h = jnp.where(ok[:, None, None], gg * factor[:, None, None], jnp.zeros((), gg.dtype))
             kernel = jnp.einsum("bpi,bpo->io", a, h, precision=_HIGHEST)
         out[layer.kernel_leaf] = _kernel_layout(layer, kernel).astype(kernel_dtype)
-        if bias_grad is not None:
+        if bias_grad is not None and layer.bias_leaf is not None:  # one is set when the other is
             rows = jnp.where(ok[:, None], bias_grad, jnp.zeros((), bias_grad.dtype))
             bias = jnp.einsum("b,bo->o", weights, rows, precision=_HIGHEST)
             out[layer.bias_leaf] = bias.astype(leaves[layer.bias_leaf].dtype)
