@@ -1,90 +1,17 @@
 /**
- * Typed client for the server extension's REST routes under /fedjax-room/.
+ * Typed client for the server extension under /fedjax-room/: its REST routes (one-shot reads and
+ * actions) and the URL of its websocket (/fedjax-room/events, the live feed).
  *
- * Every call goes through ServerConnection.makeRequest, which adds the token and the XSRF header, so
- * the routes can all require authentication.
+ * Every REST call goes through ServerConnection.makeRequest, which adds the token and the XSRF header,
+ * so the routes can all require authentication; the websocket is authenticated by the server's login
+ * cookie, or by the token when the settings say to append it.
  */
 import { URLExt } from '@jupyterlab/coreutils';
 import { ServerConnection } from '@jupyterlab/services';
 
-export interface IRoomInfo {
-  id: string;
-  url: string;
-  kind: 'demo' | 'remote';
-  label: string;
-  site_names: string[];
-  dataset?: string | null;
-  error?: string | null;
-}
+import { IOptionsSchema, IRoomInfo, IRun, ISnapshot, IStatus } from './types';
 
-export interface IStatus {
-  version: string;
-  rooms: IRoomInfo[];
-  active: boolean;
-  default_url?: string;
-}
-
-export interface ISite {
-  name: string;
-  status: string;
-  record_count: string;
-  schema: Record<string, unknown>;
-  policy: Record<string, unknown>;
-  schema_summary: string;
-  policy_summary: string;
-}
-
-export interface IRound {
-  round: number;
-  sites: string[];
-  dropped: string[];
-  loss: number | null;
-  accuracy: number | null;
-  epsilon: Record<string, number>;
-  /** the round's poisoning-defence report (flagged {site: reasons}, excluded, trust, ...); null if none */
-  defence?: { flagged?: Record<string, string[]>; excluded?: string[] } | null;
-}
-
-export interface IRefusal {
-  site: string;
-  reason: string;
-  message: string;
-}
-
-export interface IRun {
-  id: string;
-  spec_hash: string;
-  status: string;
-  rounds_done: number;
-  rounds: number;
-  history: IRound[];
-  refusals: IRefusal[];
-  error: string | null;
-  started_here: boolean;
-  /** sites whose data owner has not approved the model yet ("waiting for approval by <site>") */
-  waiting?: string[];
-}
-
-export interface IBudgetRow {
-  site: string;
-  epsilon_spent: number | null;
-  epsilon_cap: number | null;
-  delta: number | null;
-  remaining: number | null;
-}
-
-export type AuditRecord = Record<string, unknown>;
-
-/** One room's state, as the sidebar polls it (GET /fedjax-room/rooms/<id>). */
-export interface ISnapshot {
-  room: IRoomInfo;
-  sites: ISite[];
-  runs: IRun[];
-  budget: IBudgetRow[];
-  audit: AuditRecord[];
-  active: boolean;
-  errors: Record<string, string>;
-}
+export * from './types';
 
 /** The error a route answered with, message ready for a person. */
 export class ApiError extends Error {
@@ -97,7 +24,10 @@ export class ApiError extends Error {
 }
 
 /** Call one route; `endPoint` is relative to /fedjax-room/. */
-export async function requestAPI<T>(endPoint = '', init: RequestInit = {}): Promise<T> {
+export async function requestAPI<T>(
+  endPoint = '',
+  init: RequestInit = {}
+): Promise<T> {
   const settings = ServerConnection.makeSettings();
   const url = URLExt.join(settings.baseUrl, 'fedjax-room', endPoint);
   let response: Response;
@@ -116,28 +46,51 @@ export async function requestAPI<T>(endPoint = '', init: RequestInit = {}): Prom
     }
   }
   if (!response.ok) {
-    const message = (data && (data.message || data.reason)) || response.statusText;
+    const message =
+      (data && (data.message || data.reason)) || response.statusText;
     throw new ApiError(String(message), response.status);
   }
   return data as T;
 }
 
 function post<T>(endPoint: string, body: unknown): Promise<T> {
-  return requestAPI<T>(endPoint, { method: 'POST', body: JSON.stringify(body) });
+  return requestAPI<T>(endPoint, {
+    method: 'POST',
+    body: JSON.stringify(body)
+  });
 }
+
+/** Open the live feed (/fedjax-room/events). */
+export function openEvents(): WebSocket {
+  const settings = ServerConnection.makeSettings();
+  let url = URLExt.join(settings.wsUrl, 'fedjax-room', 'events');
+  if (settings.appendToken && settings.token) {
+    url += `?token=${encodeURIComponent(settings.token)}`;
+  }
+  return new settings.WebSocket(url);
+}
+
+const room = (id: string): string => `rooms/${encodeURIComponent(id)}`;
 
 export const api = {
   status: (): Promise<IStatus> => requestAPI<IStatus>('status'),
-  snapshot: (room: string): Promise<ISnapshot> => requestAPI<ISnapshot>(`rooms/${encodeURIComponent(room)}`),
-  connect: (url: string, key: string): Promise<IRoomInfo> => post<IRoomInfo>('rooms', { url, key }),
+  options: (): Promise<IOptionsSchema> => requestAPI<IOptionsSchema>('options'),
+  snapshot: (id: string): Promise<ISnapshot> => requestAPI<ISnapshot>(room(id)),
+  connect: (url: string, key: string): Promise<IRoomInfo> =>
+    post<IRoomInfo>('rooms', { url, key }),
   startDemo: (sites: number, dataset: string): Promise<IRoomInfo> =>
     post<IRoomInfo>('rooms/demo', { sites, dataset }),
-  disconnect: (room: string): Promise<unknown> =>
-    requestAPI(`rooms/${encodeURIComponent(room)}`, { method: 'DELETE' }),
-  startRun: (room: string, options: Record<string, unknown>): Promise<IRun> =>
-    post<IRun>(`rooms/${encodeURIComponent(room)}/runs`, options),
-  cancelRun: (room: string, run: string, reason: string): Promise<IRun> =>
-    post<IRun>(`rooms/${encodeURIComponent(room)}/runs/${encodeURIComponent(run)}/cancel`, { reason }),
-  dashboardNotebook: (room: string, run: string | null): Promise<{ path: string; created: boolean }> =>
-    post(`rooms/${encodeURIComponent(room)}/notebook`, { run })
+  disconnect: (id: string): Promise<unknown> =>
+    requestAPI(room(id), { method: 'DELETE' }),
+  startRun: (id: string, options: Record<string, unknown>): Promise<IRun> =>
+    post<IRun>(`${room(id)}/runs`, options),
+  cancelRun: (id: string, run: string, reason: string): Promise<IRun> =>
+    post<IRun>(`${room(id)}/runs/${encodeURIComponent(run)}/cancel`, {
+      reason
+    }),
+  dashboardNotebook: (
+    id: string,
+    run: string | null
+  ): Promise<{ path: string; created: boolean }> =>
+    post(`${room(id)}/notebook`, { run })
 };

@@ -4,14 +4,31 @@
  * The Python side (fedjax_room.jupyter.server) holds the connected rooms and answers the REST routes
  * under /fedjax-room/; this plugin only calls them and draws what they return.
  */
-import { ILayoutRestorer, JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
-import { Dialog, ICommandPalette, showDialog, showErrorMessage } from '@jupyterlab/apputils';
+import {
+  ILayoutRestorer,
+  JupyterFrontEnd,
+  JupyterFrontEndPlugin
+} from '@jupyterlab/application';
+import {
+  Dialog,
+  ICommandPalette,
+  showDialog,
+  showErrorMessage
+} from '@jupyterlab/apputils';
 import { ISettingRegistry } from '@jupyterlab/settingregistry';
 import { LabIcon } from '@jupyterlab/ui-components';
 import { Widget } from '@lumino/widgets';
 
-import { api } from './api';
-import { CleanRoomPanel, IPollIntervals } from './panel';
+import { api, IOptionsSchema } from './api';
+import {
+  FormError,
+  IFormField,
+  parseRunForm,
+  readInputs,
+  renderFields,
+  runFormFields
+} from './form';
+import { CleanRoomPanel, IConnectionSettings } from './panel';
 
 const PLUGIN_ID = 'fedjax-room:plugin';
 
@@ -31,9 +48,12 @@ const ICON_SVG = `<svg xmlns="http://www.w3.org/2000/svg" width="16" height="16"
 <path d="M12 7a3 3 0 0 0-3 3v1H8v6h8v-6h-1v-1a3 3 0 0 0-3-3zm0 1.6c.8 0 1.4.6 1.4 1.4v1h-2.8v-1c0-.8.6-1.4 1.4-1.4z"/>
 </g></svg>`;
 
-export const cleanRoomIcon = new LabIcon({ name: 'fedjax-room:icon', svgstr: ICON_SVG });
+export const cleanRoomIcon = new LabIcon({
+  name: 'fedjax-room:icon',
+  svgstr: ICON_SVG
+});
 
-interface ISettings extends IPollIntervals {
+interface ISettings extends IConnectionSettings {
   defaultUrl: string;
   defaultKey: string;
   demoSites: number;
@@ -45,52 +65,31 @@ const DEFAULTS: ISettings = {
   defaultKey: '',
   demoSites: 3,
   demoDataset: 'digits',
-  activeInterval: 1000,
-  idleInterval: 5000
+  reconnectInterval: 1000,
+  maxReconnectInterval: 30000
 };
 
-const DATASETS = ['digits', 'breast_cancer', 'mnist', 'fraud'];
-
-/** A dialog body made of labelled inputs; getValue() returns their values by name. */
-class FormBody extends Widget implements Dialog.IBodyWidget<Record<string, string>> {
-  constructor(fields: { name: string; label: string; value: string; options?: string[] }[]) {
-    super();
-    this.addClass('fjr-form');
-    for (const field of fields) {
-      const label = document.createElement('label');
-      label.textContent = field.label;
-      let input: HTMLInputElement | HTMLSelectElement;
-      if (field.options) {
-        const select = document.createElement('select');
-        for (const option of field.options) {
-          const node = document.createElement('option');
-          node.value = option;
-          node.textContent = option;
-          select.append(node);
-        }
-        input = select;
-      } else {
-        input = document.createElement('input');
-      }
-      input.name = field.name;
-      input.value = field.value;
-      input.className = 'jp-mod-styled';
-      label.append(input);
-      this.node.append(label);
-      this._inputs.push(input);
-    }
+/** A dialog body made of labelled inputs (form.ts); getValue() returns their values by name. */
+class FormBody
+  extends Widget
+  implements Dialog.IBodyWidget<Record<string, string>>
+{
+  constructor(fields: IFormField[]) {
+    const { node, inputs } = renderFields(fields);
+    super({ node });
+    this._inputs = inputs;
   }
 
   getValue(): Record<string, string> {
-    return Object.fromEntries(this._inputs.map(i => [i.name, i.value]));
+    return readInputs(this._inputs);
   }
 
-  private _inputs: (HTMLInputElement | HTMLSelectElement)[] = [];
+  private readonly _inputs: (HTMLInputElement | HTMLSelectElement)[];
 }
 
 async function askForm(
   title: string,
-  fields: { name: string; label: string; value: string; options?: string[] }[],
+  fields: IFormField[],
   accept: string
 ): Promise<Record<string, string> | null> {
   const result = await showDialog({
@@ -112,7 +111,8 @@ function str(value: unknown): string | null {
 
 const plugin: JupyterFrontEndPlugin<void> = {
   id: PLUGIN_ID,
-  description: 'The Clean Room sidebar: federated rooms, sites, live DP runs, privacy budgets and audit.',
+  description:
+    'The Clean Room sidebar: federated rooms, sites, live DP runs, privacy budgets and audit.',
   autoStart: true,
   requires: [ICommandPalette],
   optional: [ISettingRegistry, ILayoutRestorer],
@@ -126,7 +126,10 @@ const plugin: JupyterFrontEndPlugin<void> = {
     const { commands, shell } = app;
 
     const fail = (what: string) => (error: unknown) => {
-      void showErrorMessage(`Clean Room: ${what}`, error instanceof Error ? error.message : String(error));
+      void showErrorMessage(
+        `Clean Room: ${what}`,
+        error instanceof Error ? error.message : String(error)
+      );
     };
 
     const panel = new CleanRoomPanel(
@@ -134,9 +137,12 @@ const plugin: JupyterFrontEndPlugin<void> = {
         connect: () => void commands.execute(CommandIDs.connect),
         startDemo: () => void commands.execute(CommandIDs.startDemo),
         startRun: room => void commands.execute(CommandIDs.startRun, { room }),
-        openDashboard: (room, run) => void commands.execute(CommandIDs.openDashboard, { room, run }),
-        cancelRun: (room, run) => void commands.execute(CommandIDs.cancelRun, { room, run }),
-        disconnect: room => void commands.execute(CommandIDs.disconnect, { room })
+        openDashboard: (room, run) =>
+          void commands.execute(CommandIDs.openDashboard, { room, run }),
+        cancelRun: (room, run) =>
+          void commands.execute(CommandIDs.cancelRun, { room, run }),
+        disconnect: room =>
+          void commands.execute(CommandIDs.disconnect, { room })
       },
       settings
     );
@@ -147,12 +153,23 @@ const plugin: JupyterFrontEndPlugin<void> = {
     }
 
     const firstRoom = (): string | null => {
-      const snaps = panel.snapshots;
-      return snaps.length ? snaps[0].room.id : null;
+      const rooms = panel.rooms;
+      return rooms.length ? rooms[0].info.id : null;
     };
     const latestRun = (room: string): string | null => {
-      const runs = panel.snapshots.find(s => s.room.id === room)?.runs ?? [];
+      const runs = panel.rooms.find(r => r.info.id === room)?.runs ?? [];
       return runs.length ? runs[runs.length - 1].id : null;
+    };
+    // the run options and datasets, as the server declares them (GET /fedjax-room/options), read once
+    let schema: Promise<IOptionsSchema> | null = null;
+    const options = (): Promise<IOptionsSchema> => {
+      if (schema === null) {
+        schema = api.options();
+        schema.catch(() => {
+          schema = null; // try again next time
+        });
+      }
+      return schema;
     };
 
     commands.addCommand(CommandIDs.show, {
@@ -165,7 +182,8 @@ const plugin: JupyterFrontEndPlugin<void> = {
 
     commands.addCommand(CommandIDs.connect, {
       label: 'Clean Room: Connect to room',
-      caption: 'Connect this Jupyter server to a coordinator with an analyst key',
+      caption:
+        'Connect this Jupyter server to a coordinator with an analyst key',
       execute: async args => {
         let url = str(args.url);
         let key = str(args.key);
@@ -173,8 +191,16 @@ const plugin: JupyterFrontEndPlugin<void> = {
           const form = await askForm(
             'Connect to a Clean Room',
             [
-              { name: 'url', label: 'Coordinator URL', value: url ?? settings.defaultUrl },
-              { name: 'key', label: 'Analyst key (path on the server)', value: key ?? settings.defaultKey }
+              {
+                name: 'url',
+                label: 'Coordinator URL',
+                value: url ?? settings.defaultUrl
+              },
+              {
+                name: 'key',
+                label: 'Analyst key (path on the server)',
+                value: key ?? settings.defaultKey
+              }
             ],
             'Connect'
           );
@@ -197,16 +223,33 @@ const plugin: JupyterFrontEndPlugin<void> = {
 
     commands.addCommand(CommandIDs.startDemo, {
       label: 'Clean Room: Start demo room',
-      caption: 'Start an embedded room with simulated sites holding a built-in dataset',
+      caption:
+        'Start an embedded room with simulated sites holding a built-in dataset',
       execute: async args => {
         let sites = typeof args.sites === 'number' ? args.sites : null;
         let dataset = str(args.dataset);
         if (sites === null || !dataset) {
+          let datasets: string[];
+          try {
+            datasets = (await options()).datasets ?? [settings.demoDataset];
+          } catch (error) {
+            fail('cannot read the datasets the server offers')(error);
+            return;
+          }
           const form = await askForm(
             'Start a demo room',
             [
-              { name: 'sites', label: 'Sites', value: String(settings.demoSites) },
-              { name: 'dataset', label: 'Dataset', value: settings.demoDataset, options: DATASETS }
+              {
+                name: 'sites',
+                label: 'Sites',
+                value: String(settings.demoSites)
+              },
+              {
+                name: 'dataset',
+                label: 'Dataset',
+                value: settings.demoDataset,
+                options: datasets
+              }
             ],
             'Start'
           );
@@ -229,39 +272,48 @@ const plugin: JupyterFrontEndPlugin<void> = {
 
     commands.addCommand(CommandIDs.startRun, {
       label: 'Clean Room: Start run',
-      caption: 'Train a model across the sites of a room, with differential privacy',
+      caption:
+        'Train a model across the sites of a room, with differential privacy',
       execute: async args => {
         const room = str(args.room) ?? firstRoom();
         if (!room) {
-          void showErrorMessage('Clean Room', 'Connect to a room or start a demo room first.');
+          void showErrorMessage(
+            'Clean Room',
+            'Connect to a room or start a demo room first.'
+          );
           return;
         }
-        let options: Record<string, unknown> | null = null;
+        let body: Record<string, unknown>;
         if (typeof args.rounds === 'number') {
-          options = { ...args, room: undefined };
+          body = { ...args, room: undefined };
         } else {
+          let runOptions: IOptionsSchema;
+          try {
+            runOptions = await options();
+          } catch (error) {
+            fail('cannot read the run options the server offers')(error);
+            return;
+          }
           const form = await askForm(
             'Start a run',
-            [
-              { name: 'model', label: 'Model', value: 'logistic', options: ['logistic', 'mlp', 'cnn'] },
-              { name: 'rounds', label: 'Rounds', value: '5' },
-              { name: 'target_epsilon', label: 'Target ε (per site)', value: '3.0' },
-              { name: 'local_steps', label: 'Local DP-SGD steps per round', value: '10' }
-            ],
+            runFormFields(runOptions),
             'Train'
           );
           if (!form) {
             return;
           }
-          options = {
-            model: form.model,
-            rounds: parseInt(form.rounds, 10),
-            target_epsilon: parseFloat(form.target_epsilon),
-            local_steps: parseInt(form.local_steps, 10)
-          };
+          try {
+            body = parseRunForm(runOptions, form);
+          } catch (error) {
+            if (error instanceof FormError) {
+              fail('the run was not started')(error);
+              return;
+            }
+            throw error;
+          }
         }
         try {
-          const run = await api.startRun(room, options);
+          const run = await api.startRun(room, body);
           await panel.refresh();
           return run;
         } catch (error) {
@@ -272,7 +324,8 @@ const plugin: JupyterFrontEndPlugin<void> = {
 
     commands.addCommand(CommandIDs.cancelRun, {
       label: 'Clean Room: Cancel run',
-      caption: 'Cancel one of your runs: its sites stop and the room records who cancelled it and why',
+      caption:
+        'Cancel one of your runs: its sites stop and the room records who cancelled it and why',
       execute: async args => {
         const room = str(args.room) ?? firstRoom();
         const run = room ? (str(args.run) ?? latestRun(room)) : null;
@@ -284,7 +337,13 @@ const plugin: JupyterFrontEndPlugin<void> = {
         if (reason === null) {
           const form = await askForm(
             `Cancel ${run}?`,
-            [{ name: 'reason', label: 'Reason (kept in the audit log)', value: '' }],
+            [
+              {
+                name: 'reason',
+                label: 'Reason (kept in the audit log)',
+                value: ''
+              }
+            ],
             'Cancel run'
           );
           if (!form) {
@@ -304,17 +363,23 @@ const plugin: JupyterFrontEndPlugin<void> = {
 
     commands.addCommand(CommandIDs.openDashboard, {
       label: 'Clean Room: Open dashboard notebook',
-      caption: 'Create (or open) a notebook whose first cell shows the live run dashboard widget',
+      caption:
+        'Create (or open) a notebook whose first cell shows the live run dashboard widget',
       execute: async args => {
         const room = str(args.room) ?? firstRoom();
         if (!room) {
-          void showErrorMessage('Clean Room', 'Connect to a room or start a demo room first.');
+          void showErrorMessage(
+            'Clean Room',
+            'Connect to a room or start a demo room first.'
+          );
           return;
         }
         try {
           const run = 'run' in args ? str(args.run) : latestRun(room);
           const { path } = await api.dashboardNotebook(room, run);
-          const widget = (await commands.execute('docmanager:open', { path })) as ISessionWidget | undefined;
+          const widget = (await commands.execute('docmanager:open', {
+            path
+          })) as ISessionWidget | undefined;
           if (args.execute !== false && widget?.context?.sessionContext) {
             await widget.context.sessionContext.ready;
             await commands.execute('notebook:run-all-cells');
@@ -356,7 +421,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
     const load = (registry: ISettingRegistry.ISettings) => {
       const composite = registry.composite as Partial<ISettings>;
       Object.assign(settings, DEFAULTS, composite);
-      panel.setIntervals(settings);
+      panel.setSettings(settings);
     };
     if (settingRegistry) {
       settingRegistry
@@ -365,7 +430,9 @@ const plugin: JupyterFrontEndPlugin<void> = {
           load(registry);
           registry.changed.connect(load);
         })
-        .catch(reason => console.error('fedjax-room: failed to load settings.', reason));
+        .catch(reason =>
+          console.error('fedjax-room: failed to load settings.', reason)
+        );
     }
 
     void app.restored.then(() => panel.refresh());

@@ -500,7 +500,9 @@ class RoomRegistry:
         run_id = str(_get(run, "id"))
         entry.started.add(run_id)
         self._follow(entry, run_id, run)
-        return self._run_dict(entry, run_id, {"id": run_id, "rounds": options.get("rounds", 0)})
+        out = self._run_dict(entry, run_id, {"id": run_id, "rounds": options.get("rounds", 0)})
+        self._emit({"type": "run", "room": entry.id, "run": out, "event": None})  # the sidebars show it at once
+        return out
 
     def cancel_run(self, room_id: str, run_id: str, body: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Cancel one of this analyst's runs (``Run.cancel``); ``body`` may give a ``reason``. Answers the run."""
