@@ -52,7 +52,8 @@ def test_magics_and_dashboard_follow_a_real_run(shell):
     seen_rounds: list[int] = []
     result, cap = cell(
         shell,
-        "%%room train --rounds 2 --target-epsilon 3 --local-steps 25 --batch-size 48 --learning-rate 0.5\n" + SPEC,
+        "%%room train --rounds 2 --target-epsilon 3 --local-steps 25 --batch-size 48 --learning-rate 0.5 "
+        "--local-optimizer momentum\n" + SPEC,  # an option declared only in RunConfig, end to end
     )
     assert result.success, (result.error_in_exec, cap.stderr)
     assert result.result is None  # the live dashboard is the output
@@ -64,6 +65,7 @@ def test_magics_and_dashboard_follow_a_real_run(shell):
     run.wait(timeout=300)
     assert dashboard.wait(30)
     assert run.status == "finished", run.error
+    assert run.config["local_optimizer"] == "momentum"  # the room's own record of the run
     assert dashboard.status == "finished" and dashboard.rounds_done == 2
     assert seen_rounds in ([], [2], [1, 2])  # rounds arrive one at a time (none if both came before observe)
     assert dashboard.losses == pytest.approx([r.loss for r in run.history])
