@@ -1,7 +1,8 @@
 """Room round time with and without secure aggregation: 10 sites, a ~1e6-parameter MLP (784-1270-10).
 
-The room's own machinery runs in one process: the coordinator machine, ten site machines, every frame encoded
-and decoded (msgpack), the SecAgg client and server, the fixed-point encoding, FedAvg and the server optimiser.
+The room's own machinery runs in one process (the round engine, :class:`fedjax_room.sim.LoopbackRoom`): the
+coordinator machine on its store, ten site machines, every frame encoded and decoded (msgpack), the SecAgg client
+and server, the fixed-point encoding, FedAvg and the server optimiser.
 Sites are stubs that return a synthetic update (no training) so the two modes see the same inputs. Timings are
 per party (process CPU time of each call), then a round is modelled as a real room runs it: the sites work in
 parallel (the slowest site counts), the coordinator's work is serial. With ``--train`` (default) one real local
@@ -41,7 +42,6 @@ secure is faster here. Against a plain round that only averages see the in-proce
 from __future__ import annotations
 
 import argparse
-import collections
 import statistics
 import sys
 import time
@@ -51,17 +51,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from fedjax_room.coordinator.store import Store
-from fedjax_room.identity import fingerprint, generate_key, public_key_bytes
 from fedjax_room.models import mlp
 from fedjax_room.protocol import messages as m
-from fedjax_room.protocol.actions import Send, Work
 from fedjax_room.protocol.codec import pack_tree
-from fedjax_room.protocol.coordinator import CoordinatorMachine, MemoryAudit
-from fedjax_room.protocol.handshake import make_hello
 from fedjax_room.protocol.secure import SecureRelease, SecureTrain, flatten_update, make_encoder
-from fedjax_room.protocol.site import SiteMachine
 from fedjax_room.secagg import SecAggConfig
+from fedjax_room.sim.loopback import LoopbackRoom
 
 
 def _zeros(spec):
@@ -136,71 +131,15 @@ class StubSite:
 
 
 class Bench:
+    """The room's round engine (fedjax_room.sim.LoopbackRoom) with ``n`` stub sites: CPU per party, bytes up."""
+
     def __init__(self, tmp, n, spec, template):
-        self.store = Store.open(tmp)
-        self.coord = CoordinatorMachine(self.store, audit=MemoryAudit(), init_params=lambda s, seed: template)
+        agents = {f"site-{i:02d}": StubSite(f"site-{i:02d}", template, i) for i in range(n)}
+        self.room = LoopbackRoom(tmp, agents=agents, init_params=lambda s, seed: template)
         self.spec = spec
-        self.queue = collections.deque()
-        self.conns = {}
-        self.sites = {}
-        self.cpu = collections.Counter()
-        self.bytes_up = collections.Counter()
-        self._route(self.coord.start(0.0), None)
-        for i in range(n):
-            name = f"site-{i:02d}"
-            key = generate_key()
-            self.store.enroll(name, "site", public_key_bytes(key), fingerprint(key))
-            agent = StubSite(name, template, i)
-            self.sites[name] = {"key": key, "agent": agent, "machine": SiteMachine(agent.status, identity_key=key)}
-        from fedjax_room.room_manifest import create_manifest
-
-        manifest = create_manifest({n: public_key_bytes(x["key"]) for n, x in self.sites.items()}, bytes(32 * [9]))
-        for n, x in self.sites.items():  # the manifest each site pins: its SecAgg peers
-            x["machine"].manifest, x["machine"].name = manifest, n
-        akey = generate_key()
-        self.store.enroll("analyst", "analyst", public_key_bytes(akey), fingerprint(akey))
-        self.analyst = self._hello("analyst", akey, "analyst")
-        for name, s in self.sites.items():
-            s["conn"] = self._hello(name, s["key"], "site")
-            self._route(s["machine"].welcomed(), name)
-        self.pump()
-
-    def _hello(self, name, key, role):
-        conn = 100 + len(self.conns)
-        self.conns[conn] = name
-        (challenge,) = [m.decode(a.data) for a in self.coord.open(conn, 0.0)]
-        self.coord.receive(conn, m.encode(make_hello(challenge, key, role=role, name=name)), 0.0)
-        return conn
-
-    def _route(self, actions, site):
-        for a in actions:
-            if site is None:
-                who = self.conns.get(getattr(a, "conn", None))
-                if isinstance(a, Send) and who in self.sites:
-                    self.queue.append(("site", who, a.data))
-            elif isinstance(a, Send):
-                self.bytes_up[site] += len(a.data)
-                self.queue.append(("coord", site, a.data))
-            elif isinstance(a, Work):
-                self.queue.append(("work", site, a))
-
-    def _timed(self, who, fn, *args):
-        t = time.process_time()
-        out = fn(*args)
-        self.cpu[who] += time.process_time() - t
-        return out
-
-    def pump(self):
-        while self.queue:
-            kind, site, item = self.queue.popleft()
-            s = self.sites[site]
-            if kind == "coord":
-                self._route(self._timed("coordinator", self.coord.receive, s["conn"], item, 0.0), None)
-            elif kind == "site":
-                self._route(self._timed(site, s["machine"].receive, item), site)
-            else:
-                result = self._timed(site, s["agent"].handle, item.kind, item.message)
-                self._route(self._timed(site, s["machine"].work_done, item.key, result), site)
+        self.sites = self.room.sites
+        self.cpu = self.room.cpu
+        self.bytes_up = self.room.bytes_up
 
     def run(self, rounds, secure):
         config = {
@@ -210,13 +149,9 @@ class Bench:
             "secure_aggregation": secure,
             "round_timeout": 600.0,
         }
-        start = m.encode(m.StartRun(req=1, spec=self.spec, config=config))
-        self._route(self._timed("coordinator", self.coord.receive, self.analyst, start, 0.0), None)
-        per_round = []
-        self.pump()
-        run_id = self.store.runs()[-1].id
-        assert self.store.run(run_id).status == "finished", self.store.run(run_id).error
-        return run_id, per_round
+        run_id = self.room.start(self.spec, config)
+        assert self.room.store.run(run_id).status == "finished", self.room.store.run(run_id).error
+        return run_id, []
 
 
 def _measure(tmp, n, spec, template, rounds, secure):
@@ -371,8 +306,8 @@ def main() -> None:
         _loopback(args)
         return
     if not args.defence:
-        from fedjax_room.coordinator.aggregation import aggregate
         from fedjax_room.protocol.runs import RunDriver
+        from fedjax_room.robust.aggregate import aggregate
 
         RunDriver._defend = lambda self, a, updates: aggregate(updates, a.config.aggregator)
     spec_obj = mlp((784,), 10, hidden=(args.hidden,))

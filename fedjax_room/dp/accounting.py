@@ -29,8 +29,11 @@ Gaussian's PLD, which the domination says nothing about) is a certified bound.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
+import hashlib
+import json
 import logging
 import math
 from collections.abc import Iterator, Mapping, Sequence
@@ -377,6 +380,25 @@ def calibrate_noise(
 
 # ----------------------------------------------------------------------------- ledger
 
+#: Composed dp-accounting states and epsilons by (kind, hash chain of the composed events' JSON): composing is
+#: deterministic, so a ledger that composes the same events as another in this process (a precheck's trial then
+#: its commit; the equal sites of an in-process room) reuses the result instead of recomputing the PLD. Bounded.
+_COMPOSED: collections.OrderedDict[tuple[str, str], Any] = collections.OrderedDict()
+_EPSILONS: collections.OrderedDict[tuple[str, str, float], float] = collections.OrderedDict()
+_MAX_COMPOSED = 16
+_MAX_EPSILONS = 1024
+
+
+def _remember(cache: collections.OrderedDict[Any, Any], key: Any, value: Any, limit: int) -> None:
+    cache[key] = value
+    cache.move_to_end(key)
+    while len(cache) > limit:
+        cache.popitem(last=False)
+
+
+def _chain(previous: str, event: Mapping[str, Any]) -> str:
+    return hashlib.sha256((previous + json.dumps(event, sort_keys=True)).encode()).hexdigest()
+
 
 class Accountant:
     """A privacy ledger: compose events, read epsilon, check a cap before spending.
@@ -389,6 +411,7 @@ class Accountant:
         self.kind = _check_kind(kind)
         self._accountant = _fresh(self.kind)
         self._events: list[dict[str, Any]] = []
+        self._chain = ""  # hash chain of the composed events (the key of the shared caches above)
 
     @property
     def events(self) -> list[dict[str, Any]]:
@@ -400,8 +423,16 @@ class Accountant:
         if isinstance(event, Mapping):
             event = event_from_dict(event)
         as_dict = event_to_dict(event)  # raises before spending if the event has no JSON form
-        _compose_into(self._accountant, event, self.kind)
+        chain = _chain(self._chain, as_dict)
+        cached = _COMPOSED.get((self.kind, chain))
+        if cached is not None:
+            self._accountant = copy.deepcopy(cached)
+            _COMPOSED.move_to_end((self.kind, chain))
+        else:
+            _compose_into(self._accountant, event, self.kind)
+            _remember(_COMPOSED, (self.kind, chain), copy.deepcopy(self._accountant), _MAX_COMPOSED)
         self._events.append(as_dict)
+        self._chain = chain
         return self
 
     def epsilon(self, delta: float) -> float:
@@ -409,7 +440,12 @@ class Accountant:
         delta = _check_delta(delta)
         if not self._events:
             return 0.0
-        return _get_epsilon(self._accountant, delta)
+        key = (self.kind, self._chain, delta)
+        eps = _EPSILONS.get(key)
+        if eps is None:
+            eps = _get_epsilon(self._accountant, delta)
+            _remember(_EPSILONS, key, eps, _MAX_EPSILONS)
+        return eps
 
     def would_exceed(self, event: dpa.DpEvent | Mapping[str, Any], *, epsilon_cap: float, delta: float) -> bool:
         """Whether composing ``event`` would take epsilon at ``delta`` past ``epsilon_cap``.

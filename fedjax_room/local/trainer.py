@@ -128,6 +128,11 @@ def _seed_or_fresh(seed: int | None) -> int:
     return int(seed)
 
 
+#: jitted DP-SGD steps by (spec, settings, N), shared by the trainers of one process (bounded)
+_SHARED_STEPS: dict[tuple[Any, ...], Callable[..., Any]] = {}
+_MAX_SHARED_STEPS = 64
+
+
 class LocalTrainer:
     """DP-SGD on one site's data with fixed model and privacy settings; reusable across rounds.
 
@@ -206,11 +211,28 @@ class LocalTrainer:
 
     def _step(self, num_examples: int) -> Callable[..., Any]:
         # The optimiser's update depends on N only through the expected batch size; its noise
-        # key lives in the optimiser *state*, so one jitted step per N serves every seed.
+        # key lives in the optimiser *state*, so one jitted step per N serves every seed. Steps are shared
+        # by every trainer with the same settings in the process (many sites of a simulation compile once).
         step = self._step_cache.get(num_examples)
         if step is None:
-            optimizer = self._make_optimizer(num_examples, _key(0))
-            step = make_dp_train_step(self._loss_fn, optimizer, clip_norm=self.clip_norm, method=self.method)
+            key = (
+                self.spec.to_json(),
+                self.clip_norm,
+                self.noise_multiplier,
+                self.batch_size,
+                self.learning_rate,
+                self.optimizer,
+                self.method,
+                self.public_size,
+                num_examples,
+            )
+            step = _SHARED_STEPS.get(key)
+            if step is None:
+                optimizer = self._make_optimizer(num_examples, _key(0))
+                step = make_dp_train_step(self._loss_fn, optimizer, clip_norm=self.clip_norm, method=self.method)
+                if len(_SHARED_STEPS) >= _MAX_SHARED_STEPS:
+                    _SHARED_STEPS.pop(next(iter(_SHARED_STEPS)))
+                _SHARED_STEPS[key] = step
             self._step_cache[num_examples] = step
         return step
 

@@ -484,7 +484,23 @@ def get_aggregator(name: str, **kwargs: Any) -> Aggregator:
     if factory is None:
         raise ConfigError(f"unknown aggregator {name!r}; choose one of {', '.join(AGGREGATORS)}")
     try:
+        key: Any = (name, tuple(sorted(kwargs.items())))
+        hash(key)
+    except TypeError:  # an unhashable option: build a fresh rule (it compiles on first use)
+        key = None
+    if key is not None and key in _BUILT:  # the same rule compiles once per process, not once per round
+        return _BUILT[key]
+    try:
         agg = factory(**kwargs)
     except TypeError as exc:
         raise ConfigError(f"aggregator {name!r} does not take options {sorted(kwargs)}: {exc}") from None
-    return agg._replace(name=name)
+    agg = agg._replace(name=name)
+    if key is not None:
+        if len(_BUILT) >= 64:
+            _BUILT.pop(next(iter(_BUILT)))
+        _BUILT[key] = agg
+    return agg
+
+
+#: rules already built by :func:`get_aggregator`, by (name, options): pure, so shared
+_BUILT: dict[Any, Aggregator] = {}

@@ -1,6 +1,7 @@
-"""Simulated rooms: the in-process federated simulation (:mod:`.harness`), the embedded demo room that starts
-real coordinator and site processes (:mod:`.demo`, :func:`~fedjax_room.sim.demo.start_room`), and the process
-launcher they use (:mod:`.launch`).
+"""Simulated rooms: the room's in-process round engine (:mod:`.loopback`, :class:`LoopbackRoom`), the federated
+simulation that runs on it (:mod:`.harness`), simulated attacker sites (:mod:`.attacker`), the embedded demo room
+that starts real coordinator and site processes (:mod:`.demo`, :func:`~fedjax_room.sim.demo.start_room`), and the
+process launcher they use (:mod:`.launch`).
 
 Names are imported on first use, so ``fedjax_room.sim.launch`` (imported by every spawned room process) does not
 pull in JAX.
@@ -11,12 +12,25 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["RoundRecord", "SimResult", "SimSpec", "run_simulation", "site_name"]
+__all__ = [
+    "LoopbackRoom",
+    "RoundRecord",
+    "RoundResult",
+    "SimResult",
+    "SimSpec",
+    "SiteSetup",
+    "TrainResult",
+    "run_simulation",
+    "site_name",
+]
 
-_HARNESS = frozenset(__all__)
+_WHERE = {
+    **dict.fromkeys(("RoundRecord", "SimResult", "SimSpec", "run_simulation", "site_name"), "harness"),
+    **dict.fromkeys(("LoopbackRoom", "RoundResult", "SiteSetup", "TrainResult"), "loopback"),
+}
 
 
 def __getattr__(name: str) -> Any:
-    if name in _HARNESS:
-        return getattr(importlib.import_module("fedjax_room.sim.harness"), name)
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"fedjax_room.sim.{_WHERE[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,53 +1,49 @@
-"""An in-process federated simulation: sites, attacks, a defence and a server optimiser, without sockets.
+"""A federated simulation *is* a room run: :func:`run_simulation` drives the room's own round engine.
 
-:func:`run_simulation` takes a :class:`SimSpec` and runs its rounds the way the
-room does, with every party in one process:
+:func:`run_simulation` takes a :class:`SimSpec` and runs it through :class:`~fedjax_room.sim.loopback.LoopbackRoom`
+— the real coordinator machine (store, FedAvg or the robust defence, the one server optimiser, secure aggregation
+when ``secure_aggregation``), real site agents (policy, ledger, DP-SGD, DP-noised evaluation, accounting) and
+simulated attackers (:class:`~fedjax_room.sim.attacker.AttackingAgent`) — so its global models, privacy spend and
+defence reports are what the room would produce for the same seeds (``tests/sim/test_loopback.py``):
 
-1. a built-in dataset is split into train and a central test split; the train
-   split is partitioned over ``num_sites`` sites (:func:`fedjax_room.data.partition`;
-   IID splits are first trimmed to a multiple of ``num_sites`` so every site has
-   the same size and the local step compiles once);
-2. the malicious sites (``malicious``) poison their data once if the attack has
-   a data part (label flipping);
-3. per round, each site runs :class:`~fedjax_room.local.LocalTrainer`
-   (DP-SGD; ``noise_multiplier=0`` trains without noise, still with per-example
-   clipping) from the global model; its update is ``local - global``; a malicious
-   site then applies the attack's update part (sign flip, boost, noise);
-4. the coordinator's defence (:class:`~fedjax_room.robust.RobustAggregation`:
-   flags, trust, exclusion, the aggregator) combines the updates, and the server
-   optimiser applies the aggregate;
-5. the global model is evaluated on the central test split.
+1. a built-in dataset is split into train and a central test split; the train split is partitioned over
+   ``num_sites`` sites (:func:`fedjax_room.data.partition`; IID splits are first trimmed to a multiple of
+   ``num_sites`` so every site has the same size and the local step compiles once); each site's held-out data
+   (for the room's noised evaluation) is its share of the test split;
+2. the malicious sites (``malicious``) are :class:`~fedjax_room.sim.attacker.AttackingAgent`s playing ``attack``
+   (their data each round, their update before it is encoded);
+3. the analyst asks for one run with the spec's options (a :class:`~fedjax_room.protocol.config.RunConfig`:
+   ``noise_multiplier`` is fixed DP-SGD noise, within the room's bounds — the room never trains without noise);
+4. after the run, each round's global model (from the room's checkpoints) is evaluated on the central test split
+   (post-processing, outside the room).
 
-The result records accuracy and loss per round and, per round, which sites
-were flagged, excluded and selected. Trainers and evaluation are cached per
-model and DP settings, so a second run in the same process does not compile
-again. Everything is deterministic in ``seed``.
+The result records accuracy and loss per round, which sites were flagged, excluded and selected (the room's
+defence reports), and what each site spent (``privacy``). Everything is deterministic in ``seed`` (it fixes the
+data split, the partition, every site's secret hence all its noise, and the run seed).
 
-By default the detector flags but does not exclude (``exclude_below=None``) so
-that aggregators are compared on their own; pass an :class:`AnomalyConfig`
-with ``exclude_below`` to let trust exclude sites.
+By default the detector flags but does not exclude (``exclude_below=None``) so that aggregators are compared on
+their own; pass ``anomaly=AnomalyConfig(exclude_below=...)`` to let trust exclude sites. The room's detector
+thresholds are fixed (the defaults of :class:`~fedjax_room.robust.AnomalyConfig`), as are its aggregator options
+(``trimmed_mean`` trims ``max(0.2, 1/n)``); a spec asking for others is refused.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import tempfile
 import time
 from collections.abc import Mapping
 from typing import Any
 
-import jax
 import numpy as np
 
 from fedjax_room.data import Dataset, load_builtin, partition
-from fedjax_room.errors import ConfigError
-from fedjax_room.local import LocalTrainer, evaluate
-from fedjax_room.models import ModelSpec, init_params, mlp
+from fedjax_room.errors import ConfigError, RoundError
+from fedjax_room.local import evaluate
+from fedjax_room.models import ModelSpec, mlp
 from fedjax_room.robust.anomaly import AnomalyConfig
-from fedjax_room.robust.attacks import get_attack
-from fedjax_room.robust.defence import RobustAggregation
-from fedjax_room.robust.server import server_optimizer
 
-__all__ = ["RoundRecord", "SimResult", "SimSpec", "run_simulation", "site_name"]
+__all__ = ["RoundRecord", "SimResult", "SimSpec", "run_simulation", "sim_config", "site_name"]
 
 _FLAG_ONLY = AnomalyConfig(exclude_below=None)
 
@@ -69,12 +65,15 @@ class SimSpec:
       hidden: hidden widths of the MLP (ignored when ``model`` is given).
       model: a model spec dict to use instead of the MLP.
       local_steps, batch_size, learning_rate: each site's DP-SGD per round.
-      clip_norm, noise_multiplier: per-example clipping and noise (0 = no noise).
-      aggregator, aggregator_options: the rule (``fedjax_room.robust.AGGREGATORS``).
+      clip_norm, noise_multiplier: per-example clipping and the DP-SGD noise multiplier (within the room's
+        bounds, at least 0.3: the room never trains without noise).
+      aggregator: the rule (``fedjax_room.robust.AGGREGATORS``); the room picks its options.
       server_optimizer, server_learning_rate: ``fedavg`` / ``fedadam`` / ``fedyogi``.
       attack, attack_options: an attack name (``fedjax_room.robust.ATTACKS``) or ``None``.
       malicious: the indices of the attacking sites.
-      anomaly: the detector and trust settings (``None``: no detection).
+      anomaly: the detector and trust settings; only ``exclude_below`` may differ from the room's defaults.
+      secure_aggregation: mask the updates (then only ``fedavg`` / ``mean``, and no per-site defence).
+      epsilon_cap: each site's policy cap (high by default: a simulation measures, it does not budget).
       test_fraction: size of the central test split.
       seed: fixes data split, partition, initial model, sampling and noise.
     """
@@ -89,15 +88,16 @@ class SimSpec:
     batch_size: int = 16
     learning_rate: float = 0.1
     clip_norm: float = 10.0
-    noise_multiplier: float = 0.0
+    noise_multiplier: float = 0.3
     aggregator: str = "fedavg"
-    aggregator_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     server_optimizer: str = "fedavg"
     server_learning_rate: float = 1.0
     attack: str | None = None
     attack_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     malicious: tuple[int, ...] = ()
-    anomaly: AnomalyConfig | None = _FLAG_ONLY
+    anomaly: AnomalyConfig = _FLAG_ONLY
+    secure_aggregation: bool = False
+    epsilon_cap: float = 1e9
     test_fraction: float = 0.2
     seed: int = 0
 
@@ -133,6 +133,10 @@ class SimResult:
     rounds: tuple[RoundRecord, ...]
     seconds: float
     params: Any = dataclasses.field(repr=False, default=None)
+    #: what each site spent on the run, as the room reports it (``epsilon``, ``delta``, ``site_epsilon``, ...)
+    privacy: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: the room's run id and its (DP-noised) per-round metrics, for comparison with the central evaluation
+    run_id: str = ""
 
     @property
     def accuracy(self) -> list[float]:
@@ -164,7 +168,7 @@ class SimResult:
     def to_dict(self) -> dict[str, Any]:
         """JSON-able summary (no params)."""
         spec = dataclasses.asdict(self.spec)
-        spec["anomaly"] = None if self.spec.anomaly is None else self.spec.anomaly._asdict()
+        spec["anomaly"] = self.spec.anomaly._asdict()
         return {
             "spec": spec,
             "malicious": list(self.malicious),
@@ -173,36 +177,12 @@ class SimResult:
             "detection_rate": self.detection_rate,
             "false_flag_rate": self.false_flag_rate,
             "seconds": self.seconds,
+            "privacy": self.privacy,
             "rounds": [dataclasses.asdict(r) for r in self.rounds],
         }
 
 
-# ---------------------------------------------------------------------- caches (one compile per setting)
-
-_TRAINERS: dict[tuple[Any, ...], LocalTrainer] = {}
-
-
-def _trainer(model: ModelSpec, spec: SimSpec) -> LocalTrainer:
-    key = (model.to_json(), spec.clip_norm, spec.noise_multiplier, spec.batch_size, spec.learning_rate)
-    trainer = _TRAINERS.get(key)
-    if trainer is None:
-        if len(_TRAINERS) >= 16:
-            _TRAINERS.pop(next(iter(_TRAINERS)))
-        trainer = LocalTrainer(
-            model,
-            clip_norm=spec.clip_norm,
-            noise_multiplier=spec.noise_multiplier,
-            batch_size=spec.batch_size,
-            learning_rate=spec.learning_rate,
-        )
-        _TRAINERS[key] = trainer
-    return trainer
-
-
-@jax.jit
-def _delta(local: Any, global_: Any) -> Any:
-    return jax.tree_util.tree_map(lambda a, b: a - b, local, global_)
-
+# ---------------------------------------------------------------------- data (one split per setting)
 
 _DATA: dict[tuple[Any, ...], tuple[Dataset, Dataset, list[Dataset]]] = {}
 
@@ -235,64 +215,97 @@ def _check(spec: SimSpec) -> None:
         )
     if spec.malicious and spec.attack is None:
         raise ConfigError("SimSpec.malicious names sites but attack is None; choose an attack (see robust.ATTACKS)")
+    if not isinstance(spec.anomaly, AnomalyConfig) or spec.anomaly._replace(exclude_below=None) != _FLAG_ONLY:
+        raise ConfigError(
+            "SimSpec.anomaly: the room runs its detector with the default thresholds; only exclude_below may be "
+            "set (AnomalyConfig(exclude_below=...))"
+        )
 
 
-def run_simulation(spec: SimSpec, *, progress: bool = False) -> SimResult:
-    """Run ``spec.rounds`` federated rounds in process; see the module docstring for the steps.
+def sim_config(spec: SimSpec) -> dict[str, Any]:
+    """The room run options (:class:`~fedjax_room.protocol.config.RunConfig` as a dict) ``spec`` asks for."""
+    from fedjax_room.protocol.config import RunConfig
 
-    ``progress`` prints one line per round to stderr.
+    return RunConfig.from_dict(
+        {
+            "rounds": spec.rounds,
+            "target_epsilon": None,
+            "noise_multiplier": spec.noise_multiplier,
+            "clip_norm": spec.clip_norm,
+            "batch_size": spec.batch_size,
+            "local_steps": spec.local_steps,
+            "learning_rate": spec.learning_rate,
+            "aggregator": spec.aggregator,
+            "server_optimizer": spec.server_optimizer,
+            "server_learning_rate": spec.server_learning_rate,
+            "secure_aggregation": spec.secure_aggregation,
+            "exclude_below": spec.anomaly.exclude_below,
+            "seed": spec.seed,
+        }
+    ).to_dict()
+
+
+def _model(spec: SimSpec, sites: list[Dataset]) -> ModelSpec:
+    schema = sites[0].schema
+    if spec.model is not None:
+        return ModelSpec.from_dict(dict(spec.model))
+    return mlp(schema.feature_shape, schema.num_classes, hidden=tuple(spec.hidden))
+
+
+def run_simulation(spec: SimSpec, *, progress: bool = False, workdir: str | None = None) -> SimResult:
+    """Run ``spec`` as one room run in process; see the module docstring for the steps.
+
+    ``progress`` prints one line per round to stderr. The room's state lives in a temporary directory (under
+    ``workdir`` if given) that is removed afterwards. Raises :class:`~fedjax_room.errors.ConfigError` for options
+    the room refuses, :class:`~fedjax_room.errors.RoundError` when the run does not finish.
     """
+    from fedjax_room.robust.attacks import get_attack
+    from fedjax_room.sim.attacker import attacking_factory
+    from fedjax_room.sim.loopback import LoopbackRoom, SiteSetup
+
     _check(spec)
     started = time.perf_counter()
     _, test, sites = _data(spec)
-    schema = sites[0].schema
-    model = (
-        ModelSpec.from_dict(spec.model)
-        if spec.model is not None
-        else mlp(schema.feature_shape, schema.num_classes, hidden=tuple(spec.hidden))
-    )
-    trainer = _trainer(model, spec)
+    model = _model(spec, sites)
+    config = sim_config(spec)
     names = [site_name(i) for i in range(spec.num_sites)]
     malicious = tuple(sorted(spec.malicious))
-    attack = get_attack(spec.attack, **dict(spec.attack_options)) if spec.attack is not None else None
-    root = jax.random.key(spec.seed)
-    if attack is not None and attack.data is not None:
-        sites = list(sites)
-        for i in malicious:
-            sites[i] = attack.data(sites[i], None, jax.random.fold_in(root, 1_000_000 + i))
-
-    params = jax.tree.map(lambda x: np.asarray(x, np.float32), dict(init_params(model, jax.random.fold_in(root, 0))))
-    tx = server_optimizer(spec.server_optimizer, spec.server_learning_rate)
-    opt_state = tx.init(params)
-    defence = RobustAggregation(spec.aggregator, anomaly=spec.anomaly, **dict(spec.aggregator_options))
-    dstate = defence.init(names)
+    factory = None
+    if spec.attack is not None:
+        get_attack(spec.attack, **dict(spec.attack_options))  # a typed error now, not in the room
+        factory = attacking_factory(spec.attack, dict(spec.attack_options))
+    chunks = np.array_split(np.arange(len(test)), spec.num_sites)
+    policy = {"epsilon_cap": float(spec.epsilon_cap)}
+    setups = {
+        names[i]: SiteSetup(sites[i], test.subset(chunks[i]), policy, factory if i in malicious else None)
+        for i in range(spec.num_sites)
+    }
+    with tempfile.TemporaryDirectory(prefix="fedjax-sim-", dir=workdir) as tmp:
+        room = LoopbackRoom(tmp, setups, seed=spec.seed)
+        try:
+            run = room.train(model, config)
+        finally:
+            room.close()
+    if run.status != "finished":
+        message = (run.error or {}).get("message", run.status)
+        raise RoundError(f"the simulated run did not finish: {message}")
     index = {n: i for i, n in enumerate(names)}
-    initial = evaluate(model, params, test).accuracy
-
+    initial = evaluate(model, run.initial_params, test).accuracy
     records: list[RoundRecord] = []
-    for r in range(1, spec.rounds + 1):
-        t0 = time.perf_counter()
-        updates: dict[str, tuple[Any, float]] = {}
-        for i, data in enumerate(sites):
-            seed = (spec.seed * 1_000_003 + r) * 1_009 + i
-            local, _ = trainer.train(params, data, spec.local_steps, seed=seed)
-            delta = _delta(local, params)
-            if attack is not None and attack.update is not None and i in malicious:
-                delta = attack.update(delta, params, jax.random.fold_in(jax.random.fold_in(root, r), i))
-            updates[names[i]] = (delta, float(len(data)))
-        agg, dstate, report = defence.apply(updates, dstate)
-        params, opt_state = tx.update(agg, opt_state, params)
-        ev = evaluate(model, params, test)
+    for r in run.rounds:
+        ev = evaluate(model, r.params, test)
+        defence = r.defence or {}
+        scores = defence.get("scores") or {}
         records.append(
             RoundRecord(
-                round=r,
+                round=r.round,
                 accuracy=ev.accuracy,
                 loss=ev.loss,
-                flagged=tuple(sorted(index[s] for s in report.flagged)),
-                excluded=tuple(sorted(index[s] for s in report.excluded)),
-                selected=tuple(sorted(index[s] for s in report.selected)),
-                norms=tuple(float(report.scores[n]["norm"] or 0.0) for n in names),
-                seconds=time.perf_counter() - t0,
+                flagged=tuple(sorted(index[s] for s in defence.get("flagged", {}))),
+                excluded=tuple(sorted(index[s] for s in defence.get("excluded", []))),
+                selected=tuple(sorted(index[s] for s in defence.get("selected", r.sites))),
+                norms=tuple(float((scores.get(n) or {}).get("norm") or 0.0) for n in names),
+                seconds=r.seconds,
             )
         )
         if progress:
@@ -300,7 +313,7 @@ def run_simulation(spec: SimSpec, *, progress: bool = False) -> SimResult:
 
             rec = records[-1]
             print(
-                f"round {r}: accuracy {rec.accuracy:.3f} loss {rec.loss:.3f} flagged {list(rec.flagged)} "
+                f"round {rec.round}: accuracy {rec.accuracy:.3f} loss {rec.loss:.3f} flagged {list(rec.flagged)} "
                 f"excluded {list(rec.excluded)} ({rec.seconds:.2f}s)",
                 file=sys.stderr,
             )
@@ -310,5 +323,7 @@ def run_simulation(spec: SimSpec, *, progress: bool = False) -> SimResult:
         initial_accuracy=initial,
         rounds=tuple(records),
         seconds=time.perf_counter() - started,
-        params=params,
+        params=run.params,
+        privacy=run.privacy,
+        run_id=run.run_id,
     )

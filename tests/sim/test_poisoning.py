@@ -1,11 +1,11 @@
 """Poisoning on digits: 2 of 10 sites boosting, FedAvg collapses, robust rules hold, the detector finds them.
 
-The sites train **without DP noise** (``noise_multiplier=0``; DP-SGD's per-example
-clipping at 10 still runs) so that a fixed seed gives one outcome and the thresholds
-below are not at the mercy of noise. The attack is the boosted label flip
-(``boost``: train on ``y -> 9 - y``, send 10x the update) from sites 0 and 1.
-A small MLP (one hidden layer of 32), 15 rounds of 10 local steps: a few seconds a run
-after one compilation.
+Each simulation is a room run (fedjax_room.sim runs the room's round engine, LoopbackRoom): the sites train
+with DP-SGD at the room's smallest noise multiplier (0.3, clip 10, expected batch 32 — the room never trains
+without noise; before issue 15 these tests ran noise-free, which only the old separate simulation loop could).
+The noise is drawn from each site's secret, fixed by the seed, so a seed still gives one outcome. The attack is
+the boosted label flip (``boost``: train on ``y -> 9 - y``, send 10x the update) from sites 0 and 1.
+A small MLP (one hidden layer of 32), 12 rounds of 10 local steps: a few seconds a run after one compilation.
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ from fedjax_room.sim import SimSpec, run_simulation
 
 pytestmark = pytest.mark.slow
 
-BASE = SimSpec(dataset="digits", num_sites=10, rounds=15, learning_rate=0.3, seed=0)
+BASE = SimSpec(
+    dataset="digits", num_sites=10, rounds=12, learning_rate=0.3, noise_multiplier=0.3, batch_size=32, seed=0
+)
 ATTACKED = BASE.replace(attack="boost", malicious=(0, 1))
 
 
@@ -75,7 +77,7 @@ def test_trust_exclusion_rescues_fedavg(clean) -> None:
 
 def test_robust_aggregation_composes_with_fedadam() -> None:
     result = run_simulation(
-        ATTACKED.replace(aggregator="trimmed_mean", server_optimizer="fedadam", server_learning_rate=0.03, rounds=8)
+        ATTACKED.replace(aggregator="trimmed_mean", server_optimizer="fedadam", server_learning_rate=0.05, rounds=8)
     )
     assert result.final_accuracy > 0.8
 
@@ -85,3 +87,14 @@ def test_spec_is_checked() -> None:
         run_simulation(BASE.replace(malicious=(0,)))
     with pytest.raises(ConfigError, match="distinct site indices"):
         run_simulation(ATTACKED.replace(malicious=(0, 10)))
+    with pytest.raises(ConfigError, match="noise_multiplier"):  # the room never trains without DP noise
+        run_simulation(BASE.replace(noise_multiplier=0.0))
+    with pytest.raises(ConfigError, match="exclude_below"):  # the room's detector thresholds are its own
+        run_simulation(BASE.replace(anomaly=AnomalyConfig(norm_z=2.0, exclude_below=None)))
+
+
+def test_results_are_the_rooms_privacy_included(clean) -> None:
+    """Every site spent the same (equal sizes) finite epsilon, reported by the room, and the run id is the room's."""
+    eps = {site: p["epsilon"] for site, p in clean.privacy.items()}
+    assert len(eps) == 10 and all(0 < e < float("inf") for e in eps.values())
+    assert len(set(eps.values())) == 1 and clean.run_id
