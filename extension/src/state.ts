@@ -117,7 +117,9 @@ export function applyMessage(state: IState, msg: ServerMessage): IChange {
       change.rooms = true;
       return change;
     case 'rooms': {
-      const before = state.rooms.map(r => r.info.id).join(',');
+      const before = state.loaded
+        ? state.rooms.map(r => r.info.id).join(',')
+        : null;
       state.rooms = msg.rooms.map(info => {
         const room = find(info.id) ?? emptyRoom(info);
         room.info = info;

@@ -89,7 +89,7 @@ class Run:
     def _set_status(self, status: str, error: Any) -> None:
         self._status = status
         if error:
-            self._error = error_from_dict(error) if isinstance(error, Mapping) else FedRoomError(str(error))
+            self._error = error_from_dict(dict(error)) if isinstance(error, Mapping) else FedRoomError(str(error))
 
     def _status_event(self) -> StatusEvent:
         return StatusEvent(self.id, self._status, self._rounds_done, self._error, self._privacy)
@@ -241,9 +241,13 @@ class Run:
         ``timeout`` bounds the wait for each next round (:class:`TimeoutError`).
         """
         seen = 0
+
+        def more() -> bool:
+            return len(self._history) > seen or self.done
+
         while True:
             with self._cond:
-                ok = self._cond.wait_for(lambda n=seen: len(self._history) > n or self.done, timeout)
+                ok = self._cond.wait_for(more, timeout)
                 if not ok:
                     raise TimeoutError(f"no round of {self.id} within {timeout:g}s")
                 ordered = [self._history[k] for k in sorted(self._history)]

@@ -8,10 +8,11 @@ one ``RoundResult`` (or a dict with the same fields) and :meth:`finish` the run'
 :meth:`RunDashboard.attach` wires it to a live ``Run``: it subscribes to the run's typed events
 (:mod:`fedjax_room.analyst.events`: round, defence, refusal, waiting, status) with ``replay=True``, so the
 rounds so far arrive first and none is lost or shown twice in between; no thread of its own and no
-polling. The events arrive on the analyst client's callback thread, not the kernel's: every change is
-made under the dashboard's lock, and ipywidgets sends the resulting comm messages through the kernel's
-IOPub channel (thread-safe), so the dashboard moves while a cell blocks on ``run.wait()``. The final
-``status`` event records how the run ended (status, error, refusals, privacy report).
+polling. ``attach`` returns once the replay has been applied (it ends with the run's status), so the
+widget is up to date when the cell that shows it ends. Later events arrive on the analyst client's
+callback thread, not the kernel's: every change is made under the dashboard's lock, and ipywidgets sends
+the resulting comm messages through the kernel's IOPub channel (thread-safe). The final ``status`` event
+records how the run ended (status, error, refusals, privacy report).
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ __all__ = ["RUN_STATUSES", "SITE_STATUSES", "RunDashboard", "field"]
 
 RUN_STATUSES = ("pending", "running", "finished", "failed")
 SITE_STATUSES = ("waiting", "active", "dropped", "refused", "flagged", "excluded", "awaiting approval")
+
+#: Seconds :meth:`RunDashboard.attach` waits for the run's replayed events (the rounds so far, its status).
+REPLAY_WAIT = 10.0
 
 _STATUS_COLOURS = {"pending": "#888", "running": "#1f77b4", "finished": "#2ca02c", "failed": "#d62728"}
 _SITE_COLOURS = {
@@ -112,6 +116,7 @@ class RunDashboard(widgets.VBox):
         self._notes = widgets.HTML()
         self._run: Any = None
         self._ended = threading.Event()
+        self._caught_up = threading.Event()
         self._unsubscribe: Any = None
         super().__init__(
             children=[
@@ -162,13 +167,14 @@ class RunDashboard(widgets.VBox):
         if number < 1:
             raise traitlets.TraitError(f"round numbers start at 1, got {number}")
         with self._lock, self.hold_trait_notifications():
-            losses, accuracies = list(self.losses), list(self.accuracies)
+            losses: list[float | None] = list(self.losses)
+            accuracies: list[float | None] = list(self.accuracies)
             while len(losses) < number:
                 losses.append(None)
                 accuracies.append(None)
             losses[number - 1] = _finite_or_none(field(result, "loss"))
             accuracies[number - 1] = _finite_or_none(field(result, "accuracy"))
-            self.losses, self.accuracies = losses, accuracies
+            self.losses, self.accuracies = losses, accuracies  # type: ignore[assignment]  # traitlets types Float as int
             self.rounds_done = max(self.rounds_done, number)
             if self.rounds_done > self.rounds_total:
                 self.rounds_total = self.rounds_done
@@ -249,7 +255,12 @@ class RunDashboard(widgets.VBox):
         self.run_id = str(field(run, "id", "") or self.run_id)
         self._run = run
         self._ended.clear()
+        self._caught_up.clear()
         self._unsubscribe = run.subscribe(self._on_event, replay=True)
+        if not threading.current_thread().name.startswith("fedjax-room-callbacks"):
+            # the replay ends with the run's status: wait for it, so the widget shows the run as it is now
+            # when the cell that displays it ends, not only after the frontend has drawn a first state
+            self._caught_up.wait(REPLAY_WAIT)
         return self
 
     def _on_event(self, event: Any) -> None:
@@ -267,6 +278,7 @@ class RunDashboard(widgets.VBox):
             elif kind == "waiting":
                 self._show_waiting(event.waiting)
             elif kind == "status":
+                self._caught_up.set()
                 if event.done:
                     self._end(event)
                 elif event.status == "running" and self.status == "pending":
@@ -275,6 +287,7 @@ class RunDashboard(widgets.VBox):
                 self.update(event)
         except Exception as exc:  # a bad record must not kill the client's callback thread
             self.error = f"dashboard could not show an event: {exc}"
+            self._caught_up.set()
 
     def _show_defence(self, flagged: Iterable[str], excluded: Iterable[str]) -> None:
         with self._lock:
@@ -376,7 +389,7 @@ class RunDashboard(widgets.VBox):
         self._progress_label.value = f"{self.rounds_done} / {self.rounds_total or '?'}"
 
     def _render_chart(self) -> None:
-        size = {"width": 300, "height": 170, "x_count": self.rounds_total}
+        size: dict[str, Any] = {"width": 300, "height": 170, "x_count": self.rounds_total}
         loss = svg_line_chart({"loss": list(self.losses)}, title="loss (DP-noised)", **size)
         accuracy = list(self.accuracies)
         acc = svg_line_chart({"accuracy": accuracy}, title="accuracy (DP-noised)", y_min=0, y_max=1, **size)

@@ -201,6 +201,22 @@ def page(lab, tmp_path_factory):
             context.close()
 
 
+# Focus the live run's Cancel button (a person about to press it), scroll the sidebar a little, remember both.
+FOCUS_AND_SCROLL = """() => {
+  const panel = document.querySelector('#fedjax-room-sidebar');
+  const button = panel.querySelector('.fjr-run [data-action="cancel-run"]');
+  if (button) { button.focus(); window.__fjrFocused = button; }
+  panel.scrollTop = 30;
+  return { focused: !!button && document.activeElement === button, scroll: panel.scrollTop };
+}"""
+# After later rounds were pushed: the very same button is still in the panel and still has the focus.
+STILL_FOCUSED_AND_SCROLLED = """() => {
+  const panel = document.querySelector('#fedjax-room-sidebar');
+  const kept = window.__fjrFocused;
+  return { same_node: !!kept && panel.contains(kept) && document.activeElement === kept, scroll: panel.scrollTop };
+}"""
+
+
 def shot(page: Page, name: str) -> None:
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
 
@@ -262,6 +278,7 @@ def test_sidebar_demo_room_live_run_and_dashboard(lab: Lab, page: Page) -> None:
 
     seen: list[int] = []
     mid_shot = False
+    kept: dict | None = None  # focus and scroll position taken mid-run, checked after later rounds
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
         match = re.search(r"round (\d+) /", progress.inner_text())
@@ -271,6 +288,10 @@ def test_sidebar_demo_room_live_run_and_dashboard(lab: Lab, page: Page) -> None:
         if 0 < done < ROUNDS and not mid_shot:
             shot(page, "03-run-in-progress")
             mid_shot = True
+        if 0 < done <= ROUNDS - 2 and kept is None:
+            kept = {"round": done, **page.evaluate(FOCUS_AND_SCROLL)}
+        elif kept is not None and "after" not in kept and kept["round"] < done < ROUNDS:
+            kept["after"] = page.evaluate(STILL_FOCUSED_AND_SCROLLED)
         if done == ROUNDS and "finished" in sidebar.locator(".fjr-run").first.inner_text():
             break
         time.sleep(0.2)
@@ -279,6 +300,12 @@ def test_sidebar_demo_room_live_run_and_dashboard(lab: Lab, page: Page) -> None:
         runs = lab.api("fedjax-room/rooms/room-1/runs")["runs"]
         pytest.fail(f"the run did not finish in the sidebar; progress seen: {seen}; the server says: {runs}")
     assert seen == sorted(seen) and len([d for d in seen if d > 0]) >= 2, f"rounds did not advance live: {seen}"
+    # rounds arrived after the focus moved to the run's Cancel button and the sidebar was scrolled: the pushed
+    # updates patched the panel in place, so the same button kept the focus and the scroll stayed
+    assert kept is not None and kept["focused"], f"could not focus the live run's Cancel button: {kept}"
+    assert "after" in kept, f"no live round after the focus was taken: {seen}"
+    assert kept["after"]["same_node"], "an update replaced the focused button (or took its focus)"
+    assert kept["after"]["scroll"] == kept["scroll"], f"the sidebar's scroll moved: {kept}"
     run_box = sidebar.locator(".fjr-run").first
     expect(run_box).to_contain_text("finished")
     expect(run_box).to_contain_text("DP-noised loss")

@@ -25,6 +25,16 @@ const run = (id: string, extra: Partial<IRun> = {}): IRun => ({
 });
 
 describe('applyMessage', () => {
+  it('redraws on the first room list, even an empty one', () => {
+    const state = emptyState();
+    expect(
+      applyMessage(state, { type: 'rooms', rooms: [], active: false }).rooms
+    ).toBe(true);
+    expect(
+      applyMessage(state, { type: 'rooms', rooms: [], active: false }).rooms
+    ).toBe(false);
+  });
+
   it('follows the room list and names the rooms it changed', () => {
     const state = emptyState();
     let change = applyMessage(state, {

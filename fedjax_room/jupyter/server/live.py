@@ -211,7 +211,7 @@ class EventHub:
                     self.publish({"type": part, "room": entry.id, part: rows}, dedupe=True)
 
 
-class EventsHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):  # type: ignore[misc]
+class EventsHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
     """``GET /fedjax-room/events``: the websocket; 403 without the server's token or login cookie."""
 
     def initialize(self, hub: EventHub) -> None:
@@ -224,14 +224,14 @@ class EventsHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):  # type: 
         """Not JupyterHandler's (they make no sense for a websocket)."""
 
     @property
-    def max_message_size(self) -> int:  # type: ignore[override]
+    def max_message_size(self) -> int:
         return MAX_MESSAGE_BYTES
 
     @ws_authenticated
     async def get(self, *args: Any, **kwargs: Any) -> None:
         await super().get(*args, **kwargs)
 
-    async def open(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+    async def open(self, *args: Any, **kwargs: Any) -> None:
         super().open(*args, **kwargs)  # WebSocketMixin: the ping loop
         if not self.hub.add(self):
             self.close(1013, "too many Clean Room sidebars are connected to this server")
@@ -263,7 +263,7 @@ class EventsHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):  # type: 
     def _refuse(self, message: str) -> None:
         self.send_text(json.dumps({"type": "error", "message": message}))
 
-    async def on_message(self, message: str | bytes) -> None:  # type: ignore[override]
+    async def on_message(self, message: str | bytes) -> None:
         try:
             data = json.loads(message)
         except ValueError:

@@ -368,9 +368,9 @@ class RoomRegistry:
             return
 
         def on_event(event: Any) -> None:
-            from fedjax_room.analyst.events import to_json
+            from fedjax_room.analyst import events
 
-            data = to_json(event) if dataclasses.is_dataclass(event) else jsonable(event)
+            data = events.to_json(event) if isinstance(event, events.RunEvent) else jsonable(event)
             self._emit({"type": "run", "room": entry.id, "run": self._run_dict(entry, run_id, None), "event": data})
 
         stop = subscribe(on_event)
