@@ -31,6 +31,8 @@ Hierarchy::
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 __all__ = [
     "AuditError",
     "AuthError",
@@ -187,7 +189,7 @@ def _register(cls: type[FedRoomError]) -> None:
 _register(FedRoomError)
 
 
-def error_from_dict(data: dict[str, str]) -> FedRoomError:
+def error_from_dict(data: Mapping[str, object]) -> FedRoomError:
     """Rebuild a typed error sent over the wire by :meth:`FedRoomError.to_dict`."""
     cls = _BY_CODE.get(str(data.get("code", "error")), FedRoomError)
     message = str(data.get("message", "unknown error"))
