@@ -58,6 +58,8 @@ async def test_rooms_and_run_events_are_pushed(jp_fetch, jp_ws_fetch, registry):
 
     body = json.dumps({"model": "logistic", "rounds": 2})
     await jp_fetch("fedjax-room", "rooms", "room-1", "runs", method="POST", body=body)
+    started = await next_message(ws, "run", room="room-1")  # shown at once, before its first event
+    assert started["event"] is None and started["run"]["id"] == "run-1" and started["run"]["status"] == "running"
     fake_run = registry.get("room-1").room.runs_[0]
     fake_run.emit(
         {"round": 1, "sites": ["site-0"], "dropped": [], "loss": 0.5, "accuracy": float("nan"), "epsilon": {}}
