@@ -2,11 +2,12 @@
 
     python benchmarks/poisoning.py                 # digits, 10 sites, 2 attackers, 15 rounds, every rule x attack
     python benchmarks/poisoning.py --quick         # 8 rounds, fewer rules and attacks
-    python benchmarks/poisoning.py --noise-multiplier 0.5 --clip-norm 1.0   # sites train with DP-SGD noise
+    python benchmarks/poisoning.py --noise-multiplier 1.0 --clip-norm 1.0   # sites train with more DP-SGD noise
     python benchmarks/poisoning.py --quick --alpha 0.5   # label-skewed sites (Dirichlet 0.5)
     python benchmarks/poisoning.py --json          # one JSON document instead of the tables
 
-Every cell is one in-process federated run (fedjax_room.sim.run_simulation) with the same data split,
+Every cell is one in-process room run (fedjax_room.sim.run_simulation on the room's round engine, LoopbackRoom:
+the sites train with DP-SGD and account, the coordinator defends and aggregates) with the same data split,
 initial model and seeds; only the aggregator and the attack change. "clean" has no attacker; the other
 columns have ``--malicious`` sites (0, 1, ...) running the attack every round:
 
@@ -41,14 +42,15 @@ ATTACKS = {
     "label_flip": ("label_flip", {}),
     "gaussian": ("gaussian", {"stddev": 1.0}),
 }
+# (aggregator, trust exclusion); the room picks each rule's options (trimmed_mean: beta 0.2 for 10 sites)
 ROWS = {
-    "fedavg": ("fedavg", {}, False),
-    "fedavg+trust": ("fedavg", {}, True),
-    "median": ("median", {}, False),
-    "trimmed_mean": ("trimmed_mean", {"beta": 0.2}, False),
-    "krum": ("krum", {}, False),
-    "multi_krum": ("multi_krum", {}, False),
-    "norm_bound": ("norm_bound", {"factor": 1.0}, False),
+    "fedavg": ("fedavg", False),
+    "fedavg+trust": ("fedavg", True),
+    "median": ("median", False),
+    "trimmed_mean": ("trimmed_mean", False),
+    "krum": ("krum", False),
+    "multi_krum": ("multi_krum", False),
+    "norm_bound": ("norm_bound", False),
 }
 QUICK_ROWS = ("fedavg", "fedavg+trust", "median", "trimmed_mean", "multi_krum")
 QUICK_ATTACKS = ("clean", "boost", "sign_flip")
@@ -63,6 +65,7 @@ def run(args: argparse.Namespace) -> dict:
         learning_rate=args.learning_rate,
         clip_norm=args.clip_norm,
         noise_multiplier=args.noise_multiplier,
+        batch_size=args.batch_size,
         seed=args.seed,
     )
     rows = QUICK_ROWS if args.quick else tuple(ROWS)
@@ -71,12 +74,11 @@ def run(args: argparse.Namespace) -> dict:
     cells = []
     started = time.perf_counter()
     for row in rows:
-        aggregator, options, trust = ROWS[row]
+        aggregator, trust = ROWS[row]
         for column in attacks:
             attack, attack_options = ATTACKS[column]
             spec = base.replace(
                 aggregator=aggregator,
-                aggregator_options=options,
                 attack=attack,
                 attack_options=attack_options,
                 malicious=malicious if attack else (),
@@ -161,7 +163,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--learning-rate", type=float, default=0.3, help="sites' local learning rate")
     parser.add_argument("--clip-norm", type=float, default=10.0, help="per-example clip norm of local DP-SGD")
-    parser.add_argument("--noise-multiplier", type=float, default=0.0, help="local DP-SGD noise (0: none)")
+    parser.add_argument(
+        "--noise-multiplier", type=float, default=0.3, help="local DP-SGD noise (the room's bound: at least 0.3)"
+    )
+    parser.add_argument("--batch-size", type=int, default=32, help="sites' expected DP-SGD batch")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     args = parser.parse_args(argv)

@@ -98,33 +98,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("action", nargs="?", choices=("pending", "approve", "reject"), help="inbox command (optional)")
     p.add_argument("spec_hash", nargs="?", metavar="HASH", help="spec hash (or a unique prefix) to approve/reject")
     p.add_argument("--reason", default="", help="why a model is rejected (the analyst sees it)")
-    p.add_argument("--coordinator", help="the room's URL (ws://HOST:PORT or wss://...)")
-    p.add_argument("--key", type=Path, help="this site's private key")
-    p.add_argument("--data", type=Path, help="the site's training data (.npz/.csv/.parquet)")
-    p.add_argument("--heldout", type=Path, help="held-out data for evaluation (default: 20%% of --data)")
-    p.add_argument(
-        "--schema",
-        type=Path,
-        help="declared schema JSON (features, feature_shape, label, classes); needed unless stored with --data",
-    )
-    p.add_argument("--policy", type=Path, help="policy TOML (caps, allowed models, ...)")
-    p.add_argument("--state", type=Path, help="state directory (ledger, releases, audit; default KEYDIR/NAME-state)")
-    p.add_argument("--name", help="enrolled name (default: the key file's name without suffix)")
-    p.add_argument("--tls-ca", type=Path, help="CA certificate to trust for wss://")
-    p.add_argument(
-        "--manifest",
-        type=Path,
-        help="the room manifest (sites' and coordinator's keys, from the data owners; default: "
-        "KEYDIR/room-manifest.json); needed for secure aggregation, and pins the coordinator's key",
-    )
-    p.add_argument(
-        "--coordinator-key",
-        type=Path,
-        help="the coordinator's public key file to pin (default: the manifest's, or KEYDIR/coordinator.key.pub)",
-    )
-    p.add_argument("--insecure", action="store_true", help="allow plain ws:// to a non-loopback coordinator")
-    p.add_argument("--log-level", default="info")
-    p.add_argument("--train-delay", type=float, default=0.0, help=argparse.SUPPRESS)  # tests: a straggler
+    from fedjax_room.site.runner import add_site_arguments
+
+    add_site_arguments(p)  # the serving arguments, shared with python -m fedjax_room.sim.attacker
     p.set_defaults(func=run_site_cmd)
 
     p = subparsers.add_parser(
@@ -231,31 +207,13 @@ def run_coordinator_cmd(args: argparse.Namespace) -> int:
 
 def run_site_cmd(args: argparse.Namespace) -> int:
     """Run a site agent until interrupted (or, with an action, work on its approval inbox)."""
-    from fedjax_room.site.runner import run_site
+    from fedjax_room.site.runner import run_site, site_kwargs
 
     if args.action is not None:
         return run_inbox(args)
-    missing = [f"--{n}" for n in ("coordinator", "key", "data", "policy") if getattr(args, n) is None]
-    if missing:
-        raise ConfigError(f"`fedjax-room site` needs {', '.join(missing)} to run a site agent")
+    kwargs = site_kwargs(args)  # a ConfigError naming the missing --coordinator/--key/--data/--policy
     _logging(args.log_level)
-    return _serve_then_exit(
-        lambda: run_site(
-            coordinator=args.coordinator,
-            key=args.key,
-            cafile=args.tls_ca,
-            data=args.data,
-            heldout=args.heldout,
-            schema=args.schema,
-            policy=args.policy,
-            state_dir=args.state,
-            name=args.name,
-            train_delay=args.train_delay,
-            manifest=args.manifest,
-            coordinator_key=args.coordinator_key,
-            insecure=args.insecure,
-        )
-    )
+    return _serve_then_exit(lambda: run_site(**kwargs))
 
 
 def _serve_then_exit(serve: Any) -> int:

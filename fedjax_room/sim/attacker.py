@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -81,8 +82,12 @@ def attacking_factory(name: str, options: dict[str, Any] | None = None) -> Calla
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m fedjax_room.sim.attacker --attack NAME [--attack-options JSON] <fedjax-room site arguments>``."""
-    from fedjax_room.site.runner import add_site_arguments, run_site_from_args
+    """``python -m fedjax_room.sim.attacker --attack NAME [--attack-options JSON] <fedjax-room site arguments>``.
+
+    Serves until SIGTERM/SIGINT like ``fedjax-room site`` (then leaves the process at once), or returns 2 with one
+    line on stderr for a typed error (an unknown attack, a missing argument, a refused identity).
+    """
+    from fedjax_room.site.runner import add_site_arguments, run_site, site_kwargs
 
     parser = argparse.ArgumentParser(
         prog="python -m fedjax_room.sim.attacker",
@@ -100,10 +105,31 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ConfigError(f"--attack-options must be a JSON object: {exc}") from None
         if not isinstance(options, dict):
             raise ConfigError("--attack-options must be a JSON object")
-        return run_site_from_args(args, agent_factory=attacking_factory(args.attack, options))
+        factory = attacking_factory(args.attack, options)
+        kwargs = site_kwargs(args)
     except FedRoomError as exc:
         print(f"fedjax_room.sim.attacker: error: {exc.message}", file=sys.stderr)
         return 2
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("websockets").setLevel(logging.WARNING)
+    from fedjax_room.sim.launch import wait_for_parent
+
+    wait_for_parent()  # spawned by an embedded room: stop once the parent dies
+    try:
+        code = int(run_site(**kwargs, agent_factory=factory) or 0)
+    except FedRoomError as exc:
+        print(f"fedjax_room.sim.attacker: error: {exc.message}", file=sys.stderr)
+        code = 2
+    except KeyboardInterrupt:
+        code = 130
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)  # as fedjax-room site: a training job cut short must not keep the process alive
 
 
 if __name__ == "__main__":  # pragma: no cover

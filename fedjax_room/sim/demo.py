@@ -180,12 +180,14 @@ def start_room(
     seed: int = 0,
     policies: Mapping[str, Any] | None = None,
     site_args: Mapping[str, list[str]] | None = None,
+    attacks: Mapping[str, str] | None = None,
     timeout: float = 120.0,
 ) -> EmbeddedRoom:
     """Start a coordinator and ``sites`` site processes on 127.0.0.1 over a partitioned built-in dataset.
 
     ``policy`` (a :class:`~fedjax_room.site.policy.Policy` or a dict of its settings) applies to every
     site; ``policies`` overrides it per site name. ``site_args`` adds command-line arguments per site.
+    ``attacks`` (site name -> attack name) starts those sites as simulated attackers (:mod:`fedjax_room.sim.attacker`).
     Keys, enrollments and a site's ``state/`` already in ``state_dir`` are reused. Returns when every
     site is connected.
     """
@@ -247,6 +249,7 @@ def start_room(
                 name=name,
                 log_dir=state / "logs",
                 extra=["--manifest", str(room.manifest_path), *(site_args or {}).get(name, [])],
+                attack=(attacks or {}).get(name),
             )
         wait_for_sites(room, names, timeout=timeout)
     except BaseException:
@@ -343,7 +346,7 @@ def run_demo(
     ``site_noise_multiplier`` adds distributed DP (site-level privacy) on top of it.
 
     ``attack`` (``sign_flip | boost | label_flip | gaussian``) makes ``malicious`` sites simulated attackers
-    (a hidden ``[simulation]`` table in their policy.toml: a test and demo feature) so that one can watch
+    (started as ``python -m fedjax_room.sim.attacker``: a test and demo feature) so that one can watch
     ``aggregator="fedavg"`` break and ``"median"`` hold.
     """
     from tqdm.auto import tqdm
@@ -364,16 +367,16 @@ def run_demo(
         f"Starting an embedded room: a coordinator and {sites} sites as separate processes on 127.0.0.1 "
         f"({dataset}{'' if non_iid is None else f', non-IID alpha={non_iid:g}'}) ..."
     )
-    policies = None
+    attacks: dict[str, str] = {}
     if attack:
         from fedjax_room.robust.attacks import choose_malicious, get_attack
 
         get_attack(attack)
         bad = [_site_names(sites)[i] for i in choose_malicious(sites, malicious, seed)]
-        policies = {name: {"simulation": {"attack": attack}} for name in bad}
+        attacks = dict.fromkeys(bad, attack)
         say(f"Simulated attack: {', '.join(bad)} will send {attack!r} updates (a demo feature)")
     with start_room(
-        sites=sites, dataset=dataset, non_iid=non_iid, state_dir=state_dir, seed=seed, policies=policies
+        sites=sites, dataset=dataset, non_iid=non_iid, state_dir=state_dir, seed=seed, attacks=attacks
     ) as er:
         say(f"Room {er.url}; sites {', '.join(er.site_names)} connected; state in {er.state_dir}")
         room = er.connect()
@@ -482,7 +485,7 @@ def run_demo(
                 "site_noise_multiplier": site_noise_multiplier,
                 "aggregator": aggregator,
                 "attack": attack,
-                "malicious": sorted(policies or {}),
+                "malicious": sorted(attacks),
                 "defences": run.defences,
                 "seconds": round(elapsed, 1),
                 "sites": [

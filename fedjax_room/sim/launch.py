@@ -32,8 +32,10 @@ __all__ = [
 PARENT_PID_ENV = "FEDJAX_ROOM_PARENT_PID"
 
 
-def spawn(args: Sequence[str], log_path: Path, *, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    """Start ``python -m fedjax_room ARGS`` with stdout+stderr appended to ``log_path``."""
+def spawn(
+    args: Sequence[str], log_path: Path, *, env: dict[str, str] | None = None, module: str = "fedjax_room"
+) -> subprocess.Popen[bytes]:
+    """Start ``python -m MODULE ARGS`` (default ``fedjax_room``) with stdout+stderr appended to ``log_path``."""
     from fedjax_room.files import open_private, private_dir
 
     private_dir(log_path.parent)
@@ -48,7 +50,7 @@ def spawn(args: Sequence[str], log_path: Path, *, env: dict[str, str] | None = N
     # 0600 logs, and everything the room process creates is its owner's only (umask 077)
     with os.fdopen(open_private(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND), "ab") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "fedjax_room", *args],
+            [sys.executable, "-m", module, *args],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -133,10 +135,11 @@ def spawn_site(
     log_dir: Path,
     tls_ca: Path | None = None,
     extra: Sequence[str] = (),
+    attack: str | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Start a site agent."""
+    """Start a site agent (``fedjax-room site``), or with ``attack`` a simulated attacker playing it
+    (``python -m fedjax_room.sim.attacker --attack NAME``, the same arguments otherwise)."""
     args = [
-        "site",
         "--coordinator",
         url,
         "--key",
@@ -154,7 +157,9 @@ def spawn_site(
         args += ["--heldout", str(heldout)]
     if tls_ca:
         args += ["--tls-ca", str(tls_ca)]
-    return spawn([*args, *extra], log_dir / f"{name}.log")
+    if attack is not None:
+        return spawn(["--attack", attack, *args, *extra], log_dir / f"{name}.log", module="fedjax_room.sim.attacker")
+    return spawn(["site", *args, *extra], log_dir / f"{name}.log")
 
 
 def stop_process(proc: subprocess.Popen[bytes], grace: float = 10.0) -> int | None:

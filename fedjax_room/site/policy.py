@@ -15,11 +15,9 @@ Example ``policy.toml``::
     declared_train_records = 4000   # optional, with the next: the PUBLIC sizes the site plans with
     declared_heldout_records = 1000 # (else it releases one DP count of its sizes at first start)
 
-    # A test and demo feature only: make this site a poisoning attacker (fedjax_room.robust.attacks).
-    # Never shared with the room. `fedjax-room demo --attack boost --malicious 1` writes it.
-    [simulation]
-    attack = "boost"             # sign_flip | boost | label_flip | gaussian
-    options = {factor = 10.0}
+A policy holds only what the data owner allows; an unknown key (e.g. the ``[simulation]`` table of older demo
+policies) is refused. Simulated attacker sites are not a policy setting: they are a separate agent
+(:mod:`fedjax_room.sim.attacker`), outside the trusted site package.
 
 :meth:`Policy.check` raises :class:`~fedjax_room.errors.PolicyViolation` with a ``reason`` code
 (``model_family``, ``max_params``, ``aggregator``, ``secure_aggregation``, ``delta_cap``,
@@ -72,8 +70,6 @@ class Policy:
     declared_train_records: int | None = None
     #: public held-out size (with declared_train_records): the most held-out records evaluated
     declared_heldout_records: int | None = None
-    #: test/demo only: ``{"attack": name, "options": {...}}`` makes this site malicious; never shared
-    simulation: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, where: str = "policy") -> Policy:
@@ -141,20 +137,9 @@ class Policy:
             or not all(isinstance(x, str) and len(x) == 64 and set(x) <= set("0123456789abcdef") for x in approved)
         ):
             raise PolicyError(f"{where}: approved_models must list spec hashes (64 hex digits), got {approved!r}")
-        simulation = d["simulation"]
-        if not isinstance(simulation, Mapping) or set(simulation) - {"attack", "options"}:
-            raise PolicyError(f'{where}: [simulation] takes attack = "<name>" and options = {{...}}')
-        if simulation:
-            from fedjax_room.robust.attacks import get_attack
-
-            try:
-                get_attack(str(simulation.get("attack")), **dict(simulation.get("options") or {}))
-            except Exception as exc:
-                raise PolicyError(f"{where}: [simulation] {exc}") from None
         return cls(
             approval=d["approval"],
             approved_models=tuple(approved),
-            simulation=dict(simulation),
             epsilon_cap=number("epsilon_cap"),
             site_epsilon_cap=None if d["site_epsilon_cap"] is None else number("site_epsilon_cap"),
             delta_cap=delta,
@@ -182,19 +167,10 @@ class Policy:
     def to_dict(self) -> dict[str, Any]:
         """The policy as plain data (also the summary a site shares with the room)."""
         d = dataclasses.asdict(self)
-        d.pop("simulation")  # a hidden test/demo setting: never part of the summary
         d["allowed_families"] = list(self.allowed_families)
         d["allowed_aggregators"] = list(self.allowed_aggregators)
         d["approved_models"] = list(self.approved_models)
         return d
-
-    def attack(self) -> Any:
-        """The simulated attack (:class:`fedjax_room.robust.Attack`) this site plays, or None (test/demo only)."""
-        if not self.simulation:
-            return None
-        from fedjax_room.robust.attacks import get_attack
-
-        return get_attack(str(self.simulation["attack"]), **dict(self.simulation.get("options") or {}))
 
     def to_toml(self) -> str:
         """TOML text for this policy."""
@@ -205,15 +181,6 @@ class Policy:
             lines.append(
                 f"{key} = {json.dumps(value)}" if not isinstance(value, bool) else f"{key} = {str(value).lower()}"
             )
-        if self.simulation:
-            lines.append("\n[simulation]")
-            lines.append(f"attack = {json.dumps(self.simulation['attack'])}")
-            opts = self.simulation.get("options") or {}
-            if opts:
-                inner = ", ".join(
-                    f"{k} = {str(v).lower() if isinstance(v, bool) else json.dumps(v)}" for k, v in opts.items()
-                )
-                lines.append(f"options = {{{inner}}}")
         return "\n".join(lines) + "\n"
 
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -226,8 +193,7 @@ class Policy:
     @property
     def digest(self) -> str:
         """Hex sha256 of the canonical JSON of this policy (audited as ``policy_loaded``)."""
-        full = {**self.to_dict(), **({"simulation": self.simulation} if self.simulation else {})}
-        return hashlib.sha256(json.dumps(full, sort_keys=True).encode()).hexdigest()
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
 
     def check(self, spec: ModelSpec, config: RunConfig, *, party: str = "") -> None:
         """Raise :class:`PolicyViolation` if this run is not allowed (the budget is checked elsewhere)."""

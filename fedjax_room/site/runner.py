@@ -8,9 +8,11 @@ worker thread so the websocket keeps answering pings while it trains.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,7 @@ from fedjax_room.protocol.site import SiteMachine
 from fedjax_room.transport.client import Backoff, open_connection
 from fedjax_room.transport.signals import install_stop_signals
 
-__all__ = ["build_agent", "run_site", "serve_site"]
+__all__ = ["add_site_arguments", "build_agent", "run_site", "serve_site", "site_kwargs"]
 
 log = logging.getLogger("fedjax_room.site")
 
@@ -39,6 +41,7 @@ def build_agent(
     heldout_fraction: float = 0.2,
     train_delay: float = 0.0,
     schema: Path | None = None,
+    agent_factory: Callable[..., Any] | None = None,
 ) -> Any:
     """Load everything a site needs and return its :class:`~fedjax_room.site.agent.SiteAgent`.
 
@@ -46,6 +49,7 @@ def build_agent(
     class list leaves the site; it is never read off the data (a :class:`~fedjax_room.errors.SchemaError` says how
     to declare it). ``heldout`` is read with the same schema. Without ``heldout``, each record is held out or not by
     a hash of its own content keyed with the site's secret (:meth:`~fedjax_room.data.Dataset.split_by_key`).
+    ``agent_factory`` (default :class:`~fedjax_room.site.agent.SiteAgent`) is called with the agent's arguments.
     """
     import hashlib
     import hmac
@@ -71,7 +75,7 @@ def build_agent(
         else:  # each record's side depends on that record alone, keyed with the site's secret
             split_key = hmac.new(load_secret(state), b"fedjax-room heldout split v1", hashlib.sha256).digest()
             train, held = dataset.split_by_key(heldout_fraction, split_key)
-        agent = SiteAgent(
+        agent = (agent_factory or SiteAgent)(  # agent_factory: e.g. a simulated attacker (fedjax_room.sim.attacker)
             name=name, train=train, heldout=held, policy=rules, state_dir=state, audit=audit, train_delay=train_delay
         )
         check_against_audit(agent.ledger, audit.records())  # a deleted or rolled-back ledger: refuse to start
@@ -79,6 +83,62 @@ def build_agent(
         audit.close()
         raise
     return agent
+
+
+def add_site_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of a serving site process (``fedjax-room site``, ``python -m fedjax_room.sim.attacker``)."""
+    p.add_argument("--coordinator", help="the room's URL (ws://HOST:PORT or wss://...)")
+    p.add_argument("--key", type=Path, help="this site's private key")
+    p.add_argument("--data", type=Path, help="the site's training data (.npz/.csv/.parquet)")
+    p.add_argument("--heldout", type=Path, help="held-out data for evaluation (default: 20%% of --data)")
+    p.add_argument(
+        "--schema",
+        type=Path,
+        help="declared schema JSON (features, feature_shape, label, classes); needed unless stored with --data",
+    )
+    p.add_argument("--policy", type=Path, help="policy TOML (caps, allowed models, ...)")
+    p.add_argument("--state", type=Path, help="state directory (ledger, releases, audit; default KEYDIR/NAME-state)")
+    p.add_argument("--name", help="enrolled name (default: the key file's name without suffix)")
+    p.add_argument("--tls-ca", type=Path, help="CA certificate to trust for wss://")
+    p.add_argument(
+        "--manifest",
+        type=Path,
+        help="the room manifest (sites' and coordinator's keys, from the data owners; default: "
+        "KEYDIR/room-manifest.json); needed for secure aggregation, and pins the coordinator's key",
+    )
+    p.add_argument(
+        "--coordinator-key",
+        type=Path,
+        help="the coordinator's public key file to pin (default: the manifest's, or KEYDIR/coordinator.key.pub)",
+    )
+    p.add_argument("--insecure", action="store_true", help="allow plain ws:// to a non-loopback coordinator")
+    p.add_argument("--log-level", default="info")
+    p.add_argument("--train-delay", type=float, default=0.0, help=argparse.SUPPRESS)  # tests: a straggler
+
+
+def site_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """:func:`run_site`'s keyword arguments from :func:`add_site_arguments`' namespace; a
+    :class:`~fedjax_room.errors.ConfigError` names the required ones missing."""
+    from fedjax_room.errors import ConfigError
+
+    missing = [f"--{n}" for n in ("coordinator", "key", "data", "policy") if getattr(args, n) is None]
+    if missing:
+        raise ConfigError(f"a site agent needs {', '.join(missing)} to run")
+    return {
+        "coordinator": args.coordinator,
+        "key": args.key,
+        "cafile": args.tls_ca,
+        "data": args.data,
+        "heldout": args.heldout,
+        "schema": args.schema,
+        "policy": args.policy,
+        "state_dir": args.state,
+        "name": args.name,
+        "train_delay": args.train_delay,
+        "manifest": args.manifest,
+        "coordinator_key": args.coordinator_key,
+        "insecure": args.insecure,
+    }
 
 
 async def serve_site(

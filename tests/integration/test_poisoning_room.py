@@ -1,4 +1,4 @@
-"""Poisoning in a real room: 1 of 4 site processes boosts its update (a `[simulation]` policy table).
+"""Poisoning in a real room: 1 of 4 site processes boosts its update (``python -m fedjax_room.sim.attacker``).
 
 FedAvg degrades while median and trimmed mean keep the model accurate; the attacker is flagged in the
 round results and in the coordinator's (verified) audit log as ``defence_report`` records.
@@ -28,8 +28,7 @@ SETTINGS = {
 
 def test_one_booster_breaks_fedavg_not_median(tmp_path):
     policy = {"epsilon_cap": 100.0, "min_sites": 1}
-    attacker = {**policy, "simulation": {"attack": "boost"}}
-    with start_room(sites=4, dataset="digits", state_dir=tmp_path, policy=policy, policies={"site-a": attacker}) as er:
+    with start_room(sites=4, dataset="digits", state_dir=tmp_path, policy=policy, attacks={"site-a": "boost"}) as er:
         room = er.connect()
         try:
             test = er.central_test()

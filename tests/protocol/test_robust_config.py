@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from fedjax_room import robust
-from fedjax_room.robust.server import server_optimizer
 from fedjax_room.errors import ConfigError, PolicyError, PolicyViolation
 from fedjax_room.models import logistic
 from fedjax_room.protocol.config import AGGREGATORS, SECURE_AGGREGATORS, SERVER_OPTIMIZERS, RunConfig
+from fedjax_room.robust.server import server_optimizer
 from fedjax_room.site.policy import Policy
 
 
@@ -62,15 +62,13 @@ def test_policy_refuses_an_aggregator_it_does_not_allow():
         Policy.from_dict({"allowed_aggregators": ["geomedian"]})
 
 
-def test_simulation_table_is_validated_and_never_shared(tmp_path):
-    policy = Policy.from_dict({"simulation": {"attack": "sign_flip", "options": {"scale": 2.0}}})
-    assert policy.attack().name == "sign_flip"
-    assert "simulation" not in policy.to_dict()
-    assert policy.digest != Policy().digest
-    assert Policy.load(policy.save(tmp_path / "p.toml")).attack().options == {"scale": 2.0}
-    with pytest.raises(PolicyError, match="simulation"):
-        Policy.from_dict({"simulation": {"attack": "nope"}})
-    assert Policy().attack() is None
+def test_a_simulation_table_is_refused_as_an_unknown_key(tmp_path):
+    """Attacker sites are sim.attacker agents, not a policy setting: an old [simulation] table is refused."""
+    path = tmp_path / "policy.toml"
+    path.write_text('epsilon_cap = 5.0\n\n[simulation]\nattack = "boost"\n')
+    with pytest.raises(PolicyError, match=r"unknown settings \['simulation'\]"):
+        Policy.load(path)
+    assert "simulation" not in Policy().to_dict() and not hasattr(Policy(), "attack")
 
 
 @pytest.mark.parametrize("name", SERVER_OPTIMIZERS)
