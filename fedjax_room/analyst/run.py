@@ -7,11 +7,12 @@ callbacks given to :meth:`Run.subscribe` run on the client's callback thread.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import logging
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, NamedTuple
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
+from typing import Any, NamedTuple, Protocol
 
 from fedjax_room.analyst.events import (
     EVENT_KINDS,
@@ -28,12 +29,23 @@ from fedjax_room.models import ModelSpec
 from fedjax_room.protocol import messages as m
 from fedjax_room.protocol.codec import Tree, unpack_tree
 
-if TYPE_CHECKING:
-    from fedjax_room.analyst.client import _Core
-
-__all__ = ["Run"]
+__all__ = ["Run", "RunCore"]
 
 log = logging.getLogger("fedjax_room.analyst")
+
+
+class RunCore(Protocol):
+    """What a :class:`Run` needs of the client that feeds it (``analyst.client._Core``)."""
+
+    @property
+    def callbacks(self) -> concurrent.futures.Executor: ...
+
+    @property
+    def timeout(self) -> float: ...
+
+    def call(self, coro: Coroutine[Any, Any, Any], timeout: float | None = None) -> Any: ...
+
+    def request(self, build: Callable[[int], m.Message], *, resend: bool = True) -> Coroutine[Any, Any, Any]: ...
 
 
 class _Subscription(NamedTuple):
@@ -44,7 +56,7 @@ class _Subscription(NamedTuple):
 class Run:
     """A federated run, updated live in the background. Created by :meth:`Room.train`."""
 
-    def __init__(self, core: _Core, run_id: str) -> None:
+    def __init__(self, core: RunCore, run_id: str) -> None:
         self._core = core
         self.id = run_id
         self.spec: ModelSpec | None = None
