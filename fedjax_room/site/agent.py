@@ -27,34 +27,31 @@ State directory layout::
     STATE/secret            32 random bytes (mode 0600)
     STATE/ledger.json       the privacy ledger (fedjax_room.site.ledger)
     STATE/runs/<run>.json   accepted runs: spec, config, plan
-    STATE/releases/<run>/<round>-<phase>.release   what each release holds (payload or noised counts), stored
-                                                   before its ledger commit, which records its digest
-    STATE/releases/<run>/<round>-train.ring.npy    the ring vector of a secure round (covered by that digest)
+    STATE/releases/         the stored releases (fedjax_room.site.releases)
     STATE/audit.jsonl       the site's audit log
+
+The agent orchestrates; each rule lives in its own module: :mod:`.policy` and :mod:`.approval` (what the data
+owner allows), :mod:`.plan` (the noise for this site's size), :mod:`.public_size`, :mod:`.spending` (budget checks
+and commits over :mod:`.ledger`), :mod:`.releases` (stored releases), :mod:`.secret` (the seeds),
+:mod:`.evaluate` (the noised evaluation) and :mod:`.secure` (an update as a SecAgg ring vector).
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import hmac
-import io
 import json
 import logging
 import math
 import os
-import secrets
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import numpy as np
 
 from fedjax_room.data import Dataset
 from fedjax_room.errors import (
-    BudgetExceededError,
     FedRoomError,
     PolicyViolation,
     PrivacyError,
@@ -65,57 +62,24 @@ from fedjax_room.errors import (
 from fedjax_room.files import atomic_write
 from fedjax_room.models import ModelSpec
 from fedjax_room.protocol import messages as m
-from fedjax_room.protocol.codec import Tree, digest, pack, pack_tree, unpack_tree
+from fedjax_room.protocol.codec import Tree, digest, pack_tree, unpack_tree
 from fedjax_room.protocol.config import RunConfig
 from fedjax_room.protocol.fields import is_id
+from fedjax_room.protocol.secure import SecureRelease, SecureTrain
+from fedjax_room.site.approval import Inbox, await_approval
+from fedjax_room.site.evaluate import noised_metrics
 from fedjax_room.site.ledger import Ledger
-from fedjax_room.site.plan import EVAL_SENSITIVITY, LOSS_CLIP, Plan, make_plan
+from fedjax_room.site.plan import Plan, make_plan
 from fedjax_room.site.policy import Policy
+from fedjax_room.site.public_size import resolve_public_size
+from fedjax_room.site.releases import ReleaseStore
+from fedjax_room.site.secret import derive_seed, load_secret
+from fedjax_room.site.secure import secure_vector, site_event
+from fedjax_room.site.spending import Spending
 
-__all__ = ["SiteAgent", "load_secret"]
+__all__ = ["SiteAgent"]
 
 log = logging.getLogger("fedjax_room.site")
-
-
-def load_secret(state_dir: Path) -> bytes:
-    """The site's seed secret (created on first use, mode 0600)."""
-    path = state_dir / "secret"
-    if not path.exists():
-        state_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(secrets.token_bytes(32))
-            fh.flush()
-            os.fsync(fh.fileno())
-    data = path.read_bytes()
-    if len(data) != 32:
-        raise StateError(f"{path} must hold 32 bytes; restore it (deleting it changes every future seed)")
-    return data
-
-
-@functools.lru_cache(maxsize=16)
-def _eval_fn(spec_json: str) -> Callable[..., Any]:
-    import jax
-    import jax.numpy as jnp
-    import optax
-
-    from fedjax_room.models import make_predict_fn
-
-    predict = make_predict_fn(ModelSpec.from_json(spec_json))
-
-    @jax.jit
-    def fn(params: Any, x: Any, y: Any) -> tuple[Any, Any]:
-        # Every per-example quantity is made finite and bounded *before* it is summed: crafted parameters can
-        # overflow a record's logits (inf - inf = NaN), and jnp.clip keeps NaN. A non-finite loss counts the clip
-        # bound; a record with a non-finite logit counts as not correct. So each sum has sensitivity 1 / LOSS_CLIP.
-        logits = predict(params, x)
-        finite = jnp.all(jnp.isfinite(logits), axis=-1)
-        raw = optax.softmax_cross_entropy_with_integer_labels(jnp.where(finite[:, None], logits, 0.0), y)
-        losses = jnp.where(finite & jnp.isfinite(raw), jnp.clip(raw, 0.0, LOSS_CLIP), LOSS_CLIP)
-        correct = finite & (jnp.argmax(logits, axis=-1) == y)
-        return jnp.sum(losses), jnp.sum(correct.astype(jnp.int32))
-
-    return fn
 
 
 class SiteAgent:
@@ -144,8 +108,6 @@ class SiteAgent:
         )
         # the PUBLIC sizes every plan, weight and published count comes from (declared, or one DP count charged to
         # the ledger at first start); at most heldout_bound held-out records are evaluated (site.public_size)
-        from fedjax_room.site.public_size import resolve_public_size
-
         self.public_size = resolve_public_size(
             self.state_dir,
             self.ledger,
@@ -157,7 +119,6 @@ class SiteAgent:
         )
         if len(self._heldout) > self.public_size.heldout_bound:
             self._heldout = self._heldout.subset(np.arange(self.public_size.heldout_bound))
-        self._summary = self.ledger.summary()
         # site-level (whole-site) events of distributed-DP runs: a separate neighbouring relation, so a separate
         # accountant, reported next to the sample-level ledger and capped by the policy's site_epsilon_cap (if set)
         site_cap = math.inf if policy.site_epsilon_cap is None else policy.site_epsilon_cap
@@ -165,6 +126,10 @@ class SiteAgent:
             self.state_dir / "site_ledger.json", epsilon_cap=site_cap, delta=policy.delta_cap, kind="rdp_integer"
         )
         self.audit = audit
+        self.spending = Spending(
+            name, self.ledger, self.site_ledger, heldout_bound=self.public_size.heldout_bound, audit=self._audit
+        )
+        self.releases = ReleaseStore(self.state_dir, name)
         self.train_delay = train_delay
         self._trainers: dict[str, Any] = {}
         self._references: dict[str, Tree] = {}
@@ -186,20 +151,16 @@ class SiteAgent:
             schema=self._train.schema.to_dict(),
             record_count=self.public_size.record_count(),  # from the public sizes, never the exact ones
             policy=self.policy.to_dict(),
-            ledger=dict(self._summary),
+            ledger=dict(self.spending.summary),
         )
 
     def _seed(self, run_id: str, seed: int, round: int, phase: str) -> int:
-        mac = hmac.new(self._secret, pack([run_id, seed, round, phase]), hashlib.sha256).digest()
-        return int.from_bytes(mac[:8], "big") & ((1 << 63) - 1)
+        return derive_seed(self._secret, run_id, seed, round, phase)
 
     def _run_path(self, run_id: str) -> Path:
         if not is_id(run_id):
             raise ProtocolError(f"run id {run_id!r} is not a plain name")
         return self.state_dir / "runs" / f"{run_id}.json"
-
-    def _release_path(self, run_id: str, round: int, phase: str) -> Path:
-        return self.state_dir / "releases" / run_id / f"{round}-{phase}.msgpack"
 
     def _load_run(self, run_id: str) -> tuple[ModelSpec, RunConfig, Plan]:
         path = self._run_path(run_id)
@@ -282,7 +243,7 @@ class SiteAgent:
                 plan = make_plan(config, public_size=self.public_size.train, min_sites=self.policy.min_sites)
             except PrivacyError as exc:
                 raise PolicyViolation(f"{self.name}: {exc.message}", party=self.name, reason="privacy") from None
-            self._check_budget(plan, msg.run_id)
+            self.spending.check_run(plan)
             self._await_approval(msg.run_id, spec)
         except PolicyViolation as exc:
             self._audit("run_refused", run_id=msg.run_id, spec_hash=spec.hash, reason=exc.reason)
@@ -293,131 +254,20 @@ class SiteAgent:
         return m.RunAccept(run_id=msg.run_id, plan=plan.public())
 
     def _await_approval(self, run_id: str, spec: ModelSpec) -> None:
-        """The data owner's approval of ``spec`` (policy ``approval`` / ``approved_models``, :mod:`.approval`).
-
-        A spec in ``approved_models`` passes. With ``approval = "manual"`` an undecided spec waits in the inbox
-        (the room hears ``run_waiting``) until ``fedjax-room site approve|reject``; each decision acted on is
-        audited. Raises :class:`PolicyViolation` (``rejected`` with the owner's reason, or ``not_approved``).
-        """
-        from fedjax_room.site.approval import Inbox
-
-        h = spec.hash
-        if h in self.policy.approved_models:
-            return
-        inbox = Inbox(self.state_dir)
-        decision = inbox.decision(h)
-        if decision is None and self.policy.approval == "auto":
-            if self.policy.approved_models:
-                raise PolicyViolation(
-                    f"{self.name}: model {h[:12]} is not among this site's approved models; ask its data owner to "
-                    "add its spec hash to approved_models",
-                    party=self.name,
-                    reason="not_approved",
-                )
-            return
-        if decision is None:
-            inbox.add_pending(h, spec.to_dict(), run_id, params=spec.param_count())
-            self._audit("approval_requested", run_id=run_id, spec_hash=h)
-            log.info("%s: run %s waits for approval of model %s (fedjax-room site approve)", self.name, run_id, h)
-            if self.notify is not None:
-                text = f"waiting for approval by {self.name} (model {h[:12]})"
-                self.notify(m.RunWaiting(run_id=run_id, spec_hash=h, message=text))
-            while decision is None:
-                if self.stopping.wait(self.approval_poll):
-                    raise RefusedError(f"{self.name} stopped while waiting for approval", party=self.name)
-                decision = inbox.decision(h)
-        kind = "model_approved" if decision["decision"] == "approved" else "model_rejected"
-        self._audit(kind, run_id=run_id, spec_hash=h, reason=decision.get("reason", ""), decided_at=decision["at"])
-        if kind == "model_rejected":
-            raise PolicyViolation(
-                f"{self.name}: the data owner rejected model {h[:12]}: {decision.get('reason', '')}",
-                party=self.name,
-                reason="rejected",
-            )
-
-    def _check_budget(self, plan: Plan, run_id: str) -> None:
-        import dp_accounting as dpa
-
-        from fedjax_room.dp.accounting import dpsgd_event
-
-        rounds = plan.rounds if plan.mode == "target" else 1
-        event = dpa.ComposedDpEvent(
-            [
-                dpsgd_event(plan.noise_multiplier, plan.sampling_rate, plan.local_steps * rounds),
-                dpsgd_event(plan.eval_noise_multiplier, 1.0, rounds),
-            ]
+        """The data owner's approval of ``spec`` (:func:`~fedjax_room.site.approval.await_approval`)."""
+        await_approval(
+            Inbox(self.state_dir),
+            self.policy,
+            spec,
+            run_id,
+            name=self.name,
+            audit=self._audit,
+            notify=self.notify,
+            stopping=self.stopping,
+            poll=self.approval_poll,
         )
-        if self.ledger.would_exceed(event):
-            spent = self.ledger.epsilon()
-            cap = self.ledger.epsilon_cap
-            what = "this run" if plan.mode == "target" else "even one round of this run"
-            raise PolicyViolation(
-                f"{self.name}: {what} (epsilon {plan.epsilon_planned:.3g} planned) would take its ledger past its cap: "
-                f"{spent:.3g} of {cap:g} already spent, {max(0.0, cap - spent):.3g} left; ask for a smaller "
-                "target_epsilon or fewer rounds",
-                party=self.name,
-                reason="epsilon_cap",
-            )
 
-    # ------------------------------------------------------------------ releases
-
-    def _resend(self, run_id: str, round: int, phase: str) -> m.Message | None:
-        """A frame stored by an older version of the agent (after its commit), if any."""
-        path = self._release_path(run_id, round, phase)
-        if path.exists():
-            log.info("%s resends %s/%d/%s (already released, nothing spent)", self.name, run_id, round, phase)
-            return m.decode(path.read_bytes())
-        return None
-
-    def _ring_path(self, run_id: str, round: int) -> Path:
-        return self._release_path(run_id, round, "train").with_suffix(".ring.npy")
-
-    def _content_path(self, run_id: str, round: int, phase: str) -> Path:
-        return self._release_path(run_id, round, phase).with_suffix(".release")
-
-    @staticmethod
-    def _release_digest(content: bytes, ring: bytes) -> str:
-        return digest(pack([content, ring]))
-
-    def _store_release(self, run_id: str, round: int, phase: str, content: dict[str, Any], vector: Any) -> str:
-        """Persist what a release will hold (its data: payload, ring vector, noised counts) *before* its ledger
-        commit; returns the digest the commit records. Never sent: only a committed release leaves the site."""
-        ring = b""
-        if vector is not None:
-            buf = io.BytesIO()
-            np.save(buf, np.asarray(vector), allow_pickle=False)
-            ring = buf.getvalue()
-            atomic_write(self._ring_path(run_id, round), ring)
-        data = pack(content)
-        atomic_write(self._content_path(run_id, round, phase), data)
-        return self._release_digest(data, ring)
-
-    def _stored_release(self, key: str, record: dict[str, Any], round: int, phase: str) -> tuple[dict, Any]:
-        """The content (and ring vector) committed under ``key``, checked against the committed digest; refused
-        (:class:`StateError`) if it is lost or differs: a committed release is never recomputed, since that would
-        reuse its noise on whatever parameters are sent now."""
-        run_id = key.split("/", 1)[0]
-        if record.get("failed"):
-            raise RefusedError(
-                f"{self.name}: {phase} of round {round} failed after its privacy cost was spent; nothing to resend",
-                party=self.name,
-                reason="site_error",
-            )
-        path, ring_path = self._content_path(run_id, round, phase), self._ring_path(run_id, round)
-        want = record.get("release")
-        if want is not None and path.exists():
-            data = path.read_bytes()
-            ring = ring_path.read_bytes() if phase == "train" and ring_path.exists() else b""
-            if self._release_digest(data, ring) == want:
-                from fedjax_room.protocol.codec import unpack
-
-                vector = np.load(io.BytesIO(ring), allow_pickle=False) if ring else None
-                log.info("%s resends %s (already released, nothing spent)", self.name, key)
-                return unpack(data), vector
-        raise StateError(
-            f"{self.name}: release {key} was committed to the ledger but its stored content is missing or does not "
-            "match the committed digest; refusing it (recomputing it would reuse its noise on other parameters)"
-        )
+    # ------------------------------------------------------------------ train
 
     def _check_round(self, run_id: str, round: Any, plan: Plan, phase: str) -> None:
         """Only the rounds ``1..rounds`` of the accepted plan are ever trained or evaluated (each once: the ledger
@@ -429,45 +279,6 @@ class SiteAgent:
                 party=self.name,
                 reason="round_range",
             )
-
-    def _precheck_spend(self, key: str, event: Any, round: int, spec: ModelSpec) -> None:
-        """Refuse a release whose event would pass the cap before computing it (a data-independent check)."""
-        if self.ledger.would_exceed(event):
-            run_id = key.split("/", 1)[0]
-            self._audit("run_refused", run_id=run_id, spec_hash=spec.hash, reason="epsilon_cap", round=round)
-            raise PolicyViolation(
-                f"{self.name}: release {key} would take its ledger past its cap; refusing round {round} (ledger stays "
-                f"at {self.ledger.epsilon():.4g} of {self.ledger.epsilon_cap:g})",
-                party=self.name,
-                reason="epsilon_cap",
-            )
-
-    def _pay_failed(self, key: str, event: Any, round: int, phase: str, config: RunConfig, spec: ModelSpec) -> NoReturn:
-        """A data-dependent computation failed: spend its cost anyway (its failure could depend on a record), then
-        refuse with a data-independent message; the details stay in this site's log."""
-        log.exception("%s: %s of %s failed; spending its cost and refusing", self.name, phase, key)
-        self._commit(key, event, {"round": round, "phase": phase, "failed": True}, config, spec)
-        raise RefusedError(
-            f"{self.name}: {phase} of round {round} failed on this site (see its log); its privacy cost is spent and "
-            "nothing is released",
-            party=self.name,
-            reason="site_error",
-        )
-
-    def _commit(self, key: str, event: Any, record: dict[str, Any], config: RunConfig, spec: ModelSpec) -> tuple:
-        run_id = key.split("/", 1)[0]
-        try:
-            run_eps, total = self.ledger.commit(key, event, record, run_delta=config.delta)
-        except BudgetExceededError as exc:
-            self._audit("run_refused", run_id=run_id, spec_hash=spec.hash, reason="epsilon_cap", round=record["round"])
-            raise PolicyViolation(
-                f"{self.name}: {exc.message}; refusing round {record['round']} (ledger stays at "
-                f"{self.ledger.epsilon():.4g} of {self.ledger.epsilon_cap:g})",
-                party=self.name,
-                reason="epsilon_cap",
-            ) from None
-        self._summary = self.ledger.summary()
-        return run_eps, total
 
     def train(self, msg: Any) -> Any:
         """One round of local DP training; the ledger is committed before the update is returned.
@@ -481,8 +292,6 @@ class SiteAgent:
         for); the release is stored; its cost is committed with the release's digest; only then does it leave. A
         committed round asked again returns exactly the stored release (or is refused), never a recomputation.
         """
-        from fedjax_room.protocol.secure import SecureTrain
-
         secure: SecureTrain | None = None
         if isinstance(msg, SecureTrain):
             secure, msg = msg, msg.start
@@ -510,19 +319,19 @@ class SiteAgent:
         params = self._global_params(msg, spec)
         if secure is not None and config.site_noise_multiplier is not None:
             # before anything is spent
-            self._precheck_site(key, self._site_event(config, secure), f"round {msg.round}", msg.round, spec)
+            self.spending.precheck_site(key, site_event(config, secure), f"round {msg.round}", msg.round, spec)
         event = plan.train_event()
-        self._precheck_spend(key, event, msg.round, spec)
+        self.spending.precheck(key, event, msg.round, spec)
         started = time.perf_counter()
         try:
             payload, vector = self._compute_update(msg, spec, config, plan, params, secure)
         except Exception:
-            self._pay_failed(key, event, msg.round, "train", config, spec)
+            self.spending.pay_failed(key, event, msg.round, "train", config, spec)
         payload_digest = digest(payload)
-        release = self._store_release(msg.run_id, msg.round, "train", {"payload": payload}, vector)
+        release = self.releases.store(msg.run_id, msg.round, "train", {"payload": payload}, vector)
         if self.train_delay:
             time.sleep(self.train_delay)
-        run_eps, total = self._commit(
+        run_eps, total = self.spending.commit(
             key,
             event,
             {"round": msg.round, "phase": "train", "digest": payload_digest, "release": release},
@@ -554,15 +363,14 @@ class SiteAgent:
     ) -> Any:
         """A committed round asked again: exactly the release stored before its commit, or a refusal."""
         if "release" not in record and not record.get("failed"):  # committed by an older agent: its stored frame
-            from fedjax_room.protocol.secure import SecureRelease
-
-            again, ring = self._resend(msg.run_id, msg.round, "train"), self._ring_path(msg.run_id, msg.round)
+            again = self.releases.legacy_frame(msg.run_id, msg.round, "train")
+            ring = self.releases.ring_path(msg.run_id, msg.round)
             if again is not None and secure is None:
                 return again
             if again is not None and ring.exists():
                 return SecureRelease(again, np.load(ring, allow_pickle=False))
             raise StateError(f"{self.name}: release {key} was committed but never stored; refusing to recompute it")
-        content, vector = self._stored_release(key, record, msg.round, "train")
+        content, vector = self.releases.stored(key, record, msg.round, "train")
         payload = bytes(content["payload"])
         if (secure is None) != (vector is None):
             raise StateError(f"{self.name}: release {key} was stored for the other kind of round; refusing it")
@@ -578,14 +386,12 @@ class SiteAgent:
         total: float,
         config: RunConfig,
         plan: Plan,
-        secure: Any,
+        secure: SecureTrain | None,
         key: str,
     ) -> Any:
-        from fedjax_room.protocol.secure import SecureRelease
-
         site_eps = None
         if secure is not None and config.site_noise_multiplier is not None:
-            site_eps = self._commit_site(key, self._site_event(config, secure), msg.round, "train", config)
+            site_eps = self.spending.commit_site(key, site_event(config, secure), msg.round, "train", config)
         update = m.Update(
             run_id=msg.run_id,
             round=msg.round,
@@ -637,7 +443,8 @@ class SiteAgent:
             log.warning("%s: round %s's update is not finite; releasing zeros (still paid for)", self.name, msg.round)
             delta = jax.tree.map(np.zeros_like, delta)
         if secure is not None:  # the update leaves only masked, in secagg frames
-            return b"", self._secure_vector(delta, config, secure)
+            noise_seed = self._seed(msg.run_id, config.seed, msg.round, "site-noise")
+            return b"", secure_vector(delta, config, secure, noise_seed)
         return pack_tree(dict(delta)), None
 
     # the seam a simulated attacker (fedjax_room.sim.attacker.AttackingAgent) overrides; identity here
@@ -648,61 +455,6 @@ class SiteAgent:
     def _outgoing(self, delta: Tree, params: Tree, seed: int) -> Tree:
         """The update a round releases (before the finite check, encoding and masking): the trained delta."""
         return delta
-
-    def _secure_vector(self, delta: Any, config: RunConfig, secure: Any) -> np.ndarray:
-        """The update as a SecAgg ring vector: fixed point (scaled by the FedAvg fraction), or with distributed DP
-        clipped to ``site_clip_norm`` plus this site's Skellam share (seeded from the site secret)."""
-        from fedjax_room.protocol.secure import flatten_update, make_encoder
-        from fedjax_room.secagg import SecAggConfig
-
-        start = secure.start
-        encoder = make_encoder(config, SecAggConfig.from_dict(secure.setup.config))
-        flat = flatten_update(dict(delta))
-        if config.site_noise_multiplier is not None:
-            rng = np.random.default_rng([self._seed(start.run_id, config.seed, start.round, "site-noise"), 11])
-            return encoder.encode(flat, rng)
-        return encoder.encode(secure.setup.fraction * flat)
-
-    def _site_event(self, config: RunConfig, secure: Any) -> Any:
-        from fedjax_room.protocol.secure import make_encoder
-        from fedjax_room.secagg import SecAggConfig
-
-        return make_encoder(config, SecAggConfig.from_dict(secure.setup.config)).dp_event(1)
-
-    def _site_eval_event(self, plan: Plan) -> Any:
-        from fedjax_room.site.plan import site_eval_event
-
-        return site_eval_event(plan.eval_noise_multiplier, self.public_size.heldout_bound)
-
-    def _precheck_site(self, key: str, event: Any, what: str, round: int, spec: ModelSpec) -> None:
-        """Refuse a release (nothing spent, nothing released) whose site-level event would pass the site-level cap."""
-        if self.site_ledger.released(key) is not None or not self.site_ledger.would_exceed(event):
-            return
-        run_id = key.split("/", 1)[0]
-        self._audit("run_refused", run_id=run_id, spec_hash=spec.hash, reason="site_epsilon_cap", round=round)
-        raise PolicyViolation(
-            f"{self.name}: {what} would take its site-level ledger (distributed DP) past its cap: "
-            f"{self.site_ledger.epsilon():.4g} of {self.site_ledger.epsilon_cap:g} spent; refusing it",
-            party=self.name,
-            reason="site_epsilon_cap",
-        )
-
-    def _commit_site(self, key: str, event: Any, round: int, phase: str, config: RunConfig) -> float:
-        """Compose a release's site-level event (distributed DP) into the site-level ledger, once per key; the run's
-        site-level epsilon."""
-        done = self.site_ledger.released(key)
-        if done is not None:
-            return float(done["epsilon"])
-        record = {"round": round, "phase": phase, "site_level": True}
-        run_eps, _ = self.site_ledger.commit(key, event, record, run_delta=config.delta)
-        return float(run_eps)
-
-    def _site_eval(self, key: str, config: RunConfig, plan: Plan, round: int) -> float | None:
-        """In a distributed-DP run, compose this evaluation's site-level event (:func:`~fedjax_room.site.plan.
-        site_eval_event`) into the site-level ledger; the run's site-level epsilon (None in other runs)."""
-        if config.site_noise_multiplier is None:
-            return None
-        return self._commit_site(key, self._site_eval_event(plan), round, "eval", config)
 
     def evaluate(self, msg: m.RoundStart) -> m.Metrics | m.RunRefuse:
         """Noised evaluation counts of the global model on the held-out split, stored and accounted before release.
@@ -716,28 +468,31 @@ class SiteAgent:
         record = self.ledger.released(key)
         if record is not None:
             if "release" not in record and not record.get("failed"):  # committed by an older agent
-                again = self._resend(msg.run_id, msg.round, "eval")
+                again = self.releases.legacy_frame(msg.run_id, msg.round, "eval")
                 if again is not None:
                     return again
                 raise StateError(f"{self.name}: release {key} was committed but never stored; refusing to recompute it")
-            content, _ = self._stored_release(key, record, msg.round, "eval")
-            site_eps = self._site_eval(key, config, plan, msg.round)  # committed now if a crash came before
+            content, _ = self.releases.stored(key, record, msg.round, "eval")
+            # committed now if a crash came before
+            site_eps = self.spending.commit_site_eval(key, config, plan, msg.round)
             eps, total = record["epsilon"], record["ledger_epsilon"]
             return self._metrics_frame(msg, content["metrics"], eps, total, config, site_eps)
         params = self._global_params(msg, spec)
         event = plan.eval_event()
-        self._precheck_spend(key, event, msg.round, spec)
+        self.spending.precheck(key, event, msg.round, spec)
         if config.site_noise_multiplier is not None:  # distributed-DP runs: the site-level cap too
-            self._precheck_site(key, self._site_eval_event(plan), f"evaluating round {msg.round}", msg.round, spec)
+            level_event = self.spending.site_eval_event(plan)
+            self.spending.precheck_site(key, level_event, f"evaluating round {msg.round}", msg.round, spec)
         try:
             noised = self._compute_metrics(msg, spec, config, plan, params)
         except Exception:
-            self._site_eval(key, config, plan, msg.round)
-            self._pay_failed(key, event, msg.round, "eval", config, spec)
-        release = self._store_release(msg.run_id, msg.round, "eval", {"metrics": noised}, None)
+            self.spending.commit_site_eval(key, config, plan, msg.round)
+            self.spending.pay_failed(key, event, msg.round, "eval", config, spec)
+        release = self.releases.store(msg.run_id, msg.round, "eval", {"metrics": noised}, None)
         record = {"round": msg.round, "phase": "eval", "release": release}
-        run_eps, total = self._commit(key, event, record, config, spec)
-        site_eps = self._site_eval(key, config, plan, msg.round)  # distributed-DP runs: the site-level ledger too
+        run_eps, total = self.spending.commit(key, event, record, config, spec)
+        # distributed-DP runs: the site-level ledger too
+        site_eps = self.spending.commit_site_eval(key, config, plan, msg.round)
         metrics = self._metrics_frame(msg, noised, run_eps, total, config, site_eps)
         self._audit("metrics_released", run_id=msg.run_id, round=msg.round, epsilon=run_eps, ledger_epsilon=total)
         return metrics
@@ -745,20 +500,9 @@ class SiteAgent:
     def _compute_metrics(
         self, msg: m.RoundStart, spec: ModelSpec, config: RunConfig, plan: Plan, params: Tree
     ) -> list[float]:
-        """``[count, correct, loss_sum]`` on the held-out split plus Gaussian noise (each term finite, bounded)."""
-        loss_sum, correct, count = 0.0, 0, len(self._heldout)
-        fn = _eval_fn(spec.to_json())
-        for start in range(0, count, 1024):
-            ls, c = fn(params, self._heldout.x[start : start + 1024], self._heldout.y[start : start + 1024])
-            loss_sum += float(ls)
-            correct += int(c)
+        """``[count, correct, loss_sum]`` on the held-out split plus Gaussian noise (:mod:`.evaluate`)."""
         seed = self._seed(msg.run_id, config.seed, msg.round, "eval")
-        rng = np.random.default_rng([seed, 7])
-        noise = rng.normal(0.0, plan.eval_noise_multiplier * EVAL_SENSITIVITY, size=3)
-        noised = [float(count + noise[0]), float(correct + noise[1]), float(loss_sum + LOSS_CLIP * noise[2])]
-        if not all(math.isfinite(v) for v in noised):  # cannot happen with bounded terms; never release one
-            raise StateError("a noised evaluation count is not finite")
-        return noised
+        return noised_metrics(spec, params, self._heldout, seed=seed, eval_noise_multiplier=plan.eval_noise_multiplier)
 
     def _metrics_frame(
         self,
@@ -784,4 +528,4 @@ class SiteAgent:
     # used by tests and the CLI
     def describe(self) -> dict[str, Any]:
         """What the operator sees: name, sizes, ledger summary (this stays on the site)."""
-        return {"name": self.name, "train": len(self._train), "heldout": len(self._heldout), **self._summary}
+        return {"name": self.name, "train": len(self._train), "heldout": len(self._heldout), **self.spending.summary}

@@ -21,15 +21,23 @@ wider) has another hash and waits again. The agent audits each decision it acts 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fedjax_room.errors import ConfigError
+from fedjax_room.errors import ConfigError, PolicyViolation, RefusedError
 from fedjax_room.files import atomic_write
+from fedjax_room.models import ModelSpec
+from fedjax_room.protocol import messages as m
+from fedjax_room.site.policy import Policy
 
-__all__ = ["Inbox"]
+__all__ = ["Inbox", "await_approval"]
+
+log = logging.getLogger("fedjax_room.site")
 
 _HEX = set("0123456789abcdef")
 
@@ -114,3 +122,57 @@ class Inbox:
         record = {"spec_hash": spec_hash, "decision": decision, "reason": reason.strip(), "at": time.time()}
         atomic_write(self._decision_path(spec_hash), json.dumps(record, sort_keys=True).encode())
         return record
+
+
+def await_approval(
+    inbox: Inbox,
+    policy: Policy,
+    spec: ModelSpec,
+    run_id: str,
+    *,
+    name: str,
+    audit: Callable[..., None],
+    notify: Callable[[m.Message], None] | None,
+    stopping: threading.Event,
+    poll: float,
+) -> None:
+    """The data owner's approval of ``spec`` for ``run_id`` at the site ``name`` (policy ``approval`` /
+    ``approved_models``).
+
+    A spec in ``approved_models`` passes. With ``approval = "manual"`` an undecided spec waits in the inbox
+    (``notify`` tells the room ``run_waiting``; the inbox is read every ``poll`` s until ``stopping`` is set) until
+    ``fedjax-room site approve|reject``; each decision acted on is audited. Raises :class:`PolicyViolation`
+    (``rejected`` with the owner's reason, or ``not_approved``), or :class:`RefusedError` when stopped.
+    """
+    h = spec.hash
+    if h in policy.approved_models:
+        return
+    decision = inbox.decision(h)
+    if decision is None and policy.approval == "auto":
+        if policy.approved_models:
+            raise PolicyViolation(
+                f"{name}: model {h[:12]} is not among this site's approved models; ask its data owner to "
+                "add its spec hash to approved_models",
+                party=name,
+                reason="not_approved",
+            )
+        return
+    if decision is None:
+        inbox.add_pending(h, spec.to_dict(), run_id, params=spec.param_count())
+        audit("approval_requested", run_id=run_id, spec_hash=h)
+        log.info("%s: run %s waits for approval of model %s (fedjax-room site approve)", name, run_id, h)
+        if notify is not None:
+            text = f"waiting for approval by {name} (model {h[:12]})"
+            notify(m.RunWaiting(run_id=run_id, spec_hash=h, message=text))
+        while decision is None:
+            if stopping.wait(poll):
+                raise RefusedError(f"{name} stopped while waiting for approval", party=name)
+            decision = inbox.decision(h)
+    kind = "model_approved" if decision["decision"] == "approved" else "model_rejected"
+    audit(kind, run_id=run_id, spec_hash=h, reason=decision.get("reason", ""), decided_at=decision["at"])
+    if kind == "model_rejected":
+        raise PolicyViolation(
+            f"{name}: the data owner rejected model {h[:12]}: {decision.get('reason', '')}",
+            party=name,
+            reason="rejected",
+        )

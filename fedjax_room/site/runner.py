@@ -57,9 +57,10 @@ def build_agent(
     from fedjax_room.audit import AuditLog
     from fedjax_room.data.loaders import load_dataset, load_schema
     from fedjax_room.identity import load_private_key
-    from fedjax_room.site.agent import SiteAgent, load_secret
+    from fedjax_room.site.agent import SiteAgent
     from fedjax_room.site.ledger import check_against_audit
     from fedjax_room.site.policy import Policy
+    from fedjax_room.site.secret import load_secret
 
     name = name or Path(key).name.split(".")[0]
     signing_key = load_private_key(key)

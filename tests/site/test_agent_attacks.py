@@ -92,7 +92,7 @@ def test_nan_forcing_params_give_a_finite_evaluation_release(factory):
 def test_per_example_eval_quantities_are_finite_and_bounded():
     """The summed quantities themselves: each example's loss is in [0, LOSS_CLIP], non-finite -> LOSS_CLIP."""
     from fedjax_room.models import ModelSpec
-    from fedjax_room.site.agent import _eval_fn
+    from fedjax_room.site.evaluate import eval_fn as _eval_fn
     from fedjax_room.site.plan import LOSS_CLIP
 
     fn = _eval_fn(ModelSpec.from_dict(SPEC).to_json())

@@ -1,0 +1,34 @@
+"""A site's part of a secure-aggregation round: its update as a ring vector, and what that costs at site level.
+
+Under secure aggregation the update leaves the site only masked, inside SecAgg frames: :func:`secure_vector`
+encodes it in fixed point (scaled by the site's FedAvg fraction), or, with distributed DP
+(``site_noise_multiplier``), clipped to ``site_clip_norm`` plus this site's share of the Skellam noise, seeded
+from the site secret. :func:`site_event` is the site-level DP event one such release costs (composed into the
+site-level ledger, :mod:`fedjax_room.site.spending`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from fedjax_room.protocol.config import RunConfig
+from fedjax_room.protocol.secure import SecureTrain, flatten_update, make_encoder
+from fedjax_room.secagg import SecAggConfig
+
+__all__ = ["secure_vector", "site_event"]
+
+
+def secure_vector(delta: Any, config: RunConfig, secure: SecureTrain, noise_seed: int) -> np.ndarray:
+    """The update ``delta`` as a SecAgg ring vector (``noise_seed``: the round's secret site-noise seed)."""
+    encoder = make_encoder(config, SecAggConfig.from_dict(secure.setup.config))
+    flat = flatten_update(dict(delta))
+    if config.site_noise_multiplier is not None:
+        return encoder.encode(flat, np.random.default_rng([noise_seed, 11]))
+    return encoder.encode(secure.setup.fraction * flat)
+
+
+def site_event(config: RunConfig, secure: SecureTrain) -> Any:
+    """The site-level DP event of one distributed-DP release in this secure round."""
+    return make_encoder(config, SecAggConfig.from_dict(secure.setup.config)).dp_event(1)

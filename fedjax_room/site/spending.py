@@ -1,0 +1,161 @@
+"""How a site spends its privacy budget: check before computing, commit before releasing, pay for failures.
+
+:class:`Spending` is the agent's one door to its two ledgers (:class:`~fedjax_room.site.ledger.Ledger`): the
+sample-level ledger every release is composed into, and the site-level ledger of distributed-DP runs (a
+separate neighbouring relation, capped by the policy's ``site_epsilon_cap``). Its rules:
+
+* a run is accepted only if its planned events fit under the cap (:meth:`Spending.check_run`);
+* before a release is computed, its event must fit (:meth:`Spending.precheck`, :meth:`Spending.precheck_site`:
+  data-independent checks, nothing spent on a refusal);
+* a release's cost is committed, fsynced, before it leaves (:meth:`Spending.commit`), once per key;
+* a data-dependent computation that fails is paid for anyway, then refused with a data-independent message
+  (:meth:`Spending.pay_failed`): whether it failed could depend on a record.
+
+Every refusal is a :class:`~fedjax_room.errors.PolicyViolation` with ``reason="epsilon_cap"`` or
+``"site_epsilon_cap"``, and is written to the site's audit log.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+from fedjax_room.errors import BudgetExceededError, PolicyViolation, RefusedError
+from fedjax_room.models import ModelSpec
+from fedjax_room.protocol.config import RunConfig
+from fedjax_room.site.ledger import Ledger
+from fedjax_room.site.plan import Plan, site_eval_event
+
+__all__ = ["Spending"]
+
+log = logging.getLogger("fedjax_room.site")
+
+
+class Spending:
+    """The ledgers of the site ``name``; ``audit(kind, **fields)`` records each refusal."""
+
+    def __init__(
+        self,
+        name: str,
+        ledger: Ledger,
+        site_ledger: Ledger,
+        *,
+        heldout_bound: int,
+        audit: Callable[..., None],
+    ) -> None:
+        self.name = name
+        self.ledger = ledger
+        self.site_ledger = site_ledger
+        self.heldout_bound = heldout_bound
+        self._audit = audit
+        #: the sample-level ledger's summary, refreshed at each commit (what ``site_status`` shows)
+        self.summary = ledger.summary()
+
+    # -- before a run ---------------------------------------------------------------------------------------
+
+    def check_run(self, plan: Plan) -> None:
+        """Refuse a run whose planned training and evaluation would take the ledger past its cap."""
+        import dp_accounting as dpa
+
+        from fedjax_room.dp.accounting import dpsgd_event
+
+        rounds = plan.rounds if plan.mode == "target" else 1
+        event = dpa.ComposedDpEvent(
+            [
+                dpsgd_event(plan.noise_multiplier, plan.sampling_rate, plan.local_steps * rounds),
+                dpsgd_event(plan.eval_noise_multiplier, 1.0, rounds),
+            ]
+        )
+        if self.ledger.would_exceed(event):
+            spent = self.ledger.epsilon()
+            cap = self.ledger.epsilon_cap
+            what = "this run" if plan.mode == "target" else "even one round of this run"
+            raise PolicyViolation(
+                f"{self.name}: {what} (epsilon {plan.epsilon_planned:.3g} planned) would take its ledger past its cap: "
+                f"{spent:.3g} of {cap:g} already spent, {max(0.0, cap - spent):.3g} left; ask for a smaller "
+                "target_epsilon or fewer rounds",
+                party=self.name,
+                reason="epsilon_cap",
+            )
+
+    # -- before a release -----------------------------------------------------------------------------------
+
+    def precheck(self, key: str, event: Any, round: int, spec: ModelSpec) -> None:
+        """Refuse a release whose event would pass the cap before computing it (a data-independent check)."""
+        if self.ledger.would_exceed(event):
+            run_id = key.split("/", 1)[0]
+            self._audit("run_refused", run_id=run_id, spec_hash=spec.hash, reason="epsilon_cap", round=round)
+            raise PolicyViolation(
+                f"{self.name}: release {key} would take its ledger past its cap; refusing round {round} (ledger stays "
+                f"at {self.ledger.epsilon():.4g} of {self.ledger.epsilon_cap:g})",
+                party=self.name,
+                reason="epsilon_cap",
+            )
+
+    def precheck_site(self, key: str, event: Any, what: str, round: int, spec: ModelSpec) -> None:
+        """Refuse a release (nothing spent, nothing released) whose site-level event would pass the site-level cap."""
+        if self.site_ledger.released(key) is not None or not self.site_ledger.would_exceed(event):
+            return
+        run_id = key.split("/", 1)[0]
+        self._audit("run_refused", run_id=run_id, spec_hash=spec.hash, reason="site_epsilon_cap", round=round)
+        raise PolicyViolation(
+            f"{self.name}: {what} would take its site-level ledger (distributed DP) past its cap: "
+            f"{self.site_ledger.epsilon():.4g} of {self.site_ledger.epsilon_cap:g} spent; refusing it",
+            party=self.name,
+            reason="site_epsilon_cap",
+        )
+
+    def site_eval_event(self, plan: Plan) -> Any:
+        """The site-level event of one evaluation of a distributed-DP run (:func:`~fedjax_room.site.plan.
+        site_eval_event` over the public held-out bound)."""
+        return site_eval_event(plan.eval_noise_multiplier, self.heldout_bound)
+
+    # -- committing -----------------------------------------------------------------------------------------
+
+    def commit(
+        self, key: str, event: Any, record: dict[str, Any], config: RunConfig, spec: ModelSpec
+    ) -> tuple[float, float]:
+        """Compose ``event`` into the ledger under ``key`` (fsynced): ``(run epsilon, ledger epsilon)``."""
+        run_id = key.split("/", 1)[0]
+        try:
+            run_eps, total = self.ledger.commit(key, event, record, run_delta=config.delta)
+        except BudgetExceededError as exc:
+            self._audit("run_refused", run_id=run_id, spec_hash=spec.hash, reason="epsilon_cap", round=record["round"])
+            raise PolicyViolation(
+                f"{self.name}: {exc.message}; refusing round {record['round']} (ledger stays at "
+                f"{self.ledger.epsilon():.4g} of {self.ledger.epsilon_cap:g})",
+                party=self.name,
+                reason="epsilon_cap",
+            ) from None
+        self.summary = self.ledger.summary()
+        return run_eps, total
+
+    def pay_failed(self, key: str, event: Any, round: int, phase: str, config: RunConfig, spec: ModelSpec) -> NoReturn:
+        """A data-dependent computation failed: spend its cost anyway (its failure could depend on a record), then
+        refuse with a data-independent message; the details stay in this site's log."""
+        log.exception("%s: %s of %s failed; spending its cost and refusing", self.name, phase, key)
+        self.commit(key, event, {"round": round, "phase": phase, "failed": True}, config, spec)
+        raise RefusedError(
+            f"{self.name}: {phase} of round {round} failed on this site (see its log); its privacy cost is spent and "
+            "nothing is released",
+            party=self.name,
+            reason="site_error",
+        )
+
+    def commit_site(self, key: str, event: Any, round: int, phase: str, config: RunConfig) -> float:
+        """Compose a release's site-level event (distributed DP) into the site-level ledger, once per key; the run's
+        site-level epsilon."""
+        done = self.site_ledger.released(key)
+        if done is not None:
+            return float(done["epsilon"])
+        record = {"round": round, "phase": phase, "site_level": True}
+        run_eps, _ = self.site_ledger.commit(key, event, record, run_delta=config.delta)
+        return float(run_eps)
+
+    def commit_site_eval(self, key: str, config: RunConfig, plan: Plan, round: int) -> float | None:
+        """In a distributed-DP run, compose this evaluation's site-level event into the site-level ledger; the run's
+        site-level epsilon (None in other runs)."""
+        if config.site_noise_multiplier is None:
+            return None
+        return self.commit_site(key, self.site_eval_event(plan), round, "eval", config)
