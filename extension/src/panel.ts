@@ -4,7 +4,7 @@
  *
  * What it shows is pushed: the panel keeps one websocket to the server extension (/fedjax-room/events),
  * applies each message to its model (state.ts) and redraws only the rooms a message changed, patching the
- * DOM in place (render.ts `morph`), so scrolling and focus survive an update. The only thing polled is
+ * DOM in place (morph.ts), so scrolling and focus survive an update. The only thing polled is
  * the connection itself: a `Poll` (@lumino/polling) reconnects with backoff when the socket drops (and
  * reads the REST snapshot meanwhile), and stands by while the page is hidden.
  */
@@ -12,7 +12,8 @@ import { Poll } from '@lumino/polling';
 import { Widget } from '@lumino/widgets';
 
 import { api, openEvents } from './api';
-import { actionButton, el, morph, renderBody, renderRoom } from './render';
+import { morph } from './morph';
+import { actionButton, el, renderBody, renderRoom } from './render';
 import {
   anyActive,
   applyMessage,

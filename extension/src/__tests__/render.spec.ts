@@ -1,7 +1,8 @@
 /**
  * The renderers and the keyed DOM patcher: text only, keys kept, focus and scroll survive an update.
  */
-import { morph, renderBody, renderRun, fmt } from '../render';
+import { morph } from '../morph';
+import { renderBody, renderRun, fmt } from '../render';
 import { applyMessage, emptyState, IState } from '../state';
 import { IRun } from '../types';
 

@@ -26,6 +26,7 @@ from typing import Any
 
 from fedjax_room.data.builtin import BUILTIN_DATASETS as DATASETS
 from fedjax_room.errors import ConfigError, FedRoomError
+from fedjax_room.jupyter.server.jsonify import _get, _message, jsonable, policy_summary, schema_summary
 from fedjax_room.models.from_schema import FAMILIES
 from fedjax_room.protocol.config import options_schema, run_options
 
@@ -64,71 +65,6 @@ def options_document() -> dict[str, Any]:
 
 class UnknownRoomError(ConfigError):
     """No room with that id is connected to this server."""
-
-
-def jsonable(value: Any) -> Any:
-    """``value`` as plain JSON data (dataclasses, mappings, sequences, numpy values; NaN/inf -> None)."""
-    if value is None or isinstance(value, bool | str):
-        return value
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, Mapping):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [jsonable(v) for v in value]
-    if hasattr(value, "tolist"):  # numpy scalars and arrays
-        return jsonable(value.tolist())
-    if hasattr(value, "to_dict") and callable(value.to_dict):
-        return jsonable(value.to_dict())
-    if hasattr(value, "_asdict"):
-        return jsonable(value._asdict())
-    if hasattr(value, "__dict__") and not callable(value):
-        return {k: jsonable(v) for k, v in vars(value).items() if not k.startswith("_")}
-    return str(value)
-
-
-def _get(obj: Any, name: str, default: Any = None) -> Any:
-    if isinstance(obj, Mapping):
-        return obj.get(name, default)
-    return getattr(obj, name, default)
-
-
-def schema_summary(schema: Any) -> str:
-    """One line for a site's schema: ``64 features (f0..f63) -> digit, 10 classes``."""
-    schema = jsonable(schema) or {}
-    if not isinstance(schema, dict):
-        return str(schema)
-    features = schema.get("features") or []
-    shape = schema.get("feature_shape") or []
-    classes = schema.get("classes") or []
-    if features:
-        names = ", ".join(features) if len(features) <= 4 else f"{features[0]}..{features[-1]}"
-        what = f"{len(features)} features ({names})"
-    elif shape:
-        what = "features " + "×".join(str(s) for s in shape)
-    else:
-        what = "features ?"
-    label = schema.get("label") or "label"
-    return f"{what} -> {label}, {len(classes)} classes" if classes else f"{what} -> {label}"
-
-
-def policy_summary(policy: Any) -> str:
-    """One line for a site's policy: its caps and requirements, ``key=value`` joined by commas."""
-    policy = jsonable(policy) or {}
-    if not isinstance(policy, dict):
-        return str(policy)
-    parts = []
-    for key, value in policy.items():
-        if isinstance(value, list):
-            value = "/".join(str(v) for v in value)
-        elif isinstance(value, dict):
-            continue
-        parts.append(f"{key}={value}")
-    return ", ".join(parts) or "—"
 
 
 @dataclasses.dataclass
@@ -560,8 +496,3 @@ class RoomRegistry:
                 out["errors"][name] = _message(exc)
         out["active"] = any(r["status"] in ACTIVE_STATUSES for r in out["runs"])
         return out
-
-
-def _message(exc: BaseException) -> str:
-    message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-    return f"{type(exc).__name__}: {' '.join(str(message).split())}"
