@@ -1,11 +1,13 @@
 """Bytes on the wire and on disk: msgpack with limits, arrays and parameter trees without pickle.
 
-Everything the room sends or stores is msgpack (``use_bin_type``; maps with string keys only).
-:func:`unpack` refuses anything over its byte limit, with more than :data:`MAX_DECODED_ITEMS` decoded
-containers and elements in all (so a frame of millions of empty arrays is refused after a bounded
-amount of work, not expanded into gigabytes of Python objects), nested too deep, or not well formed,
-with a :class:`~fedjax_room.errors.ProtocolError` (:class:`~fedjax_room.errors.FrameTooLargeError`
-for size and count).
+Everything the room sends or stores is msgpack (``use_bin_type``; maps with string keys only, except the
+integer client ids of SecAgg messages). Before anything is decoded, :func:`scan` reads the item headers
+and refuses a frame or blob with more than :data:`MAX_DECODED_ITEMS` containers and elements in all (so
+a frame of millions of empty arrays is refused after a bounded amount of work, never expanded into
+gigabytes of Python objects), nested deeper than 32 levels, with a key twice in one map, or not well
+formed, with a :class:`~fedjax_room.errors.ProtocolError` (:class:`~fedjax_room.errors.FrameTooLargeError`
+for size and count). :func:`unpack` is :func:`check_size` + :func:`scan` + msgspec's decoder; typed
+messages (:mod:`fedjax_room.protocol.messages`) are decoded by msgspec straight into their classes.
 
 Arrays travel as ``{"dtype": "<f4", "shape": [2, 3], "data": <raw little-endian bytes>}`` with a
 dtype from :data:`DTYPES` (no objects, no strings). A parameter tree (nested ``dict`` of arrays, as
@@ -22,6 +24,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import msgpack
+import msgspec
 import numpy as np
 
 from fedjax_room.errors import FrameTooLargeError, ProtocolError
@@ -34,6 +37,7 @@ __all__ = [
     "MAX_FRAME_BYTES",
     "MAX_TREE_LEAVES",
     "Tree",
+    "check_size",
     "decode_array",
     "decode_tree",
     "digest",
@@ -42,6 +46,7 @@ __all__ = [
     "flatten_tree",
     "pack",
     "pack_tree",
+    "scan",
     "unflatten_tree",
     "unpack",
     "unpack_tree",
@@ -65,68 +70,161 @@ _MAX_DEPTH = MAX_TREE_DEPTH
 def pack(obj: Any) -> bytes:
     """msgpack bytes for plain data (dict/list/str/bytes/int/float/bool/None)."""
     try:
-        return msgpack.packb(obj, use_bin_type=True)
+        data: bytes = msgpack.packb(obj, use_bin_type=True)
+        return data
     except (TypeError, ValueError, OverflowError) as exc:
         raise ProtocolError(f"cannot encode {type(obj).__name__} as msgpack: {exc}") from None
 
 
-class _TooMany(Exception):
-    pass
+# msgpack header byte -> (kind, argument): how :func:`scan` steps over the item it starts (the msgpack spec)
+_INT, _SCALAR, _FIXSTR, _STR, _BIN, _FIXARRAY, _ARRAY, _FIXMAP, _MAP, _BAD = range(10)
 
 
-def unpack(data: bytes, *, max_bytes: int = MAX_FRAME_BYTES, max_items: int = MAX_DECODED_ITEMS) -> Any:
-    """Decode msgpack ``data`` (at most ``max_bytes``, at most ``max_items`` containers and elements in all);
-    raise :class:`ProtocolError` when malformed (:class:`FrameTooLargeError` when over a limit)."""
+def _header_table() -> tuple[list[int], list[int]]:
+    kind, arg = [_BAD] * 256, [0] * 256
+    for b in range(0x00, 0x80):
+        kind[b] = _INT  # positive fixint
+    for b in range(0xE0, 0x100):
+        kind[b] = _INT  # negative fixint
+    for b in range(0x80, 0x90):
+        kind[b], arg[b] = _FIXMAP, b & 0x0F
+    for b in range(0x90, 0xA0):
+        kind[b], arg[b] = _FIXARRAY, b & 0x0F
+    for b in range(0xA0, 0xC0):
+        kind[b], arg[b] = _FIXSTR, b & 0x1F
+    for b in (0xC0, 0xC2, 0xC3):
+        kind[b] = _SCALAR  # nil, false, true
+    for b, size in ((0xCA, 4), (0xCB, 8)):
+        kind[b], arg[b] = _SCALAR, size  # floats
+    for b, size in zip(range(0xCC, 0xD4), (1, 2, 4, 8, 1, 2, 4, 8), strict=True):
+        kind[b], arg[b] = _INT, size  # uint8..64, int8..64
+    for b, size in ((0xC4, 1), (0xC5, 2), (0xC6, 4)):
+        kind[b], arg[b] = _BIN, size
+    for b, size in ((0xD9, 1), (0xDA, 2), (0xDB, 4)):
+        kind[b], arg[b] = _STR, size
+    for b, size in ((0xDC, 2), (0xDD, 4)):
+        kind[b], arg[b] = _ARRAY, size
+    for b, size in ((0xDE, 2), (0xDF, 4)):
+        kind[b], arg[b] = _MAP, size
+    return kind, arg  # 0xc1 (never used) and the ext types (0xc7-0xc9, 0xd4-0xd8) stay _BAD
+
+
+_KIND, _ARG = _header_table()
+
+
+def _int_key(data: bytes, b: int, p: int, size: int) -> int:
+    if size == 0:
+        return b if b < 0x80 else b - 0x100
+    return int.from_bytes(data[p : p + size], "big", signed=b >= 0xD0)
+
+
+def scan(
+    data: bytes,
+    *,
+    max_items: int = MAX_DECODED_ITEMS,
+    max_depth: int = _MAX_DEPTH,
+    int_keys: bool = False,
+) -> None:
+    """Check the msgpack ``data`` before anything is decoded from it, reading only item headers.
+
+    Refuses (:class:`FrameTooLargeError`) more than ``max_items`` containers plus their elements in all (each
+    container's count is read from its header, so one huge header is refused at once and the work is bounded
+    by ``max_items``, never by the byte length), and (:class:`ProtocolError`) containers nested more than
+    ``max_depth`` levels, map keys that are not strings (or bytes; or integers where ``int_keys``), a key twice
+    in one map, extension types, and anything truncated, malformed or followed by trailing bytes. ``str``
+    and ``bin`` payloads are stepped over, not read.
+    """
+    n = len(data)
+    kind_of, arg_of = _KIND, _ARG
+    p = items = 0
+    stack: list[int] = []  # items still to come in each open container (a map's keys and values both count)
+    keys: list[set[Any] | None] = []  # the keys seen so far in each open map (None for an array)
+    while True:
+        if p >= n:
+            raise ProtocolError("frame is not valid msgpack (truncated)")
+        b = data[p]
+        p += 1
+        kind, arg = kind_of[b], arg_of[b]
+        seen = keys[-1] if stack and not stack[-1] & 1 else None  # a set when this item is a map key
+        if kind == _INT:
+            if seen is not None:
+                if not int_keys:
+                    raise ProtocolError("frame has a map key that is not a string")
+                key: Any = _int_key(data, b, p, arg)
+                if key in seen:
+                    raise ProtocolError(f"frame has the map key {key!r} twice")
+                seen.add(key)
+            p += arg
+        elif kind == _SCALAR:
+            if seen is not None:
+                raise ProtocolError("frame has a map key that is not a string")
+            p += arg
+        elif kind in (_FIXSTR, _STR, _BIN):
+            if kind != _FIXSTR:
+                size, arg = arg, int.from_bytes(data[p : p + arg], "big")
+                p += size
+            if seen is not None:
+                key = data[p : p + arg]
+                if key in seen:
+                    raise ProtocolError(f"frame has the map key {bytes(key)[:40]!r} twice")
+                seen.add(key)
+            p += arg
+        elif kind == _BAD:
+            what = "never used" if b == 0xC1 else "an extension type; none is accepted"
+            raise ProtocolError(f"frame is not valid msgpack (byte 0x{b:02x} at {p - 1}: {what})")
+        else:  # a container
+            if kind in (_ARRAY, _MAP):
+                size, arg = arg, int.from_bytes(data[p : p + arg], "big")
+                p += size
+            if seen is not None:
+                raise ProtocolError("frame has a map key that is not a string")
+            items += 1 + arg
+            if items > max_items:
+                raise FrameTooLargeError(
+                    f"frame holds more than {max_items} decoded items (arrays, maps and their elements); send less"
+                )
+            if len(stack) > max_depth:
+                raise ProtocolError(f"frame nests deeper than {max_depth} levels")
+            if arg:
+                is_map = kind in (_MAP, _FIXMAP)
+                stack.append(2 * arg if is_map else arg)
+                keys.append(set() if is_map else None)
+                continue
+        if p > n:
+            raise ProtocolError("frame is not valid msgpack (truncated)")
+        while stack:  # this item is complete: so is every container it was the last item of
+            stack[-1] -= 1
+            if stack[-1]:
+                break
+            stack.pop()
+            keys.pop()
+        else:
+            break
+    if p != n:
+        raise ProtocolError(f"frame is not valid msgpack ({n - p} bytes after its end)")
+
+
+def check_size(data: Any, max_bytes: int) -> None:
+    """:class:`ProtocolError` unless ``data`` is bytes; :class:`FrameTooLargeError` past ``max_bytes``."""
     if not isinstance(data, bytes | bytearray | memoryview):
         raise ProtocolError(f"expected a binary frame, got {type(data).__name__}; the room speaks msgpack only")
     if len(data) > max_bytes:
         raise FrameTooLargeError(
             f"frame of {len(data)} bytes is over the limit of {max_bytes} bytes; send less (a smaller model)"
         )
-    seen = [0]
 
-    def count(container: Any) -> Any:  # called once per decoded array / map, innermost first
-        seen[0] += 1 + len(container)
-        if seen[0] > max_items:
-            raise _TooMany
-        return container
 
+def unpack(data: bytes, *, max_bytes: int = MAX_FRAME_BYTES, max_items: int = MAX_DECODED_ITEMS) -> Any:
+    """Decode msgpack ``data`` (at most ``max_bytes``, at most ``max_items`` containers and elements in all,
+    checked by :func:`scan` before anything is decoded); raise :class:`ProtocolError` when malformed
+    (:class:`FrameTooLargeError` when over a limit)."""
+    check_size(data, max_bytes)
+    data = bytes(data)
+    scan(data, max_items=max_items)
     try:
-        obj = msgpack.unpackb(
-            bytes(data),
-            raw=False,
-            strict_map_key=True,
-            use_list=True,
-            list_hook=count,
-            object_hook=count,
-            max_array_len=max_items,
-            max_map_len=max_items,
-        )
-    except _TooMany:
-        raise FrameTooLargeError(
-            f"frame holds more than {max_items} decoded items (arrays, maps and their elements); send less"
-        ) from None
-    except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, ValueError, TypeError) as exc:
-        if "exceeds max_" in str(exc):  # one array or map header over max_items: refused before allocating
-            raise FrameTooLargeError(f"frame holds more than {max_items} decoded items ({exc}); send less") from None
-        raise ProtocolError(f"frame is not valid msgpack ({type(exc).__name__}: {exc})") from None
-    except Exception as exc:  # msgpack raises assorted errors on garbage
-        raise ProtocolError(f"frame is not valid msgpack ({type(exc).__name__})") from None
-    _check_depth(obj, 0)
-    return obj
-
-
-def _check_depth(obj: Any, depth: int) -> None:
-    if depth > _MAX_DEPTH:
-        raise ProtocolError(f"frame nests deeper than {_MAX_DEPTH} levels")
-    if isinstance(obj, dict):
-        for value in obj.values():
-            if isinstance(value, dict | list):
-                _check_depth(value, depth + 1)
-    elif isinstance(obj, list):
-        for value in obj:
-            if isinstance(value, dict | list):
-                _check_depth(value, depth + 1)
+        return msgspec.msgpack.decode(data)
+    except msgspec.DecodeError as exc:  # invalid UTF-8 in a str, for one
+        raise ProtocolError(f"frame is not valid msgpack ({exc})") from None
 
 
 def encode_array(array: Any) -> dict[str, Any]:

@@ -1,25 +1,29 @@
-"""Typed, versioned protocol messages: frozen dataclasses <-> msgpack frames.
+"""Typed, versioned protocol messages: msgspec Structs <-> msgpack frames.
 
-A frame is one msgpack map ``{"v": VERSION, "t": <type name>, <field>: <value>, ...}`` in one binary
-websocket message. :func:`decode` checks the version (:class:`~fedjax_room.errors.VersionError`),
-the type name, that exactly the declared fields are present, and each field's type
-(:class:`~fedjax_room.errors.ProtocolError` otherwise). Nested maps (model specs, configs, plans)
+A frame is one msgpack map ``{"t": <type name>, "v": VERSION, <field>: <value>, ...}`` in one binary
+websocket message; every message is a frozen, keyword-only :class:`msgspec.Struct` tagged with its type name,
+and :func:`decode` is one ``msgspec.msgpack.Decoder`` over the union of them all. Before decoding, the frame's
+size is checked against its byte limit and :func:`~fedjax_room.protocol.codec.scan` bounds its items, depth
+and keys; then the version is checked (:class:`~fedjax_room.errors.VersionError`), then the type name, that
+exactly the declared fields are present, each field's type and each string's pattern or length (msgspec, with
+the annotated types of :mod:`.fields`); then :func:`.fields.check_message` cleans free text and nested maps
+(:class:`~fedjax_room.errors.ProtocolError` for anything wrong). Nested maps (model specs, configs, plans)
 are validated by whoever reads them. See ``docs/protocol.md`` for the flow.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar, Union
+
+import msgspec
 
 from fedjax_room.errors import FedRoomError, ProtocolError, VersionError
-from fedjax_room.protocol.codec import MAX_FRAME_BYTES, pack, unpack
-from fedjax_room.protocol.fields import validate_fields
+from fedjax_room.protocol.codec import MAX_DECODED_ITEMS, MAX_FRAME_BYTES, check_size, scan
+from fedjax_room.protocol.fields import Hex, Id, OptId, OptWord, Text, Word, check_message, describe_pattern
 
 __all__ = [
     "MESSAGE_TYPES",
+    "STORED_VERSIONS",
     "VERSION",
     "AuditReply",
     "BudgetReply",
@@ -58,73 +62,65 @@ __all__ = [
     "encode",
 ]
 
-#: Protocol version; a peer with another version is refused with a ``version`` error.
-VERSION = 1
+#: Protocol version; a peer with another version is refused with a ``version`` error. (2: msgspec messages,
+#: optional fields always written, SecAgg bodies in the shared ``{"t", "v"}`` envelope with integer-keyed maps.)
+VERSION = 2
+
+#: A nested free-form map (spec, config, plan, schema, ...): validated by its reader, bounded by ``scan``.
+Tree = dict[str, Any]
+#: The records of an analyst reply (sites, runs, audit records).
+Records = list[dict[str, Any]]
+#: A key, nonce or signature.
+SmallBytes = Annotated[bytes, msgspec.Meta(max_length=256)]
 
 
-class Message:
-    """Base of every message; ``TYPE`` is its name on the wire."""
+class Message(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="t"):
+    """Base of every message; ``TYPE`` is its name on the wire (its msgspec tag), ``v`` the protocol version."""
 
     TYPE: ClassVar[str] = ""
-
-
-_REGISTRY: dict[str, type[Message]] = {}
-
-
-def _message(cls: type) -> type:
-    cls = dataclasses.dataclass(frozen=True)(cls)
-    _REGISTRY[cls.TYPE] = cls
-    return cls
+    v: int = VERSION
 
 
 # ---------------------------------------------------------------------------------- handshake
 
 
-@_message
-class Challenge(Message):
+class Challenge(Message, frozen=True, kw_only=True, tag="challenge"):
     """coordinator -> client, first frame: sign ``nonce`` with your key."""
 
-    TYPE: ClassVar[str] = "challenge"
-    nonce: bytes
-    room_id: str
+    nonce: SmallBytes
+    room_id: Id
     version: int
-    coordinator_key: bytes = b""  # the room's raw Ed25519 public key (see handshake.make_challenge)
-    proof: bytes = b""  # its signature over the client's nonce and this challenge
+    coordinator_key: SmallBytes = b""  # the room's raw Ed25519 public key (see handshake.make_challenge)
+    proof: SmallBytes = b""  # its signature over the client's nonce and this challenge
 
 
-@_message
-class Hello(Message):
+class Hello(Message, frozen=True, kw_only=True, tag="hello"):
     """client -> coordinator: who I am, and my signature over the challenge (see :mod:`.handshake`)."""
 
-    TYPE: ClassVar[str] = "hello"
-    role: str
-    name: str
-    public_key: bytes
-    nonce: bytes
-    signature: bytes
+    role: Word
+    name: OptId
+    public_key: SmallBytes
+    nonce: SmallBytes
+    signature: SmallBytes
 
 
-@_message
-class Welcome(Message):
+class Welcome(Message, frozen=True, kw_only=True, tag="welcome"):
     """coordinator -> client: identity proven; ``name`` is the enrolled name."""
 
-    TYPE: ClassVar[str] = "welcome"
-    name: str
-    role: str
-    room_id: str
+    name: Id
+    role: Word
+    room_id: Id
 
 
-@_message
-class Error(Message):
+class Error(Message, frozen=True, kw_only=True, tag="error"):
     """Either way: a typed error (``code`` from :mod:`fedjax_room.errors`); ``fatal`` closes the connection."""
 
-    TYPE: ClassVar[str] = "error"
-    code: str
-    message: str
-    party: str = ""
-    reason: str = ""
+    code: Word
+    message: Text
+    party: OptId = ""
+    reason: OptWord = ""
     req: int | None = None
-    run_id: str | None = None
+    run_id: Id | None = None
     fatal: bool = False
 
     @classmethod
@@ -149,75 +145,61 @@ class Error(Message):
 # ---------------------------------------------------------------------------------- site <-> coordinator
 
 
-@_message
-class SiteStatus(Message):
+class SiteStatus(Message, frozen=True, kw_only=True, tag="site_status"):
     """site -> coordinator after welcome: schema, coarse record count, policy summary, ledger summary."""
 
-    TYPE: ClassVar[str] = "site_status"
-    schema: dict
-    record_count: str
-    policy: dict
-    ledger: dict
+    schema: Tree
+    record_count: Text
+    policy: Tree
+    ledger: Tree
 
 
-@_message
-class RunOffer(Message):
+class RunOffer(Message, frozen=True, kw_only=True, tag="run_offer"):
     """coordinator -> site: will you take part in this run?"""
 
-    TYPE: ClassVar[str] = "run_offer"
-    run_id: str
-    spec: dict
-    config: dict
+    run_id: Id
+    spec: Tree
+    config: Tree
 
 
-@_message
-class RunAccept(Message):
+class RunAccept(Message, frozen=True, kw_only=True, tag="run_accept"):
     """site -> coordinator: yes, with my plan (noise multipliers, planned epsilon, weight)."""
 
-    TYPE: ClassVar[str] = "run_accept"
-    run_id: str
-    plan: dict
+    run_id: Id
+    plan: Tree
 
 
-@_message
-class RunRefuse(Message):
+class RunRefuse(Message, frozen=True, kw_only=True, tag="run_refuse"):
     """site -> coordinator: no (``round`` None: the whole run; else that round and the rest)."""
 
-    TYPE: ClassVar[str] = "run_refuse"
-    run_id: str
+    run_id: Id
     round: int | None
-    error: dict
+    error: Tree
 
 
-@_message
-class RunWaiting(Message):
+class RunWaiting(Message, frozen=True, kw_only=True, tag="run_waiting"):
     """site -> coordinator: the offer waits for the data owner's approval of ``spec_hash`` (then accept/refuse)."""
 
-    TYPE: ClassVar[str] = "run_waiting"
-    run_id: str
-    spec_hash: str
-    message: str
+    run_id: Id
+    spec_hash: Hex
+    message: Text
 
 
-@_message
-class RoundStart(Message):
+class RoundStart(Message, frozen=True, kw_only=True, tag="round_start"):
     """coordinator -> site: ``phase`` "train" (send an Update) or "eval" (send Metrics) on ``params``."""
 
-    TYPE: ClassVar[str] = "round_start"
-    run_id: str
+    run_id: Id
     round: int
-    phase: str
+    phase: Word
     params: bytes
     cohort: int
     timeout: float
 
 
-@_message
-class Update(Message):
+class Update(Message, frozen=True, kw_only=True, tag="update"):
     """site -> coordinator: the DP model delta (``payload`` = packed tree) and what it cost."""
 
-    TYPE: ClassVar[str] = "update"
-    run_id: str
+    run_id: Id
     round: int
     weight: int
     payload: bytes
@@ -228,12 +210,10 @@ class Update(Message):
     site_epsilon: float | None = None
 
 
-@_message
-class Metrics(Message):
+class Metrics(Message, frozen=True, kw_only=True, tag="metrics"):
     """site -> coordinator: Gaussian-noised evaluation counts on held-out data, and what they cost."""
 
-    TYPE: ClassVar[str] = "metrics"
-    run_id: str
+    run_id: Id
     round: int
     correct: float
     count: float
@@ -245,255 +225,220 @@ class Metrics(Message):
     site_epsilon: float | None = None
 
 
-@_message
-class RunEnd(Message):
+class RunEnd(Message, frozen=True, kw_only=True, tag="run_end"):
     """coordinator -> site: the run is over."""
 
-    TYPE: ClassVar[str] = "run_end"
-    run_id: str
-    status: str
-    message: str
+    run_id: Id
+    status: Word
+    message: Text
 
 
-@_message
-class SecAggSetup(Message):
+class SecAggSetup(Message, frozen=True, kw_only=True, tag="secagg_setup"):
     """coordinator -> site, before a secure train ``round_start``: the round's SecAgg config, the site's id, and
     ``fraction`` (its FedAvg weight over the roster's, or 1.0 for an unweighted mean) to scale its update by."""
 
-    TYPE: ClassVar[str] = "secagg_setup"
-    run_id: str
+    run_id: Id
     round: int
-    config: dict
+    config: Tree
     id: int
     fraction: float
 
 
-@_message
-class SecAgg(Message):
+class SecAgg(Message, frozen=True, kw_only=True, tag="secagg"):
     """both ways, during a secure train phase: one SecAgg message (``fedjax_room.secagg`` ``to_dict()``)."""
 
-    TYPE: ClassVar[str] = "secagg"
-    run_id: str
+    run_id: Id
     round: int
-    body: dict
+    body: Tree
 
 
 # ---------------------------------------------------------------------------------- analyst <-> coordinator
 
 
-@_message
-class ListSites(Message):
-    TYPE: ClassVar[str] = "list_sites"
+class ListSites(Message, frozen=True, kw_only=True, tag="list_sites"):
     req: int
 
 
-@_message
-class SitesReply(Message):
-    TYPE: ClassVar[str] = "sites_reply"
+class SitesReply(Message, frozen=True, kw_only=True, tag="sites_reply"):
     req: int
-    sites: list
+    sites: Records
 
 
-@_message
-class ListRuns(Message):
-    TYPE: ClassVar[str] = "list_runs"
+class ListRuns(Message, frozen=True, kw_only=True, tag="list_runs"):
     req: int
 
 
-@_message
-class RunsReply(Message):
-    TYPE: ClassVar[str] = "runs_reply"
+class RunsReply(Message, frozen=True, kw_only=True, tag="runs_reply"):
     req: int
-    runs: list
+    runs: Records
 
 
-@_message
-class StartRun(Message):
-    TYPE: ClassVar[str] = "start_run"
+class StartRun(Message, frozen=True, kw_only=True, tag="start_run"):
     req: int
-    spec: dict
-    config: dict
+    spec: Tree
+    config: Tree
 
 
-@_message
-class RunCreated(Message):
-    TYPE: ClassVar[str] = "run_created"
+class RunCreated(Message, frozen=True, kw_only=True, tag="run_created"):
     req: int
-    run_id: str
+    run_id: Id
 
 
-@_message
-class WatchRun(Message):
+class WatchRun(Message, frozen=True, kw_only=True, tag="watch_run"):
     """analyst -> coordinator: send me this run's snapshot now and its events from now on."""
 
-    TYPE: ClassVar[str] = "watch_run"
     req: int
-    run_id: str
+    run_id: Id
 
 
-@_message
-class RunSnapshot(Message):
-    TYPE: ClassVar[str] = "run_snapshot"
+class RunSnapshot(Message, frozen=True, kw_only=True, tag="run_snapshot"):
     req: int
-    run: dict
+    run: Tree
 
 
-@_message
-class RunEvent(Message):
+class RunEvent(Message, frozen=True, kw_only=True, tag="run_event"):
     """coordinator -> watching analysts: ``kind`` "round" | "status" | "refusal"."""
 
-    TYPE: ClassVar[str] = "run_event"
-    run_id: str
-    kind: str
-    data: dict
+    run_id: Id
+    kind: Word
+    data: Tree
 
 
-@_message
-class GetModel(Message):
-    TYPE: ClassVar[str] = "get_model"
+class GetModel(Message, frozen=True, kw_only=True, tag="get_model"):
     req: int
-    run_id: str
+    run_id: Id
 
 
-@_message
-class ModelReply(Message):
-    TYPE: ClassVar[str] = "model_reply"
+class ModelReply(Message, frozen=True, kw_only=True, tag="model_reply"):
     req: int
-    run_id: str
+    run_id: Id
     round: int
     params: bytes
 
 
-@_message
-class GetBudget(Message):
-    TYPE: ClassVar[str] = "get_budget"
+class GetBudget(Message, frozen=True, kw_only=True, tag="get_budget"):
     req: int
 
 
-@_message
-class BudgetReply(Message):
-    TYPE: ClassVar[str] = "budget_reply"
+class BudgetReply(Message, frozen=True, kw_only=True, tag="budget_reply"):
     req: int
-    sites: list
+    sites: Records
 
 
-@_message
-class GetAudit(Message):
-    TYPE: ClassVar[str] = "get_audit"
+class GetAudit(Message, frozen=True, kw_only=True, tag="get_audit"):
     req: int
     last: int
 
 
-@_message
-class AuditReply(Message):
-    TYPE: ClassVar[str] = "audit_reply"
+class AuditReply(Message, frozen=True, kw_only=True, tag="audit_reply"):
     req: int
-    records: list
+    records: Records
 
 
-@_message
-class CancelRun(Message):
+class CancelRun(Message, frozen=True, kw_only=True, tag="cancel_run"):
     """analyst -> coordinator: stop my run ``run_id`` (``message``: why, for the record); sites get ``run_end``."""
 
-    TYPE: ClassVar[str] = "cancel_run"
     req: int
-    run_id: str
-    message: str = ""
+    run_id: Id
+    message: Text = ""
 
 
-@_message
-class RunCancelled(Message):
+class RunCancelled(Message, frozen=True, kw_only=True, tag="run_cancelled"):
     """coordinator -> analyst: ``run_id`` is cancelled (``status`` is its final status)."""
 
-    TYPE: ClassVar[str] = "run_cancelled"
     req: int
-    run_id: str
-    status: str
+    run_id: Id
+    status: Word
 
 
 #: Every message class by its wire name.
-MESSAGE_TYPES: dict[str, type[Message]] = dict(_REGISTRY)
+MESSAGE_TYPES: dict[str, type[Message]] = {}
+for _cls in Message.__subclasses__():
+    _cls.TYPE = str(_cls.__struct_config__.tag)
+    MESSAGE_TYPES[_cls.TYPE] = _cls
 
 # ---------------------------------------------------------------------------------- encode / decode
 
-_FIELD_TYPES: dict[type, dict[str, tuple[tuple[type, ...], bool]]] = {}
+
+class _Head(msgspec.Struct):
+    """The envelope alone (the other fields are stepped over): checked before the message is."""
+
+    v: Any = None
+    t: Any = None
 
 
-def _field_types(cls: type[Message]) -> dict[str, tuple[tuple[type, ...], bool]]:
-    """field -> (accepted python types, optional) from the dataclass annotations."""
-    if cls not in _FIELD_TYPES:
-        hints = typing.get_type_hints(cls)
-        out: dict[str, tuple[tuple[type, ...], bool]] = {}
-        for f in dataclasses.fields(cls):
-            hint = hints[f.name]
-            args = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
-            optional = type(None) in args
-            accepted = tuple(a for a in args if a is not type(None))
-            out[f.name] = (accepted, optional)
-        _FIELD_TYPES[cls] = out
-    return _FIELD_TYPES[cls]
+_HEAD = msgspec.msgpack.Decoder(_Head)
+_DECODER: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(Union[tuple(MESSAGE_TYPES.values())])  # noqa: UP007
 
 
-def _check(value: Any, accepted: tuple[type, ...]) -> Any:
-    for t in accepted:
-        if t is float and isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if t is int and isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if t is bool and isinstance(value, bool):
-            return value
-        if t in (str, bytes, dict, list) and isinstance(value, t):
-            return value
-    raise TypeError
+def _enc_hook(obj: Any) -> Any:
+    item = getattr(obj, "item", None)  # numpy scalars (an epsilon, a count) travel as plain numbers
+    if callable(item) and getattr(obj, "shape", None) == ():
+        return item()
+    raise NotImplementedError(f"cannot send a {type(obj).__name__}")
+
+
+_ENCODER = msgspec.msgpack.Encoder(enc_hook=_enc_hook)
 
 
 def encode(msg: Message) -> bytes:
     """The frame bytes for ``msg``."""
-    if type(msg) not in MESSAGE_TYPES.values():
+    if type(msg) not in _CLASSES:
         raise ProtocolError(f"{type(msg).__name__} is not a protocol message")
-    body: dict[str, Any] = {"v": VERSION, "t": msg.TYPE}
-    for f in dataclasses.fields(msg):
-        value = getattr(msg, f.name)
-        if value is None and f.default is None:  # an optional field left out (older frames stay the same)
-            continue
-        body[f.name] = value
-    return pack(body)
+    try:
+        return _ENCODER.encode(msg)
+    except (TypeError, ValueError, OverflowError, NotImplementedError) as exc:
+        raise ProtocolError(f"cannot encode {msg.TYPE}: {exc}") from None
 
 
-def decode(data: bytes, *, max_bytes: int = MAX_FRAME_BYTES) -> Message:
-    """Parse and validate one frame; raise :class:`ProtocolError` / :class:`VersionError` saying why."""
-    body = unpack(data, max_bytes=max_bytes)
-    if not isinstance(body, dict):
-        raise ProtocolError(f"a frame must be a msgpack map, got {type(body).__name__}")
-    version = body.get("v")
-    if version != VERSION:
+#: Older versions whose frames of every type but ``secagg`` read the same (their optional fields were left out).
+STORED_VERSIONS = frozenset({1})
+
+
+def decode(data: bytes, *, max_bytes: int = MAX_FRAME_BYTES, stored: bool = False) -> Message:
+    """Parse and validate one frame; raise :class:`ProtocolError` / :class:`VersionError` saying why.
+
+    ``stored``: the frame was written to disk by an older version of this package (a site's released
+    ``update``); one of :data:`STORED_VERSIONS` is read too, as this version's message."""
+    check_size(data, max_bytes)
+    data = bytes(data)
+    scan(data, max_items=MAX_DECODED_ITEMS, int_keys=True)  # int keys: SecAgg client ids (fields.py checks the rest)
+    try:
+        head = _HEAD.decode(data)
+    except msgspec.ValidationError:
+        raise ProtocolError("a frame must be a msgpack map with a version 'v' and a type 't'") from None
+    except msgspec.DecodeError as exc:
+        raise ProtocolError(f"frame is not valid msgpack ({exc})") from None
+    name = head.t
+    old = stored and head.v in STORED_VERSIONS and name != "secagg" and not isinstance(head.v, bool)
+    if (head.v != VERSION or isinstance(head.v, bool)) and not old:
         raise VersionError(
-            f"peer speaks protocol version {version!r}, this room speaks {VERSION}; "
+            f"peer speaks protocol version {head.v!r}, this room speaks {VERSION}; "
             "upgrade fedjax-room on both ends to the same version"
         )
-    name = body.get("t")
-    cls = MESSAGE_TYPES.get(name) if isinstance(name, str) else None
-    if cls is None:
-        raise ProtocolError(f"unknown message type {name!r}")
-    types_ = _field_types(cls)
-    given = set(body) - {"v", "t"}
-    extra = given - set(types_)
-    if extra:
-        raise ProtocolError(f"{name}: unexpected fields {sorted(extra)}")
-    kwargs: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):
-        accepted, optional = types_[f.name]
-        if f.name not in body:
-            if f.default is not dataclasses.MISSING:
-                continue
-            raise ProtocolError(f"{name}: missing field {f.name!r}")
-        value = body[f.name]
-        if value is None and optional:
-            kwargs[f.name] = None
-            continue
-        try:
-            kwargs[f.name] = _check(value, accepted)
-        except TypeError:
-            want = " or ".join(t.__name__ for t in accepted)
-            raise ProtocolError(f"{name}: field {f.name!r} must be {want}, got {type(value).__name__}") from None
-    return cls(**validate_fields(name, kwargs))  # ids, words and text checked (protocol/fields.py)
+    if not isinstance(name, str) or name not in MESSAGE_TYPES:
+        raise ProtocolError(f"unknown message type {str(name)[:80]!r}")
+    try:
+        msg: Message = _DECODER.decode(data)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise ProtocolError(f"{name}: {_explain(str(exc))}") from None
+    if old:
+        msg = msgspec.structs.replace(msg, v=VERSION)
+    return check_message(msg, name)  # free text and nested maps cleaned, the analyst's record names checked
+
+
+_CLASSES = frozenset(MESSAGE_TYPES.values())
+
+
+def _explain(message: str) -> str:
+    """msgspec's error in the words of the old checks: "missing field", "unexpected field", "field 'x' must"."""
+    message = describe_pattern(message)
+    if message.startswith("Object missing required field "):
+        return "missing field " + message.removeprefix("Object missing required field ").replace("`", "'")
+    if message.startswith("Object contains unknown field "):
+        return "unexpected field " + message.removeprefix("Object contains unknown field ").replace("`", "'")
+    head, sep, where = message.rpartition(" - at `$.")
+    if sep:
+        field = where.rstrip("`")
+        return f"field {field!r} must be {head.removeprefix('Expected ').replace('`', '')}"
+    return message

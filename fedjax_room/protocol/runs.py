@@ -1,9 +1,9 @@
 """The coordinator's run driver: offers, train and eval phases, deadlines, aggregation, resume.
 
-Half of :class:`~fedjax_room.protocol.coordinator.CoordinatorMachine` (which inherits it): the part
-that moves a run from ``pending`` through its rounds to ``finished`` or ``failed``, and the views an
-analyst gets of it. Like the rest of the machine it does no I/O of its own: it sends frames through
-``self._send``, persists through ``self.store`` and records through ``self.audit``. See
+The part of :class:`~fedjax_room.protocol.coordinator.CoordinatorMachine` (which inherits it) that moves a run
+from ``pending`` through its rounds to ``finished`` or ``failed``; the views an analyst gets of it are
+:class:`~fedjax_room.protocol.views.RunViews`. Like the rest of the machine it does no I/O of its own: it sends
+frames through ``self._send``, persists through ``self.store`` and records through ``self.audit``. See
 ``docs/protocol.md`` for the round flow.
 """
 
@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 from typing import Any
 
-from fedjax_room.errors import FedRoomError, RefusedError, RoundError
+from fedjax_room.errors import FedRoomError, ProtocolError, RefusedError, RoundError
 from fedjax_room.protocol import messages as m
 from fedjax_room.protocol.codec import Tree, pack_tree
 from fedjax_room.protocol.config import RunConfig
+from fedjax_room.protocol.connections import Conn
+from fedjax_room.protocol.views import RunViews
 
 __all__ = ["RunDriver"]
 
@@ -47,8 +48,10 @@ class _Active:
     secure: Any = None  # the SecureRound of a secure train phase (fedjax_room.protocol.secure)
 
 
-class RunDriver:
-    """Run scheduling and views, mixed into the coordinator machine (which provides the attributes used)."""
+class RunDriver(RunViews):
+    """Run scheduling: offers, phases, deadlines, aggregation, resume (the machine provides the attributes and
+    the hooks declared here: preparing a run's initial model, and the secure train phase of
+    :class:`~fedjax_room.protocol.secure.SecureDriver`)."""
 
     store: Any
     audit: Any
@@ -56,11 +59,8 @@ class RunDriver:
     background: bool
     _preparing: dict[str, Any]
     _active: _Active | None
-    _conns: dict[int, Any]
+    _conns: dict[int, Conn]
     _site_conns: dict[str, int]
-
-    def _send(self, conn: int, msg: m.Message) -> None:  # pragma: no cover - provided by the machine
-        raise NotImplementedError
 
     def _prepare(self, run_id: str, spec: dict[str, Any], config: RunConfig) -> None:  # pragma: no cover
         raise NotImplementedError
@@ -75,111 +75,16 @@ class RunDriver:
     def connected_sites(self) -> list[str]:  # pragma: no cover - provided by the machine
         raise NotImplementedError
 
-    # ================================================================== views
+    def _secure_open(self, now: float) -> None:  # pragma: no cover - provided by SecureDriver
+        raise NotImplementedError
 
-    def budget(self) -> list[dict[str, Any]]:
-        """Per site: epsilon spent (as the site reports its ledger), delta, cap and remaining."""
-        out = []
-        for name, info in self.store.sites().items():
-            ledger, policy = info["ledger"], info["policy"]
-            cap = float(ledger.get("epsilon_cap", policy.get("epsilon_cap", math.inf)))
-            spent = float(ledger.get("epsilon", 0.0))
-            out.append(
-                {
-                    "site": name,
-                    "epsilon_spent": spent,
-                    "delta": float(ledger.get("delta", policy.get("delta_cap", 0.0))),
-                    "epsilon_cap": cap,
-                    "remaining": max(0.0, cap - spent),
-                }
-            )
-        return out
+    def _secure_tick(self, now: float) -> None:  # pragma: no cover - provided by SecureDriver
+        raise NotImplementedError
 
-    def _privacy(self, run_id: str, delta: float) -> dict[str, dict[str, float]]:
-        sites = self.store.sites()
-        out = {}
-        site_level = self.store.run_site_spend(run_id)
-        for site, spend in self.store.run_spend(run_id).items():
-            policy = sites.get(site, {}).get("policy", {})
-            cap = float(policy.get("epsilon_cap", math.inf))
-            out[site] = {
-                "epsilon": spend["epsilon"],
-                "delta": spend["delta"] or delta,
-                "cap": cap,
-                "remaining": max(0.0, cap - spend["ledger_epsilon"]),
-                "site_epsilon": site_level.get(site),  # site-level (distributed DP); None without it
-            }
-        return out
-
-    def _round_result(self, row: Any, run_id: str) -> dict[str, Any]:
-        return {
-            "round": row.round,
-            "sites": row.sites,
-            "dropped": row.dropped,
-            "loss": row.loss,
-            "accuracy": row.accuracy,
-            "epsilon": row.epsilon,
-            "defence": self.store.defences(run_id).get(row.round),
-        }
-
-    def defences(self, config: dict[str, Any]) -> list[dict[str, Any]]:
-        """Which poisoning defences run for a run with ``config`` (name, active, detail), see docs/robustness.md."""
-        from fedjax_room.robust.secure_checks import active_defences
-
-        statuses = active_defences(
-            secure_aggregation=bool(config.get("secure_aggregation", False)),
-            aggregator=str(config.get("aggregator", "fedavg")),
-            exclude_below=config.get("exclude_below"),
-        )
-        return [{"name": d.name, "active": d.active, "detail": d.detail} for d in statuses]
-
-    def snapshot(self, run_id: str) -> dict[str, Any]:
-        """Everything an analyst may see about a run (no per-site updates, no un-noised metrics)."""
-        run = self._run_or_error(run_id)
-        config = run.config
-        refusals = [
-            {
-                "site": s,
-                "reason": (info["error"] or {}).get("reason") or (info["error"] or {}).get("code", ""),
-                "message": (info["error"] or {}).get("message", ""),
-                "round": info["round"],
-            }
-            for s, info in self.store.run_sites(run_id).items()
-            if info["state"] in ("refused", "left")
-        ]
-        return {
-            "id": run.id,
-            "spec": run.spec,
-            "config": config,
-            "status": run.status,
-            "rounds_done": run.rounds_done,
-            "rounds": int(config.get("rounds", 0)),
-            "history": [self._round_result(r, run_id) for r in self.store.rounds(run_id) if r.status == "evaluated"],
-            "refusals": refusals,
-            "error": run.error,
-            "privacy": self._privacy(run_id, float(config.get("delta", 0.0))),
-            "defences": self.defences(config),
-            # sites whose data owner has not yet approved the model (approval = "manual"); empty once decided
-            "waiting": sorted(s for s, i in self.store.run_sites(run_id).items() if i["state"] == "waiting"),
-        }
-
-    def _event(self, run_id: str, kind: str, data: dict[str, Any]) -> None:
-        for c in self._conns.values():
-            if c.state == "ready" and run_id in c.watching:
-                self._send(c.id, m.RunEvent(run_id=run_id, kind=kind, data=data))
-
-    def _status_event(self, run_id: str) -> None:
-        run = self.store.run(run_id)
-        self._event(
-            run_id,
-            "status",
-            {
-                "status": run.status,
-                "error": run.error,
-                "rounds_done": run.rounds_done,
-                "privacy": self._privacy(run_id, float(run.config.get("delta", 0.0))),
-            },
-        )
+    def _stale(self, c: Conn, run_id: str, what: str) -> None:
+        log.info("ignored %s from %s for %s (not open)", what, c.name, run_id)
+        err = ProtocolError(f"{what} for {run_id} ignored: that run, round or phase is not open (late or unknown)")
+        self._send(c.id, m.Error.of(err, run_id=run_id))
 
     # ================================================================== run driving
 
@@ -282,7 +187,7 @@ class RunDriver:
         if phase == "train":
             self.audit.append("round_opened", run_id=a.id, round=round, sites=sorted(a.accepted))
             if a.config.secure_aggregation:  # the secagg_setup frames go before the round_start
-                self._secure_open(now)  # type: ignore[attr-defined]
+                self._secure_open(now)
                 if self._active is not a:  # could not set it up: the run failed
                     return
         frame = self._round_start(a)
@@ -348,7 +253,7 @@ class RunDriver:
         a = self._active
         assert a is not None
         if a.secure is not None:  # a stage deadline passed: the SecAgg server closes it
-            self._secure_tick(now)  # type: ignore[attr-defined]
+            self._secure_tick(now)
             return
         updates = {s: v for s, v in a.answered.items() if isinstance(v, tuple)}
         dropped = sorted(s for s in a.accepted if s not in a.answered)

@@ -40,6 +40,7 @@ from fedjax_room.errors import ConfigError, FedRoomError, ProtocolError, RoundEr
 from fedjax_room.protocol import messages as m
 from fedjax_room.protocol.codec import Tree, digest, flatten_tree, pack_tree, unflatten_tree
 from fedjax_room.protocol.config import RunConfig
+from fedjax_room.protocol.runs import RunDriver
 from fedjax_room.secagg.messages import MaskedInput
 
 __all__ = [
@@ -226,17 +227,9 @@ class SecureRound:
         return unflatten_like(decoded / denom, self.reference), survivors
 
 
-class SecureDriver:
-    """The coordinator's secure train phases, mixed into the machine (it provides the attributes used)."""
-
-    store: Any
-    audit: Any
-    _active: Any
-    _conns: dict[int, Any]
-    _site_conns: dict[str, int]
-
-    def _send(self, conn: int, msg: m.Message) -> None:  # pragma: no cover - provided by the machine
-        raise NotImplementedError
+class SecureDriver(RunDriver):
+    """The coordinator's secure train phases: a :class:`~fedjax_room.protocol.runs.RunDriver` whose train phase is
+    one SecAgg round (:class:`SecureRound`)."""
 
     def _secure_open(self, now: float) -> None:
         """Start the SecAgg round of the active run's train phase (called by ``_open_phase``)."""
@@ -282,7 +275,7 @@ class SecureDriver:
     def _on_secagg(self, c: Any, msg: m.SecAgg, now: float) -> None:
         a = self._active
         if a is None or a.id != msg.run_id or a.phase != "train" or a.round != msg.round or a.secure is None:
-            self._stale(c, msg.run_id, f"secagg for round {msg.round}")  # type: ignore[attr-defined]
+            self._stale(c, msg.run_id, f"secagg for round {msg.round}")
             return
         try:
             out = a.secure.receive(c.name, msg.body, now)
@@ -315,7 +308,7 @@ class SecureDriver:
         try:
             delta, survivors = sec.aggregate()
         except FedRoomError as exc:
-            self._fail(  # type: ignore[attr-defined]
+            self._fail(
                 now,
                 RoundError(f"round {a.round} of {a.id}: secure aggregation aborted, nothing released: {exc.message}"),
             )
@@ -323,7 +316,7 @@ class SecureDriver:
         dropped = sorted(s for s in a.accepted if s not in survivors)
         if dropped:
             log.warning("round %d of %s closes without %s (secure aggregation dropouts)", a.round, a.id, dropped)
-        self._secure_defence(a, delta, survivors)  # type: ignore[attr-defined]  # the aggregate check (runs.py)
+        self._secure_defence(a, delta, survivors)  # the aggregate check (runs.py)
         opt = server_optimizer(a.config.server_optimizer, a.config.server_learning_rate)
         params, opt_state = opt.update(delta, a.opt_state, a.params)
         model_digest = self.store.commit_round(
@@ -339,4 +332,4 @@ class SecureDriver:
             stages={k: [sec.names[i] for i in v] for k, v in sec.server.participants.items()},
         )
         a.params, a.opt_state, a.params_bytes = params, opt_state, pack_tree(params)
-        self._open_phase("eval", a.round, now)  # type: ignore[attr-defined]
+        self._open_phase("eval", a.round, now)

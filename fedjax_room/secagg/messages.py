@@ -1,10 +1,14 @@
 """The messages of one secure-aggregation round, and their wire format.
 
-Every message is a frozen dataclass. ``to_dict()`` gives a msgpack-able dict of ``bytes``, ``int``,
-``str`` and lists (``{"type": ..., "v": 1, "round": <32-byte config digest>, ...}``; id-keyed maps are
-lists of ``[id, bytes]`` pairs); :func:`message_from_dict` checks every field and raises
-:class:`~fedjax_room.errors.ProtocolError` on anything malformed. :func:`encode` / :func:`decode` wrap
-that in msgpack for a transport that carries bytes. No pickle.
+Every message is a frozen :class:`msgspec.Struct` in the room protocol's envelope, a msgpack map
+``{"t": "secagg/<name>", "v": WIRE_VERSION, "round": <32-byte config digest>, ...}``; id-keyed maps are
+msgpack maps with integer keys. Every field is typed and bounded (ids in ``[1, 2^32)``, exact byte lengths
+for keys, digests, signatures, shares and ciphertexts, at most :data:`MAX_CLIENTS` entries in a list or
+map), so msgspec checks it all while it decodes, before anything unbounded is allocated, and raises
+:class:`~fedjax_room.errors.ProtocolError` (:class:`~fedjax_room.errors.VersionError` for another ``v``).
+``to_dict()`` / :func:`message_from_dict` give and check the plain-dict form the room carries inside its
+``secagg`` frames (whose decoder also refuses a key twice in one map); :func:`encode` / :func:`decode` are
+the msgpack bytes for a transport that carries bytes. No pickle.
 
 ======  ======================  ==============  ====================================================
 stage   message                 direction       content
@@ -33,14 +37,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar, Union
 
-import msgpack
+import msgspec
 
-from fedjax_room.errors import ProtocolError, VersionError
+from fedjax_room.errors import FrameTooLargeError, ProtocolError, VersionError
 
 __all__ = [
     "CIPHERTEXT_BYTES",
+    "MAX_CLIENTS",
+    "MAX_MESSAGE_BYTES",
     "WIRE_VERSION",
     "AdvertiseKeys",
     "ConsistencySignature",
@@ -59,279 +65,120 @@ __all__ = [
     "message_from_dict",
 ]
 
-WIRE_VERSION = 1
+#: Version of these messages (2: msgspec Structs in the room's ``{"t", "v"}`` envelope, integer-keyed maps).
+WIRE_VERSION = 2
 CIPHERTEXT_BYTES = 12 + 8 + 33 + 33 + 16
+#: Most clients a list or an id-keyed map of one message may name.
+MAX_CLIENTS = 1 << 16
+#: Largest encoded message :func:`decode` reads by default (the room's frame limit: 64 MiB).
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 _MAX_ID = 2**32
 
-
-# ---------------------------------------------------------------- field checks
-
-
-def _get(d: Mapping[str, Any], key: str) -> Any:
-    try:
-        return d[key]
-    except KeyError:
-        raise ProtocolError(f"secagg message {d.get('type')!r} lacks field {key!r}") from None
-
-
-def _id(value: Any, what: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value < _MAX_ID:
-        raise ProtocolError(f"{what} must be a client id in [1, 2^32), got {value!r}")
-    return value
-
-
-def _bytes(value: Any, what: str, length: int | None = None) -> bytes:
-    if not isinstance(value, bytes | bytearray):
-        raise ProtocolError(f"{what} must be bytes, got {type(value).__name__}")
-    if length is not None and len(value) != length:
-        raise ProtocolError(f"{what} must be {length} bytes, got {len(value)}")
-    return bytes(value)
-
-
-def _id_map(value: Any, what: str, length: int | None = None) -> dict[int, bytes]:
-    if not isinstance(value, list | tuple):
-        raise ProtocolError(f"{what} must be a list of [id, bytes] pairs")
-    out: dict[int, bytes] = {}
-    for pair in value:
-        if not isinstance(pair, list | tuple) or len(pair) != 2:
-            raise ProtocolError(f"{what} must be a list of [id, bytes] pairs")
-        cid = _id(pair[0], f"{what} id")
-        if cid in out:
-            raise ProtocolError(f"{what} names client {cid} twice")
-        out[cid] = _bytes(pair[1], f"{what}[{cid}]", length)
-    return out
-
-
-def _pairs(mapping: Mapping[int, bytes]) -> list[list[Any]]:
-    return [[cid, mapping[cid]] for cid in sorted(mapping)]
+ClientId = Annotated[int, msgspec.Meta(gt=0, lt=_MAX_ID)]
+Digest = Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]
+Key = Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]
+Signature = Annotated[bytes, msgspec.Meta(min_length=64, max_length=64)]
+Share = Annotated[bytes, msgspec.Meta(min_length=33, max_length=33)]
+Ciphertext = Annotated[bytes, msgspec.Meta(min_length=CIPHERTEXT_BYTES, max_length=CIPHERTEXT_BYTES)]
+Ciphertexts = Annotated[dict[ClientId, Ciphertext], msgspec.Meta(max_length=MAX_CLIENTS)]
+Signatures = Annotated[dict[ClientId, Signature], msgspec.Meta(max_length=MAX_CLIENTS)]
+Shares = Annotated[dict[ClientId, Share], msgspec.Meta(max_length=MAX_CLIENTS)]
 
 
 # ---------------------------------------------------------------- messages
 
 
-@dataclass(frozen=True)
-class Message:
-    """Base of every SecAgg message; ``round`` is the 32-byte :attr:`SecAggConfig.digest`."""
+class _Envelope(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="t"):
+    """The envelope every message shares with the room protocol's: type tag ``t`` and version ``v``."""
+
+    v: int = WIRE_VERSION
+
+
+class Message(_Envelope, frozen=True):
+    """Base of every SecAgg message; ``round`` is the 32-byte :attr:`SecAggConfig.digest`. Fields are given in
+    order (``AdvertiseKeys(digest, sender, ...)``) or by name; ``type`` is the name on the wire."""
 
     type: ClassVar[str] = ""
-    round: bytes
-
-    def _fields(self) -> dict[str, Any]:
-        return {}
+    round: Digest
 
     def to_dict(self) -> dict[str, Any]:
-        """A msgpack-able dict; :func:`message_from_dict` inverts it."""
-        return {"type": self.type, "v": WIRE_VERSION, "round": self.round, **self._fields()}
-
-    @classmethod
-    def _parse(cls, d: Mapping[str, Any], round_: bytes) -> Message:
-        raise NotImplementedError
+        """A msgpack-able dict (bytes, ints, str, lists, integer-keyed maps); :func:`message_from_dict` inverts it."""
+        out: dict[str, Any] = msgspec.to_builtins(self, builtin_types=(bytes,))
+        return out
 
 
-@dataclass(frozen=True)
-class AdvertiseKeys(Message):
+class AdvertiseKeys(Message, frozen=True, tag="secagg/advertise_keys"):
     """Stage 0, client -> server (and forwarded to its neighbours inside :class:`KeyDirectory`)."""
 
-    type: ClassVar[str] = "secagg/advertise_keys"
-    sender: int
-    enc_key: bytes
-    mask_key: bytes
-    seed_commitment: bytes
-    signature: bytes
-
-    def _fields(self) -> dict[str, Any]:
-        return {
-            "sender": self.sender,
-            "enc_key": self.enc_key,
-            "mask_key": self.mask_key,
-            "seed_commitment": self.seed_commitment,
-            "signature": self.signature,
-        }
-
-    @classmethod
-    def _parse(cls, d: Mapping[str, Any], round_: bytes) -> AdvertiseKeys:
-        return cls(
-            round_,
-            _id(_get(d, "sender"), "sender"),
-            _bytes(_get(d, "enc_key"), "enc_key", 32),
-            _bytes(_get(d, "mask_key"), "mask_key", 32),
-            _bytes(_get(d, "seed_commitment"), "seed_commitment", 32),
-            _bytes(_get(d, "signature"), "signature", 64),
-        )
+    sender: ClientId
+    enc_key: Key
+    mask_key: Key
+    seed_commitment: Digest
+    signature: Signature
 
 
-@dataclass(frozen=True)
-class KeyDirectory(Message):
+class KeyDirectory(Message, frozen=True, tag="secagg/key_directory"):
     """Stage 0, server -> client: the signed adverts of the recipient's neighbours that advertised."""
 
-    type: ClassVar[str] = "secagg/key_directory"
-    adverts: tuple[AdvertiseKeys, ...]
-
-    def _fields(self) -> dict[str, Any]:
-        return {"adverts": [a.to_dict() for a in self.adverts]}
-
-    @classmethod
-    def _parse(cls, d: Mapping[str, Any], round_: bytes) -> KeyDirectory:
-        raw = _get(d, "adverts")
-        if not isinstance(raw, list | tuple):
-            raise ProtocolError("adverts must be a list")
-        adverts = tuple(message_from_dict(a) for a in raw)
-        if not all(isinstance(a, AdvertiseKeys) for a in adverts):
-            raise ProtocolError("a key directory may only hold AdvertiseKeys messages")
-        return cls(round_, adverts)
+    adverts: Annotated[tuple[AdvertiseKeys, ...], msgspec.Meta(max_length=MAX_CLIENTS)]
 
 
-@dataclass(frozen=True)
-class ShareKeys(Message):
+class ShareKeys(Message, frozen=True, tag="secagg/share_keys"):
     """Stage 1, client -> server: ``{recipient id: share ciphertext}``."""
 
-    type: ClassVar[str] = "secagg/share_keys"
-    sender: int
-    ciphertexts: Mapping[int, bytes]
-
-    def _fields(self) -> dict[str, Any]:
-        return {"sender": self.sender, "ciphertexts": _pairs(self.ciphertexts)}
-
-    @classmethod
-    def _parse(cls, d: Mapping[str, Any], round_: bytes) -> ShareKeys:
-        return cls(
-            round_,
-            _id(_get(d, "sender"), "sender"),
-            _id_map(_get(d, "ciphertexts"), "ciphertexts", CIPHERTEXT_BYTES),
-        )
+    sender: ClientId
+    ciphertexts: Ciphertexts
 
 
-@dataclass(frozen=True)
-class ShareBundle(Message):
+class ShareBundle(Message, frozen=True, tag="secagg/share_bundle"):
     """Stage 1, server -> client: ``{sender id: share ciphertext addressed to the recipient}``."""
 
-    type: ClassVar[str] = "secagg/share_bundle"
-    ciphertexts: Mapping[int, bytes]
-
-    def _fields(self) -> dict[str, Any]:
-        return {"ciphertexts": _pairs(self.ciphertexts)}
-
-    @classmethod
-    def _parse(cls, d: Mapping[str, Any], round_: bytes) -> ShareBundle:
-        return cls(round_, _id_map(_get(d, "ciphertexts"), "ciphertexts", CIPHERTEXT_BYTES))
+    ciphertexts: Ciphertexts
 
 
-@dataclass(frozen=True)
-class MaskedInput(Message):
+class MaskedInput(Message, frozen=True, tag="secagg/masked_input"):
     """Stage 2, client -> server: the masked vector as little-endian ring elements, signed."""
 
-    type: ClassVar[str] = "secagg/masked_input"
-    sender: int
+    sender: ClientId
     data: bytes
-    signature: bytes
-
-    def _fields(self) -> dict[str, Any]:
-        return {"sender": self.sender, "data": self.data, "signature": self.signature}
-
-    @classmethod
-    def _parse(cls, d: Mapping[str, Any], round_: bytes) -> MaskedInput:
-        return cls(
-            round_,
-            _id(_get(d, "sender"), "sender"),
-            _bytes(_get(d, "data"), "data"),
-            _bytes(_get(d, "signature"), "signature", 64),
-        )
+    signature: Signature
 
 
-@dataclass(frozen=True)
-class SurvivorList(Message):
+class SurvivorList(Message, frozen=True, tag="secagg/survivor_list"):
     """Stage 2, server -> client: U3, the sorted ids whose masked input the server holds."""
 
-    type: ClassVar[str] = "secagg/survivor_list"
-    survivors: tuple[int, ...]
+    survivors: Annotated[tuple[ClientId, ...], msgspec.Meta(max_length=MAX_CLIENTS)]
 
-    def _fields(self) -> dict[str, Any]:
-        return {"survivors": list(self.survivors)}
-
-    @classmethod
-    def _parse(cls, d: Mapping[str, Any], round_: bytes) -> SurvivorList:
-        raw = _get(d, "survivors")
-        if not isinstance(raw, list | tuple):
-            raise ProtocolError("survivors must be a list of ids")
-        ids = tuple(_id(x, "survivor") for x in raw)
-        if list(ids) != sorted(set(ids)):
-            raise ProtocolError("survivors must be sorted and distinct")
-        return cls(round_, ids)
+    def __post_init__(self) -> None:
+        if any(a >= b for a, b in zip(self.survivors, self.survivors[1:], strict=False)):
+            raise ValueError("survivors must be sorted and distinct")
 
 
-@dataclass(frozen=True)
-class ConsistencySignature(Message):
+class ConsistencySignature(Message, frozen=True, tag="secagg/consistency_signature"):
     """Stage 3, client -> server: the client's signature over (round, U3 as it was told)."""
 
-    type: ClassVar[str] = "secagg/consistency_signature"
-    sender: int
-    signature: bytes
-
-    def _fields(self) -> dict[str, Any]:
-        return {"sender": self.sender, "signature": self.signature}
-
-    @classmethod
-    def _parse(cls, d: Mapping[str, Any], round_: bytes) -> ConsistencySignature:
-        return cls(round_, _id(_get(d, "sender"), "sender"), _bytes(_get(d, "signature"), "signature", 64))
+    sender: ClientId
+    signature: Signature
 
 
-@dataclass(frozen=True)
-class UnmaskRequest(Message):
+class UnmaskRequest(Message, frozen=True, tag="secagg/unmask_request"):
     """Stage 3, server -> client: ``{signer id: signature over U3}`` for every client that signed."""
 
-    type: ClassVar[str] = "secagg/unmask_request"
-    signatures: Mapping[int, bytes]
-
-    def _fields(self) -> dict[str, Any]:
-        return {"signatures": _pairs(self.signatures)}
-
-    @classmethod
-    def _parse(cls, d: Mapping[str, Any], round_: bytes) -> UnmaskRequest:
-        return cls(round_, _id_map(_get(d, "signatures"), "signatures", 64))
+    signatures: Signatures
 
 
-@dataclass(frozen=True)
-class UnmaskShares(Message):
+class UnmaskShares(Message, frozen=True, tag="secagg/unmask_shares"):
     """Stage 3, client -> server: 33-byte seed shares of survivors and mask-key shares of dropouts."""
 
-    type: ClassVar[str] = "secagg/unmask_shares"
-    sender: int
-    seed_shares: Mapping[int, bytes]
-    key_shares: Mapping[int, bytes]
-
-    def _fields(self) -> dict[str, Any]:
-        return {
-            "sender": self.sender,
-            "seed_shares": _pairs(self.seed_shares),
-            "key_shares": _pairs(self.key_shares),
-        }
-
-    @classmethod
-    def _parse(cls, d: Mapping[str, Any], round_: bytes) -> UnmaskShares:
-        return cls(
-            round_,
-            _id(_get(d, "sender"), "sender"),
-            _id_map(_get(d, "seed_shares"), "seed_shares", 33),
-            _id_map(_get(d, "key_shares"), "key_shares", 33),
-        )
+    sender: ClientId
+    seed_shares: Shares
+    key_shares: Shares
 
 
-@dataclass(frozen=True)
-class RoundAborted(Message):
+class RoundAborted(Message, frozen=True, tag="secagg/round_aborted"):
     """Server -> client: the round stopped (too few clients, a bad message); nothing is released."""
 
-    type: ClassVar[str] = "secagg/round_aborted"
-    reason: str
-
-    def _fields(self) -> dict[str, Any]:
-        return {"reason": self.reason}
-
-    @classmethod
-    def _parse(cls, d: Mapping[str, Any], round_: bytes) -> RoundAborted:
-        reason = _get(d, "reason")
-        if not isinstance(reason, str):
-            raise ProtocolError("reason must be a string")
-        return cls(round_, reason)
+    reason: Annotated[str, msgspec.Meta(max_length=4096)]
 
 
 @dataclass(frozen=True)
@@ -342,44 +189,76 @@ class Envelope:
     message: Message
 
 
-_TYPES: dict[str, type[Message]] = {
-    cls.type: cls
-    for cls in (
-        AdvertiseKeys,
-        KeyDirectory,
-        ShareKeys,
-        ShareBundle,
-        MaskedInput,
-        SurvivorList,
-        ConsistencySignature,
-        UnmaskRequest,
-        UnmaskShares,
-        RoundAborted,
-    )
-}
+_TYPES: dict[str, type[Message]] = {}
+for _cls in (
+    AdvertiseKeys,
+    KeyDirectory,
+    ShareKeys,
+    ShareBundle,
+    MaskedInput,
+    SurvivorList,
+    ConsistencySignature,
+    UnmaskRequest,
+    UnmaskShares,
+    RoundAborted,
+):
+    _cls.type = str(_cls.__struct_config__.tag)
+    _TYPES[_cls.type] = _cls
+_UNION: Any = Union[tuple(_TYPES.values())]  # noqa: UP007
+_DECODER: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(_UNION)
+_ENCODER = msgspec.msgpack.Encoder()
+
+
+class _Head(msgspec.Struct):
+    v: Any = None
+    t: Any = None
+
+
+_HEAD = msgspec.msgpack.Decoder(_Head)
+
+
+def _check_head(version: Any, name: Any) -> None:
+    if version != WIRE_VERSION or isinstance(version, bool):
+        raise VersionError(f"secagg wire version {version!r} is not {WIRE_VERSION}; upgrade the older party")
+    if not isinstance(name, str) or name not in _TYPES:
+        raise ProtocolError(f"unknown secagg message type {str(name)[:80]!r}")
+
+
+def _refuse(name: str, exc: Exception) -> ProtocolError:
+    return ProtocolError(f"malformed {name} message: {exc}")
 
 
 def message_from_dict(d: Mapping[str, Any]) -> Message:
     """Rebuild and check a message from :meth:`Message.to_dict`; :class:`ProtocolError` if malformed."""
     if not isinstance(d, Mapping):
         raise ProtocolError("a secagg message must be a map")
-    cls = _TYPES.get(d.get("type"))  # type: ignore[arg-type]
-    if cls is None:
-        raise ProtocolError(f"unknown secagg message type {d.get('type')!r}")
-    if d.get("v") != WIRE_VERSION:
-        raise VersionError(f"secagg wire version {d.get('v')!r} is not {WIRE_VERSION}; upgrade the older party")
-    return cls._parse(d, _bytes(_get(d, "round"), "round", 32))
+    _check_head(d.get("v"), d.get("t"))
+    try:
+        return msgspec.convert(d, _UNION)  # type: ignore[no-any-return]
+    except msgspec.ValidationError as exc:
+        raise _refuse(d["t"], exc) from None
 
 
 def encode(message: Message) -> bytes:
-    """msgpack bytes of ``message.to_dict()``."""
-    return msgpack.packb(message.to_dict(), use_bin_type=True)
+    """The msgpack bytes of ``message``."""
+    return _ENCODER.encode(message)
 
 
-def decode(data: bytes) -> Message:
-    """Parse bytes from :func:`encode`; :class:`ProtocolError` if they are not a valid message."""
+def decode(data: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Message:
+    """Parse bytes from :func:`encode` (at most ``max_bytes``); :class:`ProtocolError` if they are not a valid
+    message. Every field is bounded by its type, so nothing unbounded is allocated on the way."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise ProtocolError(f"a secagg frame must be bytes, got {type(data).__name__}")
+    if len(data) > max_bytes:
+        raise FrameTooLargeError(f"secagg frame of {len(data)} bytes is over the limit of {max_bytes} bytes")
     try:
-        d = msgpack.unpackb(data, raw=False, strict_map_key=True)
-    except Exception as exc:  # msgpack raises several unrelated types
+        head = _HEAD.decode(data)
+    except msgspec.ValidationError as exc:
+        raise ProtocolError(f"a secagg frame must be a msgpack map: {exc}") from None
+    except msgspec.DecodeError as exc:
         raise ProtocolError(f"secagg frame is not valid msgpack: {exc}") from None
-    return message_from_dict(d)
+    _check_head(head.v, head.t)
+    try:
+        return _DECODER.decode(data)  # type: ignore[no-any-return]
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise _refuse(head.t, exc) from None

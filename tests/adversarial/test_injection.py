@@ -8,9 +8,11 @@ which the dashboard notebook wrote raw into a comment line; the sidebar runs eve
 from __future__ import annotations
 
 import ast
-import dataclasses
 import html
+import types
+import typing
 
+import msgspec
 import pytest
 
 from fedjax_room.analyst import views as display
@@ -28,10 +30,10 @@ PAYLOADS = [CODE, "x'); __import__('os').system('id'); ('", MARKUP, "run 1", "\x
 def frame(cls: type, **fields) -> bytes:
     """A frame as a hostile peer would write it: packed directly, no encode-side checks."""
     body = {"v": m.VERSION, "t": cls.TYPE}
-    for f in dataclasses.fields(cls):
+    for f in msgspec.structs.fields(cls):
         if f.name in fields:
             body[f.name] = fields[f.name]
-        elif f.default is dataclasses.MISSING:
+        elif f.required:
             body[f.name] = {
                 str: "ok",
                 int: 1,
@@ -45,23 +47,22 @@ def frame(cls: type, **fields) -> bytes:
 
 
 def _base(cls: type, name: str) -> type:
-    import typing
-
     hint = typing.get_type_hints(cls)[name]
-    args = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
-    return args[0]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    return typing.get_origin(hint) or hint
 
 
 ID_FIELDS = [
     (cls, f.name)
     for cls in m.MESSAGE_TYPES.values()
-    for f in dataclasses.fields(cls)
+    for f in msgspec.structs.fields(cls)
     if f.name in ("run_id", "room_id") or (cls.TYPE in ("hello", "welcome") and f.name == "name")
 ]
 WORD_FIELDS = [
     (cls, f.name)
     for cls in m.MESSAGE_TYPES.values()
-    for f in dataclasses.fields(cls)
+    for f in msgspec.structs.fields(cls)
     if f.name in ("role", "code", "phase", "status", "kind") or (cls.TYPE == "error" and f.name == "reason")
 ]
 

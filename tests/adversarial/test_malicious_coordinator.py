@@ -244,7 +244,7 @@ def _masked_inputs(machine, since):
     return [
         name
         for name, msg in machine.frames[since:]
-        if isinstance(msg, m.SecAgg) and str(msg.body.get("type", "")).endswith("masked_input")
+        if isinstance(msg, m.SecAgg) and str(msg.body.get("t", "")).endswith("masked_input")
     ]
 
 

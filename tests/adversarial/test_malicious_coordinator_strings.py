@@ -16,10 +16,10 @@ key every site and the analyst pinned (served on loopback by the real websocket 
 
 from __future__ import annotations
 
-import dataclasses
 import subprocess
 import sys
 
+import msgspec
 import pytest
 
 import fedjax_room
@@ -117,7 +117,7 @@ class HostileCoordinator(ScriptedCoordinator):
         base = self._round_start(a)
         for rnd in BAD_ROUNDS:
             for phase in ("train", "eval"):
-                frame = dataclasses.replace(base, round=rnd, phase=phase)
+                frame = msgspec.structs.replace(base, round=rnd, phase=phase)
                 for name in sorted(a.accepted):
                     self._send(self._site_conns[name], frame)
         return self._flush()

@@ -89,3 +89,75 @@ def test_run_config_validation():
         RunConfig.from_dict({"aggregator": "krum9"})
     with pytest.raises(Exception, match="unknown run settings"):
         RunConfig.from_dict({"code": "import os"})
+
+
+def test_frame_errors_name_the_field_in_plain_words():
+    body = msgpack.unpackb(m.encode(m.RunEnd(run_id="run-1", status="finished", message="done")))
+    for patch, words in (
+        ({"status": "Finished!"}, "field 'status' must be a lower_snake_case word"),
+        ({"run_id": "run 1"}, "field 'run_id' must be a name of 1-64 ASCII letters"),
+        ({"message": 7}, "field 'message' must be str, got int"),
+        ({"extra": 1}, "unexpected field 'extra'"),
+    ):
+        with pytest.raises(ProtocolError, match=words):
+            m.decode(msgpack.packb({**body, **patch}))
+    with pytest.raises(ProtocolError, match="missing field 'status'"):
+        m.decode(msgpack.packb({k: v for k, v in body.items() if k != "status"}))
+    with pytest.raises(VersionError):  # no version at all is another version
+        m.decode(msgpack.packb({k: v for k, v in body.items() if k != "v"}))
+
+
+def test_messages_are_typed_structs_with_keyword_fields():
+    import msgspec
+
+    msg = m.Update(run_id="r", round=1, weight=2, payload=b"", epsilon=np.float64(0.5), ledger_epsilon=1, delta=1e-5)
+    assert isinstance(msg, msgspec.Struct) and m.MESSAGE_TYPES["update"] is m.Update and msg.TYPE == "update"
+    back = m.decode(m.encode(msg))  # numpy scalars travel as numbers; ints where floats are due read as floats
+    assert back == msg and type(back.ledger_epsilon) is float and back.site_epsilon is None
+    assert msgspec.structs.replace(back, round=2).round == 2
+    with pytest.raises(TypeError):
+        m.Update("r", 1, 2, b"", 0.5, 1.0, 1e-5)  # keyword only
+    with pytest.raises(ProtocolError, match="not a protocol message"):
+        m.encode(RunConfig())
+
+
+def test_every_frame_is_scanned_before_it_is_decoded():
+    ok = msgpack.packb({"v": m.VERSION, "t": "list_runs", "req": 1})
+    assert m.decode(ok) == m.ListRuns(req=1)
+    pairs = [msgpack.packb(x) for x in ("v", m.VERSION, "t", "list_runs", "req", 1)]
+    twice = b"\x84" + b"".join(pairs) + msgpack.packb("req") + msgpack.packb(2)  # the same key again: which wins?
+    with pytest.raises(ProtocolError, match="twice"):
+        m.decode(twice)
+    nested = {"plan": {"x": {1: "a"}}}  # int keys only where SecAgg bodies carry client ids
+    with pytest.raises(ProtocolError, match="not a string"):
+        m.decode(msgpack.packb({"v": m.VERSION, "t": "run_accept", "run_id": "run-1", **nested}))
+    for junk in (ok + b"\x00", ok[:-1], b"\xd4\x01\x00", msgpack.packb({"v": m.VERSION, "t": "list_runs", "req": 1.5})):
+        with pytest.raises(ProtocolError):
+            m.decode(junk)
+    claim = b"\x83" + b"".join(pairs[:4]) + msgpack.packb("spec") + b"\xdf\xff\xff\xff\xff"  # 2^32 - 1 pairs
+    with pytest.raises(FrameTooLargeError, match=str(codec.MAX_DECODED_ITEMS)):
+        m.decode(claim)
+
+
+def test_unpack_reads_what_pack_writes():
+    objs = [None, True, -(2**63), 2**64 - 1, 1.5, "é" * 300, b"\x00" * 70_000, [1, [2, {"a": None}]], {"k": {"j": []}}]
+    for obj in objs:
+        data = codec.pack(obj)
+        assert data == msgpack.packb(obj, use_bin_type=True) and codec.unpack(data) == obj
+    with pytest.raises(ProtocolError):
+        codec.unpack(msgpack.packb({1: 2}))  # stored blobs: string (or bytes) keys only
+    with pytest.raises(ProtocolError):
+        codec.unpack(b"\xa2\xff\xfe")  # not UTF-8
+
+
+def test_a_release_stored_by_version_1_is_still_read():
+    fields = {"run_id": "run-1", "round": 1, "weight": 4, "payload": b"p", "epsilon": 0.5, "ledger_epsilon": 0.5}
+    old = msgpack.packb({"v": 1, "t": "update", **fields, "delta": 1e-5})  # v1 left out unset optional fields
+    with pytest.raises(VersionError):
+        m.decode(old)
+    msg = m.decode(old, stored=True)
+    assert msg == m.Update(**fields, delta=1e-5) and msg.v == m.VERSION
+    assert m.decode(m.encode(msg)) == msg  # resent in this version's envelope
+    secagg = msgpack.packb({"v": 1, "t": "secagg", "run_id": "run-1", "round": 1, "body": {}})
+    with pytest.raises(VersionError):  # its body changed in version 2
+        m.decode(secagg, stored=True)

@@ -102,7 +102,7 @@ def test_operator_limits_file(tmp_path):
 
 def test_amplification_frame_is_refused_after_bounded_work():
     n = 8 * 1024 * 1024 - 64
-    frame = msgpack.packb({"v": 1, "t": "start_run", "req": 1, "config": {}, "spec": {"layers": []}})
+    frame = msgpack.packb({"v": m.VERSION, "t": "start_run", "req": 1, "config": {}, "spec": {"layers": []}})
     # 8 MiB of empty arrays, as one big array and as many moderate ones
     one = b"\xdd" + n.to_bytes(4, "big") + b"\x90" * n
     many = msgpack.packb({"a": [[]] * (MAX_DECODED_ITEMS // 2), "b": [[]] * (MAX_DECODED_ITEMS // 2)})
@@ -115,7 +115,7 @@ def test_amplification_frame_is_refused_after_bounded_work():
 def test_amplification_frame_closes_only_that_connection(harness):
     analyst, sites = harness.setup_room(1)
     bomb = msgpack.packb(
-        {"v": 1, "t": "start_run", "req": 1, "config": {}, "spec": {"layers": [[]] * (2 * MAX_DECODED_ITEMS)}}
+        {"v": m.VERSION, "t": "start_run", "req": 1, "config": {}, "spec": {"layers": [[]] * (2 * MAX_DECODED_ITEMS)}}
     )
     harness.feed(analyst, bomb)
     assert analyst in harness.closed and harness.closed[analyst].code == 1009

@@ -48,7 +48,7 @@ def Room(tmp_path, tag, names=("site-a", "site-b", "site-c"), policies=None, siz
     room.kill_after = {}  # site -> secagg message type after which its connection drops
 
     def after(site, msg):
-        if isinstance(msg, m.SecAgg) and room.kill_after.get(site) == str(msg.body.get("type")).split("/")[-1]:
+        if isinstance(msg, m.SecAgg) and room.kill_after.get(site) == str(msg.body.get("t")).split("/")[-1]:
             room.kill(site)
 
     room.after_site_frame = after
@@ -197,7 +197,7 @@ def test_masked_uploads_are_audited_on_both_sides(tmp_path):
     sent = {
         (site, msg.round): hashlib.sha256(msg.body["data"]).hexdigest()
         for site, msg in room.received
-        if isinstance(msg, m.SecAgg) and msg.body.get("type") == "secagg/masked_input"
+        if isinstance(msg, m.SecAgg) and msg.body.get("t") == "secagg/masked_input"
     }
     assert len(sent) == 2 * len(room.sites)
     for name, s in room.sites.items():

@@ -43,7 +43,7 @@ def _drive(n, drop_after_advert=(), **config):
     while inbox:
         name, body = inbox.pop(0)
         out = rnd.receive(name, body, 0.0)
-        if name in drop_after_advert and body["type"].endswith("advertise_keys"):
+        if name in drop_after_advert and body["t"].endswith("advertise_keys"):
             out += rnd.drop(name, 0.0)
         for to, frame in out:
             if to in drop_after_advert:

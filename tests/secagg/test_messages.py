@@ -2,7 +2,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from fedjax_room.errors import ConfigError, ProtocolError, VersionError
+from fedjax_room.errors import ConfigError, FrameTooLargeError, ProtocolError, VersionError
 from fedjax_room.secagg import (
     AdvertiseKeys,
     ConsistencySignature,
@@ -19,6 +19,7 @@ from fedjax_room.secagg import (
     encode,
     message_from_dict,
 )
+from fedjax_room.secagg.messages import MAX_CLIENTS, WIRE_VERSION
 
 D = b"d" * 32
 ADV = AdvertiseKeys(D, 3, b"e" * 32, b"m" * 32, b"c" * 32, b"s" * 64)
@@ -40,8 +41,9 @@ MESSAGES = [
 def test_roundtrip(message):
     assert decode(encode(message)) == message
     d = message.to_dict()
-    assert d["type"].startswith("secagg/") and d["v"] == 1 and d["round"] == D
+    assert d["t"] == message.type and d["t"].startswith("secagg/") and d["v"] == WIRE_VERSION and d["round"] == D
     assert message_from_dict(d) == message
+    assert message_from_dict(msgpack.unpackb(encode(message), strict_map_key=False)) == message
 
 
 @pytest.mark.parametrize(
@@ -53,7 +55,9 @@ def test_roundtrip(message):
         {"enc_key": b"short"},
         {"signature": "text"},
         {"round": b"x"},
-        {"type": "secagg/nope"},
+        {"t": "secagg/nope"},
+        {"t": None},
+        {"extra": 1},
     ],
 )
 def test_malformed_fields_rejected(patch):
@@ -63,7 +67,7 @@ def test_malformed_fields_rejected(patch):
 
 def test_malformed_maps_and_frames():
     good = ShareKeys(D, 3, {4: b"x" * 102}).to_dict()
-    for bad in ([[4, b"x" * 101]], [[4, b"x" * 102], [4, b"x" * 102]], {4: b"x"}, [[4]]):
+    for bad in ({4: b"x" * 101}, [[4, b"x" * 102]], {4: b"x"}, {0: b"x" * 102}, {"4": b"x" * 102}, [[4]]):
         with pytest.raises(ProtocolError):
             message_from_dict({**good, "ciphertexts": bad})
     with pytest.raises(ProtocolError):
@@ -71,13 +75,31 @@ def test_malformed_maps_and_frames():
     with pytest.raises(ProtocolError):
         message_from_dict({k: v for k, v in ADV.to_dict().items() if k != "mask_key"})
     with pytest.raises(VersionError):
-        message_from_dict({**ADV.to_dict(), "v": 2})
+        message_from_dict({**ADV.to_dict(), "v": WIRE_VERSION + 1})
+    with pytest.raises(VersionError):  # the envelope is checked first: an old peer is told to upgrade
+        decode(msgpack.packb({"type": "secagg/advertise_keys", "v": 1, "round": D}))
     with pytest.raises(ProtocolError):
         decode(b"\xc1garbage")
     with pytest.raises(ProtocolError):
         decode(msgpack.packb([1, 2, 3]))
     with pytest.raises(ProtocolError):  # a directory may only carry adverts
         message_from_dict({**KeyDirectory(D, ()).to_dict(), "adverts": [RoundAborted(D, "x").to_dict()]})
+
+
+def test_sizes_are_bounded_before_allocation():
+    """A hostile peer's counts are refused from the header: a map or list of more than MAX_CLIENTS entries, a
+    byte string of another length than its field's, a frame over the byte limit."""
+    huge_map = ShareBundle(D, {i: b"x" * 102 for i in range(1, MAX_CLIENTS + 2)})
+    huge_list = SurvivorList(D, tuple(range(1, MAX_CLIENTS + 2)))
+    for message in (huge_map, huge_list):
+        with pytest.raises(ProtocolError, match="length <= 65536"):
+            decode(encode(message))
+    header = b"\x84" + msgpack.packb("t") + msgpack.packb("secagg/survivor_list") + msgpack.packb("v")
+    header += msgpack.packb(WIRE_VERSION) + msgpack.packb("round") + msgpack.packb(D) + msgpack.packb("survivors")
+    with pytest.raises(ProtocolError, match="truncated"):  # claims 2^32 - 1 survivors in a few bytes
+        decode(header + b"\xdd\xff\xff\xff\xff")
+    with pytest.raises(FrameTooLargeError):
+        decode(encode(huge_map), max_bytes=1024)
 
 
 def test_config_roundtrip_and_digest(room):

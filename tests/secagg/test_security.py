@@ -1,9 +1,8 @@
 """What the coordinator can and cannot learn, and what a lying or tampering one gets caught doing."""
 
-from dataclasses import replace
-
 import numpy as np
 import pytest
+from msgspec.structs import replace
 
 from fedjax_room.errors import BadSignatureError, CryptoError, ProtocolError, RoundError
 from fedjax_room.secagg import (

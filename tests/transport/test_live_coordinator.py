@@ -162,7 +162,7 @@ def test_bad_frames_close_only_that_connection_and_change_nothing(room):
         await _expect_refusal(ws, "protocol")
         # malformed after auth: wrong field type
         ws, _ = await open_connection(url, keys["analyst"], role="analyst")
-        await ws.send(msgpack.packb({"v": 1, "t": "get_audit", "req": 1, "last": "all"}))
+        await ws.send(msgpack.packb({"v": m.VERSION, "t": "get_audit", "req": 1, "last": "all"}))
         await _expect_refusal(ws, "protocol")
         # text frame
         ws, _ = await _raw(url)
