@@ -283,7 +283,7 @@ class SecureDriver(RunDriver):
             log.warning("secagg message from %s refused: %s: %s", c.name, exc.code, exc.message)
             self._send(c.id, m.Error.of(exc, run_id=msg.run_id))
             return
-        if msg.body.get("type") == MaskedInput.type:  # accepted (signature checked): what the sum now holds
+        if msg.body.get("t") == MaskedInput.type:  # accepted (signature checked): what the sum now holds
             self.audit.append(
                 "masked_input_received", run_id=a.id, round=a.round, site=c.name, digest=digest(msg.body["data"])
             )
