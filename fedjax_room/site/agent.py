@@ -26,19 +26,19 @@ State directory layout::
 
     STATE/secret            32 random bytes (mode 0600)
     STATE/ledger.json       the privacy ledger (fedjax_room.site.ledger)
-    STATE/runs/<run>.json   accepted runs: spec, config, plan
+    STATE/runs/<run>.json   accepted runs: spec, config, plan (fedjax_room.site.runs)
     STATE/releases/         the stored releases (fedjax_room.site.releases)
     STATE/audit.jsonl       the site's audit log
 
 The agent orchestrates; each rule lives in its own module: :mod:`.policy` and :mod:`.approval` (what the data
-owner allows), :mod:`.plan` (the noise for this site's size), :mod:`.public_size`, :mod:`.spending` (budget checks
-and commits over :mod:`.ledger`), :mod:`.releases` (stored releases), :mod:`.secret` (the seeds),
-:mod:`.evaluate` (the noised evaluation) and :mod:`.secure` (an update as a SecAgg ring vector).
+owner allows), :mod:`.plan` (the noise for this site's size), :mod:`.public_size`, :mod:`.spending` (budget
+checks and commits over :mod:`.ledger`), :mod:`.runs` (accepted runs), :mod:`.releases` (stored releases),
+:mod:`.secret` (the seeds), :mod:`.evaluate` (the noised evaluation) and :mod:`.secure` (an update as a SecAgg
+ring vector).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -59,20 +59,19 @@ from fedjax_room.errors import (
     RefusedError,
     StateError,
 )
-from fedjax_room.files import atomic_write
 from fedjax_room.models import ModelSpec
 from fedjax_room.protocol import messages as m
 from fedjax_room.protocol.codec import Tree, digest, pack_tree, unpack_tree
 from fedjax_room.protocol.config import RunConfig
-from fedjax_room.protocol.fields import is_id
 from fedjax_room.protocol.secure import SecureRelease, SecureTrain
 from fedjax_room.site.approval import Inbox, await_approval
-from fedjax_room.site.evaluate import noised_metrics
+from fedjax_room.site.evaluate import metrics_message, noised_metrics
 from fedjax_room.site.ledger import Ledger
 from fedjax_room.site.plan import Plan, make_plan
 from fedjax_room.site.policy import Policy
 from fedjax_room.site.public_size import resolve_public_size
 from fedjax_room.site.releases import ReleaseStore
+from fedjax_room.site.runs import AcceptedRuns
 from fedjax_room.site.secret import derive_seed, load_secret
 from fedjax_room.site.secure import secure_vector, site_event
 from fedjax_room.site.spending import Spending
@@ -129,6 +128,7 @@ class SiteAgent:
         self.spending = Spending(
             name, self.ledger, self.site_ledger, heldout_bound=self.public_size.heldout_bound, audit=self._audit
         )
+        self.runs = AcceptedRuns(self.state_dir, name)
         self.releases = ReleaseStore(self.state_dir, name)
         self.train_delay = train_delay
         self._trainers: dict[str, Any] = {}
@@ -157,20 +157,8 @@ class SiteAgent:
     def _seed(self, run_id: str, seed: int, round: int, phase: str) -> int:
         return derive_seed(self._secret, run_id, seed, round, phase)
 
-    def _run_path(self, run_id: str) -> Path:
-        if not is_id(run_id):
-            raise ProtocolError(f"run id {run_id!r} is not a plain name")
-        return self.state_dir / "runs" / f"{run_id}.json"
-
     def _load_run(self, run_id: str) -> tuple[ModelSpec, RunConfig, Plan]:
-        path = self._run_path(run_id)
-        try:
-            rec = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise RefusedError(
-                f"{self.name} never accepted run {run_id}; offer it first", party=self.name, reason="unknown_run"
-            ) from None
-        return ModelSpec.from_dict(rec["spec"]), RunConfig.from_dict(rec["config"]), Plan.from_dict(rec["plan"])
+        return self.runs.load(run_id)
 
     def _reference(self, spec: ModelSpec) -> Tree:
         ref = self._references.get(spec.hash)
@@ -217,18 +205,11 @@ class SiteAgent:
 
     def offer(self, msg: m.RunOffer) -> m.RunAccept | m.RunRefuse:
         """Check a run against the policy and the ledger; accept with a plan or refuse with a reason."""
-        path = self._run_path(msg.run_id)
         spec = ModelSpec.from_dict(msg.spec)
         config = RunConfig.from_dict(msg.config)
-        if path.exists():
-            rec = json.loads(path.read_text())
-            if rec["spec_hash"] == spec.hash and RunConfig.from_dict(rec["config"]) == config:
-                return m.RunAccept(run_id=msg.run_id, plan=Plan.from_dict(rec["plan"]).public())
-            raise RefusedError(
-                f"{self.name}: run id {msg.run_id} was already used for another run",
-                party=self.name,
-                reason="run_id_reused",
-            )
+        accepted = self.runs.accepted_plan(msg.run_id, spec, config)
+        if accepted is not None:
+            return m.RunAccept(run_id=msg.run_id, plan=accepted.public())
         try:
             self.policy.check(spec, config, party=self.name)
             schema = self._train.schema
@@ -249,8 +230,7 @@ class SiteAgent:
             self._audit("run_refused", run_id=msg.run_id, spec_hash=spec.hash, reason=exc.reason)
             raise
         self._audit("run_approved", run_id=msg.run_id, spec_hash=spec.hash, reason="", plan=plan.public())
-        rec = {"spec_hash": spec.hash, "spec": spec.to_dict(), "config": config.to_dict(), "plan": plan.to_dict()}
-        atomic_write(path, json.dumps(rec, sort_keys=True).encode())
+        self.runs.accept(msg.run_id, spec, config, plan)
         return m.RunAccept(run_id=msg.run_id, plan=plan.public())
 
     def _await_approval(self, run_id: str, spec: ModelSpec) -> None:
@@ -268,17 +248,6 @@ class SiteAgent:
         )
 
     # ------------------------------------------------------------------ train
-
-    def _check_round(self, run_id: str, round: Any, plan: Plan, phase: str) -> None:
-        """Only the rounds ``1..rounds`` of the accepted plan are ever trained or evaluated (each once: the ledger
-        key ``run/round/phase`` is spent at most once); anything else is refused before anything is computed."""
-        if isinstance(round, bool) or not isinstance(round, int) or not 1 <= round <= plan.rounds:
-            raise RefusedError(
-                f"{self.name}: round {round!r} of run {run_id} is outside its accepted plan (rounds 1..{plan.rounds}); "
-                f"refusing to {phase} it, nothing spent",
-                party=self.name,
-                reason="round_range",
-            )
 
     def train(self, msg: Any) -> Any:
         """One round of local DP training; the ledger is committed before the update is returned.
@@ -305,7 +274,7 @@ class SiteAgent:
                 msg.run_id,
             )
             return None
-        self._check_round(msg.run_id, msg.round, plan, "train")
+        plan.check_round(msg.round, run_id=msg.run_id, party=self.name, phase="train")
         record = self.ledger.released(key)
         if record is not None:
             return self._train_again(key, msg, record, config, plan, secure)
@@ -464,7 +433,7 @@ class SiteAgent:
         """
         key = f"{msg.run_id}/{msg.round}/eval"
         spec, config, plan = self._load_run(msg.run_id)
-        self._check_round(msg.run_id, msg.round, plan, "eval")
+        plan.check_round(msg.round, run_id=msg.run_id, party=self.name, phase="eval")
         record = self.ledger.released(key)
         if record is not None:
             if "release" not in record and not record.get("failed"):  # committed by an older agent
@@ -476,7 +445,7 @@ class SiteAgent:
             # committed now if a crash came before
             site_eps = self.spending.commit_site_eval(key, config, plan, msg.round)
             eps, total = record["epsilon"], record["ledger_epsilon"]
-            return self._metrics_frame(msg, content["metrics"], eps, total, config, site_eps)
+            return metrics_message(msg, content["metrics"], eps, total, config.delta, site_eps)
         params = self._global_params(msg, spec)
         event = plan.eval_event()
         self.spending.precheck(key, event, msg.round, spec)
@@ -493,7 +462,7 @@ class SiteAgent:
         run_eps, total = self.spending.commit(key, event, record, config, spec)
         # distributed-DP runs: the site-level ledger too
         site_eps = self.spending.commit_site_eval(key, config, plan, msg.round)
-        metrics = self._metrics_frame(msg, noised, run_eps, total, config, site_eps)
+        metrics = metrics_message(msg, noised, run_eps, total, config.delta, site_eps)
         self._audit("metrics_released", run_id=msg.run_id, round=msg.round, epsilon=run_eps, ledger_epsilon=total)
         return metrics
 
@@ -503,27 +472,6 @@ class SiteAgent:
         """``[count, correct, loss_sum]`` on the held-out split plus Gaussian noise (:mod:`.evaluate`)."""
         seed = self._seed(msg.run_id, config.seed, msg.round, "eval")
         return noised_metrics(spec, params, self._heldout, seed=seed, eval_noise_multiplier=plan.eval_noise_multiplier)
-
-    def _metrics_frame(
-        self,
-        msg: m.RoundStart,
-        noised: list[float],
-        run_eps: float,
-        total: float,
-        config: RunConfig,
-        site_eps: float | None = None,
-    ) -> m.Metrics:
-        return m.Metrics(
-            run_id=msg.run_id,
-            round=msg.round,
-            count=float(noised[0]),
-            correct=float(noised[1]),
-            loss_sum=float(noised[2]),
-            epsilon=run_eps,
-            ledger_epsilon=total,
-            delta=config.delta,
-            site_epsilon=site_eps,
-        )
 
     # used by tests and the CLI
     def describe(self) -> dict[str, Any]:

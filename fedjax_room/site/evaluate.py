@@ -19,9 +19,10 @@ import numpy as np
 from fedjax_room.data import Dataset
 from fedjax_room.errors import StateError
 from fedjax_room.models import ModelSpec
+from fedjax_room.protocol import messages as m
 from fedjax_room.site.plan import EVAL_SENSITIVITY, LOSS_CLIP
 
-__all__ = ["eval_fn", "noised_metrics"]
+__all__ = ["eval_fn", "metrics_message", "noised_metrics"]
 
 #: Records evaluated per jitted call.
 CHUNK = 1024
@@ -70,3 +71,25 @@ def noised_metrics(
     if not all(math.isfinite(v) for v in noised):  # cannot happen with bounded terms; never release one
         raise StateError("a noised evaluation count is not finite")
     return noised
+
+
+def metrics_message(
+    msg: m.RoundStart,
+    noised: list[float],
+    run_eps: float,
+    total: float,
+    delta: float,
+    site_eps: float | None = None,
+) -> m.Metrics:
+    """The ``metrics`` frame of a (stored) noised evaluation: the counts and what the site has spent."""
+    return m.Metrics(
+        run_id=msg.run_id,
+        round=msg.round,
+        count=float(noised[0]),
+        correct=float(noised[1]),
+        loss_sum=float(noised[2]),
+        epsilon=run_eps,
+        ledger_epsilon=total,
+        delta=delta,
+        site_epsilon=site_eps,
+    )

@@ -23,7 +23,7 @@ from typing import Any
 from dp_accounting import DpEvent, GaussianDpEvent, NoOpDpEvent
 
 from fedjax_room.dp.accounting import Accountant, calibrate_noise, dpsgd_event
-from fedjax_room.errors import ConfigError, PrivacyError
+from fedjax_room.errors import ConfigError, PrivacyError, RefusedError
 from fedjax_room.protocol.config import RunConfig
 
 __all__ = ["EVAL_SHARE", "FIXED_EVAL_NOISE", "LOSS_CLIP", "Plan", "coarse_count", "make_plan", "site_eval_event"]
@@ -82,6 +82,17 @@ class Plan:
             return cls(**{name: data[name] for name in fields if name in data or name != "public_size"})
         except (KeyError, TypeError) as exc:
             raise ConfigError(f"stored plan is malformed ({exc})") from None
+
+    def check_round(self, round: Any, *, run_id: str, party: str, phase: str) -> None:
+        """Only the rounds ``1..rounds`` of the accepted plan are ever trained or evaluated (each once: the ledger
+        key ``run/round/phase`` is spent at most once); anything else is refused before anything is computed."""
+        if isinstance(round, bool) or not isinstance(round, int) or not 1 <= round <= self.rounds:
+            raise RefusedError(
+                f"{party}: round {round!r} of run {run_id} is outside its accepted plan (rounds 1..{self.rounds}); "
+                f"refusing to {phase} it, nothing spent",
+                party=party,
+                reason="round_range",
+            )
 
     def public(self) -> dict[str, Any]:
         """What the site tells the coordinator about its plan."""
