@@ -124,8 +124,12 @@ def scan(
     max_items: int = MAX_DECODED_ITEMS,
     max_depth: int = _MAX_DEPTH,
     int_keys: bool = False,
-) -> None:
-    """Check the msgpack ``data`` before anything is decoded from it, reading only item headers.
+    counted: int = 0,
+    depth: int = 0,
+) -> int:
+    """Check the msgpack ``data`` before anything is decoded from it, reading only item headers; return
+    ``counted`` plus the number of containers and elements it holds (to bound several parts of one frame;
+    ``depth``: the nesting level of ``data`` in its frame).
 
     Refuses (:class:`FrameTooLargeError`) more than ``max_items`` containers plus their elements in all (each
     container's count is read from its header, so one huge header is refused at once and the work is bounded
@@ -136,7 +140,7 @@ def scan(
     """
     n = len(data)
     kind_of, arg_of = _KIND, _ARG
-    p = items = 0
+    p, items = 0, counted
     stack: list[int] = []  # items still to come in each open container (a map's keys and values both count)
     keys: list[set[Any] | None] = []  # the keys seen so far in each open map (None for an array)
     while True:
@@ -183,7 +187,7 @@ def scan(
                 raise FrameTooLargeError(
                     f"frame holds more than {max_items} decoded items (arrays, maps and their elements); send less"
                 )
-            if len(stack) > max_depth:
+            if len(stack) + depth > max_depth:
                 raise ProtocolError(f"frame nests deeper than {max_depth} levels")
             if arg:
                 is_map = kind in (_MAP, _FIXMAP)
@@ -202,6 +206,7 @@ def scan(
             break
     if p != n:
         raise ProtocolError(f"frame is not valid msgpack ({n - p} bytes after its end)")
+    return items
 
 
 def check_size(data: Any, max_bytes: int) -> None:

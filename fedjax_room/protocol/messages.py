@@ -2,13 +2,14 @@
 
 A frame is one msgpack map ``{"t": <type name>, "v": VERSION, <field>: <value>, ...}`` in one binary
 websocket message; every message is a frozen, keyword-only :class:`msgspec.Struct` tagged with its type name,
-and :func:`decode` is one ``msgspec.msgpack.Decoder`` over the union of them all. Before decoding, the frame's
-size is checked against its byte limit and :func:`~fedjax_room.protocol.codec.scan` bounds its items, depth
-and keys; then the version is checked (:class:`~fedjax_room.errors.VersionError`), then the type name, that
-exactly the declared fields are present, each field's type and each string's pattern or length (msgspec, with
-the annotated types of :mod:`.fields`); then :func:`.fields.check_message` cleans free text and nested maps
-(:class:`~fedjax_room.errors.ProtocolError` for anything wrong). Nested maps (model specs, configs, plans)
-are validated by whoever reads them. See ``docs/protocol.md`` for the flow.
+and :func:`decode` is one ``msgspec.msgpack.Decoder`` over the union of them all. Before that decoder runs,
+the frame's size is checked against its byte limit, its top-level map is split into undecoded values (in C,
+nothing allocated), the version is checked (:class:`~fedjax_room.errors.VersionError`), then the type name,
+and :func:`~fedjax_room.protocol.codec.scan` bounds the items, depth and keys of every field that holds a
+nested map or list; the decoder then checks that exactly the declared fields are present, each field's type
+and each string's pattern or length (the annotated types of :mod:`.fields`); :func:`.fields.check_message`
+cleans free text and nested maps (:class:`~fedjax_room.errors.ProtocolError` for anything wrong). Nested
+maps (model specs, configs, plans) are validated by whoever reads them. See ``docs/protocol.md`` for the flow.
 """
 
 from __future__ import annotations
@@ -360,14 +361,10 @@ for _cls in Message.__subclasses__():
 # ---------------------------------------------------------------------------------- encode / decode
 
 
-class _Head(msgspec.Struct):
-    """The envelope alone (the other fields are stepped over): checked before the message is."""
-
-    v: Any = None
-    t: Any = None
-
-
-_HEAD = msgspec.msgpack.Decoder(_Head)
+#: The frame's top-level map, each value left undecoded (a zero-copy view; msgspec steps over it in C).
+_TOP = msgspec.msgpack.Decoder(dict[str, msgspec.Raw])
+#: The envelope's values: a scalar, or refused without anything decoded.
+_SCALAR: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(Union[int, float, str, None])  # noqa: UP007
 _DECODER: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(Union[tuple(MESSAGE_TYPES.values())])  # noqa: UP007
 
 
@@ -402,22 +399,22 @@ def decode(data: bytes, *, max_bytes: int = MAX_FRAME_BYTES, stored: bool = Fals
     ``update``); one of :data:`STORED_VERSIONS` is read too, as this version's message."""
     check_size(data, max_bytes)
     data = bytes(data)
-    scan(data, max_items=MAX_DECODED_ITEMS, int_keys=True)  # int keys: SecAgg client ids (fields.py checks the rest)
-    try:
-        head = _HEAD.decode(data)
-    except msgspec.ValidationError:
-        raise ProtocolError("a frame must be a msgpack map with a version 'v' and a type 't'") from None
-    except msgspec.DecodeError as exc:
-        raise ProtocolError(f"frame is not valid msgpack ({exc})") from None
-    name = head.t
-    old = stored and head.v in STORED_VERSIONS and name != "secagg" and not isinstance(head.v, bool)
-    if (head.v != VERSION or isinstance(head.v, bool)) and not old:
+    top = _split(data)
+    version, name = _scalar(top.get("v")), _scalar(top.get("t"))
+    old = stored and version in STORED_VERSIONS and name != "secagg" and not isinstance(version, bool)
+    if (version != VERSION or isinstance(version, bool)) and not old:
         raise VersionError(
-            f"peer speaks protocol version {head.v!r}, this room speaks {VERSION}; "
+            f"peer speaks protocol version {version!r}, this room speaks {VERSION}; "
             "upgrade fedjax-room on both ends to the same version"
         )
     if not isinstance(name, str) or name not in MESSAGE_TYPES:
         raise ProtocolError(f"unknown message type {str(name)[:80]!r}")
+    items = 1 + len(top)
+    for field in _free_fields(MESSAGE_TYPES[name]):  # the maps and lists a reader validates: bounded here
+        raw = top.get(field)
+        if raw is not None:  # SecAgg bodies key their maps by client id
+            key_ints = name == "secagg"
+            items = scan(bytes(raw), max_items=MAX_DECODED_ITEMS, int_keys=key_ints, counted=items, depth=1)
     try:
         msg: Message = _DECODER.decode(data)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
@@ -428,6 +425,50 @@ def decode(data: bytes, *, max_bytes: int = MAX_FRAME_BYTES, stored: bool = Fals
 
 
 _CLASSES = frozenset(MESSAGE_TYPES.values())
+
+
+def _split(data: bytes) -> dict[str, msgspec.Raw]:
+    """The top-level map of a frame, its values undecoded; refused if it is not one map with string keys,
+    each key once, and nothing after it."""
+    try:
+        top = _TOP.decode(data)
+    except msgspec.ValidationError:
+        raise ProtocolError("a frame must be a msgpack map (string keys) with a version 'v' and a type 't'") from None
+    except msgspec.DecodeError as exc:
+        raise ProtocolError(f"frame is not valid msgpack ({exc})") from None
+    except RecursionError:
+        raise ProtocolError("frame nests too deep") from None
+    first = data[0]
+    count = first & 0x0F if first < 0x90 else int.from_bytes(data[1 : 3 if first == 0xDE else 5], "big")
+    if len(top) != count:
+        raise ProtocolError("frame has a key twice in its top-level map")
+    return top
+
+
+def _scalar(raw: msgspec.Raw | None) -> Any:
+    if raw is None:
+        return None
+    try:
+        return _SCALAR.decode(raw)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return "<not a scalar>"
+
+
+_FREE: dict[type, tuple[str, ...]] = {}
+
+
+def _free_fields(cls: type[Message]) -> tuple[str, ...]:
+    """The fields of ``cls`` that hold nested maps or lists of anything (msgspec types everything else)."""
+    if cls not in _FREE:
+        info = msgspec.inspect.type_info(cls)
+        assert isinstance(info, msgspec.inspect.StructType)
+        free = []
+        for f in info.fields:
+            types = f.type.types if isinstance(f.type, msgspec.inspect.UnionType) else (f.type,)
+            if any(isinstance(t, msgspec.inspect.DictType | msgspec.inspect.ListType) for t in types):
+                free.append(f.encode_name)
+        _FREE[cls] = tuple(free)
+    return _FREE[cls]
 
 
 def _explain(message: str) -> str:
