@@ -164,3 +164,24 @@ def test_a_release_stored_by_version_1_is_still_read():
     secagg = msgpack.packb({"v": 1, "t": "secagg", "run_id": "run-1", "round": 1, "body": {}})
     with pytest.raises(VersionError):  # its body changed in version 2
         m.decode(secagg, stored=True)
+
+
+def test_a_secagg_body_rides_in_the_same_envelope():
+    from fedjax_room.secagg import ShareBundle, message_from_dict
+    from fedjax_room.secagg.messages import WIRE_VERSION
+
+    inner = ShareBundle(b"d" * 32, {2: b"x" * 102, 7: b"y" * 102})
+    frame = m.decode(m.encode(m.SecAgg(run_id="run-1", round=1, body=inner.to_dict())))
+    assert {"t", "v"} <= set(frame.body) and frame.body["t"] == inner.type and frame.body["v"] == WIRE_VERSION
+    assert message_from_dict(frame.body) == inner  # integer client ids survive the frame's scan
+    raw = msgpack.unpackb(m.encode(frame), strict_map_key=False)
+    assert {"t", "v"} <= set(raw) and raw["t"] == "secagg" and raw["v"] == m.VERSION
+
+    def packed_map(pairs: list[tuple[str, bytes]]) -> bytes:  # values already packed: duplicates are possible
+        return bytes([0x80 | len(pairs)]) + b"".join(msgpack.packb(k) + v for k, v in pairs)
+
+    twice = b"\x82" + msgpack.packb(2) + msgpack.packb(b"x" * 102) + msgpack.packb(2) + msgpack.packb(b"y" * 102)
+    body = packed_map([(k, msgpack.packb(inner.to_dict()[k])) for k in ("t", "v", "round")] + [("ciphertexts", twice)])
+    head = [("t", msgpack.packb("secagg")), ("v", msgpack.packb(m.VERSION)), ("run_id", msgpack.packb("run-1"))]
+    with pytest.raises(ProtocolError, match="twice"):  # which copy would a reader see? neither: refused
+        m.decode(packed_map([*head, ("round", msgpack.packb(1)), ("body", body)]))
