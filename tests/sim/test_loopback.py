@@ -89,3 +89,37 @@ def test_the_simulation_takes_only_what_the_room_takes():
         run_simulation(SPEC.replace(noise_multiplier=0.0))  # the room never trains without DP noise
     with pytest.raises(ConfigError, match="secure aggregation"):
         run_simulation(SPEC.replace(aggregator="median", secure_aggregation=True))
+
+
+@pytest.mark.slow
+def test_the_room_over_real_websockets_gives_the_same_model(tmp_path):
+    """The embedded room (a coordinator process and 2 site processes on 127.0.0.1, real websockets) and a
+    LoopbackRoom with the same sites (data, policy, secret) train the same global model, to the bit."""
+    import shutil
+
+    from fedjax_room.data.loaders import load_dataset
+    from fedjax_room.sim.demo import start_room
+    from fedjax_room.site.policy import Policy
+
+    spec = logistic([64], 10)
+    config = {**sim_config(SPEC), "round_timeout": 120.0}
+    with start_room(sites=2, dataset="digits", state_dir=tmp_path / "ws", policy={"epsilon_cap": 100.0}) as er:
+        analyst = er.connect()
+        try:
+            ws = analyst.train(spec, **config).wait(300)
+            assert ws.status == "finished", ws.error
+            ws_params = ws.params  # downloaded from the room while it runs
+        finally:
+            analyst.close()
+        names = er.site_names
+    sites = {}
+    for name in names:
+        folder = tmp_path / "ws" / "sites" / name
+        train = load_dataset(folder / "train.npz", None, infer=False)
+        heldout = load_dataset(folder / "heldout.npz", train.schema, infer=False)
+        sites[name] = (train, heldout, Policy.load(folder / "policy.toml").to_dict())
+        (tmp_path / "lb" / "sites" / name).mkdir(parents=True)
+        shutil.copy(folder / "state" / "secret", tmp_path / "lb" / "sites" / name / "secret")
+    loop = LoopbackRoom(tmp_path / "lb", sites).train(spec, config)
+    assert loop.status == "finished" and loop.run_id == ws.id
+    assert _same(ws_params, loop.params)
