@@ -1,4 +1,10 @@
-"""A harness that drives the coordinator machine by feeding frames and times (no sockets, no sleeps)."""
+"""A harness that drives the coordinator machine by feeding frames and times (no sockets, no sleeps).
+
+This is a unit test of one machine: tests hand-craft every site and analyst frame (malformed, replayed, out of
+order, over-weighted) and read exactly what the coordinator answers. A whole room in process — real site machines
+and agents, secure aggregation, the virtual clock — is ``fedjax_room.sim.LoopbackRoom`` (tests/protocol/
+test_secure_room.py, tests/sim/), the round engine the simulation and the benchmarks use.
+"""
 
 from __future__ import annotations
 
