@@ -29,7 +29,7 @@ import concurrent.futures
 import logging
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from fedjax_room.errors import (
     AuthError,
@@ -79,7 +79,7 @@ def _default_init(spec: dict[str, Any], seed: int) -> Tree:
     from fedjax_room.models import init_params
 
     params = init_params(spec, jax.random.PRNGKey(seed))
-    return jax.tree.map(lambda a: np.asarray(a, np.float32), dict(params))
+    return cast(Tree, jax.tree.map(lambda a: np.asarray(a, np.float32), dict(params)))
 
 
 class CoordinatorMachine(SiteAnswers, AnalystRequests):

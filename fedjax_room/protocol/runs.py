@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any
+from typing import Any, cast
 
 from fedjax_room.errors import FedRoomError, ProtocolError, RefusedError, RoundError
 from fedjax_room.protocol import messages as m
@@ -307,7 +307,7 @@ class RunDriver(RunViews):
             )
         self.audit.append("defence_report", run_id=a.id, **record)
         self.store.record_defence(a.id, a.round, record, state)
-        return delta
+        return cast(Tree, delta)
 
     def _aggregate_check(self, a: _Active, delta: Tree) -> dict[str, Any]:
         """The aggregate's norm against the last accepted round's (robust.check_aggregate); a report, not a veto."""

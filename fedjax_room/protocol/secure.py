@@ -234,6 +234,7 @@ class SecureDriver(RunDriver):
     def _secure_open(self, now: float) -> None:
         """Start the SecAgg round of the active run's train phase (called by ``_open_phase``)."""
         a = self._active
+        assert a is not None
         roster = {}
         for name in sorted(a.accepted):
             ident = self.store.identity(name)
@@ -297,6 +298,7 @@ class SecureDriver(RunDriver):
 
     def _secure_tick(self, now: float) -> None:
         a = self._active
+        assert a is not None and a.secure is not None
         self._secure_deliver(a.secure.tick(now), now)
 
     def _secure_close(self, now: float) -> None:
@@ -304,6 +306,7 @@ class SecureDriver(RunDriver):
         from fedjax_room.robust.server import server_optimizer
 
         a = self._active
+        assert a is not None and a.secure is not None
         sec, a.secure = a.secure, None
         try:
             delta, survivors = sec.aggregate()
