@@ -160,7 +160,7 @@ class LoopbackRoom:
         self.keep_frames = keep_frames
         self.received: list[tuple[str, Any]] = []  # (site, message) for every frame a site sent (keep_frames)
         self.analyst_inbox: list[Any] = []
-        self.cpu: collections.Counter[str] = collections.Counter()  # process CPU seconds per party
+        self.cpu: dict[str, float] = collections.defaultdict(float)  # process CPU seconds per party
         self.bytes_up: collections.Counter[str] = collections.Counter()  # bytes each site sent
         self.dead: set[str] = set()
         #: called with (site, message) after the coordinator received each site frame (tests: drop a site there)
@@ -279,6 +279,8 @@ class LoopbackRoom:
         client_nonce = os.urandom(32)
         actions = self._timed("coordinator", self.coord.open, conn, self.now, client_nonce)
         (challenge,) = [m.decode(a.data) for a in actions]
+        if not isinstance(challenge, m.Challenge):
+            raise RoundError(f"the coordinator opened with {challenge.TYPE}, not a challenge")
         verify_challenge(
             challenge, client_nonce=client_nonce, pinned=public_key_bytes(self.room_key), room_id=self.store.room_id
         )
@@ -447,6 +449,8 @@ class LoopbackRoom:
         """The run's snapshot, and every finished round with its global model from the room's checkpoints."""
         snap = self.snapshot(run_id)
         run = self.store.run(run_id)
+        if run is None:
+            raise ConfigError(f"the room has no run {run_id!r}")
         defences = self.store.defences(run_id)
         applied = {
             int(fields.get("round", -1)): t
