@@ -5,7 +5,7 @@ with DP-SGD at the room's smallest noise multiplier (0.3, clip 10, expected batc
 without noise; before issue 15 these tests ran noise-free, which only the old separate simulation loop could).
 The noise is drawn from each site's secret, fixed by the seed, so a seed still gives one outcome. The attack is
 the boosted label flip (``boost``: train on ``y -> 9 - y``, send 10x the update) from sites 0 and 1.
-A small MLP (one hidden layer of 32), 12 rounds of 10 local steps: a few seconds a run after one compilation.
+A small MLP (one hidden layer of 32), 10 rounds of 10 local steps: a few seconds a run after one compilation.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from fedjax_room.sim import SimSpec, run_simulation
 pytestmark = pytest.mark.slow
 
 BASE = SimSpec(
-    dataset="digits", num_sites=10, rounds=12, learning_rate=0.3, noise_multiplier=0.3, batch_size=32, seed=0
+    dataset="digits", num_sites=10, rounds=10, learning_rate=0.3, noise_multiplier=0.3, batch_size=32, seed=0
 )
 ATTACKED = BASE.replace(attack="boost", malicious=(0, 1))
 
