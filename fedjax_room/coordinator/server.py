@@ -84,7 +84,7 @@ async def serve_coordinator(
     audit_log = AuditLog.open(state, key, writer="coordinator")
     if (tls_cert is None) != (tls_key is None):
         raise ConfigError("give both --tls-cert and --tls-key (or neither)")
-    ssl_ctx = server_ssl_context(tls_cert, tls_key) if tls_cert else None
+    ssl_ctx = server_ssl_context(tls_cert, tls_key) if tls_cert and tls_key is not None else None
     machine = CoordinatorMachine(
         store, audit=LogAudit(audit_log), max_frame=max_frame, room_key=key, background=True
     )  # background: a new run's initial model and checkpoint are built off the event loop

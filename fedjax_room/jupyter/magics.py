@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import atexit
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
@@ -28,6 +28,13 @@ from fedjax_room.jupyter.dashboard import RunDashboard, field
 from fedjax_room.jupyter.display import Table
 
 __all__ = ["RoomMagics", "one_line"]
+
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+def _line_cell_magic(name: str) -> Callable[[_Method], _Method]:
+    """IPython's ``@line_cell_magic(name)``, typed (IPython types both forms of the decorator as one union)."""
+    return cast(Callable[[_Method], _Method], line_cell_magic(name))
 
 
 def one_line(exc: BaseException) -> str:
@@ -82,8 +89,8 @@ class RoomMagics(Magics):
         self._atexit = False
 
     # ---- entry point ----------------------------------------------------------------------------
-    @line_cell_magic
-    def room(self, line: str, cell: str | None = None) -> Any:
+    @_line_cell_magic("room")  # the method has its own name: self.room is the connected room
+    def room_magic(self, line: str, cell: str | None = None) -> Any:
         """Work with a fedjax_room clean room. ``%room --help`` lists the commands."""
         try:
             if cell is None:

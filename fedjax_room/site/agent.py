@@ -184,10 +184,14 @@ class SiteAgent:
         rnd = getattr(msg, "round", None) if kind != "offer" else None
         try:
             if kind == "offer":
+                if not isinstance(msg, m.RunOffer):
+                    raise ProtocolError(f"an offer job carries a run offer, not {type(msg).__name__}")
                 return self.offer(msg)
             if kind == "train":
                 return self.train(msg)
             if kind == "eval":
+                if not isinstance(msg, m.RoundStart):
+                    raise ProtocolError(f"an eval job carries a round start, not {type(msg).__name__}")
                 return self.evaluate(msg)
             if kind == "end":
                 self._trainers.pop(run_id, None)
@@ -336,7 +340,7 @@ class SiteAgent:
             ring = self.releases.ring_path(msg.run_id, msg.round)
             if again is not None and secure is None:
                 return again
-            if again is not None and ring.exists():
+            if isinstance(again, m.Update) and ring.exists():
                 return SecureRelease(again, np.load(ring, allow_pickle=False))
             raise StateError(f"{self.name}: release {key} was committed but never stored; refusing to recompute it")
         content, vector = self.releases.stored(key, record, msg.round, "train")
@@ -438,7 +442,7 @@ class SiteAgent:
         if record is not None:
             if "release" not in record and not record.get("failed"):  # committed by an older agent
                 again = self.releases.legacy_frame(msg.run_id, msg.round, "eval")
-                if again is not None:
+                if isinstance(again, m.Metrics | m.RunRefuse):
                     return again
                 raise StateError(f"{self.name}: release {key} was committed but never stored; refusing to recompute it")
             content, _ = self.releases.stored(key, record, msg.round, "eval")

@@ -144,6 +144,8 @@ def make_plan(config: RunConfig, *, public_size: int, min_sites: int) -> Plan:
     q = min(1.0, config.batch_size / public_size)
     steps, rounds, delta = config.local_steps, config.rounds, config.delta
     if config.target_epsilon is None:
+        if config.noise_multiplier is None:  # RunConfig sets one of the two
+            raise ConfigError("the run sets neither target_epsilon nor noise_multiplier")
         sigma = float(config.noise_multiplier)
         eval_sigma = FIXED_EVAL_NOISE
         mode = "noise"

@@ -51,6 +51,15 @@ from fedjax_room.protocol.config import AGGREGATORS, RunConfig
 __all__ = ["Policy"]
 
 
+def _default(f: dataclasses.Field[Any]) -> Any:
+    """A field's default value (its factory's, for a mutable default)."""
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    raise TypeError(f"Policy.{f.name} has no default")
+
+
 @dataclasses.dataclass(frozen=True)
 class Policy:
     """A validated site policy (see the module docstring for the TOML form)."""
@@ -80,10 +89,7 @@ class Policy:
         extra = set(data) - known
         if extra:
             raise PolicyError(f"{where}: unknown settings {sorted(extra)}; known: {sorted(known)}")
-        defaults = {
-            f.name: f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
-            for f in dataclasses.fields(cls)
-        }
+        defaults = {f.name: _default(f) for f in dataclasses.fields(cls)}
         d = {**defaults, **data}
 
         def number(key: str) -> float:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -203,7 +204,7 @@ async def serve_site(
             elif isinstance(action, Work):
                 fut = loop.run_in_executor(executor, agent.handle, action.kind, action.message)
                 jobs.add(fut)
-                fut.add_done_callback(lambda f, key=action.key: on_done(key, f))
+                fut.add_done_callback(functools.partial(on_done, action.key))
 
     def on_done(key: str, fut: asyncio.Future[Any]) -> None:
         jobs.discard(fut)

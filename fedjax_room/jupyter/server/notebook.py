@@ -98,8 +98,9 @@ def show_dashboard(url: str, key: str, run: str | None = None, *, connect: Calla
     from fedjax_room.jupyter.dashboard import RunDashboard
 
     if connect is None:
-        from fedjax_room.analyst import connect
+        from fedjax_room.analyst import connect as analyst_connect
 
+        connect = analyst_connect
     room = connect(url, key=key)
     if run is None:
         from fedjax_room.jupyter.launch import LaunchForm
