@@ -51,6 +51,7 @@ from fedjax_room.protocol.handshake import NONCE_BYTES, ROLES, make_challenge, v
 from fedjax_room.protocol.refusals import RefusalCounter
 from fedjax_room.protocol.requests import AnalystRequests
 from fedjax_room.protocol.runs import _Active
+from fedjax_room.protocol.store import RoomStore
 
 __all__ = ["HANDSHAKE_MAX_BYTES", "AuditSink", "CoordinatorMachine", "MemoryAudit"]
 
@@ -87,7 +88,7 @@ class CoordinatorMachine(SiteAnswers, AnalystRequests):
 
     def __init__(
         self,
-        store: Any,
+        store: RoomStore,
         *,
         audit: AuditSink | None = None,
         nonce: Callable[[int], bytes] = os.urandom,

@@ -15,9 +15,12 @@ from typing import Any, cast
 
 from fedjax_room.errors import FedRoomError, ProtocolError, RefusedError, RoundError
 from fedjax_room.protocol import messages as m
+from fedjax_room.protocol.audit_sink import AuditSink
 from fedjax_room.protocol.codec import Tree, pack_tree
 from fedjax_room.protocol.config import RunConfig
 from fedjax_room.protocol.connections import Conn
+from fedjax_room.protocol.limits import RunLimits
+from fedjax_room.protocol.store import RoomStore
 from fedjax_room.protocol.views import RunViews
 
 __all__ = ["RunDriver"]
@@ -53,9 +56,9 @@ class RunDriver(RunViews):
     the hooks declared here: preparing a run's initial model, and the secure train phase of
     :class:`~fedjax_room.protocol.secure.SecureDriver`)."""
 
-    store: Any
-    audit: Any
-    limits: Any
+    store: RoomStore
+    audit: AuditSink
+    limits: RunLimits
     background: bool
     _preparing: dict[str, Any]
     _active: _Active | None

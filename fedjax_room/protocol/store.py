@@ -10,12 +10,10 @@ Pure typing: nothing here runs.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from fedjax_room.protocol.codec import Tree
-
-if TYPE_CHECKING:
-    from fedjax_room.protocol.config import RunLimits
+from fedjax_room.protocol.limits import RunLimits
 
 __all__ = ["RoomStore", "StoredIdentity", "StoredRound", "StoredRun"]
 

@@ -14,6 +14,7 @@ from typing import Any
 from fedjax_room.errors import ConfigError
 from fedjax_room.protocol import messages as m
 from fedjax_room.protocol.connections import Conn
+from fedjax_room.protocol.store import RoomStore
 
 __all__ = ["RunViews"]
 
@@ -21,7 +22,7 @@ __all__ = ["RunViews"]
 class RunViews:
     """The views and events of the machine's runs (the machine provides the attributes declared here)."""
 
-    store: Any
+    store: RoomStore
     _conns: dict[int, Conn]
 
     def _send(self, conn: int, msg: m.Message) -> None:  # pragma: no cover - provided by the machine
@@ -45,9 +46,9 @@ class RunViews:
             )
         return out
 
-    def _privacy(self, run_id: str, delta: float) -> dict[str, dict[str, float]]:
+    def _privacy(self, run_id: str, delta: float) -> dict[str, dict[str, float | None]]:
         sites = self.store.sites()
-        out = {}
+        out: dict[str, dict[str, float | None]] = {}
         site_level = self.store.run_site_spend(run_id)
         for site, spend in self.store.run_spend(run_id).items():
             policy = sites.get(site, {}).get("policy", {})
@@ -120,6 +121,8 @@ class RunViews:
 
     def _status_event(self, run_id: str) -> None:
         run = self.store.run(run_id)
+        if run is None:  # not a run of this room: nothing to tell its watchers
+            return
         self._event(
             run_id,
             "status",
