@@ -31,6 +31,8 @@ import os
 from collections.abc import Callable
 from typing import Any, cast
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from fedjax_room.errors import (
     AuthError,
     FedRoomError,
@@ -95,7 +97,7 @@ class CoordinatorMachine(SiteAnswers, AnalystRequests):
         init_params: Callable[[dict[str, Any], int], Tree] = _default_init,
         max_frame: int = MAX_FRAME_BYTES,
         handshake_timeout: float = 10.0,
-        room_key: Any = None,
+        room_key: Ed25519PrivateKey | None = None,
         limits: RunLimits | None = None,
         background: bool = False,
     ) -> None:

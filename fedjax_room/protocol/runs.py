@@ -20,7 +20,7 @@ from fedjax_room.protocol.codec import Tree, pack_tree
 from fedjax_room.protocol.config import RunConfig
 from fedjax_room.protocol.connections import Conn
 from fedjax_room.protocol.limits import RunLimits
-from fedjax_room.protocol.store import RoomStore
+from fedjax_room.protocol.store import RoomStore, StoredRun
 from fedjax_room.protocol.views import RunViews
 
 __all__ = ["RunDriver"]
@@ -116,7 +116,7 @@ class RunDriver(RunViews):
                 continue
             return
 
-    def _activate(self, run: Any, now: float, *, resumed: bool = False) -> None:
+    def _activate(self, run: StoredRun, now: float, *, resumed: bool = False) -> None:
         config = RunConfig.from_dict(run.config, limits=self.limits)
         params, opt_state, params_bytes = self.store.load_checkpoint(run.id, run.rounds_done)
         a = _Active(

@@ -40,6 +40,7 @@ from fedjax_room.errors import ConfigError, FedRoomError, ProtocolError, RoundEr
 from fedjax_room.protocol import messages as m
 from fedjax_room.protocol.codec import Tree, digest, flatten_tree, pack_tree, unflatten_tree
 from fedjax_room.protocol.config import RunConfig
+from fedjax_room.protocol.connections import Conn
 from fedjax_room.protocol.runs import RunDriver
 from fedjax_room.secagg.messages import MaskedInput
 
@@ -273,7 +274,7 @@ class SecureDriver(RunDriver):
             if a.secure.state in ("done", "aborted"):
                 self._secure_close(now)
 
-    def _on_secagg(self, c: Any, msg: m.SecAgg, now: float) -> None:
+    def _on_secagg(self, c: Conn, msg: m.SecAgg, now: float) -> None:
         a = self._active
         if a is None or a.id != msg.run_id or a.phase != "train" or a.round != msg.round or a.secure is None:
             self._stale(c, msg.run_id, f"secagg for round {msg.round}")

@@ -14,7 +14,7 @@ from typing import Any
 from fedjax_room.errors import ConfigError
 from fedjax_room.protocol import messages as m
 from fedjax_room.protocol.connections import Conn
-from fedjax_room.protocol.store import RoomStore
+from fedjax_room.protocol.store import RoomStore, StoredRun
 
 __all__ = ["RunViews"]
 
@@ -139,7 +139,7 @@ class RunViews:
         sites = self.store.run_sites(run_id)
         return sorted(s for s, info in sites.items() if info["state"] == "waiting" and only in (None, s))
 
-    def _run_or_error(self, run_id: str) -> Any:
+    def _run_or_error(self, run_id: str) -> StoredRun:
         run = self.store.run(run_id)
         if run is None:
             raise ConfigError(f"no run {run_id!r} in this room; list them with room.runs()")
