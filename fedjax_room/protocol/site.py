@@ -35,7 +35,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedjax_room.errors import (
     ConfigError,
@@ -50,6 +52,10 @@ from fedjax_room.protocol import messages as m
 from fedjax_room.protocol.actions import Action, Close, Send, Work
 from fedjax_room.protocol.codec import MAX_FRAME_BYTES, digest
 
+if TYPE_CHECKING:
+    from fedjax_room.secagg import SecAggConfig
+    from fedjax_room.secagg.sessions import SessionBindings
+
 __all__ = ["SiteMachine"]
 
 log = logging.getLogger("fedjax_room.site")
@@ -63,12 +69,12 @@ class SiteMachine:
         status: Callable[[], m.SiteStatus],
         *,
         max_frame: int = MAX_FRAME_BYTES,
-        identity_key: Any = None,
+        identity_key: Ed25519PrivateKey | None = None,
         audit: Callable[..., Any] | None = None,
         manifest: Any = None,
         name: str = "",
         min_sites: int = 1,
-        sessions: Any = None,
+        sessions: SessionBindings | None = None,
     ) -> None:
         from fedjax_room.secagg.sessions import SessionBindings
 
@@ -200,7 +206,7 @@ class SiteMachine:
                 raise ProtocolError(f"secagg round id {config.round_id!r} is not {msg.run_id}/{msg.round}")
             if not 0 < msg.fraction <= 1:
                 raise ProtocolError(f"secagg fraction must be in (0, 1], got {msg.fraction}")
-            self._check_roster(config, msg)
+            self._check_roster(config, msg, self._identity)
             self.sessions.join(msg.run_id, msg.round, config.digest.hex())
             client = SecAggClient(config, msg.id, self._identity)
         except FedRoomError as exc:
@@ -209,7 +215,7 @@ class SiteMachine:
         self.secagg[(msg.run_id, msg.round)] = (msg, client)
         return self._wrap(msg, [client.advertise()])
 
-    def _check_roster(self, config: Any, msg: m.SecAggSetup) -> None:
+    def _check_roster(self, config: SecAggConfig, msg: m.SecAggSetup, identity: Ed25519PrivateKey) -> None:
         """Every roster key must be the manifest's; the roster must be at least this site's ``min_sites``."""
         from fedjax_room.identity import public_key_bytes
 
@@ -219,7 +225,7 @@ class SiteMachine:
                 "this site has no room manifest, so it cannot tell its peers' keys from keys the coordinator "
                 "made up: it takes part in no secure aggregation; start it with --manifest FILE"
             )
-        mine = public_key_bytes(self._identity)
+        mine = public_key_bytes(identity)
         listed = manifest.sites.get(self.name) if self.name else mine
         if listed is None or listed != mine or manifest.name_of(mine) is None:
             raise ConfigError(
