@@ -10,11 +10,11 @@ import pytest
 
 import fedjax_room
 from fedjax_room.analyst import BudgetReport, PrivacyReport, RoundResult
-from fedjax_room.sim.launch import spawn_coordinator, stop_process
 from fedjax_room.coordinator.store import Store
 from fedjax_room.errors import ConfigError, ModelSpecError, RefusedError, UnknownIdentityError
 from fedjax_room.identity import fingerprint, generate_key, public_key_bytes, save_private_key
 from fedjax_room.models import logistic
+from fedjax_room.sim.launch import spawn_coordinator, stop_process
 
 
 @pytest.fixture(scope="module")
