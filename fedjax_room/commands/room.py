@@ -20,13 +20,12 @@ from __future__ import annotations
 import argparse
 import inspect
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from fedjax_room.data.builtin import BUILTIN_DATASETS
-from fedjax_room.errors import ConfigError, FedRoomError
+from fedjax_room.errors import ConfigError
 from fedjax_room.protocol.options import add_run_options, given_options
 
 __all__ = [
@@ -217,26 +216,10 @@ def run_site_cmd(args: argparse.Namespace) -> int:
 
 
 def _serve_then_exit(serve: Any) -> int:
-    """Run a long-lived service; once it has shut down cleanly (state closed), leave the process at once.
+    """Run a long-lived service, then leave the process at once (see :func:`fedjax_room.sim.launch.serve_then_exit`)."""
+    from fedjax_room.sim.launch import serve_then_exit
 
-    A background JAX import or a training job cut short by SIGTERM must not keep the process alive:
-    nothing is released before it is fully written (ledger and release files are atomic), so nothing is
-    lost by not waiting for them. A process spawned by an embedded room also stops once its parent dies.
-    """
-    from fedjax_room.sim.launch import wait_for_parent
-
-    wait_for_parent()
-    try:
-        code = int(serve() or 0)
-    except FedRoomError as exc:
-        print(f"fedjax-room: error: {exc.message}", file=sys.stderr)
-        code = 2
-    except KeyboardInterrupt:
-        code = 130
-    sys.stdout.flush()
-    sys.stderr.flush()
-    logging.shutdown()
-    os._exit(code)
+    serve_then_exit(serve)
 
 
 def _demo_notes() -> dict[str, str]:

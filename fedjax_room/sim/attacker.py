@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -116,20 +115,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     logging.getLogger("websockets").setLevel(logging.WARNING)
-    from fedjax_room.sim.launch import wait_for_parent
+    from fedjax_room.sim.launch import serve_then_exit
 
-    wait_for_parent()  # spawned by an embedded room: stop once the parent dies
-    try:
-        code = int(run_site(**kwargs, agent_factory=factory) or 0)
-    except FedRoomError as exc:
-        print(f"fedjax_room.sim.attacker: error: {exc.message}", file=sys.stderr)
-        code = 2
-    except KeyboardInterrupt:
-        code = 130
-    sys.stdout.flush()
-    sys.stderr.flush()
-    logging.shutdown()
-    os._exit(code)  # as fedjax-room site: a training job cut short must not keep the process alive
+    serve_then_exit(lambda: run_site(**kwargs, agent_factory=factory), "fedjax_room.sim.attacker")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -7,18 +7,21 @@ the process has not exited within a grace period, SIGKILL.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
-from fedjax_room.errors import StateError
+from fedjax_room.errors import FedRoomError, StateError
 
 __all__ = [
+    "serve_then_exit",
     "PARENT_PID_ENV",
     "spawn",
     "spawn_coordinator",
@@ -172,3 +175,25 @@ def stop_process(proc: subprocess.Popen[bytes], grace: float = 10.0) -> int | No
             proc.kill()
             proc.wait(5)
     return proc.returncode
+
+
+def serve_then_exit(serve: Callable[[], int | None], prog: str = "fedjax-room") -> NoReturn:
+    """Run a long-lived service; once it has shut down cleanly (state closed), leave the process at once.
+
+    A background JAX import or a training job cut short by SIGTERM must not keep the process alive:
+    nothing is released before it is fully written (ledger and release files are atomic), so nothing is
+    lost by not waiting for them. A process spawned by an embedded room also stops once its parent dies.
+    A :class:`~fedjax_room.errors.FedRoomError` is printed as ``<prog>: error: ...`` and exits 2.
+    """
+    wait_for_parent()
+    try:
+        code = int(serve() or 0)
+    except FedRoomError as exc:
+        print(f"{prog}: error: {exc.message}", file=sys.stderr)
+        code = 2
+    except KeyboardInterrupt:
+        code = 130
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
