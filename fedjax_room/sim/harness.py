@@ -40,7 +40,8 @@ import numpy as np
 from fedjax_room.data import Dataset, load_builtin, partition
 from fedjax_room.errors import ConfigError, RoundError
 from fedjax_room.local import evaluate
-from fedjax_room.models import ModelSpec, mlp
+from fedjax_room.models import ModelSpec
+from fedjax_room.models.from_schema import spec_from_schema
 from fedjax_room.robust.anomaly import AnomalyConfig
 
 __all__ = ["RoundRecord", "SimResult", "SimSpec", "run_simulation", "sim_config", "site_name"]
@@ -249,7 +250,7 @@ def _model(spec: SimSpec, sites: list[Dataset]) -> ModelSpec:
     schema = sites[0].schema
     if spec.model is not None:
         return ModelSpec.from_dict(dict(spec.model))
-    return mlp(schema.feature_shape, schema.num_classes, hidden=tuple(spec.hidden))
+    return spec_from_schema(schema, "mlp", hidden=tuple(spec.hidden))
 
 
 def run_simulation(spec: SimSpec, *, progress: bool = False, workdir: str | None = None) -> SimResult:
