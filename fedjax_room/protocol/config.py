@@ -25,6 +25,7 @@ from typing import Any
 
 from fedjax_room.errors import ConfigError
 from fedjax_room.protocol.limits import DEFAULT_LIMITS, RunLimits, checkpoint_bytes_estimate
+from fedjax_room.robust.names import AGGREGATORS, SECURE_AGGREGATORS, SERVER_OPTIMIZERS
 
 __all__ = [
     "AGGREGATORS",
@@ -43,15 +44,6 @@ __all__ = [
     "run_option",
     "run_options",
 ]
-
-#: Aggregators the coordinator implements (``fedjax_room.robust.AGGREGATORS``; kept here without importing JAX):
-#: example-weighted mean (FedAvg), plain mean, and the robust rules.
-AGGREGATORS = ("fedavg", "mean", "median", "trimmed_mean", "krum", "multi_krum", "norm_bound")
-#: The aggregators that still work on a sum, i.e. with secure aggregation (``robust.SECURE_AGGREGATORS``).
-SECURE_AGGREGATORS = ("fedavg", "mean")
-#: Server optimisers applied to the aggregated update.
-SERVER_OPTIMIZERS = ("fedavg", "fedadam", "fedyogi")
-
 
 #: Local optimisers a site may run after the DP noise (``fedjax_room.local.trainer.OPTIMIZERS``; kept here
 #: without importing JAX): plain SGD, or heavy-ball momentum 0.9.

@@ -60,6 +60,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fedjax_room.errors import ConfigError, RoundError
+from fedjax_room.robust.names import AGGREGATORS
 from fedjax_room.robust.tree import check_weights, num_sites, site_matrix, site_norms
 
 __all__ = [
@@ -77,10 +78,6 @@ __all__ = [
 ]
 
 Updates = Any
-
-
-#: Every aggregator name :func:`get_aggregator` knows.
-AGGREGATORS = ("fedavg", "mean", "median", "trimmed_mean", "krum", "multi_krum", "norm_bound")
 
 
 class AggregatorState(NamedTuple):

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from fedjax_room.errors import ConfigError
-from fedjax_room.robust.aggregators import AGGREGATORS
+from fedjax_room.robust.names import AGGREGATORS, SECURE_AGGREGATORS
 
 __all__ = [
     "SECURE_AGGREGATORS",
@@ -50,7 +50,6 @@ __all__ = [
 ]
 
 #: Aggregators that need only the sum of the updates, hence run under secure aggregation.
-SECURE_AGGREGATORS = ("fedavg", "mean")
 
 
 class AggregateCheckConfig(NamedTuple):

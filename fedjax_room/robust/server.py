@@ -42,12 +42,10 @@ from typing import Any
 import numpy as np
 
 from fedjax_room.errors import ConfigError, StateError
+from fedjax_room.robust.names import SERVER_OPTIMIZERS
 from fedjax_room.tree import Tree, flatten_tree, unflatten_tree
 
 __all__ = ["SERVER_OPTIMIZERS", "ServerOptimizer", "server_optimizer"]
-
-#: Every server optimiser :func:`server_optimizer` knows.
-SERVER_OPTIMIZERS = ("fedavg", "fedadam", "fedyogi")
 
 
 @dataclasses.dataclass(frozen=True)
