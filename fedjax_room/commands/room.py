@@ -119,7 +119,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="make --malicious sites simulated attackers (a demo feature: watch fedavg break and median hold)",
     )
-    p.add_argument("--malicious", type=int, default=1, metavar="K", help="how many sites attack (with --attack)")
+    p.add_argument(
+        "--malicious", type=int, default=None, metavar="K", help="how many sites attack (needs --attack; default 1)"
+    )
     add_run_options(p, notes=_demo_notes())  # every RunConfig option, generated from its declaration
     p.set_defaults(func=run_demo)
 
@@ -235,6 +237,8 @@ def run_demo(args: argparse.Namespace) -> int:
     """The embedded end-to-end demo: the run options given on the command line go to ``room.train``."""
     from fedjax_room.sim.demo import run_demo as demo
 
+    if args.malicious is not None and args.attack is None:
+        raise ConfigError("--malicious K needs --attack NAME (boost, sign_flip, label_flip or gaussian)")
     given = given_options(args)
     if given.get("noise_multiplier") is not None and "target_epsilon" not in given:
         given["target_epsilon"] = None  # not given: the default target gives way to the fixed noise
@@ -247,7 +251,7 @@ def run_demo(args: argparse.Namespace) -> int:
         state_dir=args.state,
         as_json=args.json,
         attack=args.attack,
-        malicious=args.malicious,
+        malicious=1 if args.malicious is None else args.malicious,
         options=given,
         **named,
     )

@@ -81,3 +81,13 @@ def test_train_local_shares_runconfigs_flags_bounds_and_help(capsys):
     with pytest.raises(SystemExit):
         main(["train-local", "--delta", "0.5"])
     assert "delta = 0.5 is outside this room's bounds" in capsys.readouterr().err
+
+
+def test_demo_malicious_without_an_attack_is_refused_before_any_room_starts(demo_calls, capsys):
+    assert main(["demo", "--malicious", "2"]) == 2
+    assert demo_calls == []  # refused before the demo (and its processes) started
+    assert "--malicious K needs --attack" in capsys.readouterr().err
+    assert main(["demo", "--attack", "boost", "--malicious", "2"]) == 0
+    assert demo_calls[-1]["attack"] == "boost" and demo_calls[-1]["malicious"] == 2
+    assert main(["demo", "--attack", "boost"]) == 0
+    assert demo_calls[-1]["malicious"] == 1  # one attacker unless told otherwise
