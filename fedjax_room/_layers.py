@@ -36,14 +36,17 @@ class Layer(NamedTuple):
 LAYERS: tuple[Layer, ...] = (
     Layer("_layers", "this declaration (pure data)", ()),
     Layer("_version", "the package version", ()),
+    Layer("_lazy", "names a package imports on first use (PEP 562)", ()),
     Layer("errors", "the typed error hierarchy, one root FedRoomError", ()),
     Layer("files", "private files and folders: 0700/0600, atomic writes, folder fsync", ("errors",)),
     Layer("tree", "nested parameter trees: flatten/unflatten with depth and leaf bounds", ("errors",)),
     Layer("identity", "Ed25519 keys: generate, save, load, sign, verify, fingerprint", ("errors", "files")),
-    Layer("models", "declarative model specs -> Flax modules, spec hashing", ("errors", "tree")),
+    Layer("models", "declarative model specs -> Flax modules, spec hashing", ("_lazy", "errors", "tree")),
     Layer("data", "datasets, schemas, loaders, built-in data, partitions", ("errors", "files")),
     Layer(
-        "dp", "DP-SGD as optax pieces (clipping, noise, sampling) and privacy accounting", ("errors", "tree", "models")
+        "dp",
+        "DP-SGD as optax pieces (clipping, noise, sampling) and privacy accounting",
+        ("_lazy", "errors", "tree", "models"),
     ),
     Layer(
         "secagg",
@@ -53,7 +56,7 @@ LAYERS: tuple[Layer, ...] = (
     Layer(
         "robust",
         "robust aggregation: aggregators, server optimisers, anomaly scores, defences, attack models",
-        ("errors", "tree", "data"),
+        ("_lazy", "errors", "tree", "data"),
     ),
     Layer(
         "local",
@@ -110,7 +113,7 @@ LAYERS: tuple[Layer, ...] = (
     Layer(
         "jupyter",
         "magics, widgets, rich displays, the server extension, the kernelspec",
-        ("_version", "errors", "files", "tree", "identity", "models", "data", "protocol", "analyst", "sim"),
+        ("_version", "_lazy", "errors", "files", "tree", "identity", "models", "data", "protocol", "analyst", "sim"),
     ),
     Layer("commands", "the command groups of the fedjax-room CLI", ANY_BELOW),
     Layer(ROOT, "the facade: fedjax_room.connect, %load_ext fedjax_room", ("_version", "analyst", "jupyter")),

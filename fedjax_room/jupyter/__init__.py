@@ -11,8 +11,9 @@ kernelspec without importing IPython widgets.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
+
+from fedjax_room._lazy import lazy_names
 
 if TYPE_CHECKING:
     from fedjax_room.jupyter.dashboard import RunDashboard
@@ -30,19 +31,11 @@ __all__ = [
     "unload_ipython_extension",
 ]
 
-_LAZY = {
-    "LaunchForm": "fedjax_room.jupyter.launch",
-    "RoomMagics": "fedjax_room.jupyter.magics",
-    "RunDashboard": "fedjax_room.jupyter.dashboard",
-}
+__getattr__, __dir__ = lazy_names(
+    __name__, {"LaunchForm": "launch", "RoomMagics": "magics", "RunDashboard": "dashboard"}
+)
 
 _magics: RoomMagics | None = None
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'fedjax_room.jupyter' has no attribute {name!r}")
 
 
 def load_ipython_extension(ipython: Any) -> None:

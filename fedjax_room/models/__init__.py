@@ -7,9 +7,9 @@ handles specs (the analyst API, the Jupyter server's routes) never loads JAX.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from fedjax_room._lazy import lazy_names
 from fedjax_room.models.from_schema import FAMILIES, spec_from_schema
 from fedjax_room.models.spec import (
     ACTIVATIONS,
@@ -43,10 +43,6 @@ __all__ = [
     "spec_hash",
 ]
 
-_LAZY = {"SpecModel", "build_model", "init_params", "make_loss_fn", "make_predict_fn"}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module("fedjax_room.models.build"), name)
-    raise AttributeError(f"module 'fedjax_room.models' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_names(
+    __name__, dict.fromkeys(("SpecModel", "build_model", "init_params", "make_loss_fn", "make_predict_fn"), "build")
+)

@@ -17,8 +17,9 @@ only, so the coordinator's plain and secure FedAvg rounds never import JAX for t
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from fedjax_room._lazy import lazy_names
 
 if TYPE_CHECKING:  # the names, for type checkers and IDEs
     from fedjax_room.robust.aggregate import FEDAVG_KINDS, aggregate, check_update, tree_digest_order
@@ -167,10 +168,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    mod = _WHERE.get(name)
-    if mod is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"fedjax_room.robust.{mod}"), name)
-    globals()[name] = value
-    return value
+__getattr__, __dir__ = lazy_names(__name__, _WHERE)

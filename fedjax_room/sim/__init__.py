@@ -9,8 +9,7 @@ pull in JAX.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from fedjax_room._lazy import lazy_names
 
 __all__ = [
     "LoopbackRoom",
@@ -30,7 +29,4 @@ _WHERE = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _WHERE:
-        return getattr(importlib.import_module(f"fedjax_room.sim.{_WHERE[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __dir__ = lazy_names(__name__, _WHERE)
