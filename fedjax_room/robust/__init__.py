@@ -24,7 +24,6 @@ from fedjax_room._lazy import lazy_names
 if TYPE_CHECKING:  # the names, for type checkers and IDEs
     from fedjax_room.robust.aggregate import FEDAVG_KINDS, aggregate, check_update, tree_digest_order
     from fedjax_room.robust.aggregators import (
-        AGGREGATORS,
         AggregateInfo,
         Aggregator,
         AggregatorState,
@@ -49,8 +48,8 @@ if TYPE_CHECKING:  # the names, for type checkers and IDEs
     )
     from fedjax_room.robust.attacks import ATTACKS, Attack, choose_malicious, get_attack
     from fedjax_room.robust.defence import RobustAggregation, RoundDefence
+    from fedjax_room.robust.names import AGGREGATORS, SECURE_AGGREGATORS, SERVER_OPTIMIZERS
     from fedjax_room.robust.secure_checks import (
-        SECURE_AGGREGATORS,
         AggregateCheck,
         AggregateCheckConfig,
         AggregateCheckState,
@@ -63,12 +62,12 @@ if TYPE_CHECKING:  # the names, for type checkers and IDEs
         describe_defences,
         init_aggregate_checks,
     )
-    from fedjax_room.robust.server import SERVER_OPTIMIZERS, ServerOptimizer, server_optimizer
+    from fedjax_room.robust.server import ServerOptimizer, server_optimizer
     from fedjax_room.robust.tree import stack_updates, unstack_updates
 
 #: where each public name lives
 _WHERE = {
-    "AGGREGATORS": "aggregators",
+    "AGGREGATORS": "names",
     "AggregateInfo": "aggregators",
     "Aggregator": "aggregators",
     "AggregatorState": "aggregators",
@@ -94,7 +93,7 @@ _WHERE = {
     "get_attack": "attacks",
     "RobustAggregation": "defence",
     "RoundDefence": "defence",
-    "SECURE_AGGREGATORS": "secure_checks",
+    "SECURE_AGGREGATORS": "names",
     "AggregateCheck": "secure_checks",
     "AggregateCheckConfig": "secure_checks",
     "AggregateCheckState": "secure_checks",
@@ -106,7 +105,7 @@ _WHERE = {
     "clip_update": "secure_checks",
     "describe_defences": "secure_checks",
     "init_aggregate_checks": "secure_checks",
-    "SERVER_OPTIMIZERS": "server",
+    "SERVER_OPTIMIZERS": "names",
     "ServerOptimizer": "server",
     "server_optimizer": "server",
     "stack_updates": "tree",
