@@ -29,6 +29,7 @@ import {
   runFormFields
 } from './form';
 import { CleanRoomPanel, IConnectionSettings } from './panel';
+import { QueryPanel } from './queryPanel';
 
 const PLUGIN_ID = 'fedjax-room:plugin';
 
@@ -151,6 +152,9 @@ const plugin: JupyterFrontEndPlugin<void> = {
     if (restorer) {
       restorer.add(panel, 'fedjax-room-sidebar');
     }
+    const queryPanel = new QueryPanel(); // the Query tab (queryPanel.ts)
+    shell.add(queryPanel, 'left', { rank: 601 });
+    restorer?.add(queryPanel, 'fedjax-room-query');
 
     const firstRoom = (): string | null => {
       const rooms = panel.rooms;
