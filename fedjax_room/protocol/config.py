@@ -277,6 +277,23 @@ class RunConfig:
         "training",
         choices=LOCAL_OPTIMIZERS,
     )
+    #: hyperparameter tuning (``room.tune``): the session this run is one trial of, declared to every site, and the
+    #: session's number of trials; a site accepts at most ``tune_trials`` trials of a session and checks the
+    #: session's whole cost against its cap at the first (docs/privacy.md, "Hyperparameter tuning")
+    tune_session: int | None = _opt(
+        None,
+        "set by room.tune: the tuning session this run is a trial of; unset: not a trial",
+        "privacy",
+        lo=1,
+        hi=2**63 - 1,
+    )
+    tune_trials: int | None = _opt(
+        None,
+        "set by room.tune: the number of trials of its tuning session (every site caps the session at it)",
+        "privacy",
+        lo=2,
+        hi=64,
+    )
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | RunConfig, *, limits: RunLimits | None = None) -> RunConfig:
@@ -348,6 +365,8 @@ def _check_together(v: Mapping[str, Any], lim: RunLimits) -> None:
             "exclude_below needs per-site anomaly flags, but secure aggregation hides each site's update; "
             "leave exclude_below unset or turn secure aggregation off"
         )
+    if (v["tune_session"] is None) != (v["tune_trials"] is None):
+        raise ConfigError("give tune_session and tune_trials together (room.tune sets both), or neither")
     if v["site_noise_multiplier"] is not None and not secure:
         raise ConfigError(
             "site_noise_multiplier (distributed DP) needs secure_aggregation=True: without it the coordinator "

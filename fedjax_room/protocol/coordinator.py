@@ -49,6 +49,7 @@ from fedjax_room.protocol.audit_sink import MAX_AUDIT_TAIL, AuditSink, MemoryAud
 from fedjax_room.protocol.codec import MAX_FRAME_BYTES, Tree
 from fedjax_room.protocol.config import RunLimits
 from fedjax_room.protocol.connections import Conn
+from fedjax_room.protocol.estimates import EstimateRequests
 from fedjax_room.protocol.handshake import NONCE_BYTES, ROLES, make_challenge, verify_hello
 from fedjax_room.protocol.refusals import RefusalCounter
 from fedjax_room.protocol.requests import AnalystRequests
@@ -61,7 +62,17 @@ log = logging.getLogger("fedjax_room.coordinator")
 
 #: Largest frame accepted before a connection has authenticated.
 HANDSHAKE_MAX_BYTES = 4096
-_SITE_TYPES = (m.SiteStatus, m.RunAccept, m.RunRefuse, m.RunWaiting, m.Update, m.Metrics, m.SecAgg, m.Error)
+_SITE_TYPES = (
+    m.SiteStatus,
+    m.RunAccept,
+    m.RunRefuse,
+    m.RunWaiting,
+    m.Update,
+    m.Metrics,
+    m.SecAgg,
+    m.Error,
+    m.EstimateAnswer,
+)
 _ANALYST_TYPES = (
     m.ListSites,
     m.ListRuns,
@@ -71,6 +82,7 @@ _ANALYST_TYPES = (
     m.GetBudget,
     m.GetAudit,
     m.CancelRun,
+    m.EstimateRun,
     m.Error,
 )
 
@@ -85,7 +97,7 @@ def _default_init(spec: dict[str, Any], seed: int) -> Tree:
     return cast(Tree, jax.tree.map(lambda a: np.asarray(a, np.float32), dict(params)))
 
 
-class CoordinatorMachine(SiteAnswers, AnalystRequests):
+class CoordinatorMachine(SiteAnswers, AnalystRequests, EstimateRequests):
     """The room's logic. ``store`` persists, ``audit`` records, ``nonce`` makes challenge nonces."""
 
     def __init__(
@@ -122,6 +134,8 @@ class CoordinatorMachine(SiteAnswers, AnalystRequests):
         self._active: _Active | None = None
         self._out: list[Action] = []
         self._started = False
+        self._estimates: dict[int, Any] = {}  # room.estimate in flight (protocol/estimates.py)
+        self._estimate_times: dict[str, list[float]] = {}
 
     # ================================================================== glue entry points
 
@@ -187,6 +201,7 @@ class CoordinatorMachine(SiteAnswers, AnalystRequests):
         try:
             self._collect_prepared(now)
             self._operator_cancels(now)
+            self._estimates_tick(now)
             a = self._active
             if a is not None and now >= a.deadline:
                 self._close_phase(now, timed_out=True)
@@ -213,6 +228,8 @@ class CoordinatorMachine(SiteAnswers, AnalystRequests):
         times = [c.opened + self.handshake_timeout for c in self._conns.values() if c.state == "challenged"]
         if self._active is not None:
             times.append(self._active.deadline)
+        if self._estimates:
+            times.append(min(e.deadline for e in self._estimates.values()))
         return min(times) if times else None
 
     @property

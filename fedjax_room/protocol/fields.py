@@ -90,7 +90,7 @@ Hex = Annotated[str, msgspec.Meta(pattern=_HEX_RE)]
 Text = Annotated[str, msgspec.Meta(max_length=MAX_TEXT)]
 
 #: analyst-bound replies whose records name runs and sites
-_RECORD_REPLIES = {"sites_reply": "sites", "runs_reply": "runs", "budget_reply": "sites"}
+_RECORD_REPLIES = {"sites_reply": "sites", "runs_reply": "runs", "budget_reply": "sites", "estimate_reply": "sites"}
 _RECORD_ID_KEYS = ("id", "run_id", "site", "name")
 _ID_LIST_KEYS = ("sites", "dropped", "eval_sites", "waiting")
 #: frames whose nested maps are carried verbatim: signed audit records (cleaning would break their signatures;

@@ -31,6 +31,10 @@ __all__ = [
     "CancelRun",
     "Challenge",
     "Error",
+    "EstimateAnswer",
+    "EstimateOffer",
+    "EstimateReply",
+    "EstimateRun",
     "GetAudit",
     "GetBudget",
     "GetModel",
@@ -350,6 +354,40 @@ class RunCancelled(Message, frozen=True, kw_only=True, tag="run_cancelled"):
     req: int
     run_id: Id
     status: Word
+
+
+# ---------------------------------------------------------------------------------- estimates (nothing spent)
+
+
+class EstimateRun(Message, frozen=True, kw_only=True, tag="estimate_run"):
+    """analyst -> coordinator: what would each site plan, and would it accept, for this run now? (no run starts)"""
+
+    req: int
+    spec: Tree
+    config: Tree
+
+
+class EstimateOffer(Message, frozen=True, kw_only=True, tag="estimate_offer"):
+    """coordinator -> site: plan this run and check it against your policy and ledger; spend nothing, store nothing."""
+
+    est: int
+    spec: Tree
+    config: Tree
+
+
+class EstimateAnswer(Message, frozen=True, kw_only=True, tag="estimate_answer"):
+    """site -> coordinator: the site's estimate (``fedjax_room.site.estimate``: accept, planned epsilon, ledger
+    now and after, cap, and for a refusal its reason, message and the option to change)."""
+
+    est: int
+    estimate: Tree
+
+
+class EstimateReply(Message, frozen=True, kw_only=True, tag="estimate_reply"):
+    """coordinator -> analyst: one estimate per site (connected sites answer; others are listed as offline)."""
+
+    req: int
+    sites: Records
 
 
 #: Every message class by its wire name.

@@ -56,7 +56,10 @@ if TYPE_CHECKING:
     from fedjax_room.secagg import SecAggConfig
     from fedjax_room.secagg.sessions import SessionBindings
 
-__all__ = ["SiteMachine"]
+__all__ = ["MAX_ESTIMATES_IN_FLIGHT", "SiteMachine"]
+
+#: estimate jobs a site runs at once; a further ``estimate_offer`` is answered "busy" at once
+MAX_ESTIMATES_IN_FLIGHT = 2
 
 log = logging.getLogger("fedjax_room.site")
 
@@ -133,6 +136,11 @@ class SiteMachine:
 
                 job = SecureTrain(start=msg, setup=joined[0])
             return self._job(msg.phase, f"{msg.run_id}/{msg.round}/{msg.phase}", job)
+        if isinstance(msg, m.EstimateOffer):  # nothing spent (site/estimate.py); a few at a time
+            if sum(k.startswith("estimate/") for k in self.inflight) >= MAX_ESTIMATES_IN_FLIGHT:
+                busy = {"accept": False, "reason": "busy", "message": f"{self.name or 'site'} is busy estimating"}
+                return [Send(0, m.encode(m.EstimateAnswer(est=msg.est, estimate=busy)))]
+            return self._job("estimate", f"estimate/{msg.est}", msg)
         if isinstance(msg, m.SecAggSetup):
             return self._secagg_setup(msg)
         if isinstance(msg, m.SecAgg):

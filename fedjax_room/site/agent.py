@@ -54,7 +54,6 @@ from fedjax_room.data import Dataset
 from fedjax_room.errors import (
     FedRoomError,
     PolicyViolation,
-    PrivacyError,
     ProtocolError,
     RefusedError,
     StateError,
@@ -65,9 +64,10 @@ from fedjax_room.protocol.codec import Tree, digest, pack_tree, unpack_tree
 from fedjax_room.protocol.config import RunConfig
 from fedjax_room.protocol.secure import SecureRelease, SecureTrain
 from fedjax_room.site.approval import Inbox, await_approval
+from fedjax_room.site.estimate import check_offer, estimate_answer, session_trials
 from fedjax_room.site.evaluate import metrics_message, noised_metrics
 from fedjax_room.site.ledger import Ledger
-from fedjax_room.site.plan import Plan, make_plan
+from fedjax_room.site.plan import Plan
 from fedjax_room.site.policy import Policy
 from fedjax_room.site.public_size import resolve_public_size
 from fedjax_room.site.releases import ReleaseStore
@@ -193,6 +193,10 @@ class SiteAgent:
                 if not isinstance(msg, m.RoundStart):
                     raise ProtocolError(f"an eval job carries a round start, not {type(msg).__name__}")
                 return self.evaluate(msg)
+            if kind == "estimate":  # nothing spent, nothing stored (site/estimate.py)
+                if not isinstance(msg, m.EstimateOffer):
+                    raise ProtocolError(f"an estimate job carries an estimate offer, not {type(msg).__name__}")
+                return self.estimate(msg)
             if kind == "end":
                 self._trainers.pop(run_id, None)
                 return None
@@ -215,20 +219,10 @@ class SiteAgent:
         if accepted is not None:
             return m.RunAccept(run_id=msg.run_id, plan=accepted.public())
         try:
-            self.policy.check(spec, config, party=self.name)
-            schema = self._train.schema
-            if tuple(spec.input_shape) != tuple(schema.feature_shape) or spec.num_classes != len(schema.classes):
-                raise PolicyViolation(
-                    f"{self.name}: the model takes inputs {list(spec.input_shape)} with {spec.num_classes} classes, "
-                    f"but this site's data has shape {list(schema.feature_shape)} and {len(schema.classes)} classes",
-                    party=self.name,
-                    reason="schema",
-                )
-            try:
-                plan = make_plan(config, public_size=self.public_size.train, min_sites=self.policy.min_sites)
-            except PrivacyError as exc:
-                raise PolicyViolation(f"{self.name}: {exc.message}", party=self.name, reason="privacy") from None
-            self.spending.check_run(plan)
+            # the same checks an estimate runs (site/estimate.py), then the budget and the data owner's approval
+            plan = check_offer(self.name, self.policy, self._train.schema, self.public_size.train, spec, config)
+            trials = session_trials(self.runs.root, config.tune_session, besides=msg.run_id)
+            self.spending.check_run(plan, config, trials_accepted=trials)
             self._await_approval(msg.run_id, spec)
         except PolicyViolation as exc:
             self._audit("run_refused", run_id=msg.run_id, spec_hash=spec.hash, reason=exc.reason)
@@ -236,6 +230,23 @@ class SiteAgent:
         self._audit("run_approved", run_id=msg.run_id, spec_hash=spec.hash, reason="", plan=plan.public())
         self.runs.accept(msg.run_id, spec, config, plan)
         return m.RunAccept(run_id=msg.run_id, plan=plan.public())
+
+    def estimate(self, msg: m.EstimateOffer) -> m.EstimateAnswer:
+        """What this site would plan for a run and whether it would accept it now; spends and writes nothing."""
+        try:
+            session = RunConfig.from_dict(msg.config).tune_session
+        except FedRoomError:
+            session = None
+        return estimate_answer(
+            msg,
+            name=self.name,
+            policy=self.policy,
+            schema=self._train.schema,
+            public_size=self.public_size.train,
+            spending=self.spending,
+            inbox=Inbox(self.state_dir),
+            trials_accepted=session_trials(self.runs.root, session, besides=""),
+        )
 
     def _await_approval(self, run_id: str, spec: ModelSpec) -> None:
         """The data owner's approval of ``spec`` (:func:`~fedjax_room.site.approval.await_approval`)."""

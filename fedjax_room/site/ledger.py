@@ -98,6 +98,17 @@ class Ledger:
         """Whether composing ``event`` would take the total past the cap (nothing is spent)."""
         return self._acc.would_exceed(event, epsilon_cap=self.epsilon_cap, delta=self.delta)
 
+    def epsilon_after(self, event: Any) -> float:
+        """The total epsilon at the site's delta cap if ``event`` were composed now (nothing is spent or written)."""
+        trial = copy.deepcopy(self._acc)
+        trial.compose(event)
+        return float(trial.epsilon(self.delta))
+
+    def run_epsilons(self) -> dict[str, float]:
+        """Each run's own epsilon at the site's delta cap (its events composed alone), oldest run first."""
+        runs = list(dict.fromkeys(tag.split("/", 1)[0] for tag in self._tags))
+        return {run: self.run_epsilon(run, self.delta) for run in runs}
+
     def released(self, key: str) -> dict[str, Any] | None:
         """The record of release ``key`` (``run/round/phase``) if it was made."""
         return self._releases.get(key)

@@ -54,27 +54,74 @@ class Spending:
 
     # -- before a run ---------------------------------------------------------------------------------------
 
-    def check_run(self, plan: Plan) -> None:
-        """Refuse a run whose planned training and evaluation would take the ledger past its cap."""
+    @staticmethod
+    def planned_event(plan: Plan, trials: int = 1) -> Any:
+        """The composed event of the run ``plan`` describes (all its training and evaluation releases; one round
+        of a fixed-noise run), ``trials`` times over (the trials of a tuning session still to come)."""
         import dp_accounting as dpa
 
         from fedjax_room.dp.accounting import dpsgd_event
 
         rounds = plan.rounds if plan.mode == "target" else 1
-        event = dpa.ComposedDpEvent(
+        event: Any = dpa.ComposedDpEvent(
             [
                 dpsgd_event(plan.noise_multiplier, plan.sampling_rate, plan.local_steps * rounds),
                 dpsgd_event(plan.eval_noise_multiplier, 1.0, rounds),
             ]
         )
-        if self.ledger.would_exceed(event):
+        return event if trials == 1 else dpa.SelfComposedDpEvent(event, trials)
+
+    @staticmethod
+    def trials_left(config: RunConfig, trials_accepted: int) -> int:
+        """How many runs of this run's kind the check covers: 1, or the trials of its tuning session not yet
+        accepted (this one included)."""
+        if config.tune_trials is None:
+            return 1
+        return config.tune_trials - trials_accepted
+
+    def estimate(self, plan: Plan, config: RunConfig, *, trials_accepted: int = 0) -> dict[str, Any]:
+        """What :meth:`check_run` decides on, as figures (nothing spent): the ledger's epsilon now and after the
+        planned run (composed, at the site's delta), the cap, the naive ``remaining``, and ``fits``."""
+        spent, cap = self.ledger.epsilon(), self.ledger.epsilon_cap
+        trials = self.trials_left(config, trials_accepted)
+        after = self.ledger.epsilon_after(self.planned_event(plan, max(1, trials)))
+        out = {
+            "ledger_epsilon": spent,
+            "ledger_after": after,
+            "epsilon_cap": cap,
+            "remaining": max(0.0, cap - spent),
+            "delta": self.ledger.delta,
+            "fits": after <= cap and trials >= 1,
+        }
+        if config.tune_trials is not None:
+            out["tune_trials_left"] = trials
+        return out
+
+    def check_run(self, plan: Plan, config: RunConfig | None = None, *, trials_accepted: int = 0) -> None:
+        """Refuse a run whose planned training and evaluation would take the ledger past its cap; a trial of a
+        tuning session is checked for all the session's trials still to come, and refused past its last."""
+        trials = 1 if config is None else self.trials_left(config, trials_accepted)
+        if trials < 1 and config is not None:
+            raise PolicyViolation(
+                f"{self.name}: tuning session {config.tune_session} declared {config.tune_trials} trials and this "
+                f"site has taken part in {trials_accepted}; a further trial is refused (start a new room.tune, "
+                "whose whole cost is checked up front)",
+                party=self.name,
+                reason="tune_trials",
+            )
+        if self.ledger.would_exceed(self.planned_event(plan, trials)):
             spent = self.ledger.epsilon()
             cap = self.ledger.epsilon_cap
-            what = "this run" if plan.mode == "target" else "even one round of this run"
+            after = self.ledger.epsilon_after(self.planned_event(plan, trials))
+            if trials > 1:
+                what = f"the {trials} trials of this tuning session still to run"
+            else:
+                what = "this run" if plan.mode == "target" else "even one round of this run"
             raise PolicyViolation(
-                f"{self.name}: {what} (epsilon {plan.epsilon_planned:.3g} planned) would take its ledger past its cap: "
-                f"{spent:.3g} of {cap:g} already spent, {max(0.0, cap - spent):.3g} left; ask for a smaller "
-                "target_epsilon or fewer rounds",
+                f"{self.name}: {what} (epsilon {plan.epsilon_planned:.3g} planned per run) would take its ledger "
+                f"past its cap: {spent:.3g} of {cap:g} already spent, {max(0.0, cap - spent):.3g} left, "
+                f"{after:.3g} composed after it; ask for a smaller target_epsilon"
+                + (" or fewer trials" if trials > 1 else " or fewer rounds"),
                 party=self.name,
                 reason="epsilon_cap",
             )

@@ -1,0 +1,115 @@
+"""``room.estimate`` on a real room (LoopbackRoom: the real coordinator and site machines and agents): each site's
+estimate is what it then accepts and spends, a refusal it foresees is the refusal the run gets, and an estimate
+spends, stores and audits nothing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fedjax_room.data import load_builtin
+from fedjax_room.errors import RefusedError
+from fedjax_room.models import logistic
+from fedjax_room.protocol import messages as m
+from fedjax_room.protocol.config import RunConfig
+from fedjax_room.sim import LoopbackRoom
+
+SPEC = logistic([64], 10)
+CONFIG = {"rounds": 2, "local_steps": 3, "batch_size": 32, "target_epsilon": 1.0, "learning_rate": 0.5}
+
+
+def _room(tmp_path, caps=(10.0, 10.0)) -> LoopbackRoom:
+    data = load_builtin("digits")
+    parts = np.array_split(np.arange(len(data)), 2 * len(caps))
+    sites = {
+        f"site-{'ab'[i]}": (data.subset(parts[2 * i]), data.subset(parts[2 * i + 1]), {"epsilon_cap": cap})
+        for i, cap in enumerate(caps)
+    }
+    return LoopbackRoom(tmp_path, sites, seed=1)
+
+
+def estimate(room: LoopbackRoom, config=CONFIG) -> dict[str, dict]:
+    reply = room._ask(m.EstimateRun(req=room._next_req(), spec=SPEC.to_dict(), config=dict(config)), m.EstimateReply)
+    return {r["site"]: r for r in reply.sites}
+
+
+def _count(records) -> int | None:
+    if records is None:
+        return None
+    return len(records() if callable(records) else records)
+
+
+def _state(room: LoopbackRoom) -> dict[str, tuple]:
+    """What an estimate must leave as it was: each site's ledger file, accepted runs, audit log; the room's runs."""
+    out = {}
+    for name, s in room.sites.items():
+        agent = s["agent"]
+        ledger = agent.state_dir / "ledger.json"
+        runs = sorted(p.name for p in agent.state_dir.glob("runs/*"))
+        records = _count(getattr(agent.audit, "records", None))
+        out[name] = (ledger.read_bytes() if ledger.exists() else b"", runs, records, agent.ledger.epsilon())
+    out["room"] = (len(room.store.runs()), _count(room.audit.records))
+    return out
+
+
+def test_the_estimate_is_what_each_site_then_spends_and_spends_nothing(tmp_path):
+    room = _room(tmp_path)
+    before = _state(room)
+    est = estimate(room)
+    assert _state(room) == before  # nothing spent, stored or audited, at the sites or in the room
+    assert sorted(est) == ["site-a", "site-b"] and all(e["accept"] for e in est.values())
+    run_id = room.start(SPEC, CONFIG)
+    assert room.store.run(run_id).status == "finished"
+    delta = RunConfig.from_dict(CONFIG).delta
+    for name, e in est.items():
+        agent = room.sites[name]["agent"]
+        assert e["epsilon_planned"] <= 1.0
+        # the run's own epsilon in the site's ledger, and the ledger's composed total, are what it estimated
+        assert agent.ledger.run_epsilon(run_id, delta) == pytest.approx(e["epsilon_planned"], rel=2e-3)
+        assert agent.ledger.epsilon() == pytest.approx(e["ledger_after"], rel=2e-3)
+        assert e["ledger_epsilon"] == pytest.approx(before[name][3])
+    again = estimate(room)  # the next estimate starts from the ledger as it is now
+    for name in est:
+        assert again[name]["ledger_epsilon"] == pytest.approx(room.sites[name]["agent"].ledger.epsilon())
+
+
+def test_a_refusal_the_estimate_foresees_is_the_refusal_the_run_gets(tmp_path):
+    room = _room(tmp_path, caps=(10.0, 0.5))
+    est = estimate(room)
+    a, b = est["site-a"], est["site-b"]
+    assert a["accept"] and not b["accept"]
+    assert b["reason"] == "epsilon_cap" and b["option"] == "target_epsilon"
+    assert "site-b" in b["message"] and b["epsilon_cap"] == 0.5 and b["remaining"] == pytest.approx(0.5)
+    assert b["epsilon_planned"] > b["remaining"] and b["ledger_after"] > b["epsilon_cap"]
+    run_id = room.start(SPEC, CONFIG)
+    sites = room.store.run_sites(run_id)
+    assert sites["site-b"]["state"] == "refused" and sites["site-b"]["error"]["reason"] == "epsilon_cap"
+    assert sites["site-a"]["state"] == "accepted"
+    assert room.sites["site-b"]["agent"].ledger.epsilon() == 0.0  # the refused site spent nothing
+
+
+def test_a_tuning_session_is_checked_whole_and_capped_at_its_trials(tmp_path):
+    """A trial of a tuning session is checked for the session's trials still to come; the trial past the declared
+    count is refused."""
+    room = _room(tmp_path, caps=(10.0, 10.0))
+    tuned = {**CONFIG, "tune_session": 7, "tune_trials": 2}
+    est = estimate(room, tuned)
+    assert all(e["accept"] and e["tune_trials_left"] == 2 for e in est.values())
+    too_many = estimate(room, {**tuned, "tune_trials": 64, "target_epsilon": 4.0})
+    assert not any(e["accept"] for e in too_many.values())
+    assert {e["reason"] for e in too_many.values()} == {"epsilon_cap"}
+    first = room.start(SPEC, tuned)
+    second = room.start(SPEC, {**tuned, "learning_rate": 0.2})
+    assert room.store.run(first).status == room.store.run(second).status == "finished"
+    assert all(e["reason"] == "tune_trials" and not e["accept"] for e in estimate(room, tuned).values())
+    third = room.start(SPEC, {**tuned, "learning_rate": 0.1})
+    assert room.store.run(third).status == "failed"
+    assert {s["error"]["reason"] for s in room.store.run_sites(third).values()} == {"tune_trials"}
+
+
+def test_an_estimate_of_a_run_the_room_refuses_is_refused_by_the_room(tmp_path):
+    room = _room(tmp_path)
+    with pytest.raises(Exception) as info:
+        estimate(room, {**CONFIG, "rounds": 10**6})
+    assert "rounds" in str(info.value)
+    assert not isinstance(info.value, RefusedError) or info.value.reason != "rate_limited"
