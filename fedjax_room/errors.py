@@ -10,7 +10,8 @@ Hierarchy::
     │   ├── ModelSpecError          unknown layer, bad shape, family mismatch in a model spec
     │   └── PolicyError             a site policy file that cannot be read or is inconsistent
     ├── DataError                   a data file that cannot be loaded (also a ValueError)
-    │   └── SchemaError             missing column, wrong dtype, shape not as declared
+    │   ├── SchemaError             missing column, wrong dtype, shape not as declared
+    │   └── ModelFileError          an exported model file that is too large, malformed or does not fit its spec
     ├── PrivacyError                accounting / calibration cannot meet what was asked
     │   └── BudgetExceededError     the work would take a site's ledger past its cap
     ├── RefusedError                a party refused work; ``reason`` says which rule, ``party`` who
@@ -43,6 +44,7 @@ __all__ = [
     "DataError",
     "FedRoomError",
     "FrameTooLargeError",
+    "ModelFileError",
     "ModelSpecError",
     "PolicyError",
     "PolicyViolation",
@@ -95,6 +97,10 @@ class DataError(FedRoomError, ValueError):
 
 class SchemaError(DataError):
     code = "schema"
+
+
+class ModelFileError(DataError):
+    code = "model_file"
 
 
 class PrivacyError(FedRoomError):

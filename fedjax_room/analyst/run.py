@@ -10,9 +10,12 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import logging
+import math
+import os
 import threading
-from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
-from typing import Any, NamedTuple, Protocol
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from fedjax_room.analyst.events import (
     EVENT_KINDS,
@@ -28,6 +31,9 @@ from fedjax_room.errors import ConfigError, FedRoomError, error_from_dict
 from fedjax_room.models import ModelSpec
 from fedjax_room.protocol import messages as m
 from fedjax_room.protocol.codec import Tree, unpack_tree
+
+if TYPE_CHECKING:
+    from fedjax_room.analyst.evaluate import Evaluation
 
 __all__ = ["Run", "RunCore"]
 
@@ -303,6 +309,54 @@ class Run:
         params = unpack_tree(reply.params)
         self._params = (reply.round, params)
         return params
+
+    def evaluate(
+        self,
+        data: Any,
+        *,
+        label: str | None = None,
+        classes: Sequence[Any] | None = None,
+        positive: int = 1,
+    ) -> Evaluation:
+        """Evaluate the global model on your own labelled ``data``, here in your process (no site is asked).
+
+        ``data``: a pair ``(x, y)``, a dataset with ``.x``/``.y``, a ``.npz`` or a ``.csv`` path (see
+        :mod:`fedjax_room.analyst.evaluate`); labels are class indices, or values mapped by ``classes``.
+        Returns an :class:`~fedjax_room.analyst.evaluate.Evaluation` (accuracy, loss, confusion matrix; ROC
+        and precision-recall with their areas for two classes) that renders as tables and plots in Jupyter.
+        """
+        from fedjax_room.analyst.evaluate import evaluate
+
+        spec, params = self._model()
+        return evaluate(spec, params, data, label=label, classes=classes, positive=positive)
+
+    def export(self, path: str | os.PathLike[str]) -> Path:
+        """Write the global model (spec + parameters) to ``path``: ``.msgpack`` (flax) or ``.npz`` (docs/export.md).
+
+        Pickle-free; ``fedjax_room.models.load(path)`` reads it back (``.predict``, ``.predict_proba``). The
+        header's metadata records the run id, the room, the rounds and each site's epsilon spent.
+        """
+        from fedjax_room.models.export import export_model
+
+        spec, params = self._model()
+        metadata = {
+            "run_id": self.id,
+            "room_id": str(getattr(self._core, "room_id", "") or ""),
+            "status": self._status,
+            "rounds_done": self._rounds_done,
+            "rounds": self.config.get("rounds"),
+            "epsilon": {site: p.epsilon for site, p in self._privacy.sites.items() if math.isfinite(p.epsilon)},
+            "delta": {site: p.delta for site, p in self._privacy.sites.items() if math.isfinite(p.delta)},
+        }
+        return export_model(path, spec, params, metadata=metadata)
+
+    def _model(self) -> tuple[ModelSpec, Tree]:
+        if self.spec is None:
+            raise ConfigError(f"run {self.id} has no model spec yet; wait for it (run.wait()) and try again")
+        params = self.params
+        if params is None:
+            raise ConfigError(f"run {self.id} has no global model yet")
+        return self.spec, params
 
     def subscribe(
         self,
