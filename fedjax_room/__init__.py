@@ -4,7 +4,7 @@ from typing import Any
 
 from fedjax_room._version import __version__
 
-__all__ = ["__version__", "connect", "load_ipython_extension", "unload_ipython_extension"]
+__all__ = ["__version__", "attach", "connect", "load_ipython_extension", "unload_ipython_extension"]
 
 
 def connect(url: str, key: Any, **kwargs: Any) -> Any:
@@ -15,6 +15,17 @@ def connect(url: str, key: Any, **kwargs: Any) -> Any:
     from fedjax_room.analyst import connect as _connect
 
     return _connect(url, key, **kwargs)
+
+
+def attach(room: str, **kwargs: Any) -> Any:
+    """In a notebook: connect to a room the Clean Room sidebar shows, by its id (``attach("room-1")``).
+
+    See :func:`fedjax_room.analyst.presence.attach`: it uses the credentials that Jupyter server connected
+    the room with (key and pin files, by path), so no key path is written into the notebook.
+    """
+    from fedjax_room.analyst.presence import attach as _attach
+
+    return _attach(room, **kwargs)
 
 
 def load_ipython_extension(ipython: Any) -> None:

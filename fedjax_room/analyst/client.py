@@ -27,14 +27,16 @@ from typing import Any
 
 from websockets.exceptions import ConnectionClosed
 
+from fedjax_room.analyst import presence
 from fedjax_room.analyst.results import (
     BudgetReport,
+    EstimateReport,
     RunSummary,
     SiteInfo,
     SiteList,
 )
 from fedjax_room.analyst.run import Run
-from fedjax_room.errors import AuthError, ConfigError, FedRoomError, VersionError, error_from_dict
+from fedjax_room.errors import AuthError, ConfigError, FedRoomError, PolicyViolation, VersionError, error_from_dict
 from fedjax_room.models import ModelSpec
 from fedjax_room.protocol import messages as m
 from fedjax_room.protocol.codec import unpack
@@ -55,6 +57,7 @@ _RESULT_TYPES = (
     m.ModelReply,
     m.BudgetReply,
     m.AuditReply,
+    m.EstimateReply,
 )
 
 
@@ -317,6 +320,8 @@ class Room:
         pin = load_coordinator_pin(source)
         self.url = url
         self._core = _Core(url, signing_key, name=name, tls_ca=tls_ca, timeout=timeout, pin=pin, insecure=insecure)
+        # in a Jupyter kernel: tell the server's Clean Room sidebar (analyst/presence.py; paths only, no keys)
+        presence.announce(self, url, key, coordinator_key=source, tls_ca=tls_ca, insecure=insecure)
 
     @property
     def room_id(self) -> str:
@@ -352,6 +357,12 @@ class Room:
         """
         model = ModelSpec.from_dict(spec)
         config = RunConfig.from_dict(options).to_dict()
+        # what the sites would say, first (nothing spent): a run they would refuse is refused here, once, at once
+        estimate = self._estimate(model, config)
+        if not estimate.can_start:
+            first = estimate.refusing[0]
+            party = first.site if len(estimate.refusing) == 1 else "room"
+            raise PolicyViolation(estimate.problem(), party=party, reason=first.reason or "too_few_sites")
         created = self._ask(lambda req: m.StartRun(req=req, spec=model.to_dict(), config=config), resend=False)
         return self.run(created.run_id)
 
@@ -363,6 +374,50 @@ class Room:
         ]
     ).replace(return_annotation="Run")
     train.__doc__ = (train.__doc__ or "") + "\n" + options_doc(" " * 12) + "\n"
+
+    def estimate(self, spec: ModelSpec | Mapping[str, Any], /, **options: Any) -> EstimateReport:
+        """What each site would plan and decide for ``train(spec, **options)`` now, spending nothing.
+
+        Each connected site runs its real plan, policy and budget check (the ones its offer runs) and answers:
+        ``report["site-a"].epsilon_planned`` (the run's epsilon it plans), ``.ledger_after`` (its composed ledger
+        after the run), ``.accept``, and for a refusal ``.reason``, ``.message`` and ``.option`` (what to change);
+        ``report.can_start`` is False when the run would be refused (then :meth:`train` refuses it at once).
+        Rate-limited by the room (a ``rate_limited`` :class:`~fedjax_room.errors.RefusedError` past it).
+        """
+        return self._estimate(ModelSpec.from_dict(spec), RunConfig.from_dict(options).to_dict())
+
+    estimate.__signature__ = train.__signature__.replace(  # type: ignore[attr-defined]
+        return_annotation="EstimateReport"
+    )
+
+    def _estimate(self, model: ModelSpec, config: dict[str, Any]) -> EstimateReport:
+        reply = self._ask(lambda req: m.EstimateRun(req=req, spec=model.to_dict(), config=config))
+        return EstimateReport.from_list(list(reply.sites), min_sites=config.get("min_sites"))
+
+    def tune(
+        self,
+        spec: ModelSpec | Mapping[str, Any],
+        /,
+        space: Mapping[str, Any],
+        *,
+        trials: int,
+        metric: str = "accuracy",
+        seed: int | None = None,
+        timeout: float | None = None,
+        **options: Any,
+    ) -> Any:
+        """Hyperparameter tuning: ``trials`` runs of configurations drawn from ``space``, only the best released.
+
+        ``space`` maps run options to a list of values (a grid) or a ``(low, high)`` range (drawn log-uniformly
+        for rates and norms, uniformly otherwise); ``options`` are fixed for every trial. Every site is told the
+        tuning session and its number of trials up front (``tune_session``, ``tune_trials``): it checks the
+        session's whole cost against its cap before the first trial and takes part in at most ``trials`` of them.
+        Returns a :class:`~fedjax_room.analyst.tune.TuneResult` with the best trial's configuration, run and
+        metric; the other trials' models and metrics are not shown. See :mod:`fedjax_room.analyst.tune`.
+        """
+        from fedjax_room.analyst.tune import tune
+
+        return tune(self, spec, space, trials=trials, metric=metric, seed=seed, timeout=timeout, **options)
 
     def run(self, run_id: str) -> Run:
         """Follow an existing run (yours or another analyst's)."""
@@ -380,7 +435,8 @@ class Room:
         return run
 
     def budget(self) -> BudgetReport:
-        """Each site's whole ledger: epsilon spent, delta, cap, remaining."""
+        """Each site's whole ledger: the composed epsilon spent, delta, cap, remaining, and each run's own epsilon
+        (``report["site-a"].runs``; ``report.notes``: composition is tighter than the sum of the runs)."""
         return BudgetReport.from_list(self._ask(lambda req: m.GetBudget(req=req)).sites)
 
     def audit(self, last: int = 20) -> list[dict[str, Any]]:
@@ -391,6 +447,7 @@ class Room:
 
     def close(self) -> None:
         """Disconnect (runs go on in the room)."""
+        presence.withdraw(self)
         self._core.shutdown()
 
     def __enter__(self) -> Room:

@@ -29,7 +29,7 @@ def registry(jp_serverapp, fakes):
         return embedded
 
     reg.start_room_fn = start_room
-    reg.connect_fn = lambda url, key: fakes.FakeRoom(("north", "south"))
+    reg.connect_fn = lambda url, key, **options: fakes.FakeRoom(("north", "south"))
     yield reg
     reg.close_all()
 

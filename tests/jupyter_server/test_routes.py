@@ -48,7 +48,8 @@ async def test_demo_room_sites_runs_budget_audit(jp_fetch, registry, jp_root_dir
     first = sites["sites"][0]
     assert first["status"] == "online" and first["record_count"] == "500-1000"
     assert first["schema_summary"] == "64 features (f0..f63) -> digit, 10 classes"
-    assert "epsilon_cap=10.0" in first["policy_summary"] and "families=logistic/mlp" in first["policy_summary"]
+    assert first["policy_summary"] == "ε cap: 10 · δ cap: 1e-05 · models: logistic, mlp"
+    assert first["policy_items"] == [["ε cap", "10"], ["δ cap", "1e-05"], ["models", "logistic, mlp"]]
 
     code, run = await fetch_json(
         jp_fetch, "rooms", "room-1", "runs", method="POST", body={"model": "logistic", "rounds": 3, "target_epsilon": 2}
@@ -96,7 +97,9 @@ async def test_demo_room_sites_runs_budget_audit(jp_fetch, registry, jp_root_dir
     book = json.loads((jp_root_dir / nb["path"]).read_text())
     source = book["cells"][0]["source"]
     source = "".join(source) if isinstance(source, list) else source
-    assert "show_dashboard('ws://127.0.0.1:9999', key='/tmp/analyst.key', run='run-1')" in source
+    # attached by the room's id: no key path in the notebook (the fake room has no coordinator room id)
+    assert "fedjax_room.attach('room-1')" in source and "show_dashboard(room, run='run-1')" in source
+    assert "analyst.key" not in source
     compile(source, "cell", "exec")
     code, again = await fetch_json(jp_fetch, "rooms", "room-1", "notebook", method="POST", body={"run": "run-1"})
     assert code == 200 and again["created"] is False  # opened, not overwritten
@@ -190,7 +193,15 @@ def test_jsonable_and_summaries():
     assert schema_summary({"feature_shape": [28, 28, 1], "label": "y", "classes": [0, 1]}) == (
         "features 28×28×1 -> y, 2 classes"
     )
-    assert policy_summary({"epsilon_cap": 4, "secure_aggregation": True}) == "epsilon_cap=4, secure_aggregation=True"
+    assert policy_summary({"epsilon_cap": 4, "secure_aggregation": True}) == "ε cap: 4 · secure aggregation: yes"
+    # a real site's policy, readable: every aggregator allowed is "any", the secure requirement in words
+    from fedjax_room.site.policy import Policy
+
+    line = policy_summary(Policy(epsilon_cap=10.0, min_sites=2, require_secure_aggregation=True).to_dict())
+    assert line == (
+        "ε cap: 10 · δ cap: 1e-05 · min sites: 2 · models: logistic, mlp, cnn · max parameters: 1,000,000 · "
+        "aggregators: any · secure aggregation: required · approval: auto"
+    )
     assert policy_summary(None) == "—"
 
 

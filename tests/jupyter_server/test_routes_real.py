@@ -83,7 +83,7 @@ async def test_status_sites_runs_budget_audit(jp_fetch, real_registry, shared_ro
     for site in sites:
         assert site["schema_summary"].startswith("64 features (pixel_0_0..pixel_7_7) -> ")
         assert "10 classes" in site["schema_summary"]
-        assert "epsilon_cap=10" in site["policy_summary"]
+        assert "ε cap: 10" in site["policy_summary"] and ["secure aggregation", "optional"] in site["policy_items"]
         assert not {"x", "y", "records", "data"} & set(site)  # schema and a coarse count, never records
 
     code, run = await post(jp_fetch, "rooms", "room-1", "runs", body=SMALL_RUN)

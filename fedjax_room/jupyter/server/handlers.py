@@ -18,6 +18,7 @@ route                                      method  does
 ``/fedjax-room/rooms/<id>/budget``         GET     each site's epsilon spent against its cap
 ``/fedjax-room/rooms/<id>/audit?last=N``   GET     the latest coordinator audit records
 ``/fedjax-room/rooms/<id>/notebook``       POST    create (or reuse) a dashboard notebook ``{"run": id}``
+``/fedjax-room/rooms/<id>/query``          POST    a DP query ``{"kind": "histogram", "feature": ..., "epsilon": 1}``
 =========================================  ======  =====================================================
 
 Each handler is a :class:`jupyter_server.base.handlers.APIHandler` whose methods carry
@@ -41,7 +42,7 @@ from jupyter_server.utils import ensure_async, url_path_join
 from fedjax_room.errors import FedRoomError
 from fedjax_room.jupyter.server.calls import in_daemon_thread
 from fedjax_room.jupyter.server.live import EventHub, EventsHandler
-from fedjax_room.jupyter.server.notebook import dashboard_notebook, notebook_path
+from fedjax_room.jupyter.server.notebook import dashboard_notebook, notebook_path, pick_kernel
 from fedjax_room.jupyter.server.registry import RoomRegistry, UnknownRoomError, _message, options_document
 from fedjax_room.protocol.fields import ID_PATTERN
 
@@ -51,6 +52,7 @@ NAMESPACE = "fedjax-room"
 #: Seconds a route waits for the room before answering 504 (starting a demo room takes longer).
 CALL_TIMEOUT = 30.0
 DEMO_TIMEOUT = 300.0
+QUERY_TIMEOUT = 120.0  # a secure query runs a SecAgg round across the sites
 _ROOM = r"(?P<room_id>room-[0-9]+)"
 
 
@@ -125,6 +127,7 @@ class _Reply(tornado.web.HTTPError):
 class StatusHandler(BaseHandler):
     @tornado.web.authenticated
     async def get(self) -> None:
+        await self.call(self.registry.discover, share="discover")  # the notebooks' rooms, as they are now
         self.reply(await self.call(self.registry.status, share="status"))
 
 
@@ -225,7 +228,11 @@ class AuditHandler(BaseHandler):
 
 
 class NotebookHandler(BaseHandler):
-    """Write ``clean-room-dashboard-<run>.ipynb`` (unless it exists) and answer its path."""
+    """Write ``clean-room-dashboard-<run>.ipynb`` (unless it exists) and answer its path and kernel.
+
+    The notebook runs on the Clean Room kernel when it is installed (else the server's default) and attaches
+    to the room by id (``fedjax_room.attach``): no key path is written into it. The sidebar opens it and runs it.
+    """
 
     @tornado.web.authenticated
     async def post(self, room_id: str) -> None:
@@ -238,11 +245,32 @@ class NotebookHandler(BaseHandler):
         cm = self.contents_manager
         created = False
         if not await ensure_async(cm.file_exists(path)):
-            kernel = getattr(self.kernel_spec_manager, "default_kernel_name", None) or "python3"
-            content = dashboard_notebook(entry.url, entry.key, run_id, kernel_name=kernel)
+            ksm = self.kernel_spec_manager
+            try:
+                specs = {n: v.get("spec", {}) for n, v in (await ensure_async(ksm.get_all_specs())).items()}
+            except Exception:  # no kernelspecs readable: the notebook still names python3
+                specs = {}
+            kernel, display = pick_kernel(specs, getattr(ksm, "default_kernel_name", None))
+            # attached by the coordinator's room id (stable across server restarts), else the sidebar's
+            room_ref = str(getattr(entry.room, "room_id", "") or "") or entry.id
+            content = dashboard_notebook(
+                room_ref, run_id, kernel_name=kernel, kernel_display_name=display, label=entry.label
+            )
             await ensure_async(cm.save({"type": "notebook", "format": "json", "content": content}, path))
             created = True
         self.reply({"path": path, "created": created}, 201 if created else 200)
+
+
+class QueryHandler(BaseHandler):
+    """Run one DP query (``Room.query``): the body names its keywords, or ``{"query": "<one-line form>"}``.
+
+    Answers the result (``QueryResult.to_dict()`` plus ``ci`` at ``level``, default 0.95); a query the body
+    or a site's policy does not allow answers 400 with the typed reason, and spends nothing.
+    """
+
+    @tornado.web.authenticated
+    async def post(self, room_id: str) -> None:
+        self.reply(await self.call(self.registry.query, room_id, self.body(), timeout=QUERY_TIMEOUT))
 
 
 #: (pattern relative to /fedjax-room/, handler) — every route this extension registers.
@@ -259,6 +287,7 @@ ROUTES: list[tuple[str, type[BaseHandler] | type[EventsHandler]]] = [
     (rf"rooms/{_ROOM}/budget", BudgetHandler),
     (rf"rooms/{_ROOM}/audit", AuditHandler),
     (rf"rooms/{_ROOM}/notebook", NotebookHandler),
+    (rf"rooms/{_ROOM}/query", QueryHandler),
 ]
 
 

@@ -11,7 +11,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["jsonable", "policy_summary", "schema_summary"]
+__all__ = ["POLICY_LABELS", "jsonable", "policy_items", "policy_summary", "schema_summary"]
 
 
 def jsonable(value: Any) -> Any:
@@ -64,19 +64,68 @@ def schema_summary(schema: Any) -> str:
     return f"{what} -> {label}, {len(classes)} classes" if classes else f"{what} -> {label}"
 
 
-def policy_summary(policy: Any) -> str:
-    """One line for a site's policy: its caps and requirements, ``key=value`` joined by commas."""
+#: How the sidebar names a policy setting (fedjax_room.site.policy.Policy); others: the key, spaced.
+POLICY_LABELS: dict[str, str] = {
+    "epsilon_cap": "ε cap",
+    "delta_cap": "δ cap",
+    "delta": "δ cap",
+    "site_epsilon_cap": "site-level ε cap",
+    "min_sites": "min sites",
+    "allowed_families": "models",
+    "families": "models",
+    "max_params": "max parameters",
+    "allowed_aggregators": "aggregators",
+    "require_secure_aggregation": "secure aggregation",
+    "approval": "approval",
+    "approved_models": "approved models",
+    "declared_train_records": "declared train records",
+    "declared_heldout_records": "declared held-out records",
+}
+
+
+def _number(value: int | float) -> str:
+    if isinstance(value, int) or (isinstance(value, float) and value.is_integer() and abs(value) < 1e15):
+        return f"{int(value):,}"
+    return f"{value:.4g}"
+
+
+def policy_items(policy: Any) -> list[list[str]]:
+    """A site's policy as ``[label, value]`` pairs a person reads: ``["ε cap", "10"]``,
+    ``["aggregators", "any"]``, ``["secure aggregation", "required"]``; unset settings left out."""
+    from fedjax_room.protocol.config import AGGREGATORS
+
     policy = jsonable(policy) or {}
     if not isinstance(policy, dict):
-        return str(policy)
-    parts = []
+        return [["policy", str(policy)]]
+    items = []
     for key, value in policy.items():
-        if isinstance(value, list):
-            value = "/".join(str(v) for v in value)
-        elif isinstance(value, dict):
+        label = POLICY_LABELS.get(key, str(key).replace("_", " "))
+        if value is None or isinstance(value, dict):
             continue
-        parts.append(f"{key}={value}")
-    return ", ".join(parts) or "—"
+        if key == "require_secure_aggregation" and isinstance(value, bool):
+            text = "required" if value else "optional"
+        elif key == "approved_models" and isinstance(value, list):
+            if not value:
+                continue
+            text = f"{len(value)} model{'s' if len(value) != 1 else ''}"
+        elif key == "allowed_aggregators" and isinstance(value, list) and set(AGGREGATORS) <= set(value):
+            text = "any"
+        elif isinstance(value, list):
+            text = ", ".join(str(v) for v in value) or "none"
+        elif isinstance(value, bool):
+            text = "yes" if value else "no"
+        elif isinstance(value, int | float):
+            text = _number(value)
+        else:
+            text = str(value)
+        items.append([label, text])
+    return items
+
+
+def policy_summary(policy: Any) -> str:
+    """One line for a site's policy: ``ε cap: 10 · δ cap: 1e-05 · models: logistic, mlp, cnn · ...``."""
+    items = policy_items(policy)
+    return " · ".join(f"{label}: {value}" for label, value in items) or "—"
 
 
 def _message(exc: BaseException) -> str:

@@ -169,6 +169,8 @@ class EventHub:
             "poll_interval": self.poll_interval,
         }
         client.send_text(json.dumps({"type": "hello", "version": __version__, "limits": limits}))
+        with contextlib.suppress(Exception):  # the notebooks' rooms (a failure is in the status's notices)
+            await self.call(self.registry.discover)
         status = await self.call(self.registry.status)
         client.send_text(json.dumps({"type": "rooms", **status}, allow_nan=False))
         self._rooms_sent |= {room["id"] for room in status["rooms"]}
@@ -198,6 +200,8 @@ class EventHub:
         """Sites and runs of every room, every ``poll_interval`` s while a client is connected."""
         while self.clients:
             await asyncio.sleep(self.poll_interval)
+            with contextlib.suppress(Exception):  # a room a notebook opened or closed since (sends "rooms")
+                await self.call(self.registry.discover)
             for entry in self.registry.entries():
                 for part, fn in (("sites", self.registry.sites), ("runs", self.registry.runs)):
                     try:

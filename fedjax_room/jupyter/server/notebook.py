@@ -1,10 +1,12 @@
 """The dashboard notebook the sidebar opens, and the kernel-side call its first cell makes.
 
-:func:`dashboard_notebook` builds the notebook (plain nbformat 4 JSON, no outputs) whose first cell
-calls :func:`show_dashboard`; :func:`show_dashboard` runs in the notebook's kernel: it connects to the
-room as the analyst (its own connection; the server's stays the sidebar's), finds the run and returns a
-live :class:`~fedjax_room.jupyter.dashboard.RunDashboard` attached to it — or, when there is no run yet,
-the :class:`~fedjax_room.jupyter.launch.LaunchForm` that starts one with its dashboard below.
+:func:`dashboard_notebook` builds the notebook (plain nbformat 4 JSON, no outputs, on the Clean Room
+kernel when it is installed: :func:`pick_kernel`) whose first cell attaches to the room by its id
+(``fedjax_room.attach``: no key path is written into the notebook) and calls :func:`show_dashboard`, which
+runs in the notebook's kernel: it finds the run and returns a live
+:class:`~fedjax_room.jupyter.dashboard.RunDashboard` attached to it — or, when there is no run yet, the
+:class:`~fedjax_room.jupyter.launch.LaunchForm` that starts one with its dashboard below. The sidebar
+opens the notebook and runs it.
 
 This module imports neither jupyter_server nor ipywidgets at import time, so the server can build
 notebooks and the kernel can import it cheaply.
@@ -13,10 +15,10 @@ notebooks and the kernel can import it cheaply.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["dashboard_notebook", "notebook_path", "show_dashboard"]
+__all__ = ["dashboard_notebook", "dashboard_source", "notebook_path", "pick_kernel", "show_dashboard"]
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 _COMMENT_UNSAFE = re.compile(r"[^\x20-\x7e]")
@@ -34,30 +36,42 @@ def _comment(text: str) -> str:
     return _COMMENT_UNSAFE.sub("?", text)[:200]
 
 
-def dashboard_source(url: str, key: str, run_id: str | None) -> str:
-    """The first cell: one call that shows the run's live dashboard.
+def dashboard_source(room_id: str, run_id: str | None, *, label: str = "") -> str:
+    """The first cell: attach to the room by its id and show the run's live dashboard.
 
-    ``run_id`` comes from the room: it must be a valid run id (:data:`~fedjax_room.protocol.fields.ID_PATTERN`,
-    else :class:`~fedjax_room.errors.ProtocolError`), and like ``url`` and ``key`` it is written only as a
-    ``repr`` literal (and, sanitised, in the comment), so no string can add code to the cell.
+    No key path is written into the notebook: :func:`fedjax_room.attach` finds how this server connected to
+    the room (analyst/presence.py). ``room_id`` and ``run_id`` come from the room: each must be a valid id
+    (:data:`~fedjax_room.protocol.fields.ID_PATTERN`, else :class:`~fedjax_room.errors.ProtocolError`), and
+    they are written only as ``repr`` literals (and, sanitised, in the comment), so no string adds code.
     """
     from fedjax_room.protocol.fields import check_id
 
+    check_id(room_id, "room id")
     if run_id is not None and run_id != "":
         check_id(run_id, "run id")
     run = f", run={run_id!r}" if run_id else ""
     what = f"run {run_id!r}" if run_id else "a new run"
+    where = f" ({_comment(label)})" if label else ""
     return (
-        f"# Clean Room: the live dashboard for {_comment(what)} in the room at {_comment(repr(url))}\n"
+        f"# Clean Room: the live dashboard for {_comment(what)} in room {_comment(repr(room_id))}{where}\n"
+        "import fedjax_room\n"
         "from fedjax_room.jupyter.server.notebook import show_dashboard\n"
         "\n"
-        f"dashboard = show_dashboard({url!r}, key={key!r}{run})\n"
+        f"room = fedjax_room.attach({room_id!r})  # the room the Clean Room sidebar shows\n"
+        f"dashboard = show_dashboard(room{run})\n"
         "dashboard"
     )
 
 
-def dashboard_notebook(url: str, key: str, run_id: str | None, *, kernel_name: str = "python3") -> dict[str, Any]:
-    """An nbformat 4 notebook whose first cell shows the dashboard for ``run_id`` in the room at ``url``."""
+def dashboard_notebook(
+    room_id: str,
+    run_id: str | None,
+    *,
+    kernel_name: str = "python3",
+    kernel_display_name: str = "Python 3 (ipykernel)",
+    label: str = "",
+) -> dict[str, Any]:
+    """An nbformat 4 notebook whose first cell shows the dashboard for ``run_id`` in room ``room_id``."""
     cells = [
         {
             "cell_type": "code",
@@ -65,14 +79,14 @@ def dashboard_notebook(url: str, key: str, run_id: str | None, *, kernel_name: s
             "id": "clean-room-dashboard",
             "metadata": {"tags": ["clean-room-dashboard"]},
             "outputs": [],
-            "source": dashboard_source(url, key, run_id),
+            "source": dashboard_source(room_id, run_id, label=label),
         },
         {
             "cell_type": "markdown",
             "id": "clean-room-next",
             "metadata": {},
             "source": (
-                "`dashboard.run` is the run and `dashboard.room` the connected `Room`: `room.budget()`, "
+                "`room` is the connected `Room` and `dashboard.run` the run: `room.budget()`, "
                 "`room.audit(last=20)`, `run.wait()`, `run.history` and `run.privacy` go on from here."
             ),
         },
@@ -80,7 +94,7 @@ def dashboard_notebook(url: str, key: str, run_id: str | None, *, kernel_name: s
     return {
         "cells": cells,
         "metadata": {
-            "kernelspec": {"name": kernel_name, "display_name": "Python 3 (ipykernel)", "language": "python"},
+            "kernelspec": {"name": kernel_name, "display_name": kernel_display_name, "language": "python"},
             "language_info": {"name": "python"},
         },
         "nbformat": 4,
@@ -88,20 +102,34 @@ def dashboard_notebook(url: str, key: str, run_id: str | None, *, kernel_name: s
     }
 
 
-def show_dashboard(url: str, key: str, run: str | None = None, *, connect: Callable[..., Any] | None = None) -> Any:
-    """Connect to the room at ``url`` and return a live dashboard for ``run`` (a launch form if None).
+def pick_kernel(specs: Mapping[str, Any], default: str | None = None) -> tuple[str, str]:
+    """``(name, display name)`` of the kernel a dashboard notebook declares: the Clean Room kernel if it is
+    installed (``fedjax-room``), else the server's default, else ``python3``."""
+    from fedjax_room.jupyter.kernelspec import DISPLAY_NAME, KERNEL_NAME
 
-    The widget keeps ``.room`` (the connection) and ``.run``. ``connect`` defaults to
-    ``fedjax_room.analyst.connect``.
+    if KERNEL_NAME in specs:
+        return KERNEL_NAME, DISPLAY_NAME
+    name = default if default and default in specs else "python3"
+    spec = specs.get(name)
+    display = getattr(spec, "display_name", None) or (spec.get("display_name") if isinstance(spec, Mapping) else None)
+    return name, str(display or "Python 3 (ipykernel)")
+
+
+def show_dashboard(room: Any, run: str | None = None, *, attach: Callable[[str], Any] | None = None) -> Any:
+    """A live dashboard for ``run`` in ``room`` (a connected ``Room``, or a room id for
+    :func:`fedjax_room.attach`); with no run, the launch form that starts one.
+
+    The widget keeps ``.room`` (the connection) and ``.run``.
     """
     from fedjax_room.analyst.views import records
     from fedjax_room.jupyter.dashboard import RunDashboard
 
-    if connect is None:
-        from fedjax_room.analyst import connect as analyst_connect
+    if isinstance(room, str):
+        if attach is None:
+            from fedjax_room.analyst.presence import attach as attach_room
 
-        connect = analyst_connect
-    room = connect(url, key=key)
+            attach = attach_room
+        room = attach(room)
     if run is None:
         from fedjax_room.jupyter.launch import LaunchForm
 

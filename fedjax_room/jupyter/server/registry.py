@@ -22,18 +22,28 @@ import math
 import threading
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from fedjax_room.data.builtin import BUILTIN_DATASETS as DATASETS
 from fedjax_room.errors import ConfigError, FedRoomError
-from fedjax_room.jupyter.server.jsonify import _get, _message, jsonable, policy_summary, schema_summary
+from fedjax_room.jupyter.server.jsonify import (
+    _get,
+    _message,
+    jsonable,
+    policy_items,
+    policy_summary,
+    schema_summary,
+)
 from fedjax_room.models.from_schema import FAMILIES
 from fedjax_room.protocol.config import options_schema, run_options
 
 __all__ = [
     "ACTIVE_STATUSES",
     "DATASETS",
+    "QUERY_FIELDS",
     "TRAIN_OPTIONS",
+    "query_keywords",
     "options_document",
     "RoomEntry",
     "RoomRegistry",
@@ -49,6 +59,97 @@ MAX_DEMO_SITES = 16
 #: Options a POST /runs body may carry through to ``Room.train`` (besides ``spec`` / ``model``): every
 #: RunConfig field with its type, generated from RunConfig (fedjax_room.protocol.config.run_options).
 TRAIN_OPTIONS: dict[str, type] = {o.name: o.python_type for o in run_options()}
+
+
+#: A POST /rooms/<id>/query body: ``Room.query``'s keywords and their JSON types (``query``: the one-line
+#: form instead, as ``%room query`` takes it; ``level``: the confidence level of the ``ci`` answered).
+QUERY_FIELDS: dict[str, str] = {
+    "kind": "str",
+    "feature": "str",
+    "epsilon": "number",
+    "bins": "numbers",
+    "bounds": "numbers",
+    "quantiles": "numbers",
+    "by": "str",
+    "keys": "keys",
+    "sites": "strs",
+    "secure": "bool",
+    "timeout": "number",
+}
+#: The most values one list in a query body may hold, and the longest one-line query (checked before
+#: anything else reads them; the room's own limits on bins, keys and quantiles are tighter).
+MAX_QUERY_LIST = 1024
+MAX_QUERY_TEXT = 4096
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(float(value))
+
+
+def query_keywords(body: Mapping[str, Any]) -> tuple[dict[str, Any], float]:
+    """A query body as ``Room.query`` keywords and the confidence level; every type checked, else ConfigError."""
+    if not isinstance(body, Mapping):
+        raise ConfigError("the body must be a JSON object such as {'kind': 'count_by_label', 'epsilon': 0.5}")
+    level = body.get("level", 0.95)
+    if not _is_number(level) or not 0 < float(level) < 1:
+        raise ConfigError(f"'level' is a confidence level strictly between 0 and 1, not {level!r}")
+    if body.get("query") is not None:
+        text = body["query"]
+        extra = set(body) - {"query", "level"}
+        if extra:
+            raise ConfigError(f"give either 'query' (the one-line form) or the fields, not both: {sorted(extra)}")
+        if not isinstance(text, str) or len(text) > MAX_QUERY_TEXT:
+            raise ConfigError(f"'query' must be a string of at most {MAX_QUERY_TEXT} characters")
+        from fedjax_room.analyst.queries import parse_query
+
+        return parse_query(text), float(level)
+    unknown = set(body) - set(QUERY_FIELDS) - {"level", "query"}
+    if unknown:
+        raise ConfigError(f"unknown query field(s) {', '.join(sorted(unknown))}; allowed: {', '.join(QUERY_FIELDS)}")
+    if not isinstance(body.get("kind"), str):
+        raise ConfigError("'kind' is required: count, count_by_label, histogram, mean, sum, quantiles or missing")
+    if body.get("epsilon") is None:
+        raise ConfigError("'epsilon' is required: the privacy this query may spend at each site")
+    out: dict[str, Any] = {}
+    for name, kind in QUERY_FIELDS.items():
+        value = body.get(name)
+        if value is None:
+            continue
+        if kind == "str":
+            ok = isinstance(value, str) and 0 < len(value) <= 200
+        elif kind == "bool":
+            ok = isinstance(value, bool)
+        elif kind == "number":
+            ok = _is_number(value)
+        else:
+            ok = isinstance(value, list) and len(value) <= MAX_QUERY_LIST
+            if ok and kind == "numbers":
+                ok = all(_is_number(v) for v in value)
+            elif ok and kind == "strs":
+                ok = all(isinstance(v, str) and 0 < len(v) <= 200 for v in value)
+            elif ok:  # keys: declared category values, strings or whole numbers
+                ok = all(
+                    (isinstance(v, str) and len(v) <= 200) or (isinstance(v, int) and not isinstance(v, bool))
+                    for v in value
+                )
+        if not ok:
+            what = {
+                "str": "a non-empty string",
+                "bool": "true or false",
+                "number": "a finite number",
+                "numbers": f"a list of at most {MAX_QUERY_LIST} finite numbers",
+                "strs": f"a list of at most {MAX_QUERY_LIST} names",
+                "keys": f"a list of at most {MAX_QUERY_LIST} strings or whole numbers",
+            }[kind]
+            raise ConfigError(f"query field {name!r} must be {what}, not {_clip(value)}")
+        out[name] = [float(v) for v in value] if kind == "numbers" else float(value) if kind == "number" else value
+    kind_ = out.pop("kind")
+    return {"kind": kind_, **out}, float(level)
+
+
+def _clip(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def options_document() -> dict[str, Any]:
@@ -85,35 +186,65 @@ class RoomEntry:
     unsubscribe: dict[str, Callable[[], None]] = dataclasses.field(default_factory=dict)
     #: runs started through this server (always followed)
     started: set[str] = dataclasses.field(default_factory=set)
+    #: "sidebar" (connected or started here; ✕ closes it) or "notebook" (a kernel's room, shown while it is open)
+    origin: str = "sidebar"
+    #: the kernels' presence records naming this room (notebook_rooms.py): record file name -> record
+    records: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    #: how the server connected (the coordinator pin's path, TLS), for the record attach() reads
+    coordinator_key: str | None = None
+    tls_ca: str | None = None
+    insecure: bool = False
+
+    @property
+    def room_kind(self) -> str:
+        """``demo`` or ``remote`` (a notebook's room: as its kernel described it)."""
+        if self.origin == "notebook" and any(r.get("kind") == "demo" for r in self.records.values()):
+            return "demo"
+        return self.kind
 
     @property
     def label(self) -> str:
-        if self.kind == "demo":
-            return f"Demo room ({self.dataset or 'data'}, {len(self.site_names)} sites)"
+        if self.room_kind == "demo":
+            dataset = self.dataset or next((r.get("dataset") for r in self.records.values() if r.get("dataset")), None)
+            return f"Demo room ({dataset or 'data'}, {len(self.site_names)} sites)"
         return f"Room {self.url}"
 
     @property
     def site_names(self) -> list[str]:
-        return [str(n) for n in (getattr(self.embedded, "site_names", None) or [])]
+        names = getattr(self.embedded, "site_names", None)
+        if not names:
+            names = next((r.get("site_names") for r in self.records.values() if r.get("site_names")), None)
+        return [str(n) for n in (names if isinstance(names, list | tuple) else [])]
+
+    @property
+    def notebooks(self) -> list[str]:
+        """The notebooks whose kernels are connected to this room (their paths, as the server named them)."""
+        return sorted({str(r["notebook"]) for r in self.records.values() if isinstance(r.get("notebook"), str)})
 
     def info(self) -> dict[str, Any]:
         return {
             "id": self.id,
             "url": self.url,
-            "kind": self.kind,
+            "kind": self.room_kind,
             "label": self.label,
             "site_names": self.site_names,
             "dataset": self.dataset,
             "created": self.created,
             # where a demo room keeps its keys, ledgers and process logs (on this server's machine)
             "state_dir": str(getattr(self.embedded, "state_dir", "") or "") or None,
+            "origin": self.origin,
+            # the notebooks (kernels) connected to this room, and the line that connects one more
+            "notebooks": self.notebooks,
+            "kernels": len(self.records),
+            "room_id": str(getattr(self.room, "room_id", "") or "") or None,
+            "attach": f"room = fedjax_room.attach({self.id!r})",
         }
 
 
-def _default_connect(url: str, key: str) -> Any:
+def _default_connect(url: str, key: str, **options: Any) -> Any:
     from fedjax_room import analyst
 
-    return analyst.connect(url, key=key)
+    return analyst.connect(url, key=key, **options)
 
 
 def _default_start_room(**kwargs: Any) -> Any:
@@ -128,11 +259,16 @@ class RoomRegistry:
     def __init__(
         self,
         *,
-        connect_fn: Callable[[str, str], Any] = _default_connect,
+        connect_fn: Callable[..., Any] = _default_connect,
         start_room_fn: Callable[..., Any] = _default_start_room,
         state_root: str | None = None,
+        presence_dir: str | Path | None = None,
     ) -> None:
+        from fedjax_room.jupyter.server.notebook_rooms import NotebookRooms
+
         self.connect_fn = connect_fn
+        #: the kernels' rooms (and this server's records for fedjax_room.attach), in the presence folder
+        self.notebook_rooms = NotebookRooms(Path(presence_dir) if presence_dir is not None else None)
         self.start_room_fn = start_room_fn
         self.state_root = state_root
         self._rooms: dict[str, RoomEntry] = {}
@@ -160,8 +296,48 @@ class RoomRegistry:
         with self._lock:
             entry = RoomEntry(id=f"room-{next(self._ids)}", **fields)
             self._rooms[entry.id] = entry
+        self.notebook_rooms.publish(entry)
         self._emit_rooms()
         return entry
+
+    def discover(self) -> bool:
+        """Show the rooms this server's notebooks are connected to (:mod:`.notebook_rooms`); True if changed."""
+        changed = self.notebook_rooms.sync(self)
+        if changed:
+            self._emit_rooms()
+        return changed
+
+    def add_notebook_room(self, name: str, record: Mapping[str, Any]) -> RoomEntry:
+        """Connect the server's own analyst client to a kernel's room (``record``: analyst/presence.py)."""
+        options: dict[str, Any] = {}
+        for option in ("coordinator_key", "tls_ca"):
+            if isinstance(record.get(option), str):
+                options[option] = record[option]
+        if record.get("insecure") is True:
+            options["insecure"] = True
+        room = self.connect_fn(record["url"], record["key"], **options)
+        dataset = record.get("dataset")
+        return self._add(
+            url=record["url"],
+            kind="remote",
+            room=room,
+            key=record["key"],
+            dataset=dataset if isinstance(dataset, str) else None,
+            origin="notebook",
+            records={name: dict(record)},
+            coordinator_key=options.get("coordinator_key"),
+            tls_ca=options.get("tls_ca"),
+            insecure=bool(options.get("insecure")),
+        )
+
+    def forget(self, room_id: str) -> None:
+        """Drop a notebook's room (its kernel closed it): close this server's connection, stop nothing else."""
+        with self._lock:
+            entry = self._rooms.pop(room_id, None)
+        if entry is not None:
+            self.notebook_rooms.unpublish(room_id)
+            entry.embedded = None  # never the server's to stop
+            self._close(entry)
 
     def connect(self, url: str, key: str) -> dict[str, Any]:
         """Connect to a coordinator at ``url`` with the analyst key at path ``key``."""
@@ -196,6 +372,7 @@ class RoomRegistry:
             key=str(getattr(embedded, "analyst_key", "") or ""),
             embedded=embedded,
             dataset=dataset,
+            coordinator_key=str(getattr(embedded, "manifest_path", "") or "") or None,
         ).info()
 
     def get(self, room_id: str) -> RoomEntry:
@@ -212,10 +389,15 @@ class RoomRegistry:
             return list(self._rooms.values())
 
     def remove(self, room_id: str) -> None:
-        """Close the connection (and stop the embedded room, for a demo)."""
+        """Close the connection (and stop the embedded room, for a demo). A notebook's room is not the
+        sidebar's to close: ``%room stop`` or ``room.close()`` in that notebook does it."""
         entry = self.get(room_id)
+        if entry.origin == "notebook":
+            where = ", ".join(entry.notebooks) or "the notebook that opened it"
+            raise ConfigError(f"{room_id} belongs to {where}; close it there (`%room stop` or `room.close()`)")
         with self._lock:
             self._rooms.pop(room_id, None)
+        self.notebook_rooms.unpublish(room_id)
         self._close(entry)
         self._emit_rooms()
 
@@ -235,6 +417,9 @@ class RoomRegistry:
         with self._lock:
             entries, self._rooms = list(self._rooms.values()), {}
         for entry in entries:
+            self.notebook_rooms.unpublish(entry.id)
+            if entry.origin == "notebook":
+                entry.embedded = None
             self._close(entry)
 
     # -- what the sidebar shows ---------------------------------------------------------------
@@ -244,7 +429,12 @@ class RoomRegistry:
 
         entries = self.entries()
         active = any(_get(run, "status") in ACTIVE_STATUSES for e in entries for run in list(e.runs.values()))
-        return {"version": __version__, "rooms": [e.info() for e in entries], "active": active}
+        return {
+            "version": __version__,
+            "rooms": [e.info() for e in entries],
+            "active": active,
+            "notices": self.notebook_rooms.notices(),
+        }
 
     def sites(self, room_id: str) -> list[dict[str, Any]]:
         rows = []
@@ -257,6 +447,7 @@ class RoomRegistry:
             row.setdefault("record_count", "?")
             row["schema_summary"] = schema_summary(row.get("schema"))
             row["policy_summary"] = policy_summary(row.get("policy"))
+            row["policy_items"] = policy_items(row.get("policy"))
             rows.append(row)
         return rows
 
@@ -478,6 +669,27 @@ class RoomRegistry:
             raise ConfigError(f"'last' must be a whole number from 1 to 1000, not {last!r}")
         records = jsonable(list(self.get(room_id).room.audit(last=last)))
         return [r if isinstance(r, dict) else {"kind": "?", "value": r} for r in records]
+
+    def query(self, room_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """``POST /rooms/<id>/query``: one DP query (``Room.query``); answers ``to_dict()`` plus ``ci`` at ``level``.
+
+        The body is checked before the room is asked (:func:`query_keywords`); a refusal is the room's typed
+        error, unchanged. After an answer the sidebars get the sites' budgets (the query spent from them).
+        """
+        entry = self.get(room_id)
+        keywords, level = query_keywords(body)
+        result = entry.room.query(**keywords)
+        data = jsonable(result.to_dict() if hasattr(result, "to_dict") else result)
+        if not isinstance(data, dict):
+            raise ConfigError("the room answered the query with something that is not a result")
+        lo, hi = result.ci(level)
+        data["ci"] = {"level": float(level), "lo": jsonable(lo), "hi": jsonable(hi)}
+        data.setdefault("kind", keywords["kind"])
+        try:
+            self._emit({"type": "budget", "room": entry.id, "budget": self.budget(room_id)})
+        except Exception:  # the answer stands; the sidebars read the budget on their next refresh
+            pass
+        return data
 
     def snapshot(self, room_id: str, audit_last: int = 15) -> dict[str, Any]:
         """Everything the sidebar shows for one room, in one call; a part that fails is named in ``errors``."""
