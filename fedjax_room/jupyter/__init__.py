@@ -41,8 +41,10 @@ _magics: RoomMagics | None = None
 def load_ipython_extension(ipython: Any) -> None:
     """Register ``%room`` and ``%%room`` in this IPython shell (``%load_ext fedjax_room``)."""
     global _magics
+    from fedjax_room.jupyter import exc_hook
     from fedjax_room.jupyter.magics import RoomMagics
 
+    exc_hook.install(ipython)  # a FedRoomError from Python code in a cell: one typed line, not a traceback
     if _magics is not None and _magics.shell is ipython:
         return
     _magics = RoomMagics(ipython)
@@ -52,6 +54,9 @@ def load_ipython_extension(ipython: Any) -> None:
 def unload_ipython_extension(ipython: Any) -> None:
     """Remove the magics, close the connection and stop an embedded room (``%unload_ext fedjax_room``)."""
     global _magics
+    from fedjax_room.jupyter import exc_hook
+
+    exc_hook.uninstall(ipython)
     if _magics is None:
         return
     _magics.stop(quiet=True)
