@@ -263,9 +263,12 @@ const plugin: JupyterFrontEndPlugin<void> = {
           sites = parseInt(form.sites, 10);
           dataset = form.dataset;
         }
+        shell.activateById(panel.id);
         try {
-          const room = await api.startDemo(sites, dataset);
-          shell.activateById(panel.id);
+          const room = await panel.busyWhile(
+            `Starting a demo room: a coordinator and ${sites} site${sites === 1 ? '' : 's'} with ${dataset} data (about 20 s)…`,
+            () => api.startDemo(sites as number, dataset as string)
+          );
           await panel.refresh();
           return room;
         } catch (error) {
@@ -317,7 +320,10 @@ const plugin: JupyterFrontEndPlugin<void> = {
           }
         }
         try {
-          const run = await api.startRun(room, body);
+          const run = await panel.busyWhile(
+            'Starting the run: the sites check it against their policies…',
+            () => api.startRun(room, body)
+          );
           await panel.refresh();
           return run;
         } catch (error) {
@@ -339,21 +345,26 @@ const plugin: JupyterFrontEndPlugin<void> = {
         }
         let reason = typeof args.reason === 'string' ? args.reason : null;
         if (reason === null) {
-          const form = await askForm(
-            `Cancel ${run}?`,
-            [
+          // destructive: ask first (the sites stop; a cancelled run cannot be resumed)
+          const result = await showDialog({
+            title: `Cancel ${run}?`,
+            body: new FormBody([
               {
                 name: 'reason',
-                label: 'Reason (kept in the audit log)',
+                label:
+                  'Its sites stop and the room records who cancelled it. Reason (kept in the audit log):',
                 value: ''
               }
-            ],
-            'Cancel run'
-          );
-          if (!form) {
+            ]),
+            buttons: [
+              Dialog.cancelButton({ label: 'Keep running' }),
+              Dialog.warnButton({ label: 'Cancel run' })
+            ]
+          });
+          if (!result.button.accept || !result.value) {
             return;
           }
-          reason = form.reason.trim();
+          reason = result.value.reason.trim();
         }
         try {
           const result = await api.cancelRun(room, run, reason);
@@ -380,13 +391,20 @@ const plugin: JupyterFrontEndPlugin<void> = {
         }
         try {
           const run = 'run' in args ? str(args.run) : latestRun(room);
-          const { path } = await api.dashboardNotebook(room, run);
+          const { path } = await panel.busyWhile(
+            'Writing the dashboard notebook…',
+            () => api.dashboardNotebook(room, run)
+          );
           const widget = (await commands.execute('docmanager:open', {
             path
           })) as ISessionWidget | undefined;
           if (args.execute !== false && widget?.context?.sessionContext) {
-            await widget.context.sessionContext.ready;
-            await commands.execute('notebook:run-all-cells');
+            // the notebook names its kernel (the Clean Room kernel when installed): wait for it, then run
+            await panel.busyWhile('Starting the notebook’s kernel…', () =>
+              widget.context!.sessionContext!.ready.then(() =>
+                commands.execute('notebook:run-all-cells')
+              )
+            );
           }
           return path;
         } catch (error) {
@@ -401,6 +419,24 @@ const plugin: JupyterFrontEndPlugin<void> = {
         const room = str(args.room) ?? firstRoom();
         if (!room) {
           return;
+        }
+        const info = panel.rooms.find(r => r.info.id === room)?.info;
+        if (args.confirm !== false) {
+          // destructive: ask first
+          const demo = info?.kind === 'demo';
+          const result = await showDialog({
+            title: demo ? 'Stop the demo room?' : `Disconnect from ${room}?`,
+            body: demo
+              ? 'Its coordinator and site processes stop: runs in progress end, and notebooks attached to it lose it.'
+              : 'The sidebar stops following this room (the room itself goes on).',
+            buttons: [
+              Dialog.cancelButton({ label: 'Keep it' }),
+              Dialog.warnButton({ label: demo ? 'Stop room' : 'Disconnect' })
+            ]
+          });
+          if (!result.button.accept) {
+            return;
+          }
         }
         try {
           await api.disconnect(room);

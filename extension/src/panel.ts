@@ -84,6 +84,22 @@ export class CleanRoomPanel extends Widget {
     }
   }
 
+  /** Show (or, with null, clear) a long action in progress at the top of the panel, with a spinner. */
+  setBusy(text: string | null): void {
+    this._state.busy = text;
+    this._render({ rooms: true, changed: new Set() });
+  }
+
+  /** Run `action` with `text` shown as in progress meanwhile. */
+  async busyWhile<T>(text: string, action: () => Promise<T>): Promise<T> {
+    this.setBusy(text);
+    try {
+      return await action();
+    } finally {
+      this.setBusy(null);
+    }
+  }
+
   /** Ask the server to follow `run` (its rounds, refusals and error), e.g. an old run from elsewhere. */
   follow(room: string, run: string): void {
     this._send({ type: 'subscribe', room, run });
@@ -278,8 +294,28 @@ export class CleanRoomPanel extends Widget {
         return this.actions.cancelRun(room, run);
       case 'follow-run':
         return this.follow(room, run);
+      case 'copy-attach':
+        return this._copy(target, target.getAttribute('data-text') ?? '');
     }
   };
+
+  private _copy(button: Element, text: string): void {
+    const done = (label: string) => {
+      button.textContent = label;
+      window.setTimeout(() => {
+        button.textContent = 'Copy';
+      }, 1500);
+    };
+    const clipboard = navigator.clipboard;
+    if (!clipboard) {
+      done('Select it');
+      return;
+    }
+    clipboard.writeText(text).then(
+      () => done('Copied'),
+      () => done('Select it')
+    );
+  }
 
   private readonly _body: HTMLElement;
   private readonly _state: IState = emptyState();

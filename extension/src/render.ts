@@ -9,7 +9,7 @@
  * Pure: the DOM only (no JupyterLab, no network), so it tests under jsdom.
  */
 import { IRoomState, IState, isActive } from './state';
-import { AuditRecord, IBudgetRow, IRun, ISite } from './types';
+import { AuditRecord, IBudgetRow, IRoomInfo, IRun, ISite } from './types';
 
 type Attrs = Record<string, string>;
 
@@ -179,10 +179,14 @@ export function renderRun(run: IRun, room: string): HTMLElement {
         )
       : null,
     rows.length
-      ? table(
-          ['round', 'loss*', 'acc*', 'max ε', 'dropped', 'flagged'],
-          rows,
-          'fjr-rounds'
+      ? el(
+          'div',
+          { class: 'fjr-table-wrap' },
+          table(
+            ['round', 'loss*', 'acc*', 'max ε', 'dropped', 'flagged'],
+            rows,
+            'fjr-rounds'
+          )
         )
       : null,
     rows.length
@@ -227,7 +231,9 @@ export function renderBudget(rows: IBudgetRow[]): HTMLElement {
           'span',
           { class: 'fjr-budget-label' },
           `ε ${fmt(row.epsilon_spent)} / ${fmt(row.epsilon_cap)}`
-        )
+        ),
+        // composed (PLD) against the sum of the runs' epsilons, when a site has two runs or more
+        row.note ? el('div', { class: 'fjr-budget-note' }, row.note) : null
       );
     })
   );
@@ -257,14 +263,32 @@ export function renderSites(sites: ISite[]): HTMLElement {
           { class: 'fjr-site-line', title: JSON.stringify(s.schema) },
           s.schema_summary
         ),
-        el(
-          'div',
-          {
-            class: 'fjr-site-line fjr-site-policy',
-            title: JSON.stringify(s.policy)
-          },
-          `policy: ${s.policy_summary}`
-        )
+        renderPolicy(s)
+      )
+    )
+  );
+}
+
+/** A site's policy, one readable item per setting ("ε cap 10", "aggregators any"); wraps between items only. */
+export function renderPolicy(site: ISite): HTMLElement {
+  const items = site.policy_items ?? [];
+  const attrs = {
+    class: 'fjr-site-line fjr-site-policy',
+    title: JSON.stringify(site.policy)
+  };
+  if (!items.length) {
+    return el('div', attrs, `policy: ${site.policy_summary}`);
+  }
+  return el(
+    'div',
+    attrs,
+    el('span', { class: 'fjr-policy-head' }, 'policy'),
+    ...items.map(([label, value]) =>
+      el(
+        'span',
+        { class: 'fjr-policy-item' },
+        el('span', { class: 'fjr-policy-label' }, `${label} `),
+        value
       )
     )
   );
@@ -327,6 +351,38 @@ export function renderAudit(records: AuditRecord[]): HTMLElement {
   );
 }
 
+/** Which notebooks use the room, and the one line that connects another (with a Copy button). */
+export function renderUsage(info: IRoomInfo): HTMLElement | null {
+  const notebooks = info.notebooks ?? [];
+  const where =
+    info.origin === 'notebook'
+      ? `Opened in ${notebooks.length ? notebooks.join(', ') : 'a notebook'}; close it there (%room stop).`
+      : notebooks.length
+        ? `Also used in ${notebooks.join(', ')}.`
+        : null;
+  if (!where && !info.attach) {
+    return null;
+  }
+  return el(
+    'div',
+    { class: 'fjr-usage', 'data-key': 'usage' },
+    where ? el('div', { class: 'fjr-note fjr-notebooks' }, where) : null,
+    info.attach
+      ? el(
+          'div',
+          { class: 'fjr-attach', title: 'Use this room from a notebook' },
+          el('code', { class: 'fjr-attach-code' }, info.attach),
+          actionButton(
+            'Copy',
+            'Copy this line; run it in a notebook to use this room',
+            'copy-attach',
+            { room: info.id, text: info.attach }
+          )
+        )
+      : null
+  );
+}
+
 export function renderRoom(room: IRoomState): HTMLElement {
   const info = room.info;
   const runs = room.runs.slice().reverse();
@@ -369,14 +425,17 @@ export function renderRoom(room: IRoomState): HTMLElement {
             run: latest
           }
         ),
-        actionButton(
-          '✕',
-          info.kind === 'demo' ? 'Stop the demo room' : 'Disconnect',
-          'disconnect',
-          ids
-        )
+        info.origin === 'notebook'
+          ? null // the notebook's room: closed there (%room stop), not from here
+          : actionButton(
+              '✕',
+              info.kind === 'demo' ? 'Stop the demo room' : 'Disconnect',
+              'disconnect',
+              ids
+            )
       )
     ),
+    renderUsage(info),
     ...errors,
     room.loaded
       ? null
@@ -422,9 +481,24 @@ export function renderBody(state: IState): HTMLElement {
       )
     );
   }
+  if (state.busy) {
+    body.append(
+      el(
+        'div',
+        { class: 'fjr-busy', 'data-key': 'busy', role: 'status' },
+        el('span', { class: 'fjr-spinner' }),
+        state.busy
+      )
+    );
+  }
   if (state.notice) {
     body.append(
       el('div', { class: 'fjr-note', 'data-key': 'notice' }, state.notice)
+    );
+  }
+  for (const [i, notice] of (state.notices ?? []).entries()) {
+    body.append(
+      el('div', { class: 'fjr-error', 'data-key': `notices:${i}` }, notice)
     );
   }
   if (!state.loaded) {

@@ -32,6 +32,10 @@ export interface IState {
   error: string | null;
   /** the last message the server refused from this client */
   notice: string | null;
+  /** what the server could not do by itself (a notebook's room it cannot reach) */
+  notices?: string[];
+  /** a long action in progress ("Starting a demo room…"), shown with a spinner; null when none */
+  busy?: string | null;
   rooms: IRoomState[];
 }
 
@@ -42,7 +46,14 @@ export interface IChange {
 }
 
 export function emptyState(): IState {
-  return { loaded: false, error: null, notice: null, rooms: [] };
+  return {
+    loaded: false,
+    error: null,
+    notice: null,
+    notices: [],
+    busy: null,
+    rooms: []
+  };
 }
 
 function emptyRoom(info: IRoomInfo): IRoomState {
@@ -126,7 +137,11 @@ export function applyMessage(state: IState, msg: ServerMessage): IChange {
         return room;
       });
       state.loaded = true;
-      change.rooms = before !== state.rooms.map(r => r.info.id).join(',');
+      const notices = (msg.notices ?? []).join('\n');
+      change.rooms =
+        before !== state.rooms.map(r => r.info.id).join(',') ||
+        notices !== (state.notices ?? []).join('\n');
+      state.notices = msg.notices ?? [];
       msg.rooms.forEach(info => change.changed.add(info.id));
       return change;
     }

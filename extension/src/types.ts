@@ -13,12 +13,24 @@ export interface IRoomInfo {
   dataset?: string | null;
   created?: number;
   state_dir?: string | null;
+  /** 'sidebar': connected or started here (✕ closes it); 'notebook': a kernel's room, shown while it is open */
+  origin?: 'sidebar' | 'notebook';
+  /** the notebooks whose kernels are connected to this room */
+  notebooks?: string[];
+  /** how many kernel connections name this room */
+  kernels?: number;
+  /** the coordinator's room id */
+  room_id?: string | null;
+  /** the line that connects a notebook to this room: room = fedjax_room.attach('room-1') */
+  attach?: string;
 }
 
 export interface IStatus {
   version: string;
   rooms: IRoomInfo[];
   active: boolean;
+  /** e.g. a notebook's room the server could not connect to */
+  notices?: string[];
 }
 
 export interface ISite {
@@ -29,6 +41,8 @@ export interface ISite {
   policy: Record<string, unknown>;
   schema_summary: string;
   policy_summary: string;
+  /** the policy as [label, value] pairs a person reads ("ε cap", "10") */
+  policy_items?: [string, string][];
 }
 
 export interface IRound {
@@ -70,6 +84,10 @@ export interface IBudgetRow {
   epsilon_cap: number | null;
   delta: number | null;
   remaining: number | null;
+  /** each run's own epsilon (as the site reported it) */
+  runs?: Record<string, number>;
+  /** the line saying the composed epsilon is tighter than the sum of the runs' (empty below two runs) */
+  note?: string;
 }
 
 export type AuditRecord = Record<string, unknown>;
@@ -116,7 +134,12 @@ export interface IOptionsSchema {
 /** What the websocket pushes; see fedjax_room/jupyter/server/live.py. */
 export type ServerMessage =
   | { type: 'hello'; version: string; limits: Record<string, number> }
-  | { type: 'rooms'; rooms: IRoomInfo[]; active: boolean }
+  | {
+      type: 'rooms';
+      rooms: IRoomInfo[];
+      active: boolean;
+      notices?: string[];
+    }
   | {
       type: 'snapshot';
       room: string;
