@@ -5,6 +5,7 @@ no site, coordinator or training code. The embedded demo room lives in :mod:`fed
 """
 
 from fedjax_room.analyst.client import Room, Run, connect
+from fedjax_room.analyst.queries import QueryResult, parse_query
 from fedjax_room.analyst.results import (
     BudgetReport,
     PrivacyReport,
@@ -19,6 +20,7 @@ from fedjax_room.analyst.results import (
 __all__ = [
     "BudgetReport",
     "PrivacyReport",
+    "QueryResult",
     "Refusal",
     "Room",
     "RoundResult",
@@ -28,4 +30,5 @@ __all__ = [
     "SiteInfo",
     "SitePrivacy",
     "connect",
+    "parse_query",
 ]

@@ -21,7 +21,7 @@ import inspect
 import itertools
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from fedjax_room.analyst.results import (
     SiteInfo,
     SiteList,
 )
+from fedjax_room.analyst.queries import QueryResult
 from fedjax_room.analyst.run import Run
 from fedjax_room.errors import AuthError, ConfigError, FedRoomError, PolicyViolation, VersionError, error_from_dict
 from fedjax_room.models import ModelSpec
@@ -42,6 +43,7 @@ from fedjax_room.protocol import messages as m
 from fedjax_room.protocol.codec import unpack
 from fedjax_room.protocol.config import RunConfig
 from fedjax_room.protocol.options import options_doc, train_signature
+from fedjax_room.protocol.query_spec import QuerySpec
 from fedjax_room.transport.client import Backoff, open_connection
 
 __all__ = ["Room", "Run", "connect"]
@@ -58,6 +60,7 @@ _RESULT_TYPES = (
     m.BudgetReply,
     m.AuditReply,
     m.EstimateReply,
+    m.QueryReply,
 )
 
 
@@ -216,8 +219,11 @@ class _Core:
         with contextlib.suppress(ConnectionClosed):
             await ws.send(m.encode(msg))
 
-    async def request(self, build: Callable[[int], m.Message], *, resend: bool = True) -> Any:
-        """Send a request and wait for its reply (re-sent after a reconnect when ``resend``)."""
+    async def request(
+        self, build: Callable[[int], m.Message], *, resend: bool = True, timeout: float | None = None
+    ) -> Any:
+        """Send a request and wait for its reply (re-sent after a reconnect when ``resend``; ``timeout``: how long,
+        default the room's)."""
         if self.fatal is not None:
             raise self.fatal
         try:
@@ -229,9 +235,9 @@ class _Core:
         self.pending[req] = (fut, build, resend)
         try:
             await self._send(build(req))
-            return await asyncio.wait_for(fut, self.timeout)
+            return await asyncio.wait_for(fut, timeout or self.timeout)
         except TimeoutError:
-            raise TimeoutError(f"the room did not answer within {self.timeout:g}s") from None
+            raise TimeoutError(f"the room did not answer within {timeout or self.timeout:g}s") from None
         finally:
             self.pending.pop(req, None)
 
@@ -433,6 +439,49 @@ class Room:
             core.runs.pop(run_id, None)
             raise
         return run
+
+    def query(
+        self,
+        kind: str,
+        feature: str | None = None,
+        *,
+        epsilon: float,
+        bins: Sequence[float] | None = None,
+        bounds: tuple[float, float] | None = None,
+        quantiles: Sequence[float] | None = None,
+        by: str | None = None,
+        keys: Sequence[str | int] | None = None,
+        sites: Sequence[str] | None = None,
+        secure: bool = False,
+        timeout: float | None = None,
+    ) -> QueryResult:
+        """A differentially private look at the sites' data: ``kind`` is ``count``, ``count_by_label``,
+        ``histogram`` (``bins``: declared edges), ``sum`` / ``mean`` (``bounds``: declared, values are clamped to
+        them), ``quantiles`` (``bounds``, ``quantiles`` levels) or ``missing``; ``by`` + ``keys`` group a count, sum
+        or mean by a declared column's declared values. Each site (``sites``: a subset) answers what its policy
+        allows, spending ``epsilon`` from the same ledger as training; ``secure=True`` sums the answers under
+        secure aggregation (the room sees only the noised sum). Returns a
+        :class:`~fedjax_room.analyst.queries.QueryResult` (values per site and summed, with confidence intervals);
+        a query no site answers raises its typed refusal. See ``docs/queries.md``."""
+        options = {
+            "kind": kind,
+            "feature": feature,
+            "epsilon": epsilon,
+            "bins": None if bins is None else list(bins),
+            "bounds": None if bounds is None else list(bounds),
+            "quantiles": None if quantiles is None else list(quantiles),
+            "by": by,
+            "keys": None if keys is None else list(keys),
+            "sites": None if sites is None else list(sites),
+            "secure": secure,
+            "timeout": timeout,
+        }
+        spec = QuerySpec.from_dict({k: v for k, v in options.items() if v is not None})
+        wait = spec.timeout + self._core.timeout
+        reply = self._core.call(
+            self._core.request(lambda req: m.Query(req=req, query=spec.to_dict()), resend=False, timeout=wait)
+        )
+        return QueryResult(reply.result)
 
     def budget(self) -> BudgetReport:
         """Each site's whole ledger: the composed epsilon spent, delta, cap, remaining, and each run's own epsilon

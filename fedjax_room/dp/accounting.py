@@ -196,6 +196,7 @@ _TYPE_NAMES.update(
         dpa.SelfComposedDpEvent: "self_composed",
         dpa.ComposedDpEvent: "composed",
         dpa.RandomizedResponseDpEvent: "randomized_response",
+        dpa.dp_event.DiscreteLaplaceDpEvent: "discrete_laplace",  # DP exploration queries (site/queries.py)
     }
 )
 
@@ -232,6 +233,9 @@ def event_to_dict(event: dpa.DpEvent) -> dict[str, Any]:
     elif name == "randomized_response":
         out["noise_parameter"] = float(event.noise_parameter)
         out["num_buckets"] = int(event.num_buckets)
+    elif name == "discrete_laplace":
+        out["noise_parameter"] = float(event.noise_parameter)
+        out["sensitivity"] = int(event.sensitivity)
     return out
 
 
@@ -258,6 +262,8 @@ def _event_from_dict(data: Any, depth: int) -> dpa.DpEvent:
         return dpa.ComposedDpEvent([_event_from_dict(e, depth + 1) for e in events])
     if kind == "randomized_response":
         return dpa.RandomizedResponseDpEvent(_num(data, "noise_parameter", kind), _int(data, "num_buckets", kind))
+    if kind == "discrete_laplace":
+        return dpa.dp_event.DiscreteLaplaceDpEvent(_num(data, "noise_parameter", kind), _int(data, "sensitivity", kind))
     inner = _event_from_dict(data.get("event"), depth + 1)
     if kind == "poisson_sampled":
         return dpa.PoissonSampledDpEvent(_num(data, "sampling_probability", kind), inner)

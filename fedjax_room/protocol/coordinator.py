@@ -51,6 +51,7 @@ from fedjax_room.protocol.config import RunLimits
 from fedjax_room.protocol.connections import Conn
 from fedjax_room.protocol.estimates import EstimateRequests
 from fedjax_room.protocol.handshake import NONCE_BYTES, ROLES, make_challenge, verify_hello
+from fedjax_room.protocol.queries import QueryRouter
 from fedjax_room.protocol.refusals import RefusalCounter
 from fedjax_room.protocol.requests import AnalystRequests
 from fedjax_room.protocol.runs import _Active
@@ -72,6 +73,8 @@ _SITE_TYPES = (
     m.SecAgg,
     m.Error,
     m.EstimateAnswer,
+    m.QueryAnswer,
+    m.QueryRefuse,
 )
 _ANALYST_TYPES = (
     m.ListSites,
@@ -83,6 +86,7 @@ _ANALYST_TYPES = (
     m.GetAudit,
     m.CancelRun,
     m.EstimateRun,
+    m.Query,
     m.Error,
 )
 
@@ -97,7 +101,7 @@ def _default_init(spec: dict[str, Any], seed: int) -> Tree:
     return cast(Tree, jax.tree.map(lambda a: np.asarray(a, np.float32), dict(params)))
 
 
-class CoordinatorMachine(SiteAnswers, AnalystRequests, EstimateRequests):
+class CoordinatorMachine(QueryRouter, SiteAnswers, AnalystRequests, EstimateRequests):
     """The room's logic. ``store`` persists, ``audit`` records, ``nonce`` makes challenge nonces."""
 
     def __init__(
@@ -134,6 +138,7 @@ class CoordinatorMachine(SiteAnswers, AnalystRequests, EstimateRequests):
         self._active: _Active | None = None
         self._out: list[Action] = []
         self._started = False
+        self._queries = {}  # open DP exploration queries (protocol/queries.py)
         self._estimates: dict[int, Any] = {}  # room.estimate in flight (protocol/estimates.py)
         self._estimate_times: dict[str, list[float]] = {}
 
@@ -201,6 +206,7 @@ class CoordinatorMachine(SiteAnswers, AnalystRequests, EstimateRequests):
         try:
             self._collect_prepared(now)
             self._operator_cancels(now)
+            self._query_tick(now)
             self._estimates_tick(now)
             a = self._active
             if a is not None and now >= a.deadline:
@@ -228,6 +234,7 @@ class CoordinatorMachine(SiteAnswers, AnalystRequests, EstimateRequests):
         times = [c.opened + self.handshake_timeout for c in self._conns.values() if c.state == "challenged"]
         if self._active is not None:
             times.append(self._active.deadline)
+        times += self._query_deadlines()
         if self._estimates:
             times.append(min(e.deadline for e in self._estimates.values()))
         return min(times) if times else None

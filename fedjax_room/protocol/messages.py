@@ -44,6 +44,11 @@ __all__ = [
     "Message",
     "Metrics",
     "ModelReply",
+    "Query",
+    "QueryAnswer",
+    "QueryAsk",
+    "QueryRefuse",
+    "QueryReply",
     "RoundStart",
     "RunAccept",
     "RunCancelled",
@@ -388,6 +393,51 @@ class EstimateReply(Message, frozen=True, kw_only=True, tag="estimate_reply"):
 
     req: int
     sites: Records
+
+
+# ---------------------------------------------------------------------------------- DP exploration queries
+
+#: The released vector of a query answer (``fedjax_room.protocol.query_spec.MAX_ENTRIES`` bounds it).
+Values = Annotated[list[float], msgspec.Meta(max_length=4096)]
+
+
+class Query(Message, frozen=True, kw_only=True, tag="query"):
+    """analyst -> coordinator: a DP exploration query (``query``: ``fedjax_room.protocol.query_spec.QuerySpec``)."""
+
+    req: int
+    query: Tree
+
+
+class QueryReply(Message, frozen=True, kw_only=True, tag="query_reply"):
+    """coordinator -> analyst: each site's noised vector (plain) or only their noised sum (secure), and refusals."""
+
+    req: int
+    result: Tree
+
+
+class QueryAsk(Message, frozen=True, kw_only=True, tag="query_ask"):
+    """coordinator -> site: answer query ``query_id`` (a secure one follows its ``secagg_setup``)."""
+
+    query_id: Id
+    query: Tree
+
+
+class QueryAnswer(Message, frozen=True, kw_only=True, tag="query_answer"):
+    """site -> coordinator: the noised integer vector (empty under secure aggregation: it travels masked) and
+    what the release cost (committed to the site's ledger before this frame left)."""
+
+    query_id: Id
+    values: Values
+    epsilon: float
+    ledger_epsilon: float
+    delta: float
+
+
+class QueryRefuse(Message, frozen=True, kw_only=True, tag="query_refuse"):
+    """site -> coordinator: this site does not answer ``query_id`` (``error``: the typed refusal; nothing spent)."""
+
+    query_id: Id
+    error: Tree
 
 
 #: Every message class by its wire name.

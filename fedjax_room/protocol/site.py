@@ -143,6 +143,14 @@ class SiteMachine:
             return self._job("estimate", f"estimate/{msg.est}", msg)
         if isinstance(msg, m.SecAggSetup):
             return self._secagg_setup(msg)
+        if isinstance(msg, m.QueryAsk):  # a DP exploration query (secure: after its secagg_setup)
+            from fedjax_room.protocol.query_tasks import QUERY_ROUND, SecureQuery
+
+            query_job: Any = msg
+            joined_query = self.secagg.get((msg.query_id, QUERY_ROUND))
+            if joined_query is not None:
+                query_job = SecureQuery(ask=msg, setup=joined_query[0], min_sites=joined_query[1].config.min_clients)
+            return self._job("query", f"{msg.query_id}/query", query_job)
         if isinstance(msg, m.SecAgg):
             return self._secagg_frame(msg)
         if isinstance(msg, m.RunEnd):
@@ -164,8 +172,20 @@ class SiteMachine:
         self.inflight.discard(key)
         if result is None or not self.connected:
             return []
+        from fedjax_room.protocol.query_tasks import QUERY_ROUND, SecureQueryRelease
         from fedjax_room.protocol.secure import SecureRelease
 
+        if isinstance(result, SecureQueryRelease):  # the accounting answer, then the vector, masked
+            sent_answer: list[Action] = [Send(0, m.encode(result.answer))]
+            query = self.secagg.get((result.answer.query_id, QUERY_ROUND))
+            if query is None:
+                return sent_answer
+            try:
+                masked = query[1].set_input(result.vector)
+            except FedRoomError as exc:
+                log.warning("secure query: cannot give the input: %s: %s", exc.code, exc.message)
+                return sent_answer
+            return sent_answer + self._wrap(query[0], masked)
         if isinstance(result, SecureRelease):
             out: list[Action] = [Send(0, m.encode(result.update))]
             joined = self.secagg.get((result.update.run_id, result.update.round))

@@ -166,7 +166,17 @@ def _policy_for(policy: Any, sites: int) -> Any:
 
     if isinstance(policy, Policy):
         return policy
-    defaults: dict[str, Any] = {"epsilon_cap": 10.0, "delta_cap": 1e-5, "min_sites": min(2, sites)}
+    defaults: dict[str, Any] = {
+        "epsilon_cap": 10.0,
+        "delta_cap": 1e-5,
+        "min_sites": min(2, sites),
+        # every DP exploration query kind (site/queries.py), up to epsilon 3 each, a third of the cap in all
+        "queries": {
+            "allowed": ["count", "count_by_label", "histogram", "sum", "mean", "quantiles", "missing"],
+            "max_epsilon": 3.0,
+            "epsilon_share": 0.34,
+        },
+    }
     return Policy.from_dict({**defaults, **(policy or {})})
 
 

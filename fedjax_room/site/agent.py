@@ -138,6 +138,17 @@ class SiteAgent:
         self.stopping = threading.Event()  # set when the agent shuts down: a wait for approval gives up
         self.approval_poll = 0.5
         self._audit("policy_loaded", policy_digest=self.policy.digest, policy=self.policy.to_dict())
+        from fedjax_room.site.queries import QueryAnswerer
+
+        self.queries = QueryAnswerer(  # DP exploration queries over all of this site's records, same ledger
+            name=name,
+            datasets=[self._train, self._heldout],
+            policy=policy,
+            ledger=self.ledger,
+            releases=self.releases,
+            audit=self._audit,
+            on_commit=lambda: setattr(self.spending, "summary", self.ledger.summary()),
+        )
 
     # ------------------------------------------------------------------ helpers
 
@@ -197,6 +208,8 @@ class SiteAgent:
                 if not isinstance(msg, m.EstimateOffer):
                     raise ProtocolError(f"an estimate job carries an estimate offer, not {type(msg).__name__}")
                 return self.estimate(msg)
+            if kind == "query":  # a DP exploration query (site/queries.py): it answers or refuses itself
+                return self.queries.answer(msg)  # type: ignore[return-value]
             if kind == "end":
                 self._trainers.pop(run_id, None)
                 return None

@@ -15,6 +15,14 @@ Example ``policy.toml``::
     declared_train_records = 4000   # optional, with the next: the PUBLIC sizes the site plans with
     declared_heldout_records = 1000 # (else it releases one DP count of its sizes at first start)
 
+    [queries]                    # DP exploration queries (fedjax_room.site.queries); left out: none answered
+    allowed = ["count", "count_by_label", "histogram", "mean", "sum", "quantiles", "missing"]
+    min_epsilon = 0.01           # the smallest epsilon one query may ask for (below it the answer is noise)
+    max_epsilon = 1.0            # the largest epsilon one query may spend
+    epsilon_share = 0.2          # the share of epsilon_cap all queries together may spend
+    require_secure = false       # answer only secure (summed under secure aggregation) queries
+    max_bins = 256               # most bins / keys / values one answer may hold
+
 A policy holds only what the data owner allows; an unknown key (e.g. the ``[simulation]`` table of older demo
 policies) is refused. Simulated attacker sites are not a policy setting: they are a separate agent
 (:mod:`fedjax_room.sim.attacker`), outside the trusted site package.
@@ -48,7 +56,78 @@ from fedjax_room.errors import PolicyError, PolicyViolation
 from fedjax_room.models import FAMILY_LAYERS, ModelSpec
 from fedjax_room.protocol.config import AGGREGATORS, RunConfig
 
-__all__ = ["Policy"]
+__all__ = ["Policy", "QueryPolicy"]
+
+#: The query kinds a ``[queries]`` table may allow (fedjax_room.protocol.query_spec.KINDS).
+QUERY_KINDS = ("count", "count_by_label", "histogram", "sum", "mean", "quantiles", "missing")
+
+
+def _toml_value(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else json.dumps(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class QueryPolicy:
+    """The ``[queries]`` table: which DP exploration queries this site answers, and how much they may spend.
+
+    The defaults answer nothing (``allowed = []``): a data owner opts in."""
+
+    allowed: tuple[str, ...] = ()
+    min_epsilon: float = 0.01
+    max_epsilon: float = 1.0
+    epsilon_share: float = 0.2
+    require_secure: bool = False
+    max_bins: int = 256
+
+    @classmethod
+    def from_dict(cls, data: Any, *, where: str = "policy") -> QueryPolicy:
+        """Validate the ``[queries]`` table; :class:`PolicyError` names the bad key."""
+        where = f"{where} [queries]"
+        if not isinstance(data, Mapping):
+            raise PolicyError(f"{where}: must be a table of settings")
+        known = {f.name for f in dataclasses.fields(cls)}
+        extra = set(data) - known
+        if extra:
+            raise PolicyError(f"{where}: unknown settings {sorted(extra)}; known: {sorted(known)}")
+        d = {**{f.name: _default(f) for f in dataclasses.fields(cls)}, **data}
+        allowed = d["allowed"]
+        if isinstance(allowed, str) or not isinstance(allowed, list | tuple) or not all(
+            isinstance(x, str) for x in allowed
+        ):
+            raise PolicyError(f"{where}: allowed must be a list of query kinds, got {allowed!r}")
+        bad = [x for x in allowed if x not in QUERY_KINDS]
+        if bad:
+            raise PolicyError(f"{where}: allowed has unknown kinds {bad}; choose from {list(QUERY_KINDS)}")
+
+        def positive(key: str) -> float:
+            v = d[key]
+            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v <= 0:
+                raise PolicyError(f"{where}: {key} must be a positive number, got {v!r}")
+            return float(v)
+
+        lo, hi, share = positive("min_epsilon"), positive("max_epsilon"), positive("epsilon_share")
+        if lo > hi:
+            raise PolicyError(f"{where}: min_epsilon {lo:g} is above max_epsilon {hi:g}")
+        if share > 1:
+            raise PolicyError(f"{where}: epsilon_share is a share of epsilon_cap, at most 1; got {share:g}")
+        if not isinstance(d["require_secure"], bool):
+            raise PolicyError(f"{where}: require_secure must be true or false")
+        bins = d["max_bins"]
+        if isinstance(bins, bool) or not isinstance(bins, int) or not 1 <= bins <= 1024:
+            raise PolicyError(f"{where}: max_bins must be an integer from 1 to 1024, got {bins!r}")
+        return cls(
+            allowed=tuple(dict.fromkeys(allowed)),
+            min_epsilon=lo,
+            max_epsilon=hi,
+            epsilon_share=share,
+            require_secure=d["require_secure"],
+            max_bins=bins,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["allowed"] = list(self.allowed)
+        return d
 
 
 def _default(f: dataclasses.Field[Any]) -> Any:
@@ -79,6 +158,8 @@ class Policy:
     declared_train_records: int | None = None
     #: public held-out size (with declared_train_records): the most held-out records evaluated
     declared_heldout_records: int | None = None
+    #: the ``[queries]`` table: DP exploration queries this site answers (none by default)
+    queries: QueryPolicy = dataclasses.field(default_factory=QueryPolicy)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, where: str = "policy") -> Policy:
@@ -156,6 +237,9 @@ class Policy:
             require_secure_aggregation=secure,
             declared_train_records=declared_train,
             declared_heldout_records=declared_heldout,
+            queries=d["queries"] if isinstance(d["queries"], QueryPolicy) else QueryPolicy.from_dict(
+                d["queries"], where=where
+            ),
         )
 
     @classmethod
@@ -176,18 +260,24 @@ class Policy:
         d["allowed_families"] = list(self.allowed_families)
         d["allowed_aggregators"] = list(self.allowed_aggregators)
         d["approved_models"] = list(self.approved_models)
+        d["queries"] = self.queries.to_dict()
         return d
 
     def to_toml(self) -> str:
         """TOML text for this policy."""
         lines = []
+        tables = []
         for key, value in self.to_dict().items():
             if value is None:  # TOML has no null: an unset optional setting is left out
+                continue
+            if isinstance(value, dict):  # a table ([queries]) goes after the top-level settings
+                tables.append(f"\n[{key}]")
+                tables += [f"{k} = {_toml_value(v)}" for k, v in value.items()]
                 continue
             lines.append(
                 f"{key} = {json.dumps(value)}" if not isinstance(value, bool) else f"{key} = {str(value).lower()}"
             )
-        return "\n".join(lines) + "\n"
+        return "\n".join(lines + tables) + "\n"
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write this policy as TOML."""
