@@ -118,6 +118,7 @@ class RunDashboard(widgets.VBox):
         self._ended = threading.Event()
         self._caught_up = threading.Event()
         self._unsubscribe: Any = None
+        self._displays: list[tuple[str, dict[str, Any]]] = []  # (display_id, the request that displayed it)
         super().__init__(
             children=[
                 self._header,
@@ -215,6 +216,8 @@ class RunDashboard(widgets.VBox):
                 self.set_privacy(privacy)
             self.error = str(error or "")
             self.status = status if status in RUN_STATUSES else "failed"
+        if self.status in ("finished", "failed"):
+            self.publish_snapshot()
 
     def set_refusals(self, refusals: Any) -> None:
         """Show these refusals (``Refusal(site, reason, message)`` records) and mark those sites refused."""
@@ -454,3 +457,77 @@ class RunDashboard(widgets.VBox):
             bundle = dict(bundle)
             bundle["text/html"] = self.to_html()
         return bundle
+
+    # ---- the static snapshot a saved notebook keeps --------------------------------------------
+    def snapshot_bundle(self) -> dict[str, str]:
+        """The dashboard as it is now, without the widget: ``text/html`` (charts as inline SVG) and ``text/plain``."""
+        with self._lock:
+            total = self.rounds_total or "?"
+            text = f"RunDashboard(run {self.run_id or '?'}: {self.status}, {self.rounds_done}/{total} rounds)"
+            return {"text/plain": text, "text/html": self.to_html()}
+
+    def _ipython_display_(self) -> None:
+        """Show the live widget under a display id, so that :meth:`publish_snapshot` can replace it when the run ends.
+
+        A run that has already ended is shown as its static snapshot at once.
+        """
+        import uuid
+
+        from IPython.display import display
+
+        with self._lock:
+            ended = self.status in ("finished", "failed") and (self._run is None or self._ended.is_set())
+            bundle = self.snapshot_bundle() if ended else self._repr_mimebundle_()
+            display_id = uuid.uuid4().hex
+            if not ended:
+                self._displays.append((display_id, _display_parent()))
+        display(bundle, raw=True, display_id=display_id)
+
+    def publish_snapshot(self) -> None:
+        """Replace every live display of this dashboard by its static snapshot (:meth:`snapshot_bundle`).
+
+        Called when the run ends. The cell's output then holds plain ``text/html`` instead of a widget view,
+        so a saved notebook reopened without its kernel (or rendered by nbviewer or GitHub) shows the final
+        dashboard, not "Error displaying widget: model not found". The update is sent as a child of the
+        request that displayed the dashboard (JupyterLab applies it to that cell) and, when another cell is
+        running now, of that request too (nbclient and papermill follow only the running cell; a frontend
+        that has no output with that display id ignores it).
+        """
+        with self._lock:
+            displays, self._displays = self._displays, []
+            if not displays:
+                return
+            bundle = self.snapshot_bundle()
+        for display_id, parent in displays:
+            _update_display(bundle, display_id, parent)
+
+
+def _display_parent() -> dict[str, Any]:
+    """The header of the request being run now (the cell showing the dashboard), {} outside a kernel."""
+    from IPython import get_ipython
+
+    pub = getattr(get_ipython(), "display_pub", None)
+    header = getattr(pub, "parent_header", None)
+    return dict(header) if isinstance(header, Mapping) else {}
+
+
+def _update_display(bundle: dict[str, str], display_id: str, parent: Mapping[str, Any]) -> None:
+    """``update_display`` as a child of ``parent`` (the displaying cell) and of the request running now."""
+    from IPython import get_ipython
+    from IPython.display import update_display
+
+    try:
+        now = _display_parent()
+        pub = getattr(get_ipython(), "display_pub", None)
+        set_parent = getattr(pub, "set_thread_parent", None)
+        if parent and callable(set_parent) and parent.get("msg_id") != now.get("msg_id"):
+            token = set_parent(dict(parent))
+            try:
+                update_display(bundle, raw=True, display_id=display_id)
+            finally:
+                pub.reset_thread_parent(token)  # type: ignore[union-attr]
+        update_display(bundle, raw=True, display_id=display_id)
+    except Exception as exc:  # no kernel any more (shut down): nothing to update
+        import logging
+
+        logging.getLogger("fedjax_room.jupyter").debug("could not publish the dashboard snapshot: %s", exc)
