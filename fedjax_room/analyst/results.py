@@ -12,15 +12,17 @@ import math
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from fedjax_room.analyst.views import budget_html, privacy_html, sites_html
+from fedjax_room.analyst.views import budget_html, estimate_html, privacy_html, sites_html
 
 __all__ = [
     "BudgetReport",
+    "EstimateReport",
     "PrivacyReport",
     "Refusal",
     "RoundResult",
     "RunSummary",
     "SiteBudget",
+    "SiteEstimate",
     "SiteInfo",
     "SiteList",
     "SitePrivacy",
@@ -208,18 +210,38 @@ class PrivacyReport:
 
 @dataclasses.dataclass(frozen=True)
 class SiteBudget:
-    """A site's whole ledger: ``epsilon_spent`` (at ``delta``) of ``epsilon_cap``, and ``remaining``."""
+    """A site's whole ledger: ``epsilon_spent`` (composed with PLD, at ``delta``) of ``epsilon_cap``, ``remaining``,
+    and ``runs``: each run's own epsilon as the site reported it (at the run's delta)."""
 
     site: str
     epsilon_spent: float
     delta: float
     epsilon_cap: float
     remaining: float
+    runs: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    @property
+    def sum_of_runs(self) -> float:
+        """The runs' epsilons added up: what the ledger would hold if composition were addition (it is tighter)."""
+        return float(sum(self.runs.values()))
+
+    @property
+    def composition_note(self) -> str:
+        """One line: the composed epsilon against the sum of the runs' epsilons (empty with fewer than two runs)."""
+        if len(self.runs) < 2:
+            return ""
+        return (
+            f"{self.site}: {len(self.runs)} runs of epsilon {' + '.join(f'{e:.3g}' for e in self.runs.values())} "
+            f"= {self.sum_of_runs:.4g} added up, but the ledger composes them (PLD accounting) to "
+            f"{self.epsilon_spent:.4g} of its cap {self.epsilon_cap:g}: composition is tighter than the sum, and the "
+            "composed figure is the one the cap is checked against"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
 class BudgetReport:
-    """Every site's budget; ``report["site-a"].remaining``; iterate for the site names."""
+    """Every site's budget; ``report["site-a"].remaining``; iterate for the site names. ``notes``: per site, the
+    composed epsilon against the sum of its runs' epsilons."""
 
     sites: dict[str, SiteBudget]
 
@@ -232,10 +254,20 @@ class BudgetReport:
                 delta=_float(r.get("delta")),
                 epsilon_cap=_float(r.get("epsilon_cap"), math.inf),
                 remaining=_float(r.get("remaining")),
+                runs={
+                    str(x.get("run_id")): _float(x.get("epsilon"), 0.0)
+                    for x in (r.get("runs") or [])
+                    if isinstance(x, Mapping) and x.get("run_id")
+                },
             )
             for r in rows
         }
         return cls(sites=dict(sorted(sites.items())))
+
+    @property
+    def notes(self) -> list[str]:
+        """The composition line of every site with two runs or more."""
+        return [b.composition_note for b in self.sites.values() if b.composition_note]
 
     def __getitem__(self, site: str) -> SiteBudget:
         return self.sites[site]
@@ -251,3 +283,137 @@ class BudgetReport:
 
     def _repr_html_(self) -> str:
         return budget_html(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class SiteEstimate:
+    """What one site said it would do with a run (``room.estimate``; nothing spent).
+
+    ``status``: ``answered``, ``offline`` (not connected: it would not be offered the run) or ``no_answer``;
+    ``accept``: its policy and ledger would take the run now (``approval`` ``"waits"``: after its data owner
+    approves the model); ``epsilon_planned``: the run's epsilon it plans (at the run's delta); ``ledger_epsilon``
+    / ``ledger_after``: its composed ledger now and after the run (at its own delta); ``remaining``: cap minus
+    spent. A refusal has ``reason`` (the rule), ``message`` and ``option`` (what to change)."""
+
+    site: str
+    status: str
+    accept: bool
+    epsilon_planned: float | None = None
+    ledger_epsilon: float | None = None
+    ledger_after: float | None = None
+    epsilon_cap: float | None = None
+    remaining: float | None = None
+    delta: float | None = None
+    noise_multiplier: float | None = None
+    min_sites: int | None = None
+    approval: str = ""
+    reason: str = ""
+    message: str = ""
+    option: str = ""
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> SiteEstimate:
+        def num(key: str) -> float | None:
+            v = d.get(key)
+            return None if v is None else _float(v)
+
+        min_sites = d.get("min_sites")
+        return cls(
+            site=str(d.get("site", "")),
+            status=str(d.get("status", "")),
+            accept=d.get("accept") is True,
+            epsilon_planned=num("epsilon_planned"),
+            ledger_epsilon=num("ledger_epsilon"),
+            ledger_after=num("ledger_after"),
+            epsilon_cap=num("epsilon_cap"),
+            remaining=num("remaining"),
+            delta=num("delta"),
+            noise_multiplier=num("noise_multiplier"),
+            min_sites=min_sites if isinstance(min_sites, int) and not isinstance(min_sites, bool) else None,
+            approval=str(d.get("approval", "")),
+            reason=str(d.get("reason", "")),
+            message=str(d.get("message", "")),
+            option=str(d.get("option", "")),
+        )
+
+    @property
+    def refused(self) -> bool:
+        """It answered, and would refuse."""
+        return self.status == "answered" and not self.accept
+
+    def explain(self) -> str:
+        """One line: why this site would refuse, the planned against the remaining epsilon, what to change."""
+        if not self.refused:
+            return ""
+        detail = self.message.removeprefix(f"{self.site}: ")
+        if self.reason == "epsilon_cap" and self.epsilon_planned is not None and self.remaining is not None:
+            detail = (
+                f"planned epsilon {self.epsilon_planned:.3g} against {self.remaining:.3g} remaining of its cap "
+                f"{self.epsilon_cap or 0.0:g}"
+            )
+            if self.ledger_after is not None:
+                detail += f" (composed, its ledger would reach {self.ledger_after:.3g})"
+        tail = f"; change {self.option}" if self.option else ""
+        return f"{self.site} would refuse ({self.reason or 'refused'}): {detail}{tail}"
+
+
+@dataclasses.dataclass(frozen=True)
+class EstimateReport:
+    """``room.estimate``: per site what it would plan and whether it would accept the run now (nothing spent);
+    ``report["site-a"].epsilon_planned``; iterate for the site names."""
+
+    sites: dict[str, SiteEstimate]
+    #: the run's own ``min_sites`` option (None: unset)
+    min_sites: int | None = None
+
+    @classmethod
+    def from_list(cls, rows: list[Mapping[str, Any]], *, min_sites: int | None = None) -> EstimateReport:
+        sites = {str(r.get("site")): SiteEstimate.from_dict(r) for r in rows if isinstance(r, Mapping)}
+        return cls(sites=dict(sorted(sites.items())), min_sites=min_sites)
+
+    def __getitem__(self, site: str) -> SiteEstimate:
+        return self.sites[site]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.sites)
+
+    def __len__(self) -> int:
+        return len(self.sites)
+
+    @property
+    def accepting(self) -> list[str]:
+        """The sites that would accept."""
+        return [s for s, e in self.sites.items() if e.accept]
+
+    @property
+    def refusing(self) -> list[SiteEstimate]:
+        """The sites that would refuse, with their reasons."""
+        return [e for e in self.sites.values() if e.refused]
+
+    @property
+    def needed(self) -> int:
+        """How many sites the run needs (the coordinator's rule: the run's min_sites and every accepting site's)."""
+        wanted = [self.min_sites or 1] + [e.min_sites or 1 for e in self.sites.values() if e.accept]
+        return max(wanted)
+
+    @property
+    def can_start(self) -> bool:
+        """False only when the estimate knows the run cannot start: fewer sites would accept than it needs even
+        if every site that did not answer (offline, silent) took part."""
+        unknown = [e for e in self.sites.values() if e.status != "answered"]
+        return not self.refusing or len(self.accepting) + len(unknown) >= self.needed
+
+    def problem(self) -> str:
+        """Why the run cannot start (one line per refusing site); empty when it can."""
+        if self.can_start:
+            return ""
+        return (
+            f"the sites refuse this run: {len(self.accepting)} would accept and it needs {self.needed}. "
+            + " | ".join(e.explain() for e in self.refusing)
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"sites": {k: dataclasses.asdict(v) for k, v in self.sites.items()}, "min_sites": self.min_sites}
+
+    def _repr_html_(self) -> str:
+        return estimate_html(self)

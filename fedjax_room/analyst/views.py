@@ -25,6 +25,7 @@ __all__ = [
     "View",
     "audit_html",
     "budget_html",
+    "estimate_html",
     "epsilon_bar_html",
     "format_value",
     "html_table",
@@ -240,9 +241,43 @@ def _budget_rows(report: Any) -> list[dict[str, Any]]:
     for row in rows:
         row["epsilon"] = _first(row, "epsilon_spent", "epsilon", "spent")
         row["cap"] = _first(row, "epsilon_cap", "cap")
+        runs = row.get("runs")
+        if isinstance(runs, Mapping):  # a site's per-run epsilons (budget reports)
+            row["runs"] = len(runs)
+            row["sum of runs"] = float(sum(float(v) for v in runs.values())) if runs else None
         if row.get("remaining") is None and _is_number(row["epsilon"]) and _is_number(row["cap"]):
             row["remaining"] = max(0.0, float(row["cap"]) - float(row["epsilon"]))
     return rows
+
+
+def _budget_notes(report: Any) -> list[str]:
+    """Per site with two runs or more: the composed epsilon against the sum of the runs' epsilons."""
+    notes = getattr(report, "notes", None)
+    return list(notes) if isinstance(notes, list | tuple) else []
+
+
+def _estimate_rows(report: Any) -> list[dict[str, Any]]:
+    rows = records(report)
+    for row in rows:
+        status = row.get("status")
+        if status != "answered":
+            row["verdict"] = str(status or "")
+        elif row.get("accept"):
+            row["verdict"] = "accepts" + (" after approval" if row.get("approval") == "waits" else "")
+        else:
+            row["verdict"] = f"refuses ({row.get('reason') or 'refused'})"
+        row["planned"] = row.get("epsilon_planned")
+        row["after"] = row.get("ledger_after")
+        row["change"] = row.get("option") or ""
+    return rows
+
+
+def _estimate_notes(report: Any) -> list[str]:
+    out = [e.explain() for e in getattr(report, "refusing", [])]
+    problem = report.problem() if callable(getattr(report, "problem", None)) else ""
+    if problem:
+        out.append("the run cannot start as it is: room.train would refuse it at once")
+    return out
 
 
 def _round_rows(history: Any) -> list[dict[str, Any]]:
@@ -290,17 +325,26 @@ class View:
     empty: str
     headers: Mapping[str, str] = dataclasses.field(default_factory=dict)
     cell_html: Mapping[str, Callable[[Mapping[str, Any]], str]] = dataclasses.field(default_factory=dict)
+    #: lines shown under the table (e.g. the budget's composition note)
+    notes: Callable[[Any], list[str]] | None = None
+
+    def _notes(self, data: Any) -> list[str]:
+        return [str(n) for n in (self.notes(data) if self.notes is not None else []) if n]
 
     def html(self, data: Any) -> str:
         rows = self.rows(data)
         caption = self.caption.format(n=len(rows))
-        return html_table(
+        table = html_table(
             rows, self.columns, headers=self.headers, caption=caption, cell_html=self.cell_html, empty=self.empty
         )
+        notes = "".join(f'<div class="fjr-note"><i>{html.escape(n)}</i></div>' for n in self._notes(data))
+        return table + notes
 
     def text(self, data: Any) -> str:
         rows = self.rows(data)
-        return text_table(rows, self.columns, caption=self.caption.format(n=len(rows)))
+        table = text_table(rows, self.columns, caption=self.caption.format(n=len(rows)))
+        notes = self._notes(data)
+        return table + ("\n" + "\n".join(notes) if notes else "")
 
 
 _EPS_HEADERS = {"delta": "δ", "cap": "ε cap", "remaining": "ε remaining"}
@@ -315,11 +359,26 @@ VIEWS: dict[str, View] = {
     "runs": View(_run_rows, ("id", "status", "progress", "spec_hash"), "Runs ({n})", "no runs"),
     "budget": View(
         _budget_rows,
-        ("site", "epsilon", "delta", "cap", "remaining"),
+        ("site", "epsilon", "delta", "cap", "remaining", "runs", "sum of runs"),
         "Privacy budget",
         "no site has spent any budget",
-        headers={"epsilon": "ε spent / cap", **_EPS_HEADERS},
+        headers={"epsilon": "ε spent (composed) / cap", "sum of runs": "Σ ε of its runs", **_EPS_HEADERS},
         cell_html={"epsilon": _spent_cell},
+        notes=_budget_notes,
+    ),
+    "estimate": View(
+        _estimate_rows,
+        ("site", "verdict", "planned", "ledger_epsilon", "after", "cap", "remaining", "change"),
+        "Estimate (nothing spent)",
+        "no site to ask",
+        headers={
+            "planned": "run ε planned",
+            "ledger_epsilon": "ledger ε now",
+            "after": "ledger ε after",
+            "change": "option to change",
+            **_EPS_HEADERS,
+        },
+        notes=_estimate_notes,
     ),
     "privacy": View(
         _budget_rows,
@@ -355,6 +414,11 @@ def runs_html(runs: Any) -> str:
 def budget_html(report: Any) -> str:
     """Privacy spent per site (epsilon against the site's cap, delta, what remains)."""
     return VIEWS["budget"].html(report)
+
+
+def estimate_html(report: Any) -> str:
+    """``room.estimate``: per site its verdict, planned epsilon, ledger now and after, cap, what to change."""
+    return VIEWS["estimate"].html(report)
 
 
 def privacy_html(report: Any) -> str:

@@ -47,12 +47,14 @@ __all__ = [
     "AuditArgs",
     "CancelArgs",
     "ConnectArgs",
+    "EstimateArgs",
     "DemoArgs",
     "HelpArgs",
     "SimpleArgs",
     "TrainArgs",
     "WatchArgs",
     "help_text",
+    "parse_estimate_line",
     "parse_line",
     "parse_spec_body",
     "parse_train_line",
@@ -68,6 +70,8 @@ COMMANDS: dict[str, str] = {
     "sites": "the enrolled sites: schema, coarse record counts, status, policy",
     "runs": "the runs this room knows about",
     "budget": "privacy spent per site against its cap",
+    "estimate": "what each site would plan and decide for a run, nothing spent (%room estimate --spec VAR "
+    "[options], or %%room estimate [options] with the model spec as the body)",
     "audit": "the latest coordinator audit records",
     "launch": "a form that starts a run and opens its live dashboard",
     "watch": "a live dashboard for a run that is already going (yours or another analyst's)",
@@ -153,7 +157,17 @@ class TrainArgs:
     name: str = "train"
 
 
-Parsed = HelpArgs | DemoArgs | ConnectArgs | AuditArgs | WatchArgs | CancelArgs | SimpleArgs | TrainArgs
+@dataclasses.dataclass(frozen=True)
+class EstimateArgs:
+    """``%room estimate`` / ``%%room estimate``: the run options (``room.estimate`` keywords) and the variable
+    holding the model spec (line form; None: the cell body, or the last spec trained)."""
+
+    options: dict[str, Any]
+    spec_var: str | None = None
+    name: str = "estimate"
+
+
+Parsed = HelpArgs | EstimateArgs | DemoArgs | ConnectArgs | AuditArgs | WatchArgs | CancelArgs | SimpleArgs | TrainArgs
 
 
 class _Parser(argparse.ArgumentParser):
@@ -243,6 +257,11 @@ def _build(name: str) -> _Parser:
     elif name == "cancel":
         parser.add_argument("run_id", help="your run's id, as `%%room runs` lists it")
         parser.add_argument("--reason", default="", help="why (kept in the audit log)")
+    elif name == "estimate":
+        add_run_options(parser)  # the options of a run, as %%room train takes them
+        parser.add_argument(
+            "--spec", dest="spec_var", type=_identifier, default=None, metavar="VAR", help="variable holding the spec"
+        )
     elif name == "train":
         add_run_options(parser)  # every RunConfig field, generated from its declaration
         add = parser.add_argument
@@ -273,6 +292,9 @@ def parse_line(line: str) -> Parsed:
         raise ConfigError(f"%room: unknown command {command!r}; choose one of {', '.join(COMMANDS)} (see %room --help)")
     if _is_help(rest):
         return HelpArgs(topic=command)
+    if command == "estimate":
+        ns = _build("estimate").parse_args(rest)
+        return EstimateArgs(options=given_options(ns), spec_var=ns.spec_var)
     if command == "train":
         raise ConfigError("%room train is a cell magic: write `%%room train [options]` with the model spec below it")
     if command in ("sites", "runs", "budget", "launch", "stop"):
@@ -289,6 +311,17 @@ def parse_line(line: str) -> Parsed:
     if command == "cancel":
         return CancelArgs(run_id=ns.run_id, reason=ns.reason)
     return AuditArgs(last=ns.last)
+
+
+def parse_estimate_line(line: str) -> EstimateArgs | HelpArgs:
+    """Parse the options of ``%%room estimate`` (the text after ``estimate``, or including it)."""
+    tokens = _split(line)
+    if tokens and tokens[0] == "estimate":
+        tokens = tokens[1:]
+    if _is_help(tokens):
+        return HelpArgs(topic="estimate")
+    ns = _build("estimate").parse_args(tokens)
+    return EstimateArgs(options=given_options(ns), spec_var=ns.spec_var)
 
 
 def parse_train_line(line: str) -> TrainArgs | HelpArgs:

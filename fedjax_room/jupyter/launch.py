@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import html
 import math
+import threading
 import types
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -153,6 +154,9 @@ class LaunchForm(_OptionTraits):  # type: ignore[misc, valid-type]
         self.button = widgets.Button(description="Start run", button_style="primary", icon="play")
         self.button.on_click(lambda _button: self._click())
         self._message = widgets.HTML()
+        #: each site's planned epsilon and verdict for the run as the form stands (room.estimate; nothing spent)
+        self.estimate_view = widgets.HTML()
+        self._estimate_timer: threading.Timer | None = None
         self.output = widgets.Output()
         basic = [option_controls[o.name] for o in _OPTIONS if o.basic]
         groups = [
@@ -173,6 +177,7 @@ class LaunchForm(_OptionTraits):  # type: ignore[misc, valid-type]
                 *_rows(basic),
                 self.more,
                 widgets.HBox([self.button, self._message]),
+                self.estimate_view,
                 self.output,
             ],
             **kwargs,
@@ -184,6 +189,33 @@ class LaunchForm(_OptionTraits):  # type: ignore[misc, valid-type]
                 raise ConfigError(f"train_options: {exc}") from None
         for name, control in self.controls.items():
             self._sync(name, control, options.get(name))
+        self.observe(lambda _change: self._estimate_soon(), names=[*self.controls])
+
+    #: seconds of quiet after a change before the form asks the sites again (the room rate-limits estimates)
+    estimate_delay = 0.8
+
+    def _estimate_soon(self) -> None:
+        if self._estimate_timer is not None:
+            self._estimate_timer.cancel()
+        self._estimate_timer = threading.Timer(self.estimate_delay, self.refresh_estimate)
+        self._estimate_timer.daemon = True
+        self._estimate_timer.start()
+
+    def refresh_estimate(self) -> Any:
+        """Ask the sites what they would do with the run as the form stands (``room.estimate``, nothing spent) and
+        show it under the button; returns the report (None if the room cannot estimate or the form is invalid)."""
+        from fedjax_room.analyst.views import estimate_html
+
+        estimate = getattr(self.room, "estimate", None)
+        if not callable(estimate):
+            return None
+        try:
+            report = estimate(self.spec(), **self.train_kwargs())
+        except (FedRoomError, traitlets.TraitError, OSError, TimeoutError) as exc:
+            self.estimate_view.value = f"<i>estimate: {html.escape(getattr(exc, 'message', None) or str(exc))}</i>"
+            return None
+        self.estimate_view.value = estimate_html(report)
+        return report
 
     def _sync(self, name: str, control: widgets.Widget, option: OptionSpec | None) -> None:
         """Keep trait ``name`` and its control equal both ways; a bad value typed in shows as the form's message."""

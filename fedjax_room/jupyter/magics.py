@@ -86,6 +86,7 @@ class RoomMagics(Magics):
         self.room_var: str | None = None
         self.dashboard: RunDashboard | None = None
         self.run: Any = None
+        self._last_spec: Any = None  # the last spec %%room train ran (what %room estimate uses without --spec)
         self._atexit = False
 
     # ---- entry point ----------------------------------------------------------------------------
@@ -114,6 +115,8 @@ class RoomMagics(Magics):
             return self.watch(parsed)
         if isinstance(parsed, room_args.CancelArgs):
             return self.cancel(parsed)
+        if isinstance(parsed, room_args.EstimateArgs):
+            return self.estimate(self._spec_of(parsed.spec_var), parsed)
         room = self.require_room(parsed.name)
         if parsed.name == "sites":
             return Table(room.sites(), "sites")
@@ -134,6 +137,12 @@ class RoomMagics(Magics):
 
     def _cell(self, line: str, cell: str) -> Any:
         tokens = line.split()
+        if tokens and tokens[0] == "estimate":
+            estimate = room_args.parse_estimate_line(line)
+            if isinstance(estimate, room_args.HelpArgs):
+                print(room_args.help_text("estimate"), end="")
+                return None
+            return self.estimate(room_args.parse_spec_body(cell), estimate)
         if not tokens or tokens[0] != "train":
             raise ConfigError("%%room: the only cell magic is `%%room train [options]` with a model spec as the body")
         parsed = room_args.parse_train_line(line)
@@ -223,8 +232,29 @@ class RoomMagics(Magics):
                 caps[str(site)] = float(cap)
         return caps
 
+    def _spec_of(self, var: str | None) -> Any:
+        """The model spec of ``%room estimate``: the variable ``var``, or the last spec ``%%room train`` ran."""
+        if var is None:
+            spec = self._last_spec
+            if spec is None:
+                raise ConfigError(
+                    "%room estimate: give --spec VAR (a ModelSpec or dict in the notebook), or use "
+                    "`%%room estimate [options]` with the model spec as the cell body"
+                )
+            return spec
+        namespace = getattr(self.shell, "user_ns", None) or {}
+        if var not in namespace:
+            raise ConfigError(f"%room estimate: no variable {var!r} in the notebook")
+        return namespace[var]
+
+    def estimate(self, spec: Any, parsed: room_args.EstimateArgs) -> Any:
+        """Each site's planned epsilon and verdict for the run, nothing spent (``room.estimate``)."""
+        report = self.require_room("estimate").estimate(spec, **parsed.options)
+        return Table(records(report), "estimate", source=report)
+
     def train(self, spec: Any, parsed: room_args.TrainArgs) -> Any:
         room = self.require_room("train")
+        self._last_spec = spec
         run = room.train(spec, **parsed.options)
         self.run = run
         self._publish(parsed.var, run)

@@ -29,8 +29,13 @@ class RunViews:
         raise NotImplementedError
 
     def budget(self) -> list[dict[str, Any]]:
-        """Per site: epsilon spent (as the site reports its ledger), delta, cap and remaining."""
+        """Per site: epsilon spent (as the site reports its composed ledger), delta, cap, remaining, and ``runs``:
+        each run's own epsilon as the site reported it (``[{"run_id", "epsilon"}]``, oldest run first)."""
         out = []
+        runs: dict[str, list[dict[str, Any]]] = {}
+        for run in self.store.runs():
+            for site, spend in self.store.run_spend(run.id).items():
+                runs.setdefault(site, []).append({"run_id": run.id, "epsilon": spend["epsilon"]})
         for name, info in self.store.sites().items():
             ledger, policy = info["ledger"], info["policy"]
             cap = float(ledger.get("epsilon_cap", policy.get("epsilon_cap", math.inf)))
@@ -42,6 +47,7 @@ class RunViews:
                     "delta": float(ledger.get("delta", policy.get("delta_cap", 0.0))),
                     "epsilon_cap": cap,
                     "remaining": max(0.0, cap - spent),
+                    "runs": runs.get(name, []),
                 }
             )
         return out

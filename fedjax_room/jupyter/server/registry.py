@@ -651,15 +651,24 @@ class RoomRegistry:
         from fedjax_room.analyst.views import records
 
         rows = []
-        for row in records(self.get(room_id).room.budget()):
+        report = self.get(room_id).room.budget()
+        sites = getattr(report, "sites", None)  # a BudgetReport: each site's composition note
+        sites = sites if isinstance(sites, dict) else {}
+        notes = {str(k): getattr(v, "composition_note", "") for k, v in sites.items()}
+        for row in records(report):
             row = jsonable(row)
+            site = str(row.get("site") or row.get("name") or "?")
+            runs = row.get("runs")
             rows.append(
                 {
-                    "site": str(row.get("site") or row.get("name") or "?"),
+                    "site": site,
                     "epsilon_spent": row.get("epsilon_spent", row.get("epsilon")),
                     "epsilon_cap": row.get("epsilon_cap", row.get("cap")),
                     "delta": row.get("delta"),
                     "remaining": row.get("remaining"),
+                    # each run's own epsilon, and the line saying composition is tighter than their sum
+                    "runs": dict(runs) if isinstance(runs, dict) else {},
+                    "note": notes.get(site, ""),
                 }
             )
         return rows

@@ -1,0 +1,96 @@
+"""What ``room.budget()`` and ``room.estimate()`` show: the composed epsilon against the sum of the runs, and a
+refusal that names the site, its planned and remaining epsilon and the option to change (no room needed)."""
+
+from __future__ import annotations
+
+import pytest
+
+from fedjax_room.analyst.results import BudgetReport, EstimateReport
+from fedjax_room.analyst.tune import draw_configs
+from fedjax_room.analyst.views import view_text
+from fedjax_room.errors import ConfigError
+
+ROWS = [
+    {
+        "site": "site-a",
+        "epsilon_spent": 9.76,
+        "delta": 1e-5,
+        "epsilon_cap": 10.0,
+        "remaining": 0.24,
+        "runs": [{"run_id": "run-1", "epsilon": 1.991}, {"run_id": "run-2", "epsilon": 8.965}],
+    },
+    {"site": "site-b", "epsilon_spent": 1.0, "delta": 1e-5, "epsilon_cap": 10.0, "remaining": 9.0, "runs": []},
+]
+
+
+def test_the_budget_says_composition_is_tighter_than_the_sum_with_both_numbers():
+    report = BudgetReport.from_list(ROWS)
+    a = report["site-a"]
+    assert a.runs == {"run-1": 1.991, "run-2": 8.965} and a.sum_of_runs == pytest.approx(10.956)
+    (note,) = report.notes  # site-b has no two runs: no note
+    assert "10.96" in note and "9.76" in note and "tighter than the sum" in note and note.startswith("site-a")
+    text = view_text("budget", report)
+    assert "sum of runs" in text and "10.96" in text and note in text
+    assert "Σ ε of its runs" in report._repr_html_()
+    assert note in report._repr_html_()
+
+
+EST = [
+    {
+        "site": "site-a",
+        "status": "answered",
+        "accept": True,
+        "epsilon_planned": 2.99,
+        "ledger_epsilon": 1.0,
+        "ledger_after": 3.5,
+        "epsilon_cap": 10.0,
+        "remaining": 9.0,
+        "min_sites": 2,
+    },
+    {
+        "site": "site-b",
+        "status": "answered",
+        "accept": False,
+        "epsilon_planned": 2.99,
+        "ledger_epsilon": 9.24,
+        "ledger_after": 10.4,
+        "epsilon_cap": 10.0,
+        "remaining": 0.76,
+        "reason": "epsilon_cap",
+        "option": "target_epsilon",
+        "message": "site-b: this run would take its ledger past its cap",
+    },
+]
+
+
+def test_an_estimate_names_the_refusing_site_its_planned_and_remaining_epsilon_and_the_option():
+    report = EstimateReport.from_list(EST)
+    assert report.accepting == ["site-a"] and [e.site for e in report.refusing] == ["site-b"]
+    assert report.needed == 2 and not report.can_start  # site-a's own minimum is 2 sites
+    line = report["site-b"].explain()
+    assert line.startswith("site-b would refuse (epsilon_cap)")
+    assert "2.99" in line and "0.76" in line and "change target_epsilon" in line
+    assert line in report.problem()
+    text = view_text("estimate", report)
+    assert "refuses (epsilon_cap)" in text and "accepts" in text and "room.train would refuse it" in text
+
+
+def test_a_run_another_site_can_carry_or_an_unknown_site_might_is_not_refused_up_front():
+    one = EstimateReport.from_list([{**EST[0], "min_sites": 1}, EST[1]])
+    assert one.can_start and one.problem() == ""  # site-a alone is enough
+    silent = EstimateReport.from_list([EST[0], EST[1], {"site": "site-c", "status": "no_answer", "accept": False}])
+    assert silent.can_start  # site-c may still accept: only the room can tell
+
+
+def test_tuning_draws_from_a_grid_without_repeats_and_from_ranges_within_them():
+    grid = draw_configs({"learning_rate": [0.1, 0.3], "clip_norm": [0.5, 1.0]}, 3, seed=1)
+    assert len({tuple(sorted(c.items())) for c in grid}) == 3
+    with pytest.raises(ConfigError, match="at most trials=4"):
+        draw_configs({"learning_rate": [0.1, 0.3], "clip_norm": [0.5, 1.0]}, 5, seed=1)
+    drawn = draw_configs({"learning_rate": (0.01, 1.0), "local_steps": (2, 5)}, 8, seed=2)
+    assert all(0.01 <= c["learning_rate"] <= 1.0 and c["local_steps"] in range(2, 6) for c in drawn)
+    assert draw_configs({"learning_rate": (0.01, 1.0)}, 4, seed=3) == draw_configs(
+        {"learning_rate": (0.01, 1.0)}, 4, seed=3
+    )
+    with pytest.raises(ConfigError, match="not run options"):
+        draw_configs({"tune_trials": [2, 3]}, 2, seed=0)
