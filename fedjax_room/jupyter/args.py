@@ -13,6 +13,8 @@ Commands::
     %room audit [--last N]
     %room watch RUN_ID [--as NAME]
     %room cancel RUN_ID [--reason TEXT]
+    %room query KIND [FEATURE] epsilon=E [bins=..] [bounds=lo,hi] [by=.. keys=..] [sites=..] [secure] [--as NAME]
+    %%room query [defaults] [--as NAME] [--no-plot]   (cell body: one query per line)
     %%room train [--RUN-OPTION VALUE ...] [--as NAME] [--no-dashboard]
 
 ``%%room train`` takes every run option of :class:`~fedjax_room.protocol.config.RunConfig` as a flag
@@ -47,6 +49,7 @@ __all__ = [
     "AuditArgs",
     "CancelArgs",
     "ConnectArgs",
+    "QueryArgs",
     "EstimateArgs",
     "DemoArgs",
     "HelpArgs",
@@ -56,6 +59,7 @@ __all__ = [
     "help_text",
     "parse_estimate_line",
     "parse_line",
+    "parse_query_cell",
     "parse_spec_body",
     "parse_train_line",
 ]
@@ -77,6 +81,7 @@ COMMANDS: dict[str, str] = {
     "watch": "a live dashboard for a run that is already going (yours or another analyst's)",
     "cancel": "cancel one of your runs (the sites stop; recorded in the room's audit log)",
     "stop": "disconnect (and stop an embedded room started by %room demo)",
+    "query": "a differentially private query over the sites' data (count, histogram, mean, ...), with plots",
     "train": "(cell magic, %%room train) train the model spec in the cell body; shows a live dashboard",
 }
 
@@ -167,7 +172,28 @@ class EstimateArgs:
     name: str = "estimate"
 
 
-Parsed = HelpArgs | EstimateArgs | DemoArgs | ConnectArgs | AuditArgs | WatchArgs | CancelArgs | SimpleArgs | TrainArgs
+@dataclasses.dataclass(frozen=True)
+class QueryArgs:
+    """``%room query ...`` / ``%%room query``: the queries as ``Room.query`` keywords (``parse_query``'s)."""
+
+    queries: tuple[dict[str, Any], ...]
+    var: str = "query"
+    plot: bool = True
+    name: str = "query"
+
+
+Parsed = (
+    HelpArgs
+    | EstimateArgs
+    | DemoArgs
+    | ConnectArgs
+    | AuditArgs
+    | WatchArgs
+    | CancelArgs
+    | SimpleArgs
+    | TrainArgs
+    | QueryArgs
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -295,6 +321,8 @@ def parse_line(line: str) -> Parsed:
     if command == "estimate":
         ns = _build("estimate").parse_args(rest)
         return EstimateArgs(options=given_options(ns), spec_var=ns.spec_var)
+    if command == "query":
+        return _parse_query_args(rest, "")
     if command == "train":
         raise ConfigError("%room train is a cell magic: write `%%room train [options]` with the model spec below it")
     if command in ("sites", "runs", "budget", "launch", "stop"):
@@ -335,6 +363,73 @@ def parse_train_line(line: str) -> TrainArgs | HelpArgs:
     return TrainArgs(options=given_options(ns), var=ns.var, dashboard=ns.dashboard)
 
 
+#: The most queries one ``%%room query`` cell may hold (each one spends epsilon and is one round trip).
+MAX_CELL_QUERIES = 32
+
+
+def _parse_query_args(tokens: list[str], body: str) -> QueryArgs:
+    """Split the magic's own flags (``--as NAME``, ``--no-plot``) from the query text and parse the queries."""
+    from fedjax_room.analyst.queries import parse_query  # the one grammar of a one-line query (analyst's)
+
+    var, plot, words = "query", True, []
+    it = iter(tokens)
+    for token in it:
+        if token == "--as":
+            var = _identifier_or_error(next(it, ""))
+        elif token.startswith("--as="):
+            var = _identifier_or_error(token[len("--as=") :])
+        elif token == "--no-plot":
+            plot = False
+        elif token.startswith("--"):
+            raise ConfigError(
+                f"%room query: unknown option {token!r}; query settings are key=value (epsilon=1 bins=0,4,8), "
+                "the magic's own options --as NAME and --no-plot"
+            )
+        else:
+            words.append(token)
+    if not body.strip():
+        if not words:
+            raise ConfigError("%room query needs a query, e.g. `%room query count_by_label epsilon=0.5`")
+        return QueryArgs(queries=(parse_query(" ".join(words)),), var=var, plot=plot)
+    lines = [line.split("#", 1)[0].strip() for line in body.splitlines()]
+    lines = [line for line in lines if line]
+    if not lines:
+        raise ConfigError("%%room query needs one query per line in the cell body, e.g. `count_by_label epsilon=0.5`")
+    if len(lines) > MAX_CELL_QUERIES:
+        raise ConfigError(f"%%room query: at most {MAX_CELL_QUERIES} queries in one cell, got {len(lines)}")
+    defaults: dict[str, Any] = {}
+    if words:  # the cell line's settings apply to every query that does not set them itself
+        defaults = parse_query(" ".join(["count", *words]))
+        defaults.pop("kind")
+        if "feature" in defaults:
+            raise ConfigError(
+                f"%%room query: the cell line takes settings (name=value, secure), not {defaults['feature']!r}"
+            )
+    queries = []
+    for number, line in enumerate(lines, 1):
+        try:
+            queries.append({**defaults, **parse_query(line)})
+        except ConfigError as exc:
+            raise type(exc)(f"%%room query, line {number} ({line!r}): {exc}") from None
+    return QueryArgs(queries=tuple(queries), var=var, plot=plot)
+
+
+def _identifier_or_error(text: str) -> str:
+    if not text.isidentifier():
+        raise ConfigError(f"%room query: --as takes a Python variable name, got {text!r}")
+    return text
+
+
+def parse_query_cell(line: str, body: str) -> QueryArgs | HelpArgs:
+    """Parse ``%%room query [defaults] [--as NAME] [--no-plot]`` and its body (one query per line)."""
+    tokens = _split(line)
+    if tokens and tokens[0] == "query":
+        tokens = tokens[1:]
+    if _is_help(tokens):
+        return HelpArgs(topic="query")
+    return _parse_query_args(tokens, body)
+
+
 def parse_spec_body(body: str) -> ModelSpec:
     """A ``%%room train`` cell body (YAML or JSON) as a validated model spec."""
     from fedjax_room.models import ModelSpec  # imported here: it brings in JAX and Flax
@@ -366,12 +461,35 @@ def parse_spec_body(body: str) -> ModelSpec:
 
 
 def _format_parser_help(name: str) -> str:
+    if name == "query":
+        return _QUERY_HELP
     parser = _build(name)
     parser.prog = f"%%room {name}" if name == "train" else f"%room {name}"
     text = parser.format_help()
     if name == "train":
         text += "\nThe cell body is the model spec in YAML or JSON (family, input_shape, num_classes, layers).\n"
     return text
+
+
+_QUERY_HELP = """\
+usage: %room query KIND [FEATURE] epsilon=E [options] [--as NAME] [--no-plot]
+       %%room query [options for every line] [--as NAME] [--no-plot]   (body: one query per line)
+
+A differentially private query over every site's data (or sites=...): each site answers with noise
+it adds itself and records in its privacy ledger (the same cap as training). The result shows the
+total, each site's value (not under secure aggregation), a confidence interval and a plot; it is
+bound to `query` (--as NAME; a cell binds the list of results).
+
+kinds: count, count_by_label, histogram FEATURE bins=EDGES, mean FEATURE bounds=LO,HI,
+       sum FEATURE bounds=LO,HI, quantiles FEATURE quantiles=Q,.. bounds=LO,HI, missing FEATURE
+options: epsilon=E (required)  bins=0,4,8,16  bounds=0,100  quantiles=0.25,0.5,0.75
+         by=COLUMN keys=K1,K2 (group by a declared column)  sites=site-a,site-b  secure  timeout=S
+
+examples:
+  %room query count_by_label epsilon=0.5
+  %room query histogram pixel_3 bins=0,4,8,16 epsilon=1
+  %room query mean age bounds=0,100 epsilon=1 by=sex keys=0,1 secure --as ages
+"""
 
 
 def help_text(topic: str = "") -> str:
@@ -393,6 +511,7 @@ def help_text(topic: str = "") -> str:
         "  %room demo --sites 3 --dataset digits",
         "  %room connect ws://127.0.0.1:8765 --key analyst.key",
         "  %room budget",
+        "  %room query count_by_label epsilon=0.5",
         "  %%room train --rounds 5 --target-epsilon 3 --aggregator median",
         "  family: logistic",
         "  input_shape: [64]",

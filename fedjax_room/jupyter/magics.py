@@ -115,6 +115,8 @@ class RoomMagics(Magics):
             return self.watch(parsed)
         if isinstance(parsed, room_args.CancelArgs):
             return self.cancel(parsed)
+        if isinstance(parsed, room_args.QueryArgs):
+            return self.query(parsed)
         if isinstance(parsed, room_args.EstimateArgs):
             return self.estimate(self._spec_of(parsed.spec_var), parsed)
         room = self.require_room(parsed.name)
@@ -137,6 +139,12 @@ class RoomMagics(Magics):
 
     def _cell(self, line: str, cell: str) -> Any:
         tokens = line.split()
+        if tokens and tokens[0] == "query":
+            query = room_args.parse_query_cell(line, cell)
+            if isinstance(query, room_args.HelpArgs):
+                print(room_args.help_text("query"), end="")
+                return None
+            return self.query(query, cell=True)
         if tokens and tokens[0] == "estimate":
             estimate = room_args.parse_estimate_line(line)
             if isinstance(estimate, room_args.HelpArgs):
@@ -144,7 +152,10 @@ class RoomMagics(Magics):
                 return None
             return self.estimate(room_args.parse_spec_body(cell), estimate)
         if not tokens or tokens[0] != "train":
-            raise ConfigError("%%room: the only cell magic is `%%room train [options]` with a model spec as the body")
+            raise ConfigError(
+                "%%room: the only cell magics are `%%room train|estimate [options]` (model spec as the body) and "
+                "`%%room query [options]` (one query per line)"
+            )
         parsed = room_args.parse_train_line(line)
         if isinstance(parsed, room_args.HelpArgs):
             print(room_args.help_text("train"), end="")
@@ -292,6 +303,30 @@ class RoomMagics(Magics):
         run = room.run(parsed.run_id)
         run.cancel(parsed.reason)
         print(f"{parsed.run_id} cancelled: {run.status}")
+
+    def query(self, parsed: room_args.QueryArgs, *, cell: bool = False) -> Any:
+        """``%room query ...``: ``Room.query`` with the parsed keywords; shows its plot, returns the result.
+
+        A ``%%room query`` cell runs its queries in order (one failing stops the rest: what was answered
+        stays bound), shows each result's table and plot, and binds the list of results.
+        """
+        from fedjax_room.jupyter.query_plots import plot_query
+
+        room = self.require_room("query")
+        results: list[Any] = []
+        if cell:
+            self._publish(parsed.var, results)
+        for keywords in parsed.queries:
+            result = room.query(**keywords)
+            results.append(result)
+            if cell:
+                display(result)
+            if parsed.plot:
+                display(plot_query(result))
+        if cell:
+            return None
+        self._publish(parsed.var, results[0])
+        return results[0]
 
     def _launched(self, run: Any, dashboard: RunDashboard) -> None:
         self.dashboard, self.run = dashboard, run

@@ -304,15 +304,13 @@ def plot_query(result: Any, *, level: float = 0.95) -> QueryPlot:
                 fmt="{:.0f}" if integral else "{:.3g}",
             )
         elif width == 1:
-            site_std = getattr(result, "per_site_noise_std", None) or {}
-            z = _z(level)
             values = [r[0] for r in matrix]
-            stds = [_num(np.asarray(site_std[s]).reshape(-1)[0]) if s in site_std else None for s in sites]
+            intervals = [_site_interval(result, s, level) for s in sites]
             charts["per_site"] = svg_bars(
                 sites,
                 values,
-                lo=[v - z * s if v is not None and s is not None else None for v, s in zip(values, stds, strict=True)],
-                hi=[v + z * s if v is not None and s is not None else None for v, s in zip(values, stds, strict=True)],
+                lo=[i[0] for i in intervals],
+                hi=[i[1] for i in intervals],
                 title=f"{title}: per site",
                 points=kind in POINT_KINDS,
                 colour=PALETTE[2],
@@ -320,8 +318,13 @@ def plot_query(result: Any, *, level: float = 0.95) -> QueryPlot:
     return QueryPlot(charts, caption=_describe(result, level))
 
 
-def _z(level: float) -> float:
-    """The two-sided normal quantile for ``level`` (e.g. 1.96 for 0.95)."""
-    from statistics import NormalDist
-
-    return NormalDist().inv_cdf(0.5 + level / 2)
+def _site_interval(result: Any, site: str, level: float) -> tuple[float | None, float | None]:
+    """One site's own interval (``result.site_ci``), or none where the result cannot say."""
+    site_ci = getattr(result, "site_ci", None)
+    if not callable(site_ci):
+        return None, None
+    try:
+        lo, hi = site_ci(site, level)
+    except Exception:  # no per-site interval for this result: draw the value alone
+        return None, None
+    return _flat(lo)[0], _flat(hi)[0]

@@ -29,6 +29,9 @@ class Result:
         z = {0.95: 1.959964, 0.5: 0.674490}[level]
         return self.total - z * self.noise_std, self.total + z * self.noise_std
 
+    def site_ci(self, site: str, level: float = 0.95):
+        return self.per_site[site] - 2.0, self.per_site[site] + 2.0
+
 
 def _errorbars(svg: str) -> list[tuple[float, float]]:
     """The (y top, y bottom) pixel span of each error bar's vertical line."""
@@ -82,6 +85,7 @@ def test_a_mean_is_points_not_bars_and_one_value_per_site_is_bars_per_site():
     plot = plot_query(result)
     assert 'class="fjr-point"' in plot.charts["total"] and 'class="fjr-bar"' not in plot.charts["total"]
     assert plot.charts["per_site"].count('class="fjr-point"') == 2 and "north" in plot.charts["per_site"]
+    assert len(_errorbars(plot.charts["per_site"])) == 2  # each site's own interval (site_ci)
 
 
 def test_labels_are_escaped_and_non_finite_values_are_left_out():
@@ -94,3 +98,25 @@ def test_labels_are_escaped_and_non_finite_values_are_left_out():
         svg_bars(["a"], [1.0, 2.0])
     with pytest.raises(ValueError):
         plot_query(Result(kind="count", total=np.ones(1), labels=["n"], noise_std=np.ones(1)), level=1.5)
+
+
+def test_a_released_query_result_plots_with_its_own_intervals():
+    """The analyst's QueryResult, built from what a room sends back: the total's and each site's interval."""
+    from fedjax_room.analyst.queries import QueryResult, parse_query
+    from fedjax_room.protocol.query_spec import QuerySpec
+
+    spec = QuerySpec.from_dict(parse_query("count_by_label epsilon=0.5"))
+    result = QueryResult(
+        {
+            "query": spec.to_dict(),
+            "classes": ["0", "1"],
+            "sites": ["a", "b"],
+            "total": [30, 70],
+            "per_site": {"a": [10, 40], "b": [20, 30]},
+        }
+    )
+    plot = plot_query(result)
+    lo, hi = result.ci(0.95)
+    (first, _) = _errorbars(plot.charts["total"])
+    assert first[1] - first[0] > 0 and (lo < result.total).all() and (result.total < hi).all()
+    assert "per_site" in plot.charts and ">40<" in plot.charts["per_site"]
