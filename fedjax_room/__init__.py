@@ -20,10 +20,10 @@ def connect(url: str, key: Any, **kwargs: Any) -> Any:
 def attach(room: str, **kwargs: Any) -> Any:
     """In a notebook: connect to a room the Clean Room sidebar shows, by its id (``attach("room-1")``).
 
-    See :func:`fedjax_room.analyst.presence.attach`: it uses the credentials that Jupyter server connected
+    See :func:`fedjax_room.analyst.attach.attach`: it uses the credentials that Jupyter server connected
     the room with (key and pin files, by path), so no key path is written into the notebook.
     """
-    from fedjax_room.analyst.presence import attach as _attach
+    from fedjax_room.analyst.attach import attach as _attach
 
     return _attach(room, **kwargs)
 

@@ -8,7 +8,7 @@ record per connected room (0600, written atomically)::
                                         when it closes or the kernel exits; read by the server extension,
                                         which connects its own analyst client to show the room in the sidebar
     server-<server pid>-<room>.json     written by the server extension for every room its sidebar shows
-                                        (<room> is the sidebar's id, ``room-1``); read by :func:`attach`
+                                        (<room> is the sidebar's id, ``room-1``); read by ``attach``
 
 A record holds how to connect, never key material: the coordinator's URL, the *path* of the analyst's
 private key (a file the user already has; the reader opens it itself), the path of the coordinator pin
@@ -22,8 +22,9 @@ its connection file; in the server, beside the kernels' (``KernelManager.connect
 (a script, a CLI), :func:`announce` does nothing. Every failure here is swallowed and logged: announcing a
 room must never break connecting to it.
 
-:func:`attach` is the other direction: ``fedjax_room.attach("room-1")`` (or the coordinator's room id) in a
-notebook connects to a room the sidebar shows, with the credentials that room was connected with.
+:func:`fedjax_room.analyst.attach.attach` is the other direction: ``fedjax_room.attach("room-1")`` (or the
+coordinator's room id) in a notebook connects to a room the sidebar shows, with the credentials that room was
+connected with (it reads the server's records with :func:`read_records`).
 """
 
 from __future__ import annotations
@@ -43,7 +44,6 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from fedjax_room.errors import ConfigError
 from fedjax_room.files import atomic_write, private_dir
 
 __all__ = [
@@ -51,7 +51,6 @@ __all__ = [
     "RECORD_VERSION",
     "SUBDIR",
     "announce",
-    "attach",
     "describe",
     "kernel_presence_dir",
     "pid_alive",
@@ -290,47 +289,3 @@ def read_records(folder: Path | None, prefix: str = "") -> Iterator[tuple[str, d
             and isinstance(record.get("key"), str)
         ):
             yield name, record
-
-
-def attach(room: str, **options: Any) -> Any:
-    """Connect to a room the Jupyter sidebar shows, by its id there (``room-1``) or the coordinator's room id.
-
-    The credentials are the ones the server connected that room with (its analyst key file and coordinator
-    pin, by path); ``options`` go to :func:`fedjax_room.analyst.connect` (``timeout=``, ...). Raises
-    :class:`~fedjax_room.errors.ConfigError` naming the rooms there are when none matches.
-    """
-    from fedjax_room.analyst.client import connect
-
-    if not isinstance(room, str) or not room.strip():
-        raise ConfigError("attach takes a room id, as the Clean Room sidebar shows it (e.g. 'room-1')")
-    room = room.strip()
-    folder = kernel_presence_dir()
-    if folder is None:
-        raise ConfigError(
-            "fedjax_room.attach works in a notebook on the Jupyter server whose sidebar shows the room; "
-            "elsewhere use fedjax_room.connect(url, key='analyst.key')"
-        )
-    parent = os.getppid()
-    found: list[dict[str, Any]] = []
-    known: list[str] = []
-    for _name, record in read_records(folder, "server-"):
-        if not pid_alive(record.get("server_pid")):
-            continue
-        known.append(str(record.get("id")))
-        if room in (record.get("id"), record.get("room_id")):
-            found.append(record)
-    if len(found) > 1:  # two Jupyter servers share the runtime folder: prefer the one this kernel runs under
-        found = [r for r in found if r.get("server_pid") == parent] or found[:1]
-    if not found:
-        shown = ", ".join(sorted(set(known))) or "none"
-        raise ConfigError(f"no room {room!r} in the Clean Room sidebar of this Jupyter server (it shows: {shown})")
-    record = found[0]
-    kwargs: dict[str, Any] = {}
-    if record.get("coordinator_key"):
-        kwargs["coordinator_key"] = record["coordinator_key"]
-    if record.get("tls_ca"):
-        kwargs["tls_ca"] = record["tls_ca"]
-    if record.get("insecure"):
-        kwargs["insecure"] = True
-    kwargs.update(options)
-    return connect(record["url"], key=record["key"], **kwargs)

@@ -47,6 +47,7 @@ __all__ = [
     "DATASETS",
     "SERVER_OPTIMIZERS",
     "AuditArgs",
+    "AttachArgs",
     "CancelArgs",
     "ConnectArgs",
     "QueryArgs",
@@ -71,6 +72,7 @@ __all__ = [
 COMMANDS: dict[str, str] = {
     "demo": "start an embedded room on loopback in the background and connect to it",
     "connect": "connect to a running room as an analyst",
+    "attach": "connect to a room the Clean Room sidebar shows, by its id (room-1)",
     "sites": "the enrolled sites: schema, coarse record counts, status, policy",
     "runs": "the runs this room knows about",
     "budget": "privacy spent per site against its cap",
@@ -117,6 +119,15 @@ class ConnectArgs:
     var: str = _DEFAULT_VAR
     coordinator_key: str | None = None
     name: str = "connect"
+
+
+@dataclasses.dataclass(frozen=True)
+class AttachArgs:
+    """``%room attach ROOM_ID [--as NAME]``: the sidebar's room, by its id."""
+
+    room_id: str
+    var: str = _DEFAULT_VAR
+    name: str = "attach"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,6 +198,7 @@ Parsed = (
     | EstimateArgs
     | DemoArgs
     | ConnectArgs
+    | AttachArgs
     | AuditArgs
     | WatchArgs
     | CancelArgs
@@ -275,6 +287,9 @@ def _build(name: str) -> _Parser:
             "beside --key, or $FEDJAX_ROOM_COORDINATOR_KEY)",
         )
         parser.add_argument("--as", dest="var", type=_identifier, default=_DEFAULT_VAR, help="variable for the Room")
+    elif name == "attach":
+        parser.add_argument("room_id", help="the room's id, as the Clean Room sidebar shows it (room-1)")
+        parser.add_argument("--as", dest="var", type=_identifier, default=_DEFAULT_VAR, help="variable for the Room")
     elif name == "audit":
         parser.add_argument("--last", type=_positive_int, default=20, metavar="N", help="how many records (20)")
     elif name == "watch":
@@ -332,6 +347,8 @@ def parse_line(line: str) -> Parsed:
     ns = _build(command).parse_args(rest)
     if command == "demo":
         return DemoArgs(sites=ns.sites, dataset=ns.dataset, non_iid=ns.non_iid, var=ns.var, state_dir=ns.state_dir)
+    if command == "attach":
+        return AttachArgs(room_id=ns.room_id, var=ns.var)
     if command == "connect":
         return ConnectArgs(url=ns.url, key=ns.key, var=ns.var, coordinator_key=ns.coordinator_key)
     if command == "watch":

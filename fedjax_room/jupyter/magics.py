@@ -109,6 +109,8 @@ class RoomMagics(Magics):
             return self.demo(parsed)
         if isinstance(parsed, room_args.ConnectArgs):
             return self.connect(parsed)
+        if isinstance(parsed, room_args.AttachArgs):
+            return self.attach(parsed)
         if parsed.name == "stop":
             return self.stop()
         if isinstance(parsed, room_args.WatchArgs):
@@ -206,6 +208,17 @@ class RoomMagics(Magics):
         self.room_var = parsed.var
         self._publish(parsed.var, room)
         print(f"Connected to {parsed.url}. The Room is `{parsed.var}`.")
+
+    def attach(self, parsed: room_args.AttachArgs) -> None:
+        """``%room attach room-1``: the room the Clean Room sidebar shows (fedjax_room.analyst.attach)."""
+        from fedjax_room.analyst.attach import attach
+
+        room = attach(parsed.room_id)
+        self.stop(quiet=True)
+        self.room = room
+        self.room_var = parsed.var
+        self._publish(parsed.var, room)
+        print(f"Attached to {parsed.room_id} ({room.url}). The Room is `{parsed.var}`.")
 
     def stop(self, *, quiet: bool = False) -> None:
         """Close the connection and stop an embedded room, if any."""

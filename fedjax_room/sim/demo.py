@@ -108,10 +108,14 @@ class EmbeddedRoom:
 
     def connect(self, **kwargs: Any) -> Any:
         """A :class:`~fedjax_room.analyst.client.Room` connected as the analyst."""
+        from fedjax_room.analyst import presence
         from fedjax_room.analyst.client import connect
 
         kwargs.setdefault("coordinator_key", self.manifest_path)
-        return connect(self.url, key=self.analyst_key, **kwargs)
+        room = connect(self.url, key=self.analyst_key, **kwargs)
+        # what the Jupyter sidebar shows for this room when a notebook's kernel opened it (analyst/presence.py)
+        presence.describe(room, kind="demo", dataset=self.dataset, site_names=list(self.site_names))
+        return room
 
     def central_test(self) -> Any:
         """The held-back central test split (only the demo has it)."""

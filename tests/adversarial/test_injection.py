@@ -122,54 +122,64 @@ def test_nested_strings_are_cleaned_and_record_names_checked():
         m.decode(frame(m.RunAccept, run_id="run-1", plan=deep))
 
 
-def _cell_calls(source: str) -> tuple[list[ast.stmt], ast.Call]:
+def _cell_calls(source: str) -> tuple[list[ast.stmt], ast.Call, ast.Call]:
     tree = ast.parse(source)
-    assert [type(s) for s in tree.body] == [ast.ImportFrom, ast.Assign, ast.Expr], ast.dump(tree)
-    imp, assign, expr = tree.body
-    assert imp.module == "fedjax_room.jupyter.server.notebook" and [a.name for a in imp.names] == ["show_dashboard"]
+    kinds = [ast.Import, ast.ImportFrom, ast.Assign, ast.Assign, ast.Expr]
+    assert [type(s) for s in tree.body] == kinds, ast.dump(tree)
+    imp, imp_from, attach, assign, expr = tree.body
+    assert [a.name for a in imp.names] == ["fedjax_room"]
+    assert imp_from.module == "fedjax_room.jupyter.server.notebook"
+    assert [a.name for a in imp_from.names] == ["show_dashboard"]
     assert isinstance(expr.value, ast.Name) and expr.value.id == "dashboard"
-    call = assign.value
+    room_call, call = attach.value, assign.value
+    assert isinstance(room_call, ast.Call) and ast.unparse(room_call.func) == "fedjax_room.attach"
     assert isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "show_dashboard"
-    for arg in [*call.args, *(k.value for k in call.keywords)]:
+    assert [ast.unparse(a) for a in call.args] == ["room"]
+    for arg in [*room_call.args, *(k.value for k in call.keywords)]:
         assert isinstance(arg, ast.Constant), ast.dump(arg)  # only literals: nothing is evaluated
-    return tree.body, call
+    return tree.body, room_call, call
 
 
 @pytest.mark.parametrize("payload", [CODE, "x'); __import__('os').system('id'); ('", "a\rb", "run 1", MARKUP])
-def test_notebook_refuses_a_hostile_run_id(payload):
+def test_notebook_refuses_a_hostile_run_id_or_room_id(payload):
     with pytest.raises(ProtocolError, match="run id"):
-        dashboard_notebook("ws://127.0.0.1:1", "/k/analyst.key", payload)
+        dashboard_notebook("0123456789abcdef", payload)
+    with pytest.raises(ProtocolError, match="room id"):
+        dashboard_notebook(payload, "run-1")
 
 
 @pytest.mark.parametrize(
-    "url", ["ws://127.0.0.1:8765", "ws://h:1/\nimport os; os.system('id')  #", "ws://h:1/'); os.system('id'); ('"]
+    "label", ["Room ws://127.0.0.1:8765", "Room ws://h:1/\nimport os; os.system('id')  #", "x'); os.system('id'); ('"]
 )
-@pytest.mark.parametrize("key", ["/k/analyst.key", "/k/a\nimport os  #.key", "/k/x'); os.system('id'); ('.key"])
+@pytest.mark.parametrize("room_id", ["room-1", "0123456789abcdef"])
 @pytest.mark.parametrize("run_id", [None, "run-7"])
-def test_notebook_cell_holds_room_strings_only_as_literals(url, key, run_id):
-    nb = dashboard_notebook(url, key, run_id)
+def test_notebook_cell_holds_room_strings_only_as_literals(label, room_id, run_id):
+    nb = dashboard_notebook(room_id, run_id, label=label)
     source = nb["cells"][0]["source"]
     compile(source, "<cell>", "exec")  # it is valid Python
-    _, call = _cell_calls(source)
-    values = [a.value for a in call.args] + [k.value.value for k in call.keywords]
-    assert values == [url, key] + ([run_id] if run_id else [])
+    _, room_call, call = _cell_calls(source)
+    assert [a.value for a in room_call.args] == [room_id]
+    assert [k.value.value for k in call.keywords] == ([run_id] if run_id else [])
     comment = source.splitlines()[0]
-    assert comment.startswith("# Clean Room:") and len(source.splitlines()) == 5
+    assert comment.startswith("# Clean Room:") and len(source.splitlines()) == 7
+    assert "key" not in source  # the notebook attaches by id: no key path is written into it
 
 
 def test_the_generated_cell_runs_no_injected_code(tmp_path, monkeypatch):
-    """Execute the cell with a stand-in dashboard: only that one call happens, with the strings as given."""
+    """Execute the cell with a stand-in room and dashboard: only those calls happen, with the strings as given."""
+    import fedjax_room
     import fedjax_room.jupyter.server.notebook as nbmod
 
     calls = []
-    monkeypatch.setattr(nbmod, "show_dashboard", lambda *a, **k: calls.append((a, k)) or "dash")
+    monkeypatch.setattr(fedjax_room, "attach", lambda *a, **k: calls.append(("attach", a, k)) or "room")
+    monkeypatch.setattr(nbmod, "show_dashboard", lambda *a, **k: calls.append(("show", a, k)) or "dash")
     marker = tmp_path / "pwned"
-    url = f"ws://h:1/\nopen({str(marker)!r}, 'w').close()  #"
-    source = dashboard_source(url, f"/k/'); open({str(marker)!r}, 'w').close(); ('", "run-1")
+    label = f"Room ws://h:1/\nopen({str(marker)!r}, 'w').close()  #'); open({str(marker)!r}, 'w').close(); ('"
+    source = dashboard_source("room-1", "run-1", label=label)
     namespace: dict = {}
     exec(compile(source, "<cell>", "exec"), namespace)
     assert not marker.exists() and namespace["dashboard"] == "dash"
-    assert calls == [((url,), {"key": f"/k/'); open({str(marker)!r}, 'w').close(); ('", "run": "run-1"})]
+    assert calls == [("attach", ("room-1",), {}), ("show", ("room",), {"run": "run-1"})]
 
 
 def test_views_escape_every_room_string():

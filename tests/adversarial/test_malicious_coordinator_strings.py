@@ -201,14 +201,17 @@ def test_injected_run_id_and_markup_are_refused_by_sites_and_the_analyst(room, t
 
     # -- the Jupyter server's dashboard notebook for that run id: refused, and no cell it writes runs the payload
     with pytest.raises(ProtocolError, match="run id"):
-        dashboard_notebook(r.url, str(r.keys / "analyst.key"), code)
+        dashboard_notebook("room-1", code)
     cells = [
         c["source"]
         for run_id in (None, "run-1")
-        for c in dashboard_notebook(r.url + code, str(r.keys / "analyst.key") + code, run_id)["cells"]
+        for c in dashboard_notebook("room-1", run_id, label=f"Room {r.url}{code}")["cells"]
         if c["cell_type"] == "code"
     ]
-    stub = "import fedjax_room.jupyter.server.notebook as n\nn.show_dashboard = lambda *a, **k: 'dash'\n"
+    stub = (
+        "import fedjax_room\nimport fedjax_room.jupyter.server.notebook as n\n"
+        "fedjax_room.attach = lambda *a, **k: 'room'\nn.show_dashboard = lambda *a, **k: 'dash'\n"
+    )
     for i, source in enumerate(cells):
         script = tmp_path / f"cell{i}.py"
         script.write_text(stub + f"exec(compile({source!r}, '<cell>', 'exec'), {{}})\n")

@@ -17,6 +17,7 @@ import pytest
 from tornado.httpclient import HTTPClientError
 
 from fedjax_room.analyst import presence
+from fedjax_room.analyst.attach import attach
 from fedjax_room.errors import ConfigError
 from fedjax_room.jupyter.server.notebook import dashboard_notebook, pick_kernel
 from fedjax_room.jupyter.server.registry import RoomRegistry
@@ -57,7 +58,8 @@ def make_registry(fakes, folder, calls):
     return RoomRegistry(connect_fn=connect, start_room_fn=fakes.FakeEmbedded, presence_dir=folder)
 
 
-def test_a_notebooks_room_is_shown_with_its_notebook_and_forgotten_when_it_closes(fakes, folder):
+def test_a_notebooks_room_is_shown_with_its_notebook_and_forgotten_when_it_closes(fakes, folder, monkeypatch):
+    monkeypatch.setattr("fedjax_room.jupyter.server.notebook_rooms.FORGET_AFTER", 0.0)
     calls = []
     registry = make_registry(fakes, folder, calls)
     record = kernel_record(folder)
@@ -102,6 +104,22 @@ def test_a_record_naming_a_room_already_shown_is_linked_not_connected_twice(fake
     assert registry.discover() is True
     [room] = registry.status()["rooms"]  # the sidebar's room stays; only the notebook went
     assert room["notebooks"] == [] and not registry.get("room-1").embedded.stopped
+
+
+def test_a_kernel_that_reconnects_keeps_its_room_and_paths_are_shown_from_the_server_root(fakes, folder, tmp_path):
+    """The demo room's start-up client closes and the notebook's connects: one room in the sidebar, not two."""
+    calls = []
+    registry = make_registry(fakes, folder, calls)
+    registry.notebook_rooms.root_dir = str(tmp_path / "root")
+    first = kernel_record(folder, "kernel-abc-1-1.json", notebook=str(tmp_path / "root" / "work" / "a.ipynb"))
+    registry.discover()
+    [room] = registry.status()["rooms"]
+    assert room["id"] == "room-1" and room["notebooks"] == ["work/a.ipynb"]
+    first.unlink()
+    kernel_record(folder, "kernel-abc-1-2.json", notebook="/elsewhere/b.ipynb")
+    registry.discover()
+    [room] = registry.status()["rooms"]
+    assert room["id"] == "room-1" and room["notebooks"] == ["/elsewhere/b.ipynb"] and len(calls) == 1
 
 
 def test_records_of_dead_processes_and_untrusted_files_are_not_followed(fakes, folder):
@@ -154,17 +172,17 @@ def test_attach_uses_the_record_the_server_wrote_for_its_room(fakes, folder, mon
 
     connected = []
     monkeypatch.setattr(
-        "fedjax_room.analyst.client.connect", lambda url, key, **kw: connected.append((url, key, kw)) or "a room"
+        "fedjax_room.analyst.attach.connect", lambda url, key, **kw: connected.append((url, key, kw)) or "a room"
     )
-    assert presence.attach("room-1") == "a room"
+    assert attach("room-1") == "a room"
     assert connected == [(demo["url"], record["key"], {})]
     with pytest.raises(ConfigError, match=r"no room 'room-9'.*it shows: room-1"):
-        presence.attach("room-9")
+        attach("room-9")
 
     registry.remove("room-1")  # ✕ in the sidebar: the record goes with the room
     assert not list(folder.glob("server-*.json"))
     with pytest.raises(ConfigError, match="it shows: none"):
-        presence.attach("room-1")
+        attach("room-1")
 
 
 def test_a_kernel_announces_a_connection_by_paths_and_withdraws_it(folder, tmp_path, monkeypatch):

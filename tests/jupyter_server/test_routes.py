@@ -77,6 +77,8 @@ async def test_demo_room_sites_runs_budget_audit(jp_fetch, registry, jp_root_dir
         "epsilon_cap": 10.0,
         "delta": 1e-5,
         "remaining": 8.5,
+        "runs": {},  # each run's own epsilon (none in the stand-in's ledger)
+        "note": "",
     }
 
     _, audit = await fetch_json(jp_fetch, "rooms", "room-1", "audit", params={"last": 5})

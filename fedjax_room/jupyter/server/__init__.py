@@ -26,7 +26,7 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
     from fedjax_room.jupyter.server.handlers import setup_handlers
     from fedjax_room.jupyter.server.registry import RoomRegistry
 
-    registry = RoomRegistry(presence_dir=_presence_dir(serverapp))
+    registry = RoomRegistry(presence_dir=_presence_dir(serverapp), root_dir=getattr(serverapp, "root_dir", None))
     registry.notebook_rooms.clean()  # records a killed server or kernel left behind
     # jupyter_server has no shutdown hook for a module-style extension; a server that stops (Ctrl-C,
     # SIGTERM, the shutdown API) exits the interpreter, so the demo rooms' processes are stopped here.

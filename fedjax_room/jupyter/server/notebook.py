@@ -126,7 +126,7 @@ def show_dashboard(room: Any, run: str | None = None, *, attach: Callable[[str],
 
     if isinstance(room, str):
         if attach is None:
-            from fedjax_room.analyst.presence import attach as attach_room
+            from fedjax_room.analyst.attach import attach as attach_room
 
             attach = attach_room
         room = attach(room)

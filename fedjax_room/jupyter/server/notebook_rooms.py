@@ -24,13 +24,10 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fedjax_room.analyst import presence
 from fedjax_room.files import atomic_write, private_dir
-
-if TYPE_CHECKING:  # pragma: no cover
-    from fedjax_room.jupyter.server.registry import RoomEntry, RoomRegistry
 
 __all__ = ["RETRY_AFTER", "NotebookRooms", "same_key"]
 
@@ -38,6 +35,9 @@ log = logging.getLogger("fedjax_room.jupyter.server")
 
 #: Seconds before a notebook's room that could not be connected to is tried again.
 RETRY_AFTER = 30.0
+#: Seconds a notebook's room stays after its last kernel record went (a kernel that reconnects, or the demo
+#: room's start-up client handing over to the notebook's, keeps the same room in the sidebar).
+FORGET_AFTER = 10.0
 
 
 def same_key(a: Any, b: Any) -> bool:
@@ -51,10 +51,18 @@ def same_key(a: Any, b: Any) -> bool:
 
 
 class NotebookRooms:
-    """The presence folder as this server reads and writes it."""
+    """The presence folder as this server reads and writes it.
 
-    def __init__(self, folder: Path | None) -> None:
+    ``entry`` and ``registry`` are :class:`.registry.RoomEntry` and :class:`.registry.RoomRegistry` (typed
+    ``Any`` here: the registry imports this module).
+    """
+
+    def __init__(self, folder: Path | None, root_dir: str | Path | None = None) -> None:
         self.folder = folder
+        #: the server's root: a kernel's notebook path is shown relative to it
+        self.root_dir = root_dir
+        #: room id -> when its last kernel record went (monotonic)
+        self.orphaned: dict[str, float] = {}
         self._lock = threading.Lock()
         #: kernel record name -> (monotonic time to try again, the error)
         self.failed: dict[str, tuple[float, str]] = {}
@@ -64,7 +72,7 @@ class NotebookRooms:
     def _server_file(self, room_id: str) -> Path | None:
         return None if self.folder is None else self.folder / f"server-{os.getpid()}-{room_id}.json"
 
-    def publish(self, entry: RoomEntry) -> None:
+    def publish(self, entry: Any) -> None:
         """Write the record ``fedjax_room.attach(entry.id)`` reads (how this server connected to the room)."""
         path = self._server_file(entry.id)
         if path is None:
@@ -110,13 +118,20 @@ class NotebookRooms:
         out = {}
         for name, record in presence.read_records(self.folder, "kernel-"):
             if presence.pid_alive(record.get("pid")):
+                notebook = record.get("notebook")
+                if isinstance(notebook, str) and self.root_dir and os.path.isabs(notebook):
+                    try:
+                        relative = os.path.relpath(notebook, self.root_dir)
+                    except ValueError:  # another drive
+                        relative = notebook
+                    record["notebook"] = notebook if relative.startswith("..") else relative
                 out[name] = record
             elif self.folder is not None:
                 with contextlib.suppress(OSError):
                     (self.folder / name).unlink()
         return out
 
-    def sync(self, registry: RoomRegistry) -> bool:
+    def sync(self, registry: Any) -> bool:
         """Bring the registry in line with the kernels' records; True if the room list changed."""
         if self.folder is None or not self._lock.acquire(blocking=False):
             return False  # another thread is syncing
@@ -125,9 +140,10 @@ class NotebookRooms:
         finally:
             self._lock.release()
 
-    def _sync(self, registry: RoomRegistry) -> bool:
+    def _sync(self, registry: Any) -> bool:
         records = self.records()
         changed = False
+        now = time.monotonic()
         for entry in registry.entries():
             for name in [n for n in entry.records if n not in records]:
                 entry.records.pop(name)
@@ -136,11 +152,15 @@ class NotebookRooms:
                 entry.records[name] = records[name]  # described since (a demo room's dataset and sites)
                 changed = True
             if entry.origin == "notebook" and not entry.records:
-                registry.forget(entry.id)  # the notebook closed it: only the server's connection goes
-                changed = True
+                since = self.orphaned.setdefault(entry.id, now)
+                if now - since >= FORGET_AFTER:
+                    # the notebook closed it (room.close(), %room stop, the kernel exited): only the server's
+                    # own connection goes; the room is the notebook's
+                    self.orphaned.pop(entry.id, None)
+                    registry.forget(entry.id)
+                    changed = True
         self.failed = {n: f for n, f in self.failed.items() if n in records}
         linked = {n for e in registry.entries() for n in e.records}
-        now = time.monotonic()
         for name, record in records.items():
             if name in linked:
                 continue
@@ -150,6 +170,7 @@ class NotebookRooms:
             )
             if match is not None:
                 match.records[name] = record
+                self.orphaned.pop(match.id, None)
                 changed = True
                 continue
             if name in self.failed and self.failed[name][0] > now:

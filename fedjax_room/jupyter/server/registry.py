@@ -263,12 +263,13 @@ class RoomRegistry:
         start_room_fn: Callable[..., Any] = _default_start_room,
         state_root: str | None = None,
         presence_dir: str | Path | None = None,
+        root_dir: str | Path | None = None,
     ) -> None:
         from fedjax_room.jupyter.server.notebook_rooms import NotebookRooms
 
         self.connect_fn = connect_fn
         #: the kernels' rooms (and this server's records for fedjax_room.attach), in the presence folder
-        self.notebook_rooms = NotebookRooms(Path(presence_dir) if presence_dir is not None else None)
+        self.notebook_rooms = NotebookRooms(Path(presence_dir) if presence_dir is not None else None, root_dir)
         self.start_room_fn = start_room_fn
         self.state_root = state_root
         self._rooms: dict[str, RoomEntry] = {}
