@@ -3,7 +3,10 @@
 ``DIR_OR_FILE`` is a party's state directory (its log is ``DIR/audit.jsonl``) or the log file itself.
 
 - ``audit verify DIR_OR_FILE [--key PUB] [--no-head]``: exit 0 and one ``OK`` line with the record
-  count, or exit 2 naming the first bad record and why.
+  count, or exit 2 naming the first bad record and why. A directory holding no ``audit.jsonl`` of its own but
+  logs below it (a whole room's state, as ``fedjax-room demo --state DIR`` leaves: ``coordinator/`` and
+  ``sites/<name>/state/``) has every one of them verified, one ``OK`` line each, and each site's log
+  cross-checked against the coordinator's when both are there.
 - ``audit show DIR_OR_FILE [--run ID] [--kind K ...] [--last N] [--json]``: a table, or one JSON
   record per line; a log that does not verify is shown up to its first bad record, then exit 2.
 - ``audit cross-check SITE_DIR COORD_DIR [--site-key PUB] [--coord-key PUB]``: exit 0 when what the
@@ -15,13 +18,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from fedjax_room.audit import read_log, resolve_log_path, verify_log
 from fedjax_room.audit.crosscheck import cross_check
 from fedjax_room.identity import fingerprint, public_key_from_bytes
 
-__all__ = ["format_table", "register"]
+__all__ = ["format_table", "logs_below", "register"]
 
 _SHORT_HEX = 12
 
@@ -38,7 +42,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     sub = parser.add_subparsers(dest="audit_command", metavar="SUBCOMMAND")
 
     p = sub.add_parser("verify", help="check the chain, every signature and the signed head")
-    p.add_argument("path", metavar="DIR_OR_FILE", help="a state directory or an audit.jsonl file")
+    p.add_argument(
+        "path",
+        metavar="DIR_OR_FILE",
+        help="a state directory, an audit.jsonl file, or a whole room's state (every log below it is verified)",
+    )
     p.add_argument("--key", metavar="PUB", help="the log must be signed by this public key (PEM file)")
     p.add_argument("--no-head", action="store_true", help="do not require the signed head (a copied log file)")
     p.set_defaults(func=_verify)
@@ -66,19 +74,53 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _help(parser: argparse.ArgumentParser) -> int:
-    parser.print_help()
-    return 1
+    parser.print_help(sys.stderr)  # no subcommand: the usage, on stderr, exit 2
+    return 2
+
+
+def logs_below(path: str | Path) -> list[Path]:
+    """The audit logs a ``verify`` of ``path`` covers: its own log, or (a directory without one) every
+    ``audit.jsonl`` below it, in path order."""
+    p = Path(path)
+    if p.is_dir() and not resolve_log_path(p).exists():
+        found = sorted(p.rglob("audit.jsonl"))
+        if found:
+            return found
+    return [resolve_log_path(p)]
 
 
 def _verify(args: argparse.Namespace) -> int:
-    records = verify_log(args.path, args.key, head=not args.no_head)
-    first = records[0]
-    key = public_key_from_bytes(bytes.fromhex(first["fields"]["public_key"]))
-    print(
-        f"OK: {resolve_log_path(args.path)}: {len(records)} records by {first['writer']!r} "
-        f"(key {fingerprint(key)[:16]}...); chain, signatures and head verify"
-    )
-    return 0
+    from fedjax_room.errors import AuditError
+
+    logs = logs_below(args.path)
+    for log in logs:
+        try:
+            records = verify_log(log, args.key, head=not args.no_head)
+        except AuditError as exc:
+            if len(logs) == 1:
+                raise
+            raise AuditError(f"{log}: {exc.message}", index=exc.index) from None
+        first = records[0]
+        key = public_key_from_bytes(bytes.fromhex(first["fields"]["public_key"]))
+        print(
+            f"OK: {log}: {len(records)} records by {first['writer']!r} "
+            f"(key {fingerprint(key)[:16]}...); chain, signatures and head verify"
+        )
+    if len(logs) == 1:
+        return 0
+    room = Path(args.path)
+    coordinator = room / "coordinator" / "audit.jsonl"
+    sites = [log for log in logs if log.parent.name == "state" and log.parent.parent.parent == room / "sites"]
+    ok = True
+    if coordinator in logs:
+        for log in sites:
+            report = cross_check(log.parent, coordinator.parent, head=not args.no_head)
+            print(f"{log.parent.parent.name} against the coordinator: {report.summary()}")
+            for m in report.mismatches:
+                print(f"MISMATCH: {m}")
+            ok = ok and report.ok
+    print(f"{len(logs)} logs verify" + ("" if ok else "; a cross-check found mismatches"))
+    return 0 if ok else 2
 
 
 def _show(args: argparse.Namespace) -> int:

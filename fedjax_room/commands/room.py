@@ -61,7 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--state", required=True, type=Path, help="the coordinator's state directory")
     p.add_argument("--name", required=True, help="the identity's name (letters, digits, - _ .)")
-    p.add_argument("--role", required=True, choices=("site", "analyst"))
+    p.add_argument("--role", required=True, choices=("site", "analyst"), help="what the identity may do")
     p.add_argument("--public-key", required=True, type=Path, help="its public key file (KEY.pub; a private key works)")
     p.set_defaults(func=run_enroll)
 
@@ -77,14 +77,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser("coordinator", help="run the room service", description="Run the coordinator.")
     p.add_argument("--state", required=True, type=Path, help="state directory (SQLite, checkpoints, audit log)")
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface; needs TLS)")
     p.add_argument("--port", type=int, default=8765, help="port (0: pick a free one; see DIR/coordinator.url)")
     p.add_argument("--tls-cert", type=Path, help="PEM certificate chain for wss://")
     p.add_argument("--tls-key", type=Path, help="PEM private key of the certificate")
     p.add_argument(
         "--insecure", action="store_true", help="allow plain ws:// on a non-loopback --host (frames unprotected)"
     )
-    p.add_argument("--log-level", default="info")
+    p.add_argument("--log-level", default="info", help="log level on stderr: debug, info, warning or error")
     p.set_defaults(func=run_coordinator_cmd)
 
     p = subparsers.add_parser(
@@ -108,10 +108,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Start a coordinator and N sites as processes on 127.0.0.1, train a DP federated model "
         "from the analyst client, and compare it with a non-private central baseline.",
     )
-    p.add_argument("--sites", type=int, default=3, help="number of sites (default 3)")
+    p.add_argument("--sites", type=int, default=3, help="number of sites, each its own process (default 3)")
     p.add_argument("--dataset", default="digits", choices=BUILTIN_DATASETS, help="built-in dataset (default digits)")
-    p.add_argument("--non-iid", type=float, default=None, metavar="ALPHA", help="Dirichlet(alpha) label skew")
-    p.add_argument("--state", type=Path, default=None, help="state directory (default: a new temporary one)")
+    p.add_argument(
+        "--non-iid", type=float, default=None, metavar="ALPHA", help="Dirichlet(alpha) label skew (default: IID)"
+    )
+    p.add_argument(
+        "--state",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="state directory, kept (default: a temporary one, removed when the demo ends)",
+    )
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
     p.add_argument(
         "--attack",
