@@ -147,3 +147,30 @@ async def test_refusals_come_with_their_reasons(jp_fetch, real_registry):
     assert {f["site"] for f in r["refusals"]} == {"site-a", "site-b"}
     assert all(f["reason"] == "epsilon_cap" and "cap" in f["message"] for f in r["refusals"])
     assert "cannot start" in r["error"]
+
+
+async def test_a_query_through_the_route_spends_and_a_bad_one_spends_nothing(jp_fetch, real_registry):
+    """POST rooms/<id>/query on the real room: the sites' answer with its interval; a refusal is typed and free."""
+    from tornado.httpclient import HTTPClientError
+
+    async def spent():
+        return {r["site"]: r["epsilon_spent"] for r in (await get(jp_fetch, "rooms", "room-1", "budget"))["sites"]}
+
+    await post(jp_fetch, "rooms", "demo", body={})
+    before = await spent()
+    code, answer = await post(jp_fetch, "rooms", "room-1", "query", body={"query": "count_by_label epsilon=0.2"})
+    assert code == 200 and answer["kind"] == "count_by_label" and len(answer["total"]) == 10
+    assert set(answer["per_site"]) == {"site-a", "site-b"} and answer["ci"]["level"] == 0.95
+    lows, highs = answer["ci"]["lo"], answer["ci"]["hi"]
+    assert all(lo <= t <= hi for lo, t, hi in zip(lows, answer["total"], highs, strict=True))
+    hist = {"kind": "histogram", "feature": "pixel_3_4", "bins": [0, 0.5, 1], "epsilon": 0.2, "secure": True}
+    code, secure = await post(jp_fetch, "rooms", "room-1", "query", body=hist)
+    assert code == 200 and secure["per_site"] == {} and secure["secure"] is True and len(secure["total"]) == 2
+    after = await spent()
+    assert all(after[s] > before[s] for s in before), (before, after)
+    for body in ({**hist, "epsilon": 50}, {**hist, "feature": "no_such_pixel"}):
+        with pytest.raises(HTTPClientError) as info:
+            await post(jp_fetch, "rooms", "room-1", "query", body=body)
+        error = json.loads(info.value.response.body)
+        assert info.value.code == 400 and error["code"] == "refused" and "\n" not in error["message"], error
+    assert await spent() == after
