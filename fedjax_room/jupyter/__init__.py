@@ -49,6 +49,10 @@ def load_ipython_extension(ipython: Any) -> None:
         return
     _magics = RoomMagics(ipython)
     ipython.register_magics(_magics)
+    if getattr(ipython, "kernel", None) is not None:  # in a Jupyter kernel: make the Clean Room kernel available
+        from fedjax_room.jupyter.kernelspec import ensure_kernel_spec
+
+        ensure_kernel_spec()
 
 
 def unload_ipython_extension(ipython: Any) -> None:
@@ -71,8 +75,11 @@ def current_room() -> Any:
 
 
 def current_demo() -> Any:
-    """The embedded room ``%room demo`` started (an ``EmbeddedRoom``; ``None`` if none)."""
-    return _magics.embedded if _magics is not None else None
+    """The analyst's handle on the room ``%room demo`` started (``fedjax_room.sim.demo.AnalystDemo``: URL,
+    ``connect()``, the analyst's own ``central_test()``; no site's data), or ``None`` if none."""
+    embedded = _magics.embedded if _magics is not None else None
+    for_analyst = getattr(embedded, "for_analyst", None)
+    return for_analyst() if for_analyst is not None else embedded
 
 
 def current_run() -> Any:

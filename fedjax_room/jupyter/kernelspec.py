@@ -4,13 +4,22 @@
 logos) to a temporary directory and installs it with jupyter_client's ``KernelSpecManager``, into the
 user's, the environment's (``sys_prefix``) or a given prefix's ``share/jupyter/kernels``.
 
-The kernel runs ``python -m ipykernel_launcher -f {connection_file} --ext=fedjax_room``: ``--ext`` is
-IPython's alias for ``InteractiveShellApp.extra_extensions``, so ``%room`` works in the first cell.
+The kernel runs ``python -m ipykernel_launcher -f {connection_file} --ext=fedjax_room.jupyter``: ``--ext`` is
+IPython's alias for ``InteractiveShellApp.extra_extensions``, so ``%room`` works in the first cell. It loads the
+extension as ``fedjax_room.jupyter`` (the module that defines it), so that a notebook's own ``%load_ext
+fedjax_room`` — which every notebook has, to run on a plain kernel too — finds the magics registered and says
+nothing, rather than IPython's "already loaded".
+
+How the kernel becomes available: ``pip install`` puts :data:`PACKAGED_KERNEL_JSON` (argv ``python``, which
+jupyter_client replaces with the Python that runs the server) in ``share/jupyter/kernels/fedjax-room`` (the
+wheel's shared data, pyproject.toml); an editable or source install has no shared data, so the first ``%load_ext
+fedjax_room`` runs :func:`ensure_kernel_spec`, which installs it for the user when Jupyter cannot find it.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import sys
 import tempfile
@@ -19,10 +28,21 @@ from typing import Any
 
 from fedjax_room.errors import ConfigError
 
-__all__ = ["DISPLAY_NAME", "KERNEL_NAME", "install_kernel_spec", "kernel_json"]
+__all__ = [
+    "DISPLAY_NAME",
+    "KERNEL_NAME",
+    "PACKAGED_KERNEL_JSON",
+    "ensure_kernel_spec",
+    "install_kernel_spec",
+    "kernel_json",
+]
 
 KERNEL_NAME = "fedjax-room"
 DISPLAY_NAME = "Clean Room (Python 3)"
+#: The kernelspec the wheel installs (``kernel_json(python="python")``; tests check the two agree).
+PACKAGED_KERNEL_JSON = Path(__file__).resolve().parents[2] / "jupyter-kernel" / KERNEL_NAME / "kernel.json"
+
+log = logging.getLogger("fedjax_room.jupyter")
 
 
 def kernel_json(*, python: str | None = None, display_name: str = DISPLAY_NAME) -> dict[str, Any]:
@@ -34,7 +54,7 @@ def kernel_json(*, python: str | None = None, display_name: str = DISPLAY_NAME) 
             "ipykernel_launcher",
             "-f",
             "{connection_file}",
-            "--ext=fedjax_room",
+            "--ext=fedjax_room.jupyter",
         ],
         "display_name": display_name,
         "language": "python",
@@ -89,3 +109,20 @@ def install_kernel_spec(
                 f"cannot install the kernel ({exc.strerror or exc}); try --user or --sys-prefix"
             ) from None
     return Path(destination)
+
+
+def ensure_kernel_spec() -> Path | None:
+    """Install the kernel for this user unless Jupyter already finds one named :data:`KERNEL_NAME` (a wheel's
+    shared data, an earlier call, ``fedjax-room install-kernel``). Returns where it was installed, or None when
+    nothing was done. Never raises: a kernel that cannot be installed is logged, and ``%load_ext`` goes on."""
+    try:
+        from jupyter_client.kernelspec import KernelSpecManager
+
+        if KERNEL_NAME in KernelSpecManager().find_kernel_specs():
+            return None
+        path = install_kernel_spec(user=True)
+    except Exception as exc:  # e.g. a read-only home: the magics work without the kernel
+        log.warning("could not install the %r kernel (%s); run `fedjax-room install-kernel --user`", DISPLAY_NAME, exc)
+        return None
+    log.info("installed the %r kernel in %s", DISPLAY_NAME, path)
+    return path

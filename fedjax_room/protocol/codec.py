@@ -19,6 +19,7 @@ Flax produces) travels flat as ``{"dense_0/kernel": <array>, "dense_0/bias": <ar
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -31,6 +32,7 @@ from fedjax_room.errors import FrameTooLargeError, ProtocolError
 from fedjax_room.tree import MAX_TREE_DEPTH, Tree, flatten_tree, unflatten_tree
 
 __all__ = [
+    "ACCOUNTING_FIELDS",
     "DTYPES",
     "MAX_ARRAY_ELEMENTS",
     "MAX_DECODED_ITEMS",
@@ -41,6 +43,7 @@ __all__ = [
     "decode_array",
     "decode_tree",
     "digest",
+    "update_digest",
     "encode_array",
     "encode_tree",
     "flatten_tree",
@@ -307,3 +310,23 @@ def unpack_tree(data: bytes, *, max_bytes: int = MAX_FRAME_BYTES) -> Tree:
 def digest(data: bytes) -> str:
     """Hex sha256 of ``data`` (an update payload's ``digest`` in the audit logs)."""
     return hashlib.sha256(data).hexdigest()
+
+
+#: The fields of an ``update`` frame that :func:`update_digest` hashes when its payload is empty.
+ACCOUNTING_FIELDS = ("run_id", "round", "weight", "epsilon", "ledger_epsilon", "delta", "site_epsilon")
+
+
+def update_digest(update: Any) -> dict[str, str]:
+    """The ``digest`` and ``digest_of`` fields of an ``update_released`` / ``update_received`` audit record.
+
+    A plain update: the sha256 of its payload bytes (``digest_of="payload"``). Under secure aggregation the frame's
+    payload is empty (the update travels masked, and ``masked_input_released`` / ``masked_input_received`` hash
+    those bytes), so the digest is the sha256 of what the frame does carry, its accounting: the canonical JSON of
+    :data:`ACCOUNTING_FIELDS` (``digest_of="accounting"``), the same on the site that sends it and the coordinator
+    that receives it.
+    """
+    if update.payload:
+        return {"digest": digest(update.payload), "digest_of": "payload"}
+    fields = {name: getattr(update, name) for name in ACCOUNTING_FIELDS}
+    text = json.dumps(fields, sort_keys=True, separators=(",", ":"))
+    return {"digest": digest(text.encode()), "digest_of": "accounting"}

@@ -34,9 +34,20 @@ from pathlib import Path
 from typing import Any
 
 from fedjax_room.errors import ConfigError, StateError
+from fedjax_room.protocol.config import protections
 from fedjax_room.sim.launch import spawn_coordinator, spawn_site, stop_process
 
-__all__ = ["DEMO_RECIPES", "EmbeddedRoom", "run_demo", "start_room", "write_room_manifest"]
+__all__ = [
+    "DEMO_ATTACKS",
+    "DEMO_POLICY",
+    "DEMO_RECIPES",
+    "AnalystDemo",
+    "EmbeddedRoom",
+    "check_demo",
+    "run_demo",
+    "start_room",
+    "write_room_manifest",
+]
 
 #: Per dataset: the model and the run settings the demo uses (tuned for accuracy at epsilon 3).
 DEMO_RECIPES: dict[str, dict[str, Any]] = {
@@ -118,19 +129,21 @@ class EmbeddedRoom:
         return room
 
     def central_test(self) -> Any:
-        """The held-back central test split (only the demo has it)."""
+        """The held-back central test split (no site has it): the analyst's own labelled data in the demo."""
         from fedjax_room.data import load_dataset
 
         return load_dataset(self.state_dir / "central_test.npz")
 
-    def pooled_train(self) -> Any:
-        """The union of the sites' training data (for the non-private central baseline only)."""
-        import numpy as np
-
-        from fedjax_room.data import Dataset, load_dataset
-
-        parts = [load_dataset(self.site_dir(n) / "train.npz") for n in self.site_names]
-        return Dataset(np.concatenate([p.x for p in parts]), np.concatenate([p.y for p in parts]), parts[0].schema)
+    def for_analyst(self) -> AnalystDemo:
+        """What the analyst's side gets of this room (``fedjax_room.jupyter.current_demo()``): no site's data."""
+        return AnalystDemo(
+            url=self.url,
+            dataset=self.dataset,
+            site_names=tuple(self.site_names),
+            analyst_key=self.analyst_key,
+            manifest=self.manifest_path,
+            _test_path=self.state_dir / "central_test.npz",
+        )
 
     def restart_coordinator(self, *, kill: bool = False) -> None:
         """Stop (``kill``: SIGKILL, no goodbye) and start the coordinator again on the same port."""
@@ -165,23 +178,127 @@ class EmbeddedRoom:
         self.stop()
 
 
+#: The policy every demo site gets unless told otherwise (``min_sites`` is ``min(2, sites)``): ``fedjax-room demo``
+#: checks a run against it before it starts anything.
+DEMO_POLICY: dict[str, Any] = {
+    "epsilon_cap": 10.0,
+    "delta_cap": 1e-5,
+    # every DP exploration query kind (site/queries.py), up to epsilon 3 each, a third of the cap in all
+    "queries": {
+        "allowed": ["count", "count_by_label", "histogram", "sum", "mean", "quantiles", "missing"],
+        "max_epsilon": 3.0,
+        "epsilon_share": 0.34,
+    },
+}
+#: The simulated attacks ``--attack`` offers (:data:`fedjax_room.robust.attacks.ATTACKS`, named here without JAX).
+DEMO_ATTACKS = ("boost", "sign_flip", "label_flip", "gaussian")
+#: The most sites an embedded room starts.
+MAX_SITES = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class AnalystDemo:
+    """The analyst's handle on an embedded demo room, as ``%room demo`` hands it out (``current_demo()``).
+
+    It has what a real analyst has: where the room is, the analyst's key and the room manifest to connect with
+    (:meth:`connect`), the site names, and the analyst's own labelled data (:meth:`central_test`). That test split
+    is handed to the analyst on purpose: the demo drew it from the dataset before partitioning the rest among the
+    sites, and no site ever holds it, so it plays the part of the public or in-house data a real analyst evaluates
+    on. The sites' rows (their ``train.npz`` / ``heldout.npz`` and folders) are not reachable from here: they stay
+    with the site processes and the demo's own scoring code (:func:`_central_baseline_accuracy`, which returns only
+    a score). The operator's :class:`EmbeddedRoom` (tests, the CLI) keeps ``site_dir`` for what an operator does.
+    """
+
+    url: str
+    dataset: str
+    site_names: tuple[str, ...]
+    analyst_key: Path
+    manifest: Path
+    _test_path: Path = dataclasses.field(repr=False)
+
+    def connect(self, **kwargs: Any) -> Any:
+        """A :class:`~fedjax_room.analyst.client.Room` connected as the analyst (pinning the room manifest)."""
+        from fedjax_room.analyst import presence
+        from fedjax_room.analyst.client import connect
+
+        kwargs.setdefault("coordinator_key", self.manifest)
+        room = connect(self.url, key=self.analyst_key, **kwargs)
+        presence.describe(room, kind="demo", dataset=self.dataset, site_names=list(self.site_names))
+        return room
+
+    def central_test(self) -> Any:
+        """The analyst's own labelled evaluation data: a split of the dataset that no site holds."""
+        from fedjax_room.data import load_dataset
+
+        return load_dataset(self._test_path)
+
+
 def _policy_for(policy: Any, sites: int) -> Any:
     from fedjax_room.site.policy import Policy
 
     if isinstance(policy, Policy):
         return policy
-    defaults: dict[str, Any] = {
-        "epsilon_cap": 10.0,
-        "delta_cap": 1e-5,
-        "min_sites": min(2, sites),
-        # every DP exploration query kind (site/queries.py), up to epsilon 3 each, a third of the cap in all
-        "queries": {
-            "allowed": ["count", "count_by_label", "histogram", "sum", "mean", "quantiles", "missing"],
-            "max_epsilon": 3.0,
-            "epsilon_share": 0.34,
-        },
-    }
+    defaults: dict[str, Any] = {**DEMO_POLICY, "min_sites": min(2, sites)}
     return Policy.from_dict({**defaults, **(policy or {})})
+
+
+def _check_sites(sites: Any) -> int:
+    if isinstance(sites, bool) or not isinstance(sites, int) or not 1 <= sites <= MAX_SITES:
+        raise ConfigError(f"--sites must be an integer from 1 to {MAX_SITES}, got {sites!r}")
+    return sites
+
+
+def check_demo(
+    *,
+    sites: int,
+    dataset: str,
+    non_iid: float | None,
+    attack: str | None,
+    malicious: int,
+    train: Mapping[str, Any],
+) -> Any:
+    """Every check ``fedjax-room demo`` can make before it starts a process; returns the run's
+    :class:`~fedjax_room.protocol.config.RunConfig` (secure aggregation resolved), or raises :class:`ConfigError`
+    naming the option to change.
+
+    ``train`` are the options the demo will send to ``room.train``. Besides RunConfig's own rules (bounds, one of
+    target and noise, a robust aggregator or ``exclude_below`` against secure aggregation, ...) it checks what the
+    demo's sites would refuse, since the demo writes their policy (:data:`DEMO_POLICY`): a target epsilon above
+    their cap (the target covers the whole run, so no setting of rounds or steps makes it fit), a delta above
+    their delta cap, and ``min_sites`` outside what the room can do. Light: no JAX, no data loaded.
+    """
+    from fedjax_room.protocol.config import RunConfig
+
+    _check_sites(sites)
+    if dataset not in DEMO_RECIPES:
+        raise ConfigError(f"unknown --dataset {dataset!r}; choose one of {', '.join(DEMO_RECIPES)}")
+    if non_iid is not None and (
+        isinstance(non_iid, bool) or not isinstance(non_iid, int | float) or not 0 < non_iid < math.inf
+    ):
+        raise ConfigError(f"--non-iid ALPHA must be a positive number (Dirichlet concentration), got {non_iid!r}")
+    if attack is not None:
+        if attack not in DEMO_ATTACKS:
+            raise ConfigError(f"unknown --attack {attack!r}; choose one of {', '.join(DEMO_ATTACKS)}")
+        if isinstance(malicious, bool) or not isinstance(malicious, int) or not 1 <= malicious <= sites:
+            raise ConfigError(f"--malicious K must be an integer from 1 to --sites ({sites}), got {malicious!r}")
+    config = RunConfig.from_dict(dict(train))
+    cap, delta_cap = DEMO_POLICY["epsilon_cap"], DEMO_POLICY["delta_cap"]
+    if config.target_epsilon is not None and config.target_epsilon > cap:
+        raise ConfigError(
+            f"--target-epsilon {config.target_epsilon:g} is above the demo sites' epsilon cap of {cap:g} (the target "
+            f"covers the whole run, so each site would refuse it); use --target-epsilon {cap:g} or less"
+        )
+    if config.delta > delta_cap:
+        raise ConfigError(
+            f"--delta {config.delta:g} is above the demo sites' delta cap of {delta_cap:g}; use --delta {delta_cap:g} "
+            "or less"
+        )
+    if config.min_sites is not None and not min(2, sites) <= config.min_sites <= sites:
+        raise ConfigError(
+            f"--min-sites {config.min_sites} is outside what this demo can do: from {min(2, sites)} (the demo "
+            f"sites' own minimum cohort) to {sites} (--sites); use a value in that range or leave it unset"
+        )
+    return config
 
 
 def start_room(
@@ -209,8 +326,7 @@ def start_room(
     from fedjax_room.data import load_builtin, partition, save_dataset
     from fedjax_room.identity import fingerprint, generate_key, load_private_key, public_key_bytes, save_private_key
 
-    if isinstance(sites, bool) or not isinstance(sites, int) or not 1 <= sites <= 64:
-        raise ConfigError(f"sites must be an integer from 1 to 64, got {sites!r}")
+    _check_sites(sites)
     from fedjax_room.files import private_dir
 
     state = private_dir(Path(state_dir) if state_dir else Path(tempfile.mkdtemp(prefix="fedjax-room-")))
@@ -363,16 +479,93 @@ def run_demo(
     (started as ``python -m fedjax_room.sim.attacker``: a test and demo feature) so that one can watch
     ``aggregator="fedavg"`` break and ``"median"`` hold.
     """
-    from tqdm.auto import tqdm
-
-    from fedjax_room.local import evaluate, train_central
+    if dataset not in DEMO_RECIPES:
+        raise ConfigError(f"unknown --dataset {dataset!r}; choose one of {', '.join(DEMO_RECIPES)}")
+    recipe = DEMO_RECIPES[dataset]
+    # what room.train gets: the demo's base, the dataset's recipe, the options given, the named ones given
+    train: dict[str, Any] = {"target_epsilon": target_epsilon, "delta": 1e-5, "seed": seed, "aggregator": aggregator}
+    train.update(recipe["train"])
+    train.update(options or {})
+    if rounds is not None:
+        train["rounds"] = rounds
+    if exclude_below is not None:
+        train["exclude_below"] = exclude_below
+    if secure_aggregation is None and attack:
+        secure_aggregation = False  # a simulated attack's point is to watch the per-update defences
+    if secure_aggregation is not None:
+        train["secure_aggregation"] = secure_aggregation
+    if site_noise_multiplier is not None:
+        train["site_noise_multiplier"] = site_noise_multiplier
+    # every mistake is reported here, before a process, a directory or JAX is started
+    config = check_demo(sites=sites, dataset=dataset, non_iid=non_iid, attack=attack, malicious=malicious, train=train)
+    train["secure_aggregation"] = config.secure_aggregation  # resolved: shown, and sent
 
     out = out or sys.stdout
-    recipe = DEMO_RECIPES[dataset]
-    settings = {**recipe["train"], **(options or {})}
-    if rounds is not None:
-        settings["rounds"] = rounds
     started = time.perf_counter()
+    temporary = state_dir is None  # a state directory the demo made is removed at the end; --state DIR is kept
+    state = Path(state_dir) if state_dir is not None else Path(tempfile.mkdtemp(prefix="fedjax-room-"))
+    try:
+        return _run_demo(
+            state=state,
+            temporary=temporary,
+            config=config,
+            train=train,
+            recipe=recipe,
+            out=out,
+            started=started,
+            sites=sites,
+            dataset=dataset,
+            non_iid=non_iid,
+            seed=seed,
+            as_json=as_json,
+            attack=attack,
+            malicious=malicious,
+        )
+    finally:
+        if temporary:
+            import shutil
+
+            shutil.rmtree(state, ignore_errors=True)
+
+
+def _central_baseline_accuracy(er: EmbeddedRoom, spec: Any, test: Any, epochs: int, seed: int) -> float:
+    """The demo's scoring code: a non-private model trained centrally on the union of the sites' training
+    files, scored on the central test split. Only the score leaves this function: the demo (which wrote
+    the partitions) reads the rows here, and nothing on the analyst's side can ask for them."""
+    import numpy as np
+
+    from fedjax_room.data import Dataset, load_dataset
+    from fedjax_room.local import evaluate, train_central
+
+    parts = [load_dataset(er.site_dir(n) / "train.npz") for n in er.site_names]
+    pooled = Dataset(np.concatenate([p.x for p in parts]), np.concatenate([p.y for p in parts]), parts[0].schema)
+    params = train_central(spec, pooled, epochs, seed, learning_rate=1e-2)
+    return float(evaluate(spec, params, test).accuracy)
+
+
+def _run_demo(
+    *,
+    state: Path,
+    temporary: bool,
+    config: Any,
+    train: dict[str, Any],
+    recipe: dict[str, Any],
+    out: Any,
+    started: float,
+    sites: int,
+    dataset: str,
+    non_iid: float | None,
+    seed: int,
+    as_json: bool,
+    attack: str | None,
+    malicious: int,
+) -> int:
+    from tqdm.auto import tqdm
+
+    from fedjax_room.local import evaluate
+
+    settings = config.to_dict()
+    target_epsilon, aggregator = config.target_epsilon, config.aggregator
 
     def say(text: str = "") -> None:
         tqdm.write(text, file=out)
@@ -389,9 +582,7 @@ def run_demo(
         bad = [_site_names(sites)[i] for i in choose_malicious(sites, malicious, seed)]
         attacks = dict.fromkeys(bad, attack)
         say(f"Simulated attack: {', '.join(bad)} will send {attack!r} updates (a demo feature)")
-    with start_room(
-        sites=sites, dataset=dataset, non_iid=non_iid, state_dir=state_dir, seed=seed, attacks=attacks
-    ) as er:
+    with start_room(sites=sites, dataset=dataset, non_iid=non_iid, state_dir=state, seed=seed, attacks=attacks) as er:
         say(f"Room {er.url}; sites {', '.join(er.site_names)} connected; state in {er.state_dir}")
         room = er.connect()
         try:
@@ -411,35 +602,15 @@ def run_demo(
                 )
                 + f" (delta {settings.get('delta', 1e-5):g}), aggregator {aggregator} ..."
             )
-            extra: dict[str, Any] = {"exclude_below": exclude_below} if exclude_below is not None else {}
-            if secure_aggregation is None:
-                secure_aggregation = aggregator in ("fedavg", "mean") and exclude_below is None and attack is None
-            extra["secure_aggregation"] = bool(secure_aggregation)
-            if site_noise_multiplier is not None:
-                extra["site_noise_multiplier"] = site_noise_multiplier
-            say(
-                "Secure aggregation: "
-                + ("on (the coordinator sees only the sum of masked updates)" if secure_aggregation else "off")
-                + (
-                    f", distributed DP with site noise multiplier {site_noise_multiplier:g}"
-                    if site_noise_multiplier
-                    else ""
-                )
-            )
-            train = {"target_epsilon": target_epsilon, "delta": 1e-5, "seed": seed, "aggregator": aggregator}
-            run = room.train(spec, **{**train, **extra, **settings})
+            say("Protections: " + "; ".join(protections(config)))
+            run = room.train(spec, **train)
             for line in run.defences_text().splitlines():
                 say(f"  defence {line}")
             header = f"{'round':>5}  {'sites':>5}  {'loss*':>7}  {'acc*':>6}  epsilon so far per site"
             say(header)
-            bar = tqdm(
-                total=settings["rounds"],
-                desc="federated rounds",
-                unit="round",
-                file=sys.stderr,
-                leave=False,
-                disable=not sys.stderr.isatty() and as_json,
-            )
+            from fedjax_room.sim.progress import RoundBar  # says what round 1 waits for; its clock ticks
+
+            bar = RoundBar(run, settings["rounds"], file=sys.stderr, disable=not sys.stderr.isatty() and as_json)
             for r in run.rounds():
                 eps = "  ".join(f"{k}={v:.2f}" for k, v in sorted(r.epsilon.items()))
                 dropped = f"  (dropped: {', '.join(r.dropped)})" if r.dropped else ""
@@ -463,8 +634,7 @@ def run_demo(
             room.close()
         accuracy = evaluate(spec, params, test).accuracy
         say("Training the non-private central baseline on the union of the sites' training data ...")
-        baseline_params = train_central(spec, er.pooled_train(), recipe["baseline_epochs"], seed, learning_rate=1e-2)
-        baseline = evaluate(spec, baseline_params, test).accuracy
+        baseline = _central_baseline_accuracy(er, spec, test, recipe["baseline_epochs"], seed)
         elapsed = time.perf_counter() - started
         say("")
         bound = f"epsilon <= {target_epsilon:g}" if target_epsilon is not None else "fixed noise"
@@ -481,11 +651,17 @@ def run_demo(
                 f"  {name}: epsilon {p.epsilon:.3f} at delta {p.delta:g} (cap {p.cap:g}, {p.remaining:.3f} left)"
                 f"{site_level}"
             )
-        say(f"State: {er.state_dir}")
-        say(f"  coordinator audit log: {er.coordinator_dir / 'audit.jsonl'}")
-        for name in er.site_names:
-            say(f"  {name} audit log and ledger: {er.site_dir(name) / 'state'}/audit.jsonl, ledger.json")
-        say(f"Verify a log with: fedjax-room audit verify {er.coordinator_dir / 'audit.jsonl'}")
+        if temporary:
+            say(
+                f"State: {er.state_dir}, a temporary directory, removed now; give --state DIR to keep it (every "
+                "audit log and ledger) and check it with: fedjax-room audit verify DIR"
+            )
+        else:
+            say(f"State: {er.state_dir}")
+            say(f"  coordinator audit log: {er.coordinator_dir / 'audit.jsonl'}")
+            for name in er.site_names:
+                say(f"  {name} audit log and ledger: {er.site_dir(name) / 'state'}/audit.jsonl, ledger.json")
+            say(f"Verify every log in it with: fedjax-room audit verify {er.state_dir}")
         say(f"Done in {elapsed:.0f}s.")
         if as_json:
             summary = {
@@ -494,9 +670,10 @@ def run_demo(
                 "rounds": run.rounds_done,
                 "target_epsilon": target_epsilon,
                 "dataset": dataset,
-                "state_dir": str(er.state_dir),
-                "secure_aggregation": bool(secure_aggregation),
-                "site_noise_multiplier": site_noise_multiplier,
+                "state_dir": None if temporary else str(er.state_dir),
+                "secure_aggregation": config.secure_aggregation,
+                "site_noise_multiplier": config.site_noise_multiplier,
+                "protections": protections(config),
                 "aggregator": aggregator,
                 "attack": attack,
                 "malicious": sorted(attacks),

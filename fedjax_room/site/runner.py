@@ -114,7 +114,7 @@ def add_site_arguments(p: argparse.ArgumentParser) -> None:
         help="the coordinator's public key file to pin (default: the manifest's, or KEYDIR/coordinator.key.pub)",
     )
     p.add_argument("--insecure", action="store_true", help="allow plain ws:// to a non-loopback coordinator")
-    p.add_argument("--log-level", default="info")
+    p.add_argument("--log-level", default="info", help="log level on stderr: debug, info, warning or error")
     p.add_argument("--train-delay", type=float, default=0.0, help=argparse.SUPPRESS)  # tests: a straggler
 
 

@@ -17,7 +17,35 @@ def test_kernel_json_loads_the_extension():
     spec = kernel_json()
     assert spec["display_name"] == "Clean Room (Python 3)" and spec["language"] == "python"
     assert spec["argv"][:3] == [sys.executable, "-m", "ipykernel_launcher"]
-    assert "{connection_file}" in spec["argv"] and "--ext=fedjax_room" in spec["argv"]
+    assert "{connection_file}" in spec["argv"] and "--ext=fedjax_room.jupyter" in spec["argv"]
+
+
+def test_the_wheel_ships_the_same_kernelspec():
+    # pip install puts jupyter-kernel/fedjax-room in share/jupyter/kernels (pyproject's shared data); "python" is
+    # replaced by jupyter_client with the Python that runs the server
+    import tomllib
+
+    from fedjax_room.jupyter.kernelspec import PACKAGED_KERNEL_JSON
+
+    assert json.loads(PACKAGED_KERNEL_JSON.read_text()) == kernel_json(python="python")
+    root = PACKAGED_KERNEL_JSON.parents[2]
+    shared = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["hatch"]["build"]["targets"]["wheel"]
+    assert shared["shared-data"]["jupyter-kernel/fedjax-room"] == f"share/jupyter/kernels/{KERNEL_NAME}"
+
+
+def test_ensure_kernel_spec_installs_it_once_where_jupyter_finds_it(tmp_path, monkeypatch):
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    from fedjax_room.jupyter.kernelspec import ensure_kernel_spec
+
+    monkeypatch.setenv("JUPYTER_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "data"))
+    monkeypatch.setattr(sys, "prefix", str(tmp_path / "prefix"))  # no environment-wide kernels either
+    assert KERNEL_NAME not in KernelSpecManager().find_kernel_specs()
+    installed = ensure_kernel_spec()
+    assert installed is not None and (installed / "kernel.json").exists()
+    assert KernelSpecManager().get_kernel_spec(KERNEL_NAME).display_name == DISPLAY_NAME
+    assert ensure_kernel_spec() is None  # found: nothing to do
 
 
 def test_cli_installs_into_a_prefix(tmp_path, capsys):
@@ -25,7 +53,7 @@ def test_cli_installs_into_a_prefix(tmp_path, capsys):
     kernel_dir = tmp_path / "share" / "jupyter" / "kernels" / KERNEL_NAME
     assert str(kernel_dir) in capsys.readouterr().out
     spec = json.loads((kernel_dir / "kernel.json").read_text())
-    assert spec["display_name"] == DISPLAY_NAME and "--ext=fedjax_room" in spec["argv"]
+    assert spec["display_name"] == DISPLAY_NAME and "--ext=fedjax_room.jupyter" in spec["argv"]
     assert (kernel_dir / "logo-64x64.png").exists()
     # installing again replaces it
     assert main(["install-kernel", "--prefix", str(tmp_path), "--display-name", "Room 2"]) == 0
@@ -65,6 +93,7 @@ def test_a_kernel_started_from_the_spec_has_the_magics(tmp_path, monkeypatch):
 
     repo = str(Path(__file__).resolve().parents[2])  # the kernel imports this checkout, installed or not
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("JUPYTER_DATA_DIR", str(tmp_path / "data"))  # where the kernel's first %load_ext installs
     install_kernel_spec(prefix=tmp_path)
     ksm = KernelSpecManager(kernel_dirs=[str(tmp_path / "share" / "jupyter" / "kernels")])
     assert ksm.get_kernel_spec(KERNEL_NAME).display_name == DISPLAY_NAME
@@ -82,6 +111,11 @@ def test_a_kernel_started_from_the_spec_has_the_magics(tmp_path, monkeypatch):
             elif msg["msg_type"] == "error":
                 outputs.append(msg["content"]["ename"])
 
+        # every notebook starts with %load_ext fedjax_room (to run on a plain kernel too): silent here
+        reply = client.execute_interactive("%load_ext fedjax_room", timeout=60, output_hook=hook)
+        assert reply["content"]["status"] == "ok" and outputs == []
+        # and the kernel's extension made the Clean Room kernel available to this user's Jupyter
+        assert (tmp_path / "data" / "kernels" / KERNEL_NAME / "kernel.json").exists()
         reply = client.execute_interactive("%room --help", timeout=60, output_hook=hook)
         assert reply["content"]["status"] == "ok", outputs
         text = "".join(outputs)

@@ -53,6 +53,7 @@ def test_committed_without_outputs_and_with_parameters(path):
     sources = ["".join(c["source"]) for c in code]
     assert sources[-1].strip() == "%room stop" and "assert" in sources[-2]
     assert any(s.startswith("%load_ext fedjax_room") for s in sources)
+    assert book["metadata"]["kernelspec"]["name"] == "fedjax-room"  # opens on the Clean Room kernel
 
 
 def _room_available() -> bool:

@@ -21,7 +21,8 @@ from fedjax_room.protocol.config import RunConfig, RunLimits, check_run_request
 from fedjax_room.protocol.coordinator import CoordinatorMachine, MemoryAudit
 
 HUGE = mlp([784], 10, hidden=[8192, 4096, 2048]).to_dict()  # ~49M parameters, never built
-OK = {"rounds": 1, "local_steps": 2, "round_timeout": 30.0, "target_epsilon": 1.0}
+# plain mode (secure aggregation is on by default): the tests send plain updates by hand
+OK = {"rounds": 1, "local_steps": 2, "round_timeout": 30.0, "target_epsilon": 1.0, "secure_aggregation": False}
 
 
 def _errors(harness, conn):

@@ -144,7 +144,7 @@ def test_too_many_dropouts_fail_the_round_and_release_nothing(tmp_path):
 def test_a_site_requiring_secure_aggregation(tmp_path):
     policies = {"site-a": {"require_secure_aggregation": True}}
     room = Room(tmp_path, "policy", policies=policies)
-    first = start(room, rounds=1)
+    first = start(room, rounds=1, secure_aggregation=False)
     refusals = room.coord.snapshot(first)["refusals"]
     assert [(r["site"], r["reason"]) for r in refusals] == [("site-a", "secure_aggregation")]
     second = start(room, rounds=1, secure_aggregation=True)
@@ -173,7 +173,7 @@ def test_site_noise_needs_secure_aggregation():
     from fedjax_room.protocol.config import RunConfig
 
     with pytest.raises(ConfigError, match="secure_aggregation"):
-        RunConfig.from_dict({**BASE, "site_noise_multiplier": 1.0})
+        RunConfig.from_dict({**BASE, "secure_aggregation": False, "site_noise_multiplier": 1.0})
 
 
 def test_a_secure_round_resumes_after_a_coordinator_restart(tmp_path):
@@ -213,6 +213,31 @@ def test_masked_uploads_are_audited_on_both_sides(tmp_path):
         if r["kind"] == "masked_input_received"
     }
     assert received == sent
+
+
+def test_secure_update_records_hash_the_accounting_they_carry_not_an_empty_payload(tmp_path):
+    """Under secure aggregation the ``update`` frame's payload is empty: its audit digest says so and hashes the
+    frame's accounting (the same on both sides), never the sha256 of nothing."""
+    import hashlib
+
+    from fedjax_room.protocol.codec import ACCOUNTING_FIELDS
+
+    empty = hashlib.sha256(b"").hexdigest()
+    room = Room(tmp_path, "secure-digest")
+    run_id = start(room, secure_aggregation=True, rounds=1)
+    assert room.store.run(run_id).status == "finished"
+    updates = {(site, msg.round): msg for site, msg in room.received if isinstance(msg, m.Update)}
+    received = [r["fields"] for r in room.audit.records if r["kind"] == "update_received"]
+    assert len(received) == len(room.sites)
+    for f in received:
+        assert f["digest_of"] == "accounting" and f["digest"] != empty
+        sent = updates[(f["site"], f["round"])]
+        canonical = json.dumps({k: getattr(sent, k) for k in ACCOUNTING_FIELDS}, sort_keys=True, separators=(",", ":"))
+        assert f["digest"] == hashlib.sha256(canonical.encode()).hexdigest()
+    by_site = {f["site"]: f["digest"] for f in received}
+    for name, s in room.sites.items():
+        (released,) = [r["fields"] for r in s["audit"].records if r["kind"] == "update_released"]
+        assert released["digest_of"] == "accounting" and released["digest"] == by_site[name]  # both sides agree
 
 
 def test_site_epsilon_cap_refuses_the_round_that_would_pass_it(tmp_path):
