@@ -65,13 +65,15 @@ def svg_bars(
     y_label: str = "",
     points: bool = False,
     contiguous: bool = False,
+    edges: Sequence[float] | None = None,
     colour: str = PALETTE[0],
     width: int = 0,
     height: int = 220,
 ) -> str:
     """Bars (or points) with optional error bars ``lo..hi``, one per label, as an SVG string.
 
-    ``contiguous`` draws the bars edge to edge (a histogram's bins); ``points`` draws a dot per label
+    ``contiguous`` draws the bars edge to edge (a histogram's bins; ``edges``, one more than the labels, are
+    then written at the bars' borders instead of the labels under them); ``points`` draws a dot per label
     instead of a bar from zero (a mean, a quantile). ``None`` or NaN leaves a label empty.
     """
     n = len(labels)
@@ -117,7 +119,11 @@ def svg_bars(
         parts.append(f'<text x="{left - 4}" y="{y + 3:.1f}" text-anchor="end">{html.escape(_tick(value))}</text>')
     if y_lo < 0 < y_hi:
         parts.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{sy(0):.1f}" y2="{sy(0):.1f}" stroke="#999"/>')
-    every = max(1, math.ceil(n / max(1, plot_w // 34)))  # thin the x labels so they do not overlap
+    if edges is not None and len(edges) != n + 1:
+        raise ValueError("a histogram has one more edge than bins")
+    ticks = [_tick(float(e)) for e in edges] if edges is not None else [_short(str(label)) for label in labels]
+    widest = 6 * max((len(t) for t in ticks), default=1) + 8  # px, at 10px sans-serif
+    every = max(1, math.ceil(len(ticks) * widest / max(plot_w, 1)))  # thin the x labels so they do not overlap
     for i, label in enumerate(labels):
         cx = left + slot * (i + 0.5)
         value = vals[i]
@@ -143,11 +149,17 @@ def svg_bars(
                 f'<line x1="{cx - cap:.1f}" x2="{cx + cap:.1f}" y1="{ya:.1f}" y2="{ya:.1f}"/>'
                 f'<line x1="{cx - cap:.1f}" x2="{cx + cap:.1f}" y1="{yb:.1f}" y2="{yb:.1f}"/></g>'
             )
-        if i % every == 0:
+        if edges is None and i % every == 0:
             parts.append(
-                f'<text x="{cx:.1f}" y="{top + plot_h + 12}" text-anchor="middle">'
-                f"{html.escape(_short(str(label)))}</text>"
+                f'<text x="{cx:.1f}" y="{top + plot_h + 12}" text-anchor="middle">{html.escape(ticks[i])}</text>'
             )
+    if edges is not None:
+        for j, tick in enumerate(ticks):
+            if j % every == 0 or j == len(ticks) - 1:
+                x = left + slot * j
+                parts.append(
+                    f'<text x="{x:.1f}" y="{top + plot_h + 12}" text-anchor="middle">{html.escape(tick)}</text>'
+                )
     if y_label:
         parts.append(
             f'<text x="{left + plot_w / 2:.1f}" y="{height - 6}" text-anchor="middle" fill="#666">'
@@ -283,6 +295,7 @@ def plot_query(result: Any, *, level: float = 0.95) -> QueryPlot:
             title=f"{title}: all sites",
             points=kind in POINT_KINDS,
             contiguous=kind == "histogram",
+            edges=_edges(result, len(values)),
         )
     else:  # a group-by over a vector query: one row per key
         rows = [str(k) for k in (getattr(result, "keys", None) or range(total.shape[0]))]
@@ -316,6 +329,16 @@ def plot_query(result: Any, *, level: float = 0.95) -> QueryPlot:
                 colour=PALETTE[2],
             )
     return QueryPlot(charts, caption=_describe(result, level))
+
+
+def _edges(result: Any, n: int) -> list[float] | None:
+    """A histogram's declared bin edges (``result.spec.bins``), if it has ``n + 1`` of them."""
+    if getattr(result, "kind", "") != "histogram":
+        return None
+    bins = getattr(getattr(result, "spec", None), "bins", None)
+    if bins is None or len(bins) != n + 1:
+        return None
+    return [float(b) for b in bins]
 
 
 def _site_interval(result: Any, site: str, level: float) -> tuple[float | None, float | None]:

@@ -120,3 +120,16 @@ def test_a_released_query_result_plots_with_its_own_intervals():
     (first, _) = _errorbars(plot.charts["total"])
     assert first[1] - first[0] > 0 and (lo < result.total).all() and (result.total < hi).all()
     assert "per_site" in plot.charts and ">40<" in plot.charts["per_site"]
+
+
+def test_a_histogram_is_labelled_by_its_declared_edges():
+    from fedjax_room.analyst.queries import QueryResult, parse_query
+    from fedjax_room.protocol.query_spec import QuerySpec
+
+    edges = ",".join(f"{x:g}" for x in np.linspace(0, 1, 33))
+    spec = QuerySpec.from_dict(parse_query(f"histogram pixel_3_4 bins={edges} epsilon=1 secure"))
+    result = QueryResult({"query": spec.to_dict(), "classes": ["0", "1"], "secure": True, "total": [10] * 32})
+    svg = plot_query(result).charts["total"]
+    ticks = re.findall(r'text-anchor="middle">([^<]*)</text>', svg)
+    assert {"0", "0.5", "1"} <= set(ticks) and not any(t.startswith("[") for t in ticks)  # edges, not intervals
+    assert svg.count('class="fjr-bar"') == 32
