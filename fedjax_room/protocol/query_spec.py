@@ -363,50 +363,54 @@ def _edges(spec: QuerySpec) -> np.ndarray:
     return np.linspace(spec.bounds[0], spec.bounds[1], QUANTILE_GRID + 1)
 
 
-def _invert(edges: np.ndarray, cdf: np.ndarray, q: float) -> float:
-    """The value where a non-decreasing ``cdf`` (at ``edges``, from 0 to 1) reaches ``q``, interpolated."""
-    j = int(np.searchsorted(cdf, q, side="left"))
-    if j <= 0:
-        return float(edges[0])
-    if j >= len(edges):
-        return float(edges[-1])
-    lo, hi = cdf[j - 1], cdf[j]
-    frac = 0.0 if hi <= lo else (q - lo) / (hi - lo)
-    return float(edges[j - 1] + frac * (edges[j] - edges[j - 1]))
+def _first(mask: np.ndarray) -> int:
+    """The first index where ``mask`` holds (its length when it never does)."""
+    hits = np.flatnonzero(mask)
+    return int(hits[0]) if hits.size else len(mask)
 
 
-def _cdf(counts: np.ndarray) -> np.ndarray:
-    c = np.maximum(np.asarray(counts, np.float64), 0.0)
-    total = c.sum()
-    cum = np.concatenate([[0.0], np.cumsum(c)])
-    return cum / total if total > 0 else np.linspace(0.0, 1.0, len(cum))
+def _cumulative(counts: np.ndarray) -> tuple[np.ndarray, float]:
+    """The noised cumulative counts at the edges (unbiased: nothing clipped) and their total (at least 1)."""
+    cum = np.concatenate([[0.0], np.cumsum(np.asarray(counts, np.float64))])
+    return cum, max(float(cum[-1]), 1.0)
 
 
 def _quantiles(spec: QuerySpec, counts: np.ndarray) -> np.ndarray:
+    """Each level's value: where the noised empirical CDF first reaches it, interpolated within the bin."""
     assert spec.quantiles is not None
-    edges, cdf = _edges(spec), _cdf(counts)
-    return np.array([_invert(edges, cdf, q) for q in spec.quantiles])
+    edges = _edges(spec)
+    cum, total = _cumulative(counts)
+    cdf = cum / total
+    out = []
+    for q in spec.quantiles:
+        j = _first(cdf >= q)
+        if j <= 0:
+            out.append(float(edges[0]))
+        elif j >= len(edges):
+            out.append(float(edges[-1]))
+        else:
+            lo, hi = max(cdf[j - 1], 0.0), cdf[j]
+            frac = 0.0 if hi <= lo else min(1.0, max(0.0, (q - lo) / (hi - lo)))
+            out.append(float(edges[j - 1] + frac * (edges[j] - edges[j - 1])))
+    return np.array(out)
 
 
 def quantile_ci(
     spec: QuerySpec, counts: np.ndarray, variance: np.ndarray, level: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """A ``level`` interval for each quantile: invert the band ``cdf +- z * sd`` of the noised cumulative counts,
-    out to the bin edges around it (so the grid's resolution is inside the interval)."""
+    """A ``level`` interval for each quantile: invert the band ``cdf +- half / total`` of the noised cumulative
+    counts (``half`` the interval of the noise summed up to each edge), out to the bin edges around it, so the
+    grid's resolution is inside the interval."""
     assert spec.quantiles is not None
     edges = _edges(spec)
-    c = np.maximum(np.asarray(counts, np.float64), 0.0)
-    total = max(float(c.sum()), 1.0)
-    cum = np.concatenate([[0.0], np.cumsum(c)])
-    sd = np.sqrt(np.concatenate([[0.0], np.cumsum(np.asarray(variance, np.float64))]))
-    half = ci_halfwidth(sd**2, level)
-    upper = np.minimum((cum + half) / total, 1.0)
-    lower = np.maximum((cum - half) / total, 0.0)
+    cum, total = _cumulative(counts)
+    half = ci_halfwidth(np.concatenate([[0.0], np.cumsum(np.asarray(variance, np.float64))]), level)
+    upper, lower = (cum + half) / total, (cum - half) / total
     upper[-1] = lower[-1] = 1.0
     lo, hi = [], []
     for q in spec.quantiles:
-        j_lo = int(np.searchsorted(upper, q, side="left"))  # first edge where even the upper band reaches q
-        j_hi = int(np.searchsorted(lower, q, side="left"))  # first edge where the lower band reaches q
-        lo.append(float(edges[max(0, j_lo - 1)]))
+        j_lo = _first(upper >= q)  # the first edge where even the upper band reaches q
+        j_hi = _first(lower >= q)  # the first edge where the lower band reaches q
+        lo.append(float(edges[min(len(edges) - 1, max(0, j_lo - 1))]))
         hi.append(float(edges[min(len(edges) - 1, j_hi)]))
     return np.array(lo), np.array(hi)
