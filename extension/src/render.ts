@@ -107,19 +107,33 @@ export function renderRun(run: IRun, room: string): HTMLElement {
   const active = isActive(run);
   const last = run.history.length ? run.history[run.history.length - 1] : null;
   const total = run.rounds || Math.max(run.rounds_done, 1);
+  // the dropped / flagged columns only when a round has one (the sidebar is narrow)
+  const anyDropped = run.history.some(r => r.dropped.length > 0);
+  const anyFlagged = run.history.some(
+    r => Object.keys(r.defence?.flagged ?? {}).length > 0
+  );
+  const headers = ['round', 'loss*', 'acc*', 'max ε'];
+  if (anyDropped) {
+    headers.push('dropped');
+  }
+  if (anyFlagged) {
+    headers.push('flagged');
+  }
   const rows = run.history.map(r => {
     const eps = Object.values(r.epsilon);
-    return {
-      key: String(r.round),
-      cells: [
-        String(r.round),
-        fmt(r.loss),
-        fmt(r.accuracy),
-        eps.length ? fmt(Math.max(...eps)) : '—',
-        r.dropped.length ? r.dropped.join(', ') : '—',
-        Object.keys(r.defence?.flagged ?? {}).join(', ') || '—'
-      ]
-    };
+    const cells = [
+      String(r.round),
+      fmt(r.loss),
+      fmt(r.accuracy),
+      eps.length ? fmt(Math.max(...eps)) : '—'
+    ];
+    if (anyDropped) {
+      cells.push(r.dropped.length ? r.dropped.join(', ') : '—');
+    }
+    if (anyFlagged) {
+      cells.push(Object.keys(r.defence?.flagged ?? {}).join(', ') || '—');
+    }
+    return { key: String(r.round), cells };
   });
   const refusals = run.refusals.map(f =>
     el(
@@ -182,11 +196,7 @@ export function renderRun(run: IRun, room: string): HTMLElement {
       ? el(
           'div',
           { class: 'fjr-table-wrap' },
-          table(
-            ['round', 'loss*', 'acc*', 'max ε', 'dropped', 'flagged'],
-            rows,
-            'fjr-rounds'
-          )
+          table(headers, rows, 'fjr-rounds')
         )
       : null,
     rows.length

@@ -64,7 +64,10 @@ def test_sidebar_demo_room_live_run_and_dashboard(lab, page: Page, ui) -> None:
     dialog.locator("input[name=sites]").fill("2")
     dialog.locator("select[name=dataset]").select_option("digits")
     dialog.locator(".jp-Dialog-button.jp-mod-accept").click()
+    # the ~20 s start shows what is happening, with a spinner, until the room is there
+    expect(sidebar.locator(".fjr-busy")).to_contain_text("Starting a demo room: a coordinator and 2 sites")
     expect(sidebar.locator(".fjr-sites")).to_contain_text("site-a", timeout=120_000)
+    expect(sidebar.locator(".fjr-busy")).to_have_count(0)
     expect(sidebar.locator(".fjr-sites")).to_contain_text("site-b")
     expect(sidebar).to_contain_text("Demo room (digits, 2 sites)")
     expect(sidebar.locator(".fjr-sites")).to_contain_text("64 features")
@@ -148,6 +151,14 @@ def test_sidebar_demo_room_live_run_and_dashboard(lab, page: Page, ui) -> None:
     expect(refused).to_contain_text("site-a refused (epsilon_cap)")
     expect(refused).to_contain_text("past its cap")
     ui.shot(page, "06-refusals")
+
+    # ✕ asks first: "Keep it" leaves the demo room running
+    sidebar.locator(".fjr-room-head [data-action='disconnect']").click()
+    expect(dialog).to_contain_text("Stop the demo room?")
+    ui.shot(page, "07-stop-asks-first")
+    dialog.locator(".jp-Dialog-button", has_text="Keep it").click()
+    expect(dialog).to_have_count(0)
+    expect(sidebar).to_contain_text("Demo room (digits, 2 sites)")
 
     # Shutting JupyterLab down stops the demo room's coordinator and site processes.
     [room] = lab.api("fedjax-room/status")["rooms"]

@@ -122,6 +122,15 @@ def test_a_kernel_that_reconnects_keeps_its_room_and_paths_are_shown_from_the_se
     assert room["id"] == "room-1" and room["notebooks"] == ["/elsewhere/b.ipynb"] and len(calls) == 1
 
 
+def test_a_room_with_no_site_yet_has_no_budget_rows(fakes, folder):
+    from fedjax_room.analyst.results import BudgetReport
+
+    registry = make_registry(fakes, folder, [])
+    registry.connect("ws://127.0.0.1:7003", "/keys/analyst.key")
+    registry.get("room-1").room.budget = lambda: BudgetReport(sites={})  # sites still starting
+    assert registry.budget("room-1") == []
+
+
 def test_records_of_dead_processes_and_untrusted_files_are_not_followed(fakes, folder):
     calls = []
     registry = make_registry(fakes, folder, calls)

@@ -107,6 +107,10 @@ describe('one room from every surface', () => {
     expect(
       node.querySelector('.fjr-table-wrap > table.fjr-rounds')
     ).not.toBeNull();
+    const headers = Array.from(node.querySelectorAll('.fjr-rounds th')).map(
+      th => th.textContent
+    );
+    expect(headers).toEqual(['round', 'loss*', 'acc*', 'max ε']); // no empty dropped / flagged columns
   });
 
   it('shows a long action in progress, and what the server could not do', () => {

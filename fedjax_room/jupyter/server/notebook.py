@@ -151,4 +151,9 @@ def show_dashboard(room: Any, run: str | None = None, *, attach: Callable[[str],
     handle = room.run(run)  # watched: its events are pushed to the dashboard
     dashboard = RunDashboard(run_id=run, rounds=rounds, sites=caps.keys(), caps=caps)
     dashboard.room, dashboard.run = room, handle
-    return dashboard.attach(handle)
+    dashboard.attach(handle)
+    if getattr(handle, "done", False):
+        # an ended run: let the dashboard record its end before the cell displays it, so the cell shows (and a
+        # saved notebook keeps) the static snapshot rather than a widget whose model a reopened notebook lacks
+        dashboard.wait(10)
+    return dashboard

@@ -656,6 +656,8 @@ class RoomRegistry:
         sites = getattr(report, "sites", None)  # a BudgetReport: each site's composition note
         sites = sites if isinstance(sites, dict) else {}
         notes = {str(k): getattr(v, "composition_note", "") for k, v in sites.items()}
+        if getattr(report, "sites", None) == {}:
+            return []  # no site has reported yet: no row (not one named "sites")
         for row in records(report):
             row = jsonable(row)
             site = str(row.get("site") or row.get("name") or "?")
