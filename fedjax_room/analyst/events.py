@@ -12,7 +12,12 @@ event                       when
 :class:`RefusalEvent`       a site refused the run or a round, and why
 :class:`WaitingEvent`       the sites whose data owner has not yet approved the model changed
 :class:`StatusEvent`        the run's status changed (pending, running, finished, failed) or it ended
+:class:`ProgressEvent`      inside a round: a phase opened, or one more site answered (``answered/cohort``)
 ==========================  =============================================================================
+
+Progress events are transient (several per round, not replayed, not in a snapshot) and go only to subscribers
+that ask for them by kind (``run.subscribe(cb, kinds={"progress"})``); a subscriber of every kind gets the other
+five, as before.
 
 A snapshot (the first answer to a watch, and again after a reconnect) yields the events for whatever it
 shows that the run had not yet seen, so a subscriber sees each round, refusal and status change once,
@@ -31,7 +36,9 @@ from fedjax_room.errors import FedRoomError
 
 __all__ = [
     "EVENT_KINDS",
+    "OPT_IN_KINDS",
     "DefenceEvent",
+    "ProgressEvent",
     "RefusalEvent",
     "RoundEvent",
     "RunEvent",
@@ -40,7 +47,9 @@ __all__ = [
     "to_json",
 ]
 
-EVENT_KINDS = ("round", "defence", "refusal", "waiting", "status")
+EVENT_KINDS = ("round", "defence", "refusal", "waiting", "status", "progress")
+#: Kinds delivered only to a subscriber that names them in ``kinds``.
+OPT_IN_KINDS = frozenset({"progress"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,8 +126,32 @@ class StatusEvent:
         return self.status in ("finished", "failed")
 
 
+@dataclasses.dataclass(frozen=True)
+class ProgressEvent:
+    """Inside round ``round``: ``answered`` of the ``cohort`` sites have sent their ``phase`` answer so far.
+
+    ``phase`` is ``"train"`` (model updates) or ``"eval"`` (the noised evaluation counts); ``answered`` 0 means
+    the phase has just opened. Counts only: which sites answered is in the round's result when it closes.
+    """
+
+    run_id: str
+    round: int
+    phase: str
+    answered: int
+    cohort: int
+    kind: Literal["progress"] = dataclasses.field(default="progress", init=False)
+
+    def text(self) -> str:
+        """``"round 1: 2/3 sites updated"`` (train) or ``"round 1: evaluating, 1/3 sites"`` (eval)."""
+        if self.phase == "eval":
+            return f"round {self.round}: evaluating, {self.answered}/{self.cohort} sites"
+        if self.answered == 0:
+            return f"round {self.round}: training at {self.cohort} site{'s' if self.cohort != 1 else ''}"
+        return f"round {self.round}: {self.answered}/{self.cohort} sites updated"
+
+
 #: Any of the typed run events.
-RunEvent = RoundEvent | DefenceEvent | RefusalEvent | WaitingEvent | StatusEvent
+RunEvent = RoundEvent | DefenceEvent | RefusalEvent | WaitingEvent | StatusEvent | ProgressEvent
 
 
 def _plain(value: Any) -> Any:

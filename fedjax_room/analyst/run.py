@@ -19,7 +19,9 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from fedjax_room.analyst.events import (
     EVENT_KINDS,
+    OPT_IN_KINDS,
     DefenceEvent,
+    ProgressEvent,
     RefusalEvent,
     RoundEvent,
     RunEvent,
@@ -78,6 +80,7 @@ class Run:
         self._params: tuple[int, Tree] | None = None
         self._defences: list[dict[str, Any]] = []
         self._waiting: list[str] = []
+        self._progress: ProgressEvent | None = None
 
     # -------------------------------------------------------------- state (updated on the loop thread)
 
@@ -135,6 +138,16 @@ class Run:
         self._waiting = names
         return [WaitingEvent(self.id, tuple(names))]
 
+    def _set_progress(self, data: Mapping[str, Any]) -> list[RunEvent]:
+        numbers = [data.get(k) for k in ("round", "answered", "cohort")]
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in numbers):
+            raise ValueError(f"progress needs whole round/answered/cohort numbers, got {numbers}")
+        rnd, answered, cohort = (int(v) for v in numbers)  # type: ignore[arg-type]  # checked above
+        if rnd <= self._rounds_done:
+            return []  # a late frame of a round already closed
+        self._progress = ProgressEvent(self.id, rnd, str(data.get("phase", ""))[:16], answered, cohort)
+        return [self._progress]
+
     def _on_event(self, kind: str, data: Mapping[str, Any]) -> None:
         """One ``RunEvent`` frame pushed by the coordinator ("round", "status", "refusal", "waiting")."""
         with self._cond:
@@ -155,6 +168,8 @@ class Run:
                     events += self._set_waiting(data.get("waiting"))
                 elif kind == "refusal":
                     events += self._add_refusal(Refusal.from_dict(data))
+                elif kind == "progress":
+                    events += self._set_progress(data)
                 else:
                     log.debug("ignoring a run event of unknown kind %r", kind)
             except (KeyError, TypeError, ValueError) as exc:  # a malformed event must not stop the client
@@ -180,7 +195,8 @@ class Run:
         """Queue ``events`` for the subscribers, in order (called with the lock held, so none is delivered twice)."""
         for event in events:
             for sub in [only] if only is not None else list(self._callbacks):
-                if sub.kinds is None or event.kind in sub.kinds:
+                wanted = event.kind not in OPT_IN_KINDS if sub.kinds is None else event.kind in sub.kinds
+                if wanted:
                     try:
                         self._core.callbacks.submit(self._safe, sub.callback, event)
                     except RuntimeError:  # the room was closed: nobody is listening any more
@@ -240,9 +256,25 @@ class Run:
         return f"waiting for approval by {', '.join(waiting)}" if waiting else ""
 
     @property
+    def progress(self) -> ProgressEvent | None:
+        """Where the round in progress stands (phase, sites answered of the cohort); None between rounds."""
+        with self._cond:
+            progress = self._progress
+            return progress if progress is not None and progress.round > self._rounds_done else None
+
+    @property
     def defences(self) -> list[dict[str, Any]]:
         """Which poisoning defences run for this run: ``[{name, active, detail}]`` (docs/robustness.md)."""
         return list(self._defences)
+
+    @property
+    def protections(self) -> list[str]:
+        """Which protections this run has, one phrase each (:func:`fedjax_room.protocol.config.protections`):
+        secure aggregation or not, its DP guarantee, a robust aggregator, anomaly detection when the coordinator
+        sees each update."""
+        from fedjax_room.protocol.config import protections
+
+        return protections(self.config)
 
     def defences_text(self) -> str:
         """:attr:`defences` as lines ``[on ] name: detail`` / ``[off] name: detail``."""
@@ -369,7 +401,8 @@ class Run:
 
         Events are :class:`~fedjax_room.analyst.events.RoundEvent`, ``DefenceEvent``, ``RefusalEvent``,
         ``WaitingEvent`` and ``StatusEvent``, each with a ``kind``; ``kinds`` (e.g. ``{"round"}``) keeps only
-        those. With ``replay`` the callback first gets the events that bring it up to now (every round so far,
+        those. ``ProgressEvent`` (inside a round: sites answered so far) comes only when ``kinds`` names
+        ``"progress"``. With ``replay`` the callback first gets the events that bring it up to now (every round so far,
         the refusals, who is waiting, the current status) with none lost or repeated in between. Callbacks run
         one at a time, in order, on the client's callback thread (never the caller's), so they may call the room.
         Returns a function that unsubscribes.
@@ -390,7 +423,11 @@ class Run:
         return unsubscribe
 
     def __repr__(self) -> str:
-        return f"Run(id={self.id!r}, status={self._status!r}, rounds={self._rounds_done}/{self.config.get('rounds')})"
+        shown = "; ".join(self.protections)
+        return (
+            f"Run(id={self.id!r}, status={self._status!r}, rounds={self._rounds_done}/{self.config.get('rounds')}"
+            + (f", protections={shown!r})" if shown else ")")
+        )
 
     def _repr_html_(self) -> str:
         from fedjax_room.analyst.views import run_html

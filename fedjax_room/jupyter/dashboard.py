@@ -21,6 +21,7 @@ import dataclasses
 import html
 import math
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -94,6 +95,8 @@ class RunDashboard(widgets.VBox):
     site_status = traitlets.Dict(value_trait=traitlets.Enum(SITE_STATUSES), key_trait=traitlets.Unicode())
     refusals = traitlets.List(traitlets.Dict())
     error = traitlets.Unicode("")
+    #: which protections the run has (fedjax_room.protocol.config.protections of its config), shown in the header
+    protections = traitlets.List(traitlets.Unicode())
 
     def __init__(
         self,
@@ -119,6 +122,11 @@ class RunDashboard(widgets.VBox):
         self._caught_up = threading.Event()
         self._unsubscribe: Any = None
         self._displays: list[tuple[str, dict[str, Any]]] = []  # (display_id, the request that displayed it)
+        self._phase = ""  # where the round in progress stands ("round 1: 2/3 sites updated"), "" between rounds
+        self._waiting_for: list[str] = []  # sites whose data owner has not approved the model yet
+        self._since = time.monotonic()  # when the current wait (a round, an approval) began: the ticking clock
+        self._clock_stop = threading.Event()
+        self._unsubscribe_progress: Any = None
         super().__init__(
             children=[
                 self._header,
@@ -256,21 +264,67 @@ class RunDashboard(widgets.VBox):
     def attach(self, run: Any) -> RunDashboard:
         """Follow a live ``Run``: its events so far, then each as it comes (``run.subscribe(..., replay=True)``)."""
         self.run_id = str(field(run, "id", "") or self.run_id)
+        config = field(run, "config")
+        if isinstance(config, Mapping) and config:
+            from fedjax_room.protocol.config import protections
+
+            self.protections = protections(config)
         self._run = run
         self._ended.clear()
         self._caught_up.clear()
         self._unsubscribe = run.subscribe(self._on_event, replay=True)
+        try:  # inside a round: sites answered so far (a run of an older client may not offer them)
+            self._unsubscribe_progress = run.subscribe(self._on_progress, kinds={"progress"})
+        except Exception:
+            self._unsubscribe_progress = None
+        self._start_clock()
         if not threading.current_thread().name.startswith("fedjax-room-callbacks"):
             # the replay ends with the run's status: wait for it, so the widget shows the run as it is now
             # when the cell that displays it ends, not only after the frontend has drawn a first state
             self._caught_up.wait(REPLAY_WAIT)
         return self
 
+    def _start_clock(self) -> None:
+        """Tick the progress label once a second while the run goes on (the wait is visible, not frozen)."""
+        self._clock_stop.clear()
+
+        def tick() -> None:
+            while not self._clock_stop.wait(1.0):
+                if self.status in ("finished", "failed"):
+                    return
+                with self._lock:
+                    self._render_progress()
+
+        threading.Thread(target=tick, name="fedjax-room-dashboard-clock", daemon=True).start()
+
+    def _on_progress(self, event: Any) -> None:
+        """A ``progress`` event: a phase of the round opened or one more site answered."""
+        try:
+            with self._lock:
+                if field(event, "phase") == "train" and field(event, "answered") == 0:
+                    self._since = time.monotonic()  # a new round: its clock starts
+                text = event.text() if callable(getattr(event, "text", None)) else ""
+                self._phase = str(text)
+                self._render_progress()
+        except Exception as exc:  # a bad record must not kill the client's callback thread
+            self.error = f"dashboard could not show progress: {exc}"
+
+    def close(self) -> None:
+        """Stop following the run and close the widget."""
+        self._clock_stop.set()
+        for stop in (self._unsubscribe, self._unsubscribe_progress):
+            if callable(stop):
+                stop()
+        super().close()
+
     def _on_event(self, event: Any) -> None:
         """One typed run event (or, from an older caller, a bare round result)."""
         try:
             kind = field(event, "kind")
             if kind == "round":
+                with self._lock:
+                    if field(event.result, "round", 0) > self.rounds_done:
+                        self._phase, self._since = "", time.monotonic()  # the next round's wait starts now
                 self.update(event.result)
                 if event.privacy is not None:
                     self.set_privacy(event.privacy)
@@ -303,6 +357,9 @@ class RunDashboard(widgets.VBox):
         """Mark the sites whose data owner has not approved the model yet; the others wait no more."""
         names = {str(s) for s in waiting}
         with self._lock:
+            if sorted(names) != self._waiting_for:
+                self._waiting_for, self._since = sorted(names), time.monotonic()
+                self._render_progress()
             statuses = dict(self.site_status)
             for site in names:
                 statuses[site] = "awaiting approval"
@@ -328,6 +385,7 @@ class RunDashboard(widgets.VBox):
         except Exception as exc:
             self.finish("failed", error=f"dashboard lost the run: {exc}")
         finally:
+            self._clock_stop.set()
             self._ended.set()
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -339,6 +397,7 @@ class RunDashboard(widgets.VBox):
     # ---- rendering ----------------------------------------------------------------------------
     @traitlets.observe(
         "run_id",
+        "protections",
         "status",
         "rounds_total",
         "rounds_done",
@@ -356,7 +415,7 @@ class RunDashboard(widgets.VBox):
             return  # still constructing
         name = change["name"]
         with self._lock:
-            if name in ("run_id", "status", "error"):
+            if name in ("run_id", "protections", "status", "error"):
                 self._render_header()
                 self._render_notes()
             if name in ("rounds_total", "rounds_done", "status"):
@@ -383,13 +442,35 @@ class RunDashboard(widgets.VBox):
             f'<span style="color:#fff;background:{colour};border-radius:3px;padding:1px 6px">'
             f"{html.escape(self.status)}</span>"
         )
+        if self.protections:
+            shown = " · ".join(html.escape(p) for p in self.protections)
+            self._header.value += f' <span style="color:#555;font-size:90%">protections: {shown}</span>'
 
     def _render_progress(self) -> None:
         total = max(self.rounds_total, self.rounds_done, 1)
         self._progress.max = total
         self._progress.value = min(self.rounds_done, total)
         self._progress.bar_style = {"finished": "success", "failed": "danger"}.get(self.status, "info")
-        self._progress_label.value = f"{self.rounds_done} / {self.rounds_total or '?'}"
+        self._progress_label.value = self.progress_text()
+
+    def progress_text(self) -> str:
+        """``"1 / 5 · round 2: 2/3 sites updated · 0:12"``: rounds done and, while the run goes on, what it waits
+        for (the sites' approval, a phase of the round in progress) and for how long."""
+        done = f"{self.rounds_done} / {self.rounds_total or '?'}"
+        if self.status in ("finished", "failed"):
+            return done
+        if self._waiting_for:
+            what = f"waiting for approval by {', '.join(self._waiting_for)}"
+        elif self._phase:
+            what = self._phase
+        elif self.rounds_total and self.rounds_done >= self.rounds_total:
+            what = "finishing"
+        else:
+            what = f"round {self.rounds_done + 1}: starting" if self._run is not None else ""
+        if not what:
+            return done
+        seconds = int(time.monotonic() - self._since)
+        return f"{done} · {what} · {seconds // 60}:{seconds % 60:02d}"
 
     def _render_chart(self) -> None:
         size: dict[str, Any] = {"width": 300, "height": 170, "x_count": self.rounds_total}

@@ -46,10 +46,15 @@ def test_a_new_connection_follows_a_running_run_to_its_end(room, started):
         run = second.run(started)
         assert run.id == started and run.status in ("pending", "running")  # attached while it still runs
         assert run.spec is not None and run.spec.num_classes == 10 and run.config["rounds"] == ROUNDS
+        progress = []
+        run.subscribe(progress.append, kinds={"progress"})  # inside each round: sites answered so far
         rounds = [r.round for r in run.rounds(timeout=300)]
         assert rounds == list(range(1, ROUNDS + 1))  # the rounds before it attached, then the rest, once each
         run.wait(timeout=60)
         assert run.status == "finished", run.error
+        last = [(p.phase, p.answered, p.cohort) for p in progress if p.round == ROUNDS and p.phase == "train"]
+        assert last == [("train", 0, 2), ("train", 1, 2), ("train", 2, 2)]  # pushed over the websocket
+        assert progress[-1].round == ROUNDS and run.progress is None  # none is left open once the run ended
         assert sorted(run.privacy.sites) == ["site-a", "site-b"] and 0 < run.privacy.max_epsilon <= 3.0 + 1e-6
         assert run.params["dense_0"]["kernel"].shape == (64, 10)
     finally:
