@@ -70,6 +70,8 @@ CREATE TABLE IF NOT EXISTS spend (
 CREATE TABLE IF NOT EXISTS cancels (
     run_id TEXT PRIMARY KEY, by TEXT NOT NULL, reason TEXT NOT NULL, at REAL NOT NULL,
     done INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS evals (
+    run_id TEXT NOT NULL, round INTEGER NOT NULL, released TEXT NOT NULL, PRIMARY KEY (run_id, round));
 CREATE TABLE IF NOT EXISTS site_spend (
     site TEXT NOT NULL, run_id TEXT NOT NULL, round INTEGER NOT NULL, epsilon REAL NOT NULL,
     PRIMARY KEY (site, run_id, round));
@@ -498,6 +500,18 @@ class Store:
         """``{round: report}`` of a run."""
         rows = self._db.execute("SELECT round, report FROM defence WHERE run_id = ? ORDER BY round", (run_id,))
         return {int(r): json.loads(rep) for r, rep in rows}
+
+    def record_eval(self, run_id: str, round: int, released: Mapping[str, Any]) -> None:
+        """Keep what an evaluated round released (post-processed figures and their noise scale)."""
+        with self._tx():
+            self._db.execute(
+                "INSERT OR REPLACE INTO evals VALUES (?, ?, ?)", (run_id, round, json.dumps(released, sort_keys=True))
+            )
+
+    def evals(self, run_id: str) -> dict[int, dict[str, Any]]:
+        """``{round: released}`` of a run's evaluated rounds."""
+        rows = self._db.execute("SELECT round, released FROM evals WHERE run_id = ? ORDER BY round", (run_id,))
+        return {int(r): json.loads(rel) for r, rel in rows}
 
     def defence_state(self, run_id: str, before: int) -> dict[str, Any] | None:
         """The defence state after the last round before ``before`` (None: no round yet)."""

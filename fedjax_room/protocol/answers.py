@@ -16,7 +16,7 @@ from typing import Any
 from fedjax_room.errors import FrameTooLargeError, ProtocolError, RefusedError, RoundError, error_from_dict
 from fedjax_room.protocol import messages as m
 from fedjax_room.protocol.bounds import bound_metrics, bound_weight, declared_size, eval_margin, weight_problem
-from fedjax_room.protocol.codec import digest, unpack_tree
+from fedjax_room.protocol.codec import unpack_tree, update_digest
 from fedjax_room.protocol.config import RunLimits
 from fedjax_room.protocol.connections import Conn
 from fedjax_room.protocol.runs import APPROVAL_TIMEOUT, _Active
@@ -79,7 +79,7 @@ class SiteAnswers(SecureDriver):
             a.invited.add(c.name)
             self._send(c.id, m.RunOffer(run_id=a.id, spec=a.spec, config=a.config.to_dict()))
         elif a.phase in ("train", "eval") and c.name in a.accepted and c.name not in a.answered:
-            if a.phase == "train" and a.secure is not None:
+            if a.secure is not None:
                 if not a.secure.can_join(c.name):
                     return  # it left the SecAgg round when its connection closed; it rejoins next round
                 self._send(c.id, a.secure.setup(c.name))  # connected late (e.g. the coordinator restarted)
@@ -132,7 +132,7 @@ class SiteAnswers(SecureDriver):
         self.store.set_run_site(a.id, c.name, state, error=err.to_dict(), round=msg.round)
         a.accepted.pop(c.name, None)
         a.answered[c.name] = "refused"
-        if a.phase == "train" and a.secure is not None:
+        if a.phase in ("train", "eval") and a.secure is not None:
             self._secure_dropped(c.name, now)
             if self._active is not a:
                 return
@@ -193,19 +193,21 @@ class SiteAnswers(SecureDriver):
         if a.config.secure_aggregation:  # the update itself travels masked in secagg frames
             if msg.payload:
                 raise ProtocolError("update: with secure aggregation the payload must be empty (send it masked)")
-            self.audit.append("update_received", run_id=a.id, round=a.round, site=c.name, digest=digest(msg.payload))
+            self.audit.append("update_received", run_id=a.id, round=a.round, site=c.name, **update_digest(msg))
             a.answered[c.name] = "secure"
+            self._progress_event(a.id, a.round, a.phase, len(a.answered), len(a.accepted))
             return
         from fedjax_room.robust.aggregate import check_update
 
         delta = check_update(unpack_tree(msg.payload, max_bytes=self.max_frame), a.params)
-        self.audit.append("update_received", run_id=a.id, round=a.round, site=c.name, digest=digest(msg.payload))
+        self.audit.append("update_received", run_id=a.id, round=a.round, site=c.name, **update_digest(msg))
         weight = bound_weight(msg.weight, a.accepted[c.name], self._size(a.id, c.name))  # protocol/bounds.py
         if weight < msg.weight:
             log.warning(
                 "run %s round %d: %s claimed weight %g, clamped to %g", a.id, a.round, c.name, msg.weight, weight
             )
         a.answered[c.name] = (delta, weight)
+        self._progress_event(a.id, a.round, a.phase, len(a.answered), len(a.accepted))
         self._maybe_close(now)
 
     def _awaiting(self, c: Conn, run_id: str, round_: int, phase: str) -> _Active | None:
@@ -235,12 +237,17 @@ class SiteAnswers(SecureDriver):
         if a is None:
             self._stale(c, msg.run_id, f"metrics for round {msg.round}")
             return
+        if a.config.secure_aggregation:  # the counts travel masked; this frame is the accounting only
+            a.answered[c.name] = "secure"
+            self._progress_event(a.id, a.round, a.phase, len(a.answered), len(a.accepted))
+            return
         size = self._size(a.id, c.name)
         margin = eval_margin(a.accepted[c.name], size)
         bounded = bound_metrics(msg.correct, msg.count, msg.loss_sum, size=size, margin=margin)
         if bounded != (msg.correct, msg.count, msg.loss_sum):
             log.warning("run %s round %d: %s's metrics clamped to %s (~%s)", a.id, a.round, c.name, bounded, size)
         a.answered[c.name] = bounded
+        self._progress_event(a.id, a.round, a.phase, len(a.answered), len(a.accepted))
         self._maybe_close(now)
 
     def _size(self, run_id: str, name: str) -> int | None:

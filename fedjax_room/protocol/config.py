@@ -232,6 +232,15 @@ class RunConfig:
         60.0, "seconds a round waits for silent sites", "room", lo="min_round_timeout", hi="max_round_timeout"
     )
     seed: int = _opt(0, "random seed (initial model, sampling, noise)", "room", lo=0, hi=2**63 - 1)
+    #: the evaluation schedule (protocol/evaluation.py): every eval_every rounds and after the last round
+    eval_every: int | None = _opt(
+        None,
+        "evaluate the global model every N rounds and after the last round (evaluation takes at most 10% of "
+        "the run's epsilon, split over the evaluations: fewer are more precise); unset: halfway and after the last",
+        "privacy",
+        lo=1,
+        hi="max_rounds",
+    )
     #: leave out of the aggregate a site whose trust (anomaly flags over rounds) falls below this; None: flag only
     exclude_below: float | None = _opt(
         None,

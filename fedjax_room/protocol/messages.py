@@ -221,7 +221,8 @@ class Update(Message, frozen=True, kw_only=True, tag="update"):
 
 
 class Metrics(Message, frozen=True, kw_only=True, tag="metrics"):
-    """site -> coordinator: Gaussian-noised evaluation counts on held-out data, and what they cost."""
+    """site -> coordinator: Skellam-noised evaluation counts on held-out data, and what they cost. In a secure run
+    the counts are 0: the noised vector travels masked in the eval SecAgg session, and only its sum is seen."""
 
     run_id: Id
     round: int
@@ -244,22 +245,26 @@ class RunEnd(Message, frozen=True, kw_only=True, tag="run_end"):
 
 
 class SecAggSetup(Message, frozen=True, kw_only=True, tag="secagg_setup"):
-    """coordinator -> site, before a secure train ``round_start``: the round's SecAgg config, the site's id, and
-    ``fraction`` (its FedAvg weight over the roster's, or 1.0 for an unweighted mean) to scale its update by."""
+    """coordinator -> site, before a secure ``round_start``: the round's SecAgg config, the site's id, and
+    ``fraction`` (its FedAvg weight over the roster's, or 1.0 for an unweighted mean) to scale its update by;
+    ``phase`` "eval": the session that sums the sites' noised evaluation vectors (``fraction`` 1.0)."""
 
     run_id: Id
     round: int
     config: Tree
     id: int
     fraction: float
+    #: "train" (the masked update) or "eval" (the masked evaluation vector, ``protocol/evaluation.py``)
+    phase: Word = "train"
 
 
 class SecAgg(Message, frozen=True, kw_only=True, tag="secagg"):
-    """both ways, during a secure train phase: one SecAgg message (``fedjax_room.secagg`` ``to_dict()``)."""
+    """both ways, during a secure train or eval phase: one SecAgg message (``fedjax_room.secagg`` ``to_dict()``)."""
 
     run_id: Id
     round: int
     body: Tree
+    phase: Word = "train"
 
 
 # ---------------------------------------------------------------------------------- analyst <-> coordinator

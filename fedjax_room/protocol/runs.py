@@ -156,8 +156,9 @@ class RunDriver(RunViews):
         a.min_sites = self._min_sites(a)
         rounds = self.store.rounds(run.id)
         if rounds and rounds[-1].status == "aggregated":
-            log.info("resuming run %s: evaluating round %d", run.id, rounds[-1].round)
-            self._open_phase("eval", rounds[-1].round, now)
+            log.info("resuming run %s after round %d", run.id, rounds[-1].round)
+            a.round = rounds[-1].round
+            self._after_round(now)
         elif run.rounds_done >= config.rounds:  # crashed between the last evaluation and finishing
             a.round = run.rounds_done
             self._finish(now, "finished", None)
@@ -189,21 +190,22 @@ class RunDriver(RunViews):
         a.deadline = now + a.config.round_timeout
         if phase == "train":
             self.audit.append("round_opened", run_id=a.id, round=round, sites=sorted(a.accepted))
-            if a.config.secure_aggregation:  # the secagg_setup frames go before the round_start
-                self._secure_open(now)
-                if self._active is not a:  # could not set it up: the run failed
-                    return
+        if a.config.secure_aggregation:  # the secagg_setup frames go before the round_start (train and eval)
+            self._secure_open(now)
+            if self._active is not a:  # could not set it up: the run failed
+                return
         frame = self._round_start(a)
         for name in sorted(a.accepted):
             cid = self._site_conns.get(name)
             if cid is not None and self._conns[cid].reported:
                 self._send(cid, frame)
+        self._progress_event(a.id, a.round, phase, 0, len(a.accepted))
 
     def _maybe_close(self, now: float) -> None:
         a = self._active
         if a is None:
             return
-        if a.phase == "train" and a.secure is not None:  # the SecAgg round closes the phase
+        if a.phase in ("train", "eval") and a.secure is not None:  # the SecAgg round closes the phase
             return
         waiting = (a.invited if a.phase == "offer" else set(a.accepted)) - set(a.answered)
         if not waiting:
@@ -286,7 +288,7 @@ class RunDriver(RunViews):
             "aggregate_applied", run_id=a.id, round=a.round, sites=sorted(updates), model_digest=model_digest
         )
         a.params, a.opt_state, a.params_bytes = params, opt_state, pack_tree(params)
-        self._open_phase("eval", a.round, now)
+        self._after_round(now)
 
     def _defend(self, a: _Active, updates: dict[str, tuple[Tree, float]]) -> Tree:
         """Score and flag every update, update trust, exclude distrusted sites, aggregate with the run's rule.
@@ -352,25 +354,70 @@ class RunDriver(RunViews):
         }
         self.store.record_defence(a.id, a.round, record, self.store.defence_state(a.id, a.round + 1) or {})
 
+    def _after_round(self, now: float) -> None:
+        """Round ``a.round`` is aggregated: evaluate it if it is on the run's schedule (protocol/evaluation.py),
+        else record it without metrics and go on."""
+        from fedjax_room.protocol.evaluation import is_eval_round
+
+        a = self._active
+        assert a is not None
+        if is_eval_round(a.round, a.config.rounds, a.config.eval_every):
+            self._open_phase("eval", a.round, now)
+            return
+        self._record_round(now, None, [])
+
     def _close_eval(self, now: float) -> None:
         a = self._active
         assert a is not None
+        if a.secure is not None:  # a stage deadline passed: the SecAgg server closes it
+            self._secure_tick(now)
+            return
         metrics = {s: v for s, v in a.answered.items() if isinstance(v, tuple)}
-        loss = accuracy = None
-        if metrics:
-            correct = sum(v[0] for v in metrics.values())
-            count = sum(v[1] for v in metrics.values())
-            loss_sum = sum(v[2] for v in metrics.values())
-            if count >= 1.0:
-                accuracy = min(1.0, max(0.0, correct / count))
-                loss = max(0.0, loss_sum / count)
+        if not metrics:
+            self._publish_eval(now, None, [])
+            return
+        # each (correct, count, loss_sum) was bounded on arrival; wrong = count - correct, then only the sum
+        correct = sum(v[0] for v in metrics.values())
+        count = sum(v[1] for v in metrics.values())
+        loss_sum = sum(v[2] for v in metrics.values())
+        self._publish_eval(now, (correct, count - correct, loss_sum), sorted(metrics))
+
+    def _publish_eval(self, now: float, total: Any, sites: list[str], *, secure_min_clients: int | None = None) -> None:
+        """Publish one evaluation: the sum over ``sites`` (``(correct, wrong, loss_sum)`` in a plain run, the
+        unmasked integer vector in a secure one; None: nothing to show), post-processed, with its noise scale
+        from the sites' public plans (protocol/evaluation.py). No single site's values are ever published."""
+        from fedjax_room.protocol import evaluation as ev
+
+        a = self._active
+        assert a is not None
+        secure = secure_min_clients is not None
+        shown: dict[str, Any] = {}
+        if total is not None and sites:
+            variances = []
+            for name in sites:
+                sigma, floor = ev.plan_noise(a.accepted.get(name) or {})
+                variances.append(ev.share_variance(sigma, floor, secure=secure, min_clients=secure_min_clients or 1))
+            cw_std, loss_std = ev.noise_std(variances)
+            correct, wrong, loss_sum = ev.decode_sum(total) if secure else total
+            shown = ev.released(correct, wrong, loss_sum, cw_std=cw_std, loss_std=loss_std).to_dict()
+        self._record_round(now, shown, sites)
+
+    def _record_round(self, now: float, shown: dict[str, Any] | None, eval_sites: list[str]) -> None:
+        """Record round ``a.round`` (its released metrics, or ``shown`` None when it is not evaluated), tell the
+        analysts, and go on to the next round or finish."""
+        a = self._active
+        assert a is not None
+        loss = (shown or {}).get("loss")
+        accuracy = (shown or {}).get("accuracy")
         if loss is not None:
             self._loss_check(a, loss)
         spend = self.store.run_spend(a.id)
         epsilon = {s: v["epsilon"] for s, v in sorted(spend.items())}
         self.store.record_metrics(
-            a.id, a.round, loss=loss, accuracy=accuracy, epsilon=epsilon, eval_sites=sorted(metrics)
+            a.id, a.round, loss=loss, accuracy=accuracy, epsilon=epsilon, eval_sites=sorted(eval_sites)
         )
+        if shown is not None:
+            self.store.record_eval(a.id, a.round, {"evaluated": True, **shown})
         row = next(r for r in self.store.rounds(a.id) if r.round == a.round)
         result = self._round_result(row, a.id)
         result["privacy"] = self._privacy(a.id, a.config.delta)

@@ -24,6 +24,12 @@ Aggregation under secure aggregation:
   to ``site_clip_norm`` and adds its Skellam share (:class:`~fedjax_room.secagg.ddp.SkellamMechanism`,
   ``min_sites`` = the SecAgg ``min_clients``, so every released sum carries noise ``sigma * S``); the coordinator
   divides the decoded sum by the number of survivors (an unweighted mean of clipped updates).
+
+Evaluation under secure aggregation: each scheduled eval phase is its own small SecAgg session
+(``round_id = "<run>/<round>/eval"``, ``phase = "eval"`` on its ``secagg_setup`` and ``secagg`` frames, a
+vector of :data:`~fedjax_room.protocol.evaluation.EVAL_LENGTH` integers modulo ``2**64``): each site masks its
+noised evaluation vector carrying its share of the noise (:mod:`fedjax_room.protocol.evaluation`), its
+``metrics`` frame carries only the accounting, and the coordinator unmasks only the sum.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ from fedjax_room.secagg.messages import MaskedInput
 
 __all__ = [
     "SecureDriver",
+    "SecureEval",
     "SecureRelease",
     "SecureRound",
     "SecureTrain",
@@ -75,11 +82,21 @@ class SecureTrain:
 
 
 @dataclasses.dataclass(frozen=True)
-class SecureRelease:
-    """(site) What a secure train job releases: the accounting ``update`` (no payload) and the ring vector."""
+class SecureEval(SecureTrain):
+    """(site) An eval job under secure aggregation: the eval ``round_start`` and its ``secagg_setup``."""
 
-    update: m.Update
+
+@dataclasses.dataclass(frozen=True)
+class SecureRelease:
+    """(site) What a secure job releases: the accounting ``update`` (no payload) or ``metrics`` (no counts), and
+    the ring vector to mask."""
+
+    update: m.Update | m.Metrics
     vector: np.ndarray
+
+    @property
+    def phase(self) -> str:
+        return "eval" if isinstance(self.update, m.Metrics) else "train"
 
 
 def site_ids(names: Iterable[str]) -> dict[str, int]:
@@ -146,29 +163,33 @@ class SecureRound:
         reference: Mapping[str, Any],
         min_sites: int,
         now: float,
+        phase: str = "train",
     ) -> None:
+        from fedjax_room.protocol import evaluation as ev
         from fedjax_room.secagg import SecAggConfig, SecAggServer
         from fedjax_room.secagg.masking import default_neighbours
 
-        self.run_id, self.round, self.config = run_id, round, config
+        self.run_id, self.round, self.config, self.phase = run_id, round, config, phase
         self.ids = site_ids(roster)
         self.names = {i: n for n, i in self.ids.items()}
         n = len(self.ids)
         default_t = n // 2 + 1
         k = default_neighbours(n)  # SecAgg+ once a random k-regular graph is smaller than the full one (~16+ sites)
+        evaluating = phase == "eval"
         self.secagg = SecAggConfig(
-            f"{run_id}/{round}",
+            f"{run_id}/{round}/eval" if evaluating else f"{run_id}/{round}",
             {self.ids[name]: bytes(roster[name]) for name in roster},
-            vector_length=param_count(reference),
+            vector_length=ev.EVAL_LENGTH if evaluating else param_count(reference),
+            modulus_bits=ev.EVAL_MODULUS_BITS if evaluating else 32,
             min_clients=min(n, max(default_t, min_sites, 2)),
             neighbours=k if k < n - 1 else None,
         )
-        if config.site_noise_multiplier is not None or config.aggregator == "mean":
+        if evaluating or config.site_noise_multiplier is not None or config.aggregator == "mean":
             self.fractions = {name: 1.0 for name in roster}
         else:
             total = sum(max(1.0, float(weights.get(name, 1.0))) for name in roster)
             self.fractions = {name: max(1.0, float(weights.get(name, 1.0))) / total for name in roster}
-        self.encoder = make_encoder(config, self.secagg)
+        self.encoder = None if evaluating else make_encoder(config, self.secagg)
         self.server = SecAggServer(self.secagg, stage_timeout=config.round_timeout, now=now)
         self.reference = reference
         self.dropped: set[str] = set()
@@ -184,11 +205,15 @@ class SecureRound:
             config=self.secagg.to_dict(),
             id=self.ids[name],
             fraction=self.fractions[name],
+            phase=self.phase,
         )
 
     def _wrap(self, envelopes: list[Any]) -> list[tuple[str, m.SecAgg]]:
         return [
-            (self.names[e.recipient], m.SecAgg(run_id=self.run_id, round=self.round, body=e.message.to_dict()))
+            (
+                self.names[e.recipient],
+                m.SecAgg(run_id=self.run_id, round=self.round, body=e.message.to_dict(), phase=self.phase),
+            )
             for e in envelopes
         ]
 
@@ -219,8 +244,18 @@ class SecureRound:
     def state(self) -> str:
         return self.server.state.value
 
+    def eval_sum(self) -> tuple[np.ndarray, list[str]]:
+        """(eval session) The unmasked sum of the survivors' evaluation vectors, as signed integers, and their
+        names (raises the round's error if it aborted)."""
+        from fedjax_room.protocol.evaluation import ring_to_signed
+
+        total = self.server.result()
+        survivors = sorted(self.names[i] for i in self.server.survivors)
+        return ring_to_signed(np.asarray(total)), survivors
+
     def aggregate(self) -> tuple[Tree, list[str]]:
         """The decoded mean over the survivors and their names (raises the round's error if it aborted)."""
+        assert self.encoder is not None
         total = self.server.result()
         survivors = sorted(self.names[i] for i in self.server.survivors)
         decoded = np.asarray(self.encoder.decode(total), np.float64)
@@ -233,7 +268,7 @@ class SecureDriver(RunDriver):
     one SecAgg round (:class:`SecureRound`)."""
 
     def _secure_open(self, now: float) -> None:
-        """Start the SecAgg round of the active run's train phase (called by ``_open_phase``)."""
+        """Start the SecAgg round of the active run's train or eval phase (called by ``_open_phase``)."""
         a = self._active
         assert a is not None
         roster = {}
@@ -253,6 +288,7 @@ class SecureDriver(RunDriver):
                 reference=a.params,
                 min_sites=a.min_sites,
                 now=now,
+                phase=a.phase,
             )
         except ConfigError as exc:
             self._fail(now, RoundError(f"round {a.round} of {a.id}: cannot set up secure aggregation: {exc.message}"))
@@ -276,7 +312,7 @@ class SecureDriver(RunDriver):
 
     def _on_secagg(self, c: Conn, msg: m.SecAgg, now: float) -> None:
         a = self._active
-        if a is None or a.id != msg.run_id or a.phase != "train" or a.round != msg.round or a.secure is None:
+        if a is None or a.id != msg.run_id or a.phase != msg.phase or a.round != msg.round or a.secure is None:
             self._stale(c, msg.run_id, f"secagg for round {msg.round}")
             return
         try:
@@ -287,20 +323,38 @@ class SecureDriver(RunDriver):
             return
         if msg.body.get("t") == MaskedInput.type:  # accepted (signature checked): what the sum now holds
             self.audit.append(
-                "masked_input_received", run_id=a.id, round=a.round, site=c.name, digest=digest(msg.body["data"])
+                "masked_input_received",
+                run_id=a.id,
+                round=a.round,
+                site=c.name,
+                phase=a.phase,  # a round has a train and (when scheduled) an eval session
+                digest=digest(msg.body["data"]),
             )
         self._secure_deliver(out, now)
 
     def _secure_dropped(self, name: str, now: float) -> None:
-        """A site's connection closed during a secure train phase: it is a dropout of the SecAgg round."""
+        """A site's connection closed during a secure train or eval phase: it is a dropout of the SecAgg round."""
         a = self._active
-        if a is not None and a.phase == "train" and getattr(a, "secure", None) is not None:
+        if a is not None and a.phase in ("train", "eval") and getattr(a, "secure", None) is not None:
             self._secure_deliver(a.secure.drop(name, now), now)
 
     def _secure_tick(self, now: float) -> None:
         a = self._active
         assert a is not None and a.secure is not None
         self._secure_deliver(a.secure.tick(now), now)
+
+    def _secure_eval_close(self, now: float, sec: SecureRound) -> None:
+        """The eval SecAgg session is over: publish the unmasked sum (post-processed); an aborted session
+        publishes nothing for this round (its releases are spent, nothing is shown) and the run goes on."""
+        a = self._active
+        assert a is not None
+        try:
+            total, survivors = sec.eval_sum()
+        except FedRoomError as exc:
+            log.warning("round %d of %s: the evaluation's secure sum aborted: %s", a.round, a.id, exc.message)
+            self._publish_eval(now, None, [], secure_min_clients=sec.secagg.min_clients)
+            return
+        self._publish_eval(now, total, survivors, secure_min_clients=sec.secagg.min_clients)
 
     def _secure_close(self, now: float) -> None:
         """The SecAgg round is over: apply the decoded aggregate, or fail the run if it aborted."""
@@ -309,6 +363,9 @@ class SecureDriver(RunDriver):
         a = self._active
         assert a is not None and a.secure is not None
         sec, a.secure = a.secure, None
+        if sec.phase == "eval":
+            self._secure_eval_close(now, sec)
+            return
         try:
             delta, survivors = sec.aggregate()
         except FedRoomError as exc:
@@ -336,4 +393,4 @@ class SecureDriver(RunDriver):
             stages={k: [sec.names[i] for i in v] for k, v in sec.server.participants.items()},
         )
         a.params, a.opt_state, a.params_bytes = params, opt_state, pack_tree(params)
-        self._open_phase("eval", a.round, now)
+        self._after_round(now)

@@ -89,6 +89,8 @@ class SiteMachine:
         self.min_sites = max(1, int(min_sites))
         self.sessions = sessions if sessions is not None else SessionBindings()
         self.secagg: dict[tuple[str, int], tuple[m.SecAggSetup, Any]] = {}
+        #: the eval SecAgg sessions (protocol/evaluation.py), apart from the train ones: each round has one of each
+        self.secagg_eval: dict[tuple[str, int], tuple[m.SecAggSetup, Any]] = {}
         self.max_frame = max_frame
         self.connected = False
         self.inflight: set[str] = set()
@@ -130,11 +132,15 @@ class SiteMachine:
             if msg.phase not in ("train", "eval"):
                 raise ProtocolError(f"round_start phase must be 'train' or 'eval', got {msg.phase!r}")
             job: Any = msg
-            joined = self.secagg.get((msg.run_id, msg.round))
+            joined = self._sessions(msg.phase).get((msg.run_id, msg.round))
             if msg.phase == "train" and joined is not None:
                 from fedjax_room.protocol.secure import SecureTrain
 
                 job = SecureTrain(start=msg, setup=joined[0])
+            elif msg.phase == "eval" and joined is not None:
+                from fedjax_room.protocol.secure import SecureEval
+
+                job = SecureEval(start=msg, setup=joined[0])
             return self._job(msg.phase, f"{msg.run_id}/{msg.round}/{msg.phase}", job)
         if isinstance(msg, m.EstimateOffer):  # nothing spent (site/estimate.py); a few at a time
             if sum(k.startswith("estimate/") for k in self.inflight) >= MAX_ESTIMATES_IN_FLIGHT:
@@ -154,8 +160,9 @@ class SiteMachine:
         if isinstance(msg, m.SecAgg):
             return self._secagg_frame(msg)
         if isinstance(msg, m.RunEnd):
-            for k in [k for k in self.secagg if k[0] == msg.run_id]:
-                del self.secagg[k]
+            for sessions in (self.secagg, self.secagg_eval):
+                for k in [k for k in sessions if k[0] == msg.run_id]:
+                    del sessions[k]
             self.ended[msg.run_id] = msg.status
             log.info("run %s ended: %s %s", msg.run_id, msg.status, msg.message)
             return [Work("end", f"{msg.run_id}/end", msg)]
@@ -188,7 +195,7 @@ class SiteMachine:
             return sent_answer + self._wrap(query[0], masked)
         if isinstance(result, SecureRelease):
             out: list[Action] = [Send(0, m.encode(result.update))]
-            joined = self.secagg.get((result.update.run_id, result.update.round))
+            joined = self._sessions(result.phase).get((result.update.run_id, result.update.round))
             if joined is None:
                 return out
             try:
@@ -201,15 +208,23 @@ class SiteMachine:
 
     # ------------------------------------------------------------------ secure aggregation
 
+    def _sessions(self, phase: str) -> dict[tuple[str, int], tuple[m.SecAggSetup, Any]]:
+        return self.secagg_eval if phase == "eval" else self.secagg
+
+    @staticmethod
+    def _binding(setup: m.SecAggSetup) -> str:
+        """The run key a session is bound under: the run id, or ``<run>/eval`` for its eval sessions."""
+        return f"{setup.run_id}/eval" if setup.phase == "eval" else setup.run_id
+
     def _wrap(self, setup: m.SecAggSetup, msgs: list[Any]) -> list[Action]:
         from fedjax_room.secagg.messages import MaskedInput
 
         for x in msgs:
-            if isinstance(x, MaskedInput):  # once per (run, round), persisted before it leaves
-                joined = self.secagg.get((setup.run_id, setup.round))
+            if isinstance(x, MaskedInput):  # once per (run, round, phase), persisted before it leaves
+                joined = self._sessions(setup.phase).get((setup.run_id, setup.round))
                 session = joined[1].config.digest.hex() if joined is not None else ""
                 try:
-                    self.sessions.release(setup.run_id, setup.round, session)
+                    self.sessions.release(self._binding(setup), setup.round, session)
                 except FedRoomError as exc:
                     log.warning("secure aggregation %s/%d: %s", setup.run_id, setup.round, exc.message)
                     if joined is not None:
@@ -218,29 +233,50 @@ class SiteMachine:
             if isinstance(x, MaskedInput) and self._audit is not None:
                 # Written before the frame leaves: the digest of the exact masked bytes, which the
                 # coordinator records on receipt (``masked_input_received``) for the cross-check.
-                self._audit("masked_input_released", run_id=setup.run_id, round=setup.round, digest=digest(x.data))
-        return [Send(0, m.encode(m.SecAgg(run_id=setup.run_id, round=setup.round, body=x.to_dict()))) for x in msgs]
+                self._audit(
+                    "masked_input_released",
+                    run_id=setup.run_id,
+                    round=setup.round,
+                    phase=setup.phase,  # a round has a train and (when scheduled) an eval session
+                    digest=digest(x.data),
+                )
+        return [
+            Send(0, m.encode(m.SecAgg(run_id=setup.run_id, round=setup.round, body=x.to_dict(), phase=setup.phase)))
+            for x in msgs
+        ]
 
     def _secagg_setup(self, msg: m.SecAggSetup) -> list[Action]:
+        from fedjax_room.protocol import evaluation as ev
         from fedjax_room.secagg import SecAggClient, SecAggConfig
 
-        for k in [k for k in self.secagg if k[0] == msg.run_id and k[1] != msg.round]:
-            del self.secagg[k]  # an older round of the run is over
+        if msg.phase not in ("train", "eval"):
+            raise ProtocolError(f"secagg_setup phase must be 'train' or 'eval', got {msg.phase!r}")
+        sessions = self._sessions(msg.phase)
+        for k in [k for k in sessions if k[0] == msg.run_id and k[1] != msg.round]:
+            del sessions[k]  # an older round of the run is over
         if self._identity is None:
             raise ProtocolError("this site was started without its identity key and cannot do secure aggregation")
         try:
             config = SecAggConfig.from_dict(msg.config)
-            if config.round_id != f"{msg.run_id}/{msg.round}":
-                raise ProtocolError(f"secagg round id {config.round_id!r} is not {msg.run_id}/{msg.round}")
+            want = f"{msg.run_id}/{msg.round}" + ("/eval" if msg.phase == "eval" else "")
+            if config.round_id != want:
+                raise ProtocolError(f"secagg round id {config.round_id!r} is not {want}")
             if not 0 < msg.fraction <= 1:
                 raise ProtocolError(f"secagg fraction must be in (0, 1], got {msg.fraction}")
+            if msg.phase == "eval" and (
+                config.vector_length != ev.EVAL_LENGTH or config.modulus_bits != ev.EVAL_MODULUS_BITS
+            ):
+                raise ProtocolError(
+                    f"an eval secagg session sums {ev.EVAL_LENGTH} values modulo 2^{ev.EVAL_MODULUS_BITS}, not "
+                    f"{config.vector_length} modulo 2^{config.modulus_bits}"
+                )
             self._check_roster(config, msg, self._identity)
-            self.sessions.join(msg.run_id, msg.round, config.digest.hex())
+            self.sessions.join(self._binding(msg), msg.round, config.digest.hex())
             client = SecAggClient(config, msg.id, self._identity)
         except FedRoomError as exc:
             log.warning("not joining secure aggregation for %s/%d: %s", msg.run_id, msg.round, exc.message)
             return [Send(0, m.encode(m.Error.of(exc, run_id=msg.run_id)))]
-        self.secagg[(msg.run_id, msg.round)] = (msg, client)
+        sessions[(msg.run_id, msg.round)] = (msg, client)
         return self._wrap(msg, [client.advertise()])
 
     def _check_roster(self, config: SecAggConfig, msg: m.SecAggSetup, identity: Ed25519PrivateKey) -> None:
@@ -283,7 +319,7 @@ class SiteMachine:
     def _secagg_frame(self, msg: m.SecAgg) -> list[Action]:
         from fedjax_room.secagg import message_from_dict
 
-        joined = self.secagg.get((msg.run_id, msg.round))
+        joined = self._sessions(msg.phase).get((msg.run_id, msg.round))
         if joined is None:
             log.info("ignored a secagg frame for %s/%d (not in that round)", msg.run_id, msg.round)
             return []

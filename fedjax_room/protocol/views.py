@@ -69,12 +69,20 @@ class RunViews:
         return out
 
     def _round_result(self, row: Any, run_id: str) -> dict[str, Any]:
+        evals = getattr(self.store, "evals", None)
+        released = (evals(run_id) if callable(evals) else {}).get(row.round) or {}
         return {
             "round": row.round,
             "sites": row.sites,
             "dropped": row.dropped,
             "loss": row.loss,
             "accuracy": row.accuracy,
+            # protocol/evaluation.py: whether this round was on the schedule, the noise scale (standard deviation)
+            # of its released figures, and the sites whose held-out sets the (summed) release covers
+            "evaluated": bool(released.get("evaluated", row.loss is not None or row.accuracy is not None)),
+            "accuracy_std": released.get("accuracy_std"),
+            "loss_std": released.get("loss_std"),
+            "eval_sites": list(row.eval_sites),
             "epsilon": row.epsilon,
             "defence": self.store.defences(run_id).get(row.round),
         }
@@ -124,6 +132,11 @@ class RunViews:
         for c in self._conns.values():
             if c.state == "ready" and run_id in c.watching:
                 self._send(c.id, m.RunEvent(run_id=run_id, kind=kind, data=data))
+
+    def _progress_event(self, run_id: str, round_: int, phase: str, answered: int, cohort: int) -> None:
+        """``progress``: inside a round, how many of the cohort have answered this phase (counts only, no names)."""
+        data = {"round": round_, "phase": phase, "answered": answered, "cohort": cohort}
+        self._event(run_id, "progress", data)
 
     def _status_event(self, run_id: str) -> None:
         run = self.store.run(run_id)

@@ -60,12 +60,12 @@ from fedjax_room.errors import (
 )
 from fedjax_room.models import ModelSpec
 from fedjax_room.protocol import messages as m
-from fedjax_room.protocol.codec import Tree, digest, pack_tree, unpack_tree
+from fedjax_room.protocol.codec import Tree, digest, pack_tree, unpack_tree, update_digest
 from fedjax_room.protocol.config import RunConfig
-from fedjax_room.protocol.secure import SecureRelease, SecureTrain
+from fedjax_room.protocol.secure import SecureEval, SecureRelease, SecureTrain
 from fedjax_room.site.approval import Inbox, await_approval
 from fedjax_room.site.estimate import check_offer, estimate_answer, session_trials
-from fedjax_room.site.evaluate import metrics_message, noised_metrics
+from fedjax_room.site.evaluate import metrics_message, noised_vector, ring_vector
 from fedjax_room.site.ledger import Ledger
 from fedjax_room.site.plan import Plan
 from fedjax_room.site.policy import Policy
@@ -201,7 +201,7 @@ class SiteAgent:
             if kind == "train":
                 return self.train(msg)
             if kind == "eval":
-                if not isinstance(msg, m.RoundStart):
+                if not isinstance(msg, m.RoundStart | SecureEval):
                     raise ProtocolError(f"an eval job carries a round start, not {type(msg).__name__}")
                 return self.evaluate(msg)
             if kind == "estimate":  # nothing spent, nothing stored (site/estimate.py)
@@ -340,7 +340,7 @@ class SiteAgent:
             "update_released",
             run_id=msg.run_id,
             round=msg.round,
-            digest=payload_digest,
+            **update_digest(out.update if isinstance(out, SecureRelease) else out),  # payload, or secure: accounting
             epsilon=run_eps,
             delta=config.delta,
             ledger_epsilon=total,
@@ -453,27 +453,48 @@ class SiteAgent:
         """The update a round releases (before the finite check, encoding and masking): the trained delta."""
         return delta
 
-    def evaluate(self, msg: m.RoundStart) -> m.Metrics | m.RunRefuse:
+    def evaluate(self, msg: m.RoundStart | SecureEval) -> Any:
         """Noised evaluation counts of the global model on the held-out split, stored and accounted before release.
 
+        Only the rounds on the plan's evaluation schedule are evaluated. In a secure run the job must come with its
+        eval SecAgg session (:class:`~fedjax_room.protocol.secure.SecureEval`): the noised vector, carrying only
+        this site's share of the noise, leaves only masked in that session (a
+        :class:`~fedjax_room.protocol.secure.SecureRelease`), and a plain ``round_start`` for it is not answered.
         A committed evaluation asked again returns exactly the stored counts (whatever parameters come with it), or
         is refused; it is never recomputed with the same noise.
         """
+        secure: SecureEval | None = None
+        if isinstance(msg, SecureEval):
+            secure, msg = msg, msg.start
         key = f"{msg.run_id}/{msg.round}/eval"
         spec, config, plan = self._load_run(msg.run_id)
+        if config.secure_aggregation and secure is None:
+            log.warning(
+                "%s: the evaluation of round %s of secure run %s came without its secagg_setup; not answering",
+                self.name,
+                msg.round,
+                msg.run_id,
+            )
+            return None
         plan.check_round(msg.round, run_id=msg.run_id, party=self.name, phase="eval")
+        if secure is None:
+            min_clients = 1
+        else:
+            from fedjax_room.secagg import SecAggConfig
+
+            min_clients = SecAggConfig.from_dict(secure.setup.config).min_clients  # checked by the site machine
         record = self.ledger.released(key)
         if record is not None:
             if "release" not in record and not record.get("failed"):  # committed by an older agent
                 again = self.releases.legacy_frame(msg.run_id, msg.round, "eval")
-                if isinstance(again, m.Metrics | m.RunRefuse):
+                if isinstance(again, m.Metrics | m.RunRefuse) and secure is None:
                     return again
                 raise StateError(f"{self.name}: release {key} was committed but never stored; refusing to recompute it")
             content, _ = self.releases.stored(key, record, msg.round, "eval")
             # committed now if a crash came before
             site_eps = self.spending.commit_site_eval(key, config, plan, msg.round)
             eps, total = record["epsilon"], record["ledger_epsilon"]
-            return metrics_message(msg, content["metrics"], eps, total, config.delta, site_eps)
+            return self._eval_frame(msg, content, eps, total, config, site_eps, secure, min_clients)
         params = self._global_params(msg, spec)
         event = plan.eval_event()
         self.spending.precheck(key, event, msg.round, spec)
@@ -481,25 +502,80 @@ class SiteAgent:
             level_event = self.spending.site_eval_event(plan)
             self.spending.precheck_site(key, level_event, f"evaluating round {msg.round}", msg.round, spec)
         try:
-            noised = self._compute_metrics(msg, spec, config, plan, params)
+            vector = self._compute_metrics(msg, spec, config, plan, params, secure is not None, min_clients)
         except Exception:
             self.spending.commit_site_eval(key, config, plan, msg.round)
             self.spending.pay_failed(key, event, msg.round, "eval", config, spec)
-        release = self.releases.store(msg.run_id, msg.round, "eval", {"metrics": noised}, None)
+        content = {"vector": vector, "secure": secure is not None, "min_clients": min_clients}
+        release = self.releases.store(msg.run_id, msg.round, "eval", content, None)
         record = {"round": msg.round, "phase": "eval", "release": release}
         run_eps, total = self.spending.commit(key, event, record, config, spec)
         # distributed-DP runs: the site-level ledger too
         site_eps = self.spending.commit_site_eval(key, config, plan, msg.round)
-        metrics = metrics_message(msg, noised, run_eps, total, config.delta, site_eps)
+        out = self._eval_frame(msg, content, run_eps, total, config, site_eps, secure, min_clients)
         self._audit("metrics_released", run_id=msg.run_id, round=msg.round, epsilon=run_eps, ledger_epsilon=total)
-        return metrics
+        return out
+
+    def _eval_frame(
+        self,
+        msg: m.RoundStart,
+        content: dict[str, Any],
+        run_eps: float,
+        total: float,
+        config: RunConfig,
+        site_eps: float | None,
+        secure: SecureEval | None,
+        min_clients: int,
+    ) -> Any:
+        """The frame of a stored evaluation: plain ``metrics``, or under secure aggregation the accounting-only
+        ``metrics`` and the masked-to-be vector. A vector noised for a sum of ``k`` sites goes into no session that
+        may release a sum of fewer, and a plain one never into a session (nor a secure one in the clear)."""
+        if "vector" not in content:  # stored by an older agent: the noised floats [count, correct, loss_sum]
+            if secure is not None:
+                raise StateError(f"{self.name}: evaluation {msg.run_id}/{msg.round} was stored for a plain round")
+            count, correct, loss_sum = (float(v) for v in content["metrics"])
+            return m.Metrics(
+                run_id=msg.run_id,
+                round=msg.round,
+                count=count,
+                correct=correct,
+                loss_sum=loss_sum,
+                epsilon=run_eps,
+                ledger_epsilon=total,
+                delta=config.delta,
+                site_epsilon=site_eps,
+            )
+        vector = [int(v) for v in content["vector"]]
+        if bool(content.get("secure")) != (secure is not None) or min_clients < int(content.get("min_clients", 1)):
+            raise StateError(
+                f"{self.name}: evaluation {msg.run_id}/{msg.round} was noised for a sum of at least "
+                f"{content.get('min_clients', 1)} sites; refusing to release it into this session (fewer, or the "
+                "other kind of round)"
+            )
+        if secure is None:
+            return metrics_message(msg, vector, run_eps, total, config.delta, site_eps)
+        frame = metrics_message(msg, None, run_eps, total, config.delta, site_eps)
+        return SecureRelease(frame, ring_vector(vector))
 
     def _compute_metrics(
-        self, msg: m.RoundStart, spec: ModelSpec, config: RunConfig, plan: Plan, params: Tree
-    ) -> list[float]:
-        """``[count, correct, loss_sum]`` on the held-out split plus Gaussian noise (:mod:`.evaluate`)."""
+        self,
+        msg: m.RoundStart,
+        spec: ModelSpec,
+        config: RunConfig,
+        plan: Plan,
+        params: Tree,
+        secure: bool = False,
+        min_clients: int = 1,
+    ) -> list[int]:
+        """The integer evaluation vector on the held-out split plus this site's Skellam noise (:mod:`.evaluate`):
+        all of it in a plain run, its share under secure aggregation (``min_clients``: the fewest sites any
+        released sum holds)."""
+        from fedjax_room.protocol.evaluation import share_variance
+
         seed = self._seed(msg.run_id, config.seed, msg.round, "eval")
-        return noised_metrics(spec, params, self._heldout, seed=seed, eval_noise_multiplier=plan.eval_noise_multiplier)
+        floor = plan.eval_noise_floor or plan.eval_noise_multiplier
+        variance = share_variance(plan.eval_noise_multiplier, floor, secure=secure, min_clients=min_clients)
+        return noised_vector(spec, params, self._heldout, seed=seed, variance=variance)
 
     # used by tests and the CLI
     def describe(self) -> dict[str, Any]:

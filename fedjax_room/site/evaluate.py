@@ -1,10 +1,14 @@
-"""A site's evaluation of the global model: bounded per-record terms, summed, released only with Gaussian noise.
+"""A site's evaluation of the global model: bounded per-record terms, summed in integers, released only with
+Skellam noise.
 
-:func:`noised_metrics` returns ``[count, correct, loss_sum]`` on the held-out split plus noise of scale
-``eval_noise_multiplier * EVAL_SENSITIVITY`` per term (:mod:`fedjax_room.site.plan`). Each record adds at most 1
-to ``count`` and ``correct`` and at most ``LOSS_CLIP`` to ``loss_sum``, whatever the parameters (a crafted model
-whose logits overflow counts as not correct, with the clip bound as its loss), so the sensitivity holds.
-Nothing un-noised leaves this module.
+:func:`noised_vector` returns the integer vector of :mod:`fedjax_room.protocol.evaluation` (``GAMMA_CW * correct``,
+``GAMMA_CW * wrong``, the sum of each record's loss scaled to ``[0, GAMMA_LOSS]``) on the held-out split plus this
+site's Skellam noise (:func:`~fedjax_room.protocol.evaluation.share_variance`: all of it in a plain run, its share
+of the floor plus its own extra under secure aggregation). Each record adds ``GAMMA_CW`` to exactly one of the
+first two coordinates and at most ``GAMMA_LOSS`` to the third, whatever the parameters (a crafted model whose
+logits overflow counts as wrong, with the clip bound as its loss), so the sensitivity holds. A plain run sends
+:func:`metrics_values` of it (floats); a secure run masks the vector itself (:func:`ring_vector`). Nothing
+un-noised leaves this module.
 """
 
 from __future__ import annotations
@@ -19,10 +23,11 @@ import numpy as np
 from fedjax_room.data import Dataset
 from fedjax_room.errors import StateError
 from fedjax_room.models import ModelSpec
+from fedjax_room.protocol import evaluation as ev
 from fedjax_room.protocol import messages as m
-from fedjax_room.site.plan import EVAL_SENSITIVITY, LOSS_CLIP
+from fedjax_room.site.plan import LOSS_CLIP
 
-__all__ = ["eval_fn", "metrics_message", "noised_metrics"]
+__all__ = ["eval_fn", "metrics_message", "metrics_values", "noised_vector", "ring_vector", "skellam"]
 
 #: Records evaluated per jitted call.
 CHUNK = 1024
@@ -30,7 +35,8 @@ CHUNK = 1024
 
 @functools.lru_cache(maxsize=16)
 def eval_fn(spec_json: str) -> Callable[..., Any]:
-    """``fn(params, x, y) -> (clipped loss sum, correct count)`` for the model ``spec_json``, jitted and cached."""
+    """``fn(params, x, y) -> (sum of scaled losses, correct count)`` for the model ``spec_json``, jitted and cached:
+    each record's loss is clipped to ``[0, LOSS_CLIP]`` and rounded to an integer in ``[0, GAMMA_LOSS]``."""
     import jax
     import jax.numpy as jnp
     import optax
@@ -49,45 +55,65 @@ def eval_fn(spec_json: str) -> Callable[..., Any]:
         raw = optax.softmax_cross_entropy_with_integer_labels(jnp.where(finite[:, None], logits, 0.0), y)
         losses = jnp.where(finite & jnp.isfinite(raw), jnp.clip(raw, 0.0, LOSS_CLIP), LOSS_CLIP)
         correct = finite & (jnp.argmax(logits, axis=-1) == y)
-        return jnp.sum(losses), jnp.sum(correct.astype(jnp.int32))
+        scaled = jnp.round(losses / LOSS_CLIP * ev.GAMMA_LOSS).astype(jnp.int32)  # in [0, GAMMA_LOSS]
+        return jnp.sum(scaled), jnp.sum(correct.astype(jnp.int32))
 
     return fn
 
 
-def noised_metrics(
-    spec: ModelSpec, params: Any, heldout: Dataset, *, seed: int, eval_noise_multiplier: float
-) -> list[float]:
-    """``[count, correct, loss_sum]`` of ``params`` on ``heldout`` plus Gaussian noise (``seed``: the round's
-    secret evaluation seed)."""
-    loss_sum, correct, count = 0.0, 0, len(heldout)
+def skellam(variance: float, size: int, rng: np.random.Generator) -> np.ndarray:
+    """``size`` Skellam draws of ``variance`` (``Poisson(v/2) - Poisson(v/2)``; a sum of them is Skellam)."""
+    lam = float(variance) / 2.0
+    if not (math.isfinite(lam) and lam >= 0):
+        raise StateError(f"evaluation noise variance must be finite and non-negative, got {variance!r}")
+    return rng.poisson(lam, size).astype(np.int64) - rng.poisson(lam, size).astype(np.int64)
+
+
+def noised_vector(spec: ModelSpec, params: Any, heldout: Dataset, *, seed: int, variance: float) -> list[int]:
+    """The integer evaluation vector of ``params`` on ``heldout`` plus Skellam noise of ``variance`` per coordinate
+    (``seed``: the round's secret evaluation seed)."""
+    loss_units, correct, count = 0, 0, len(heldout)
     fn = eval_fn(spec.to_json())
     for start in range(0, count, CHUNK):
         ls, c = fn(params, heldout.x[start : start + CHUNK], heldout.y[start : start + CHUNK])
-        loss_sum += float(ls)
+        loss_units += int(ls)
         correct += int(c)
-    rng = np.random.default_rng([seed, 7])
-    noise = rng.normal(0.0, eval_noise_multiplier * EVAL_SENSITIVITY, size=3)
-    noised = [float(count + noise[0]), float(correct + noise[1]), float(loss_sum + LOSS_CLIP * noise[2])]
-    if not all(math.isfinite(v) for v in noised):  # cannot happen with bounded terms; never release one
+    exact = np.array([ev.GAMMA_CW * correct, ev.GAMMA_CW * (count - correct), loss_units], np.int64)
+    noised = exact + skellam(variance, ev.EVAL_LENGTH, np.random.default_rng([seed, 7]))
+    return [int(v) for v in noised]
+
+
+def metrics_values(vector: list[int]) -> tuple[float, float, float]:
+    """``(count, correct, loss_sum)`` of a noised vector, as a plain run's ``metrics`` frame carries them."""
+    correct, wrong, loss_sum = ev.decode_sum(vector)
+    values = (correct + wrong, correct, loss_sum)
+    if not all(math.isfinite(v) for v in values):  # cannot happen with bounded terms; never release one
         raise StateError("a noised evaluation count is not finite")
-    return noised
+    return values
+
+
+def ring_vector(vector: list[int]) -> np.ndarray:
+    """A noised vector as the input of the round's evaluation SecAgg session."""
+    return ev.signed_to_ring(np.asarray(vector, np.int64))
 
 
 def metrics_message(
     msg: m.RoundStart,
-    noised: list[float],
+    noised: list[int] | None,
     run_eps: float,
     total: float,
     delta: float,
     site_eps: float | None = None,
 ) -> m.Metrics:
-    """The ``metrics`` frame of a (stored) noised evaluation: the counts and what the site has spent."""
+    """The ``metrics`` frame of a (stored) noised evaluation: the counts and what the site has spent. Under secure
+    aggregation (``noised`` None) it carries only the accounting: the counts travel masked, summed."""
+    count, correct, loss_sum = metrics_values(noised) if noised is not None else (0.0, 0.0, 0.0)
     return m.Metrics(
         run_id=msg.run_id,
         round=msg.round,
-        count=float(noised[0]),
-        correct=float(noised[1]),
-        loss_sum=float(noised[2]),
+        count=count,
+        correct=correct,
+        loss_sum=loss_sum,
         epsilon=run_eps,
         ledger_epsilon=total,
         delta=delta,

@@ -66,7 +66,7 @@ class Spending:
         event: Any = dpa.ComposedDpEvent(
             [
                 dpsgd_event(plan.noise_multiplier, plan.sampling_rate, plan.local_steps * rounds),
-                dpsgd_event(plan.eval_noise_multiplier, 1.0, rounds),
+                plan.eval_events(None if plan.mode == "target" else 1),  # the evaluation schedule's releases
             ]
         )
         return event if trials == 1 else dpa.SelfComposedDpEvent(event, trials)

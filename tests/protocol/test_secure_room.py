@@ -92,7 +92,10 @@ def test_the_coordinator_never_holds_an_unmasked_update(tmp_path):
     assert room.store.run(run_id).status == "finished"
     updates = [msg for _, msg in room.received if isinstance(msg, m.Update)]
     assert updates and all(u.payload == b"" for u in updates)
-    masked = {site: msg.body["data"] for site, msg in room.received if msg.TYPE == "secagg" and "data" in msg.body}
+    sent = [(site, msg) for site, msg in room.received if msg.TYPE == "secagg" and "data" in msg.body]
+    masked = {site: msg.body["data"] for site, msg in sent if msg.phase == "train"}
+    # the evaluation goes masked too, in its own session: 3 ring elements of 8 bytes each
+    assert {site: len(msg.body["data"]) for site, msg in sent if msg.phase == "eval"} == dict.fromkeys(room.sites, 24)
     assert set(masked) == set(room.sites)
     coord_bytes = b"".join(p.read_bytes() for p in (tmp_path / "secure" / "coordinator").rglob("*") if p.is_file())
     audit_bytes = json.dumps(room.audit.records, default=repr).encode()

@@ -18,7 +18,7 @@ from fedjax_room.identity import generate_key
 from fedjax_room.protocol import messages as m
 from fedjax_room.protocol.codec import pack_tree, unpack_tree
 from fedjax_room.protocol.config import RunConfig
-from fedjax_room.protocol.secure import SecureRelease, SecureTrain
+from fedjax_room.protocol.secure import SecureEval, SecureRelease, SecureTrain
 from fedjax_room.robust.attacks import get_attack
 from fedjax_room.secagg import SecAggConfig
 from fedjax_room.site.ledger import Ledger
@@ -27,7 +27,9 @@ SPEC = {"family": "logistic", "input_shape": [4], "num_classes": 2, "layers": [{
 
 
 def _offer(run_id="run-1", **config):
-    cfg = {"rounds": 2, "noise_multiplier": 1.0, "local_steps": 2, "batch_size": 20, **config}
+    # plain unless a test asks for secure aggregation (on by default)
+    cfg = {"rounds": 2, "noise_multiplier": 1.0, "local_steps": 2, "batch_size": 20, "secure_aggregation": False}
+    cfg.update(config)
     return m.RunOffer(run_id=run_id, spec=SPEC, config=RunConfig.from_dict(cfg).to_dict())
 
 
@@ -57,6 +59,13 @@ def _secure(rnd, params=None, run_id="run-1"):
     cfg = SecAggConfig(round_id=f"{run_id}/{rnd}", clients=keys, vector_length=10, modulus_bits=32)
     setup = m.SecAggSetup(run_id=run_id, round=rnd, config=cfg.to_dict(), id=1, fraction=1 / 3)
     return SecureTrain(_start(rnd, "train", params, run_id=run_id), setup)
+
+
+def _secure_eval(rnd, params=None, run_id="run-1"):
+    keys = {i: generate_key().public_key().public_bytes_raw() for i in (1, 2, 3)}
+    cfg = SecAggConfig(round_id=f"{run_id}/{rnd}/eval", clients=keys, vector_length=3, modulus_bits=64)
+    setup = m.SecAggSetup(run_id=run_id, round=rnd, config=cfg.to_dict(), id=1, fraction=1.0, phase="eval")
+    return SecureEval(_start(rnd, "eval", params, run_id=run_id), setup)
 
 
 def _spent(agent, run_id="run-1"):
@@ -90,10 +99,11 @@ def test_nan_forcing_params_give_a_finite_evaluation_release(factory):
 
 
 def test_per_example_eval_quantities_are_finite_and_bounded():
-    """The summed quantities themselves: each example's loss is in [0, LOSS_CLIP], non-finite -> LOSS_CLIP."""
+    """The summed quantities themselves: each example's loss is in [0, LOSS_CLIP], non-finite -> LOSS_CLIP, scaled
+    to an integer in [0, GAMMA_LOSS] (protocol/evaluation.py)."""
     from fedjax_room.models import ModelSpec
+    from fedjax_room.protocol.evaluation import GAMMA_LOSS
     from fedjax_room.site.evaluate import eval_fn as _eval_fn
-    from fedjax_room.site.plan import LOSS_CLIP
 
     fn = _eval_fn(ModelSpec.from_dict(SPEC).to_json())
     x = np.array([[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]], np.float32)
@@ -105,12 +115,12 @@ def test_per_example_eval_quantities_are_finite_and_bounded():
         }
     }
     loss_sum, correct = fn(params, x, y)
-    assert math.isfinite(float(loss_sum)) and 0.0 <= float(loss_sum) <= LOSS_CLIP * len(y)
+    assert math.isfinite(float(loss_sum)) and 0 <= int(loss_sum) <= GAMMA_LOSS * len(y)
     assert 0 <= int(correct) <= len(y)
     # the records whose logits overflow to (inf, -inf) count the clip bound (not NaN, not inf) and are not correct
     for label in (0, 1):
         loss_one, correct_one = fn(params, x[2:3], np.array([label], np.int32))
-        assert float(loss_one) == pytest.approx(LOSS_CLIP) and int(correct_one) == 0
+        assert int(loss_one) == GAMMA_LOSS and int(correct_one) == 0
 
 
 # ----------------------------------------------------------------------------- item 4
@@ -236,9 +246,14 @@ def test_repeat_after_release_returns_the_stored_release(factory):
     b = agent.handle("train", _secure(1, _params(0.7, 2)))
     np.testing.assert_array_equal(a.vector, b.vector)
     assert a.update == b.update
-    e1 = agent.handle("eval", _start(1, "eval", _params(0.1, 1)))
-    e2 = agent.handle("eval", _start(1, "eval", _params(2.0, 3)))
-    assert e1 == e2
+    # a secure run's evaluation comes with its eval session: a plain round_start gets no answer
+    assert agent.handle("eval", _start(1, "eval", _params(0.1, 1))) is None
+    assert len(_spent(agent)) == 1
+    e1 = agent.handle("eval", _secure_eval(1, _params(0.1, 1)))
+    e2 = agent.handle("eval", _secure_eval(1, _params(2.0, 3)))
+    assert isinstance(e1, SecureRelease) and e1.update == e2.update
+    np.testing.assert_array_equal(e1.vector, e2.vector)
+    assert (e1.update.count, e1.update.correct, e1.update.loss_sum) == (0.0, 0.0, 0.0)  # the counts go masked
     assert len(_spent(agent)) == 2
 
 

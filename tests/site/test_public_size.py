@@ -17,6 +17,7 @@ from fedjax_room.errors import BudgetExceededError, PolicyError, StateError
 from fedjax_room.protocol import messages as m
 from fedjax_room.protocol.codec import pack_tree
 from fedjax_room.protocol.config import RunConfig
+from fedjax_room.protocol.secure import SecureEval, SecureRelease
 from fedjax_room.site.agent import SiteAgent
 from fedjax_room.site.ledger import Ledger
 from fedjax_room.site.plan import Plan, make_plan
@@ -27,7 +28,8 @@ from .conftest import SPEC, make_data
 
 # a fixed-noise run: its planned epsilon used to be a function of q = B / N (so of N); calibrating from a target
 # is slower (seconds per plan) and is checked on two sites below
-CONFIG = {"rounds": 2, "noise_multiplier": 1.0, "local_steps": 2, "batch_size": 20}
+# plain unless a test asks for secure aggregation (on by default)
+CONFIG = {"rounds": 2, "noise_multiplier": 1.0, "local_steps": 2, "batch_size": 20, "secure_aggregation": False}
 SIZES = range(476, 485)
 
 
@@ -38,6 +40,16 @@ def _offer(run_id="run-1", **config):
 def _start(run_id, rnd, phase):
     zeros = {"dense_0": {"bias": np.zeros(2, np.float32), "kernel": np.zeros((4, 2), np.float32)}}
     return m.RoundStart(run_id=run_id, round=rnd, phase=phase, params=pack_tree(zeros), cohort=3, timeout=30.0)
+
+
+def _secure_eval(run_id, rnd):
+    from fedjax_room.identity import generate_key
+    from fedjax_room.secagg import SecAggConfig
+
+    keys = {i: generate_key().public_key().public_bytes_raw() for i in (1, 2, 3)}
+    cfg = SecAggConfig(round_id=f"{run_id}/{rnd}/eval", clients=keys, vector_length=3, modulus_bits=64)
+    setup = m.SecAggSetup(run_id=run_id, round=rnd, config=cfg.to_dict(), id=1, fraction=1.0, phase="eval")
+    return SecureEval(_start(run_id, rnd, "eval"), setup)
 
 
 def _agent(tmp_path, n, *, policy=None, state=None):
@@ -207,7 +219,7 @@ def test_the_count_event_is_a_gaussian_mechanism():
 
 def test_a_distributed_dp_evaluation_is_composed_into_the_site_level_ledger(tmp_path):
     # Issue 13 item 7: the site-level ledger left evaluation releases out. Zeroing out the whole site moves its
-    # (count, correct, loss_sum / 5) by at most sqrt(3) * heldout_bound; that Gaussian event is now composed and
+    # evaluation vector by at most DELTA2 * heldout_bound (protocol/evaluation.py); that Gaussian event is composed and
     # capped there, and the site-level epsilon the room hears (metrics.site_epsilon) includes it.
     from fedjax_room.site.plan import site_eval_event
 
@@ -215,8 +227,9 @@ def test_a_distributed_dp_evaluation_is_composed_into_the_site_level_ledger(tmp_
     policy = {"declared_train_records": 480, "declared_heldout_records": 120}
     agent = _agent(tmp_path, 480, policy=policy)
     assert isinstance(agent.handle("offer", _offer(**ddp)), m.RunAccept)
-    metrics = agent.handle("eval", _start("run-1", 1, "eval"))
-    assert isinstance(metrics, m.Metrics), metrics
+    release = agent.handle("eval", _secure_eval("run-1", 1))
+    assert isinstance(release, SecureRelease), release
+    metrics = release.update
     _, _, plan = agent._load_run("run-1")
     assert agent.site_ledger.tags == ["run-1/1/eval"]
     assert agent.site_ledger.events == [{"type": "gaussian", "noise_multiplier": plan.eval_noise_multiplier / 120}]
@@ -224,7 +237,7 @@ def test_a_distributed_dp_evaluation_is_composed_into_the_site_level_ledger(tmp_
         plan.eval_noise_multiplier / 120
     )
     assert metrics.site_epsilon == agent.site_ledger.run_epsilon("run-1", 1e-5) > 0
-    assert agent.handle("eval", _start("run-1", 1, "eval")) == metrics  # asked again: the same, nothing spent
+    assert agent.handle("eval", _secure_eval("run-1", 1)).update == metrics  # asked again: the same, nothing spent
     assert agent.site_ledger.tags == ["run-1/1/eval"]
     # a plain run's evaluation stays off the site-level ledger
     assert isinstance(agent.handle("offer", _offer(run_id="run-2")), m.RunAccept)
@@ -237,6 +250,6 @@ def test_the_site_level_cap_refuses_an_evaluation_before_it_is_computed(tmp_path
     policy = {"declared_train_records": 480, "declared_heldout_records": 120, "site_epsilon_cap": 0.5}
     agent = _agent(tmp_path, 480, policy=policy)
     assert isinstance(agent.handle("offer", _offer(**ddp)), m.RunAccept)
-    reply = agent.handle("eval", _start("run-1", 1, "eval"))
+    reply = agent.handle("eval", _secure_eval("run-1", 1))
     assert isinstance(reply, m.RunRefuse) and reply.error["reason"] == "site_epsilon_cap"
     assert agent.site_ledger.events == [] and agent.ledger.events == []
