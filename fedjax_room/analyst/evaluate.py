@@ -381,7 +381,8 @@ def labelled_data(
     elif hasattr(data, "x") and hasattr(data, "y"):
         x, y = data.x, data.y
         where = type(data).__name__
-        stored = list(getattr(data, "classes", None) or []) or None
+        schema = getattr(data, "schema", None)
+        stored = list(getattr(data, "classes", None) or getattr(schema, "classes", None) or []) or None
     else:
         raise DataError(
             f"cannot evaluate on a {type(data).__name__}: give (x, y) arrays, a dataset with .x/.y, "

@@ -85,6 +85,11 @@ def test_npz_csv_and_dataset_inputs_agree(tmp_path):
 
     named = evaluate(SPEC3, PARAMS3, Data())
     assert named.classes == ("cat", "dog", "fish") and named.confusion == want.confusion
+    from fedjax_room.data import Dataset
+
+    schema = {"features": ["a", "b"], "label": "kind", "classes": ["cat", "dog", "fish"]}
+    dataset = evaluate(SPEC3, PARAMS3, Dataset(X3, Y3.astype(np.int32), schema))
+    assert dataset.classes == ("cat", "dog", "fish") and dataset.confusion == want.confusion
 
     rows = ["a,b,label"] + [f"{a},{b},{['cat', 'dog', 'fish'][c]}" for (a, b), c in zip(X3, Y3, strict=True)]
     (tmp_path / "eval.csv").write_text("\n".join(rows) + "\n")
