@@ -4,6 +4,7 @@ spends, stores and audits nothing."""
 
 from __future__ import annotations
 
+import dp_accounting as dpa
 import numpy as np
 import pytest
 
@@ -16,6 +17,7 @@ from fedjax_room.sim import LoopbackRoom
 
 SPEC = logistic([64], 10)
 CONFIG = {"rounds": 2, "local_steps": 3, "batch_size": 32, "target_epsilon": 1.0, "learning_rate": 0.5}
+CONFIG = {**CONFIG, "secure_aggregation": False}  # a room of one site below: nothing to mask it among
 
 
 def _room(tmp_path, caps=(10.0, 10.0)) -> LoopbackRoom:
@@ -52,6 +54,7 @@ def _state(room: LoopbackRoom) -> dict[str, tuple]:
     return out
 
 
+@pytest.mark.slow  # two sites calibrate their plans (PLD) for the estimate, then train: ~40-60 s on a loaded box
 def test_the_estimate_is_what_each_site_then_spends_and_spends_nothing(tmp_path):
     room = _room(tmp_path)
     before = _state(room)
@@ -88,10 +91,11 @@ def test_a_refusal_the_estimate_foresees_is_the_refusal_the_run_gets(tmp_path):
     assert room.sites["site-b"]["agent"].ledger.epsilon() == 0.0  # the refused site spent nothing
 
 
+@pytest.mark.slow  # five estimates and three runs, each new set of options one more calibration
 def test_a_tuning_session_is_checked_whole_and_capped_at_its_trials(tmp_path):
     """A trial of a tuning session is checked for the session's trials still to come; the trial past the declared
     count is refused."""
-    room = _room(tmp_path, caps=(10.0, 10.0))
+    room = _room(tmp_path, caps=(10.0,))  # one site: each new trial's options are one more plan to calibrate
     tuned = {**CONFIG, "tune_session": 7, "tune_trials": 2}
     est = estimate(room, tuned)
     assert all(e["accept"] and e["tune_trials_left"] == 2 for e in est.values())
@@ -105,6 +109,22 @@ def test_a_tuning_session_is_checked_whole_and_capped_at_its_trials(tmp_path):
     third = room.start(SPEC, {**tuned, "learning_rate": 0.1})
     assert room.store.run(third).status == "failed"
     assert {s["error"]["reason"] for s in room.store.run_sites(third).values()} == {"tune_trials"}
+    # the session's figure in each ledger: every release of both trials composed with PLD, recomputed here
+    for name, s in room.sites.items():
+        agent = s["agent"]
+        plans = {run: room.store.run_sites(run)[name]["plan"] for run in (first, second)}
+        q = CONFIG["batch_size"] / agent.public_size.train
+        acc = dpa.pld.PLDAccountant(value_discretization_interval=1e-3)
+        for tag in agent.ledger.tags:
+            run, _, phase = tag.split("/")
+            plan = plans[run]
+            if phase == "train":
+                gaussian = dpa.GaussianDpEvent(plan["noise_multiplier"])
+                acc.compose(dpa.SelfComposedDpEvent(dpa.PoissonSampledDpEvent(q, gaussian), CONFIG["local_steps"]))
+            else:
+                acc.compose(dpa.GaussianDpEvent(plan["eval_noise_multiplier"]))
+        assert {t.split("/")[0] for t in agent.ledger.tags} == {first, second}
+        assert agent.ledger.epsilon() == pytest.approx(acc.get_epsilon(agent.ledger.delta), rel=2e-3)
 
 
 def test_an_estimate_of_a_run_the_room_refuses_is_refused_by_the_room(tmp_path):
@@ -113,3 +133,19 @@ def test_an_estimate_of_a_run_the_room_refuses_is_refused_by_the_room(tmp_path):
         estimate(room, {**CONFIG, "rounds": 10**6})
     assert "rounds" in str(info.value)
     assert not isinstance(info.value, RefusedError) or info.value.reason != "rate_limited"
+
+
+def test_a_site_runs_a_couple_of_estimates_at_once_and_answers_the_rest_busy():
+    """What a hostile coordinator flooding a site with estimate offers gets: two jobs, then "busy" at once."""
+    from fedjax_room.protocol.actions import Send, Work
+    from fedjax_room.protocol.site import MAX_ESTIMATES_IN_FLIGHT, SiteMachine
+
+    machine = SiteMachine(lambda: m.SiteStatus(schema={}, record_count="~1", policy={}, ledger={}), name="site-a")
+    machine.welcomed()
+    out = []
+    for est in range(1, 6):
+        out += machine.receive(m.encode(m.EstimateOffer(est=est, spec=SPEC.to_dict(), config=CONFIG)))
+    jobs = [a for a in out if isinstance(a, Work)]
+    busy = [m.decode(a.data) for a in out if isinstance(a, Send)]
+    assert len(jobs) == MAX_ESTIMATES_IN_FLIGHT == 2 and {j.kind for j in jobs} == {"estimate"}
+    assert [b.est for b in busy] == [3, 4, 5] and all(b.estimate["reason"] == "busy" for b in busy)
