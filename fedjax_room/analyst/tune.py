@@ -22,15 +22,12 @@ import itertools
 import math
 import random
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from fedjax_room.analyst.run import Run
 from fedjax_room.errors import ConfigError, RoundError
 from fedjax_room.models import ModelSpec
 from fedjax_room.protocol.config import RunConfig, run_options
-
-if TYPE_CHECKING:
-    from fedjax_room.analyst.client import Room
-    from fedjax_room.analyst.run import Run
 
 __all__ = ["METRICS", "TuneResult", "draw_configs", "tune"]
 
@@ -38,6 +35,12 @@ __all__ = ["METRICS", "TuneResult", "draw_configs", "tune"]
 METRICS = {"accuracy": True, "loss": False}
 #: options a tuning sets itself
 _SESSION = ("tune_session", "tune_trials")
+
+
+class _Room(Protocol):
+    """What tuning needs of a room (``analyst.client.Room``): starting a run."""
+
+    def train(self, spec: Any, /, **options: Any) -> Run: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,7 +114,7 @@ def _score(run: Run, metric: str) -> float | None:
 
 
 def tune(
-    room: Room,
+    room: _Room,
     spec: ModelSpec | Mapping[str, Any],
     space: Mapping[str, Any],
     *,
