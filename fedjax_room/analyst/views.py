@@ -460,6 +460,11 @@ def run_html(run: Any) -> str:
         f'<span style="color:#fff;background:{colour};border-radius:3px;padding:1px 6px">{html.escape(status)}</span>'
         f" — round {html.escape(format_value(get('rounds_done')))} / {html.escape(format_value(total))}</div>"
     ]
+    if isinstance(config, Mapping) and config:
+        from fedjax_room.protocol.config import protections
+
+        shown = " · ".join(html.escape(p) for p in protections(config))
+        parts.append(f'<div style="color:#555">protections: {shown}</div>')
     waiting = get("waiting") or []
     if waiting and isinstance(waiting, list | tuple):
         parts.append(f"<div><i>waiting for approval by {html.escape(', '.join(map(str, waiting)))}</i></div>")

@@ -110,6 +110,11 @@ class _Pairing:
     matched: int = 0
 
 
+def _of_phase(records: list[dict[str, Any]], kinds: tuple[str, ...], phase: str) -> list[dict[str, Any]]:
+    """``records`` without those of ``kinds`` that belong to another phase than ``phase``."""
+    return [r for r in records if r["kind"] not in kinds or (r["fields"].get("phase") or "train") == phase]
+
+
 def _pair(
     site: str,
     site_records: list[dict[str, Any]],
@@ -228,14 +233,20 @@ def compare_logs(site_records: list[dict[str, Any]], coordinator_records: list[d
     updates = _pair(
         site, site_records, coordinator_records, ("update_released", "update_received"), "update", mismatches, warnings
     )
-    masked = _pair(
-        site,
-        site_records,
-        coordinator_records,
-        ("masked_input_released", "masked_input_received"),
-        "masked input",
-        mismatches,
-        warnings,
+    masked_kinds = ("masked_input_released", "masked_input_received")
+    # a round has a train session and, when scheduled, an eval session: each is paired on its own ("phase";
+    # a record without one, from before evaluation was masked too, is the train session's)
+    masked, masked_eval = (
+        _pair(
+            site,
+            _of_phase(site_records, masked_kinds, phase),
+            _of_phase(coordinator_records, masked_kinds, phase),
+            masked_kinds,
+            noun,
+            mismatches,
+            warnings,
+        )
+        for phase, noun in (("train", "masked input"), ("eval", "masked evaluation input"))
     )
 
     # a release for a run the coordinator's log never mentions: that log was wiped, replaced or is another room's
@@ -271,9 +282,9 @@ def compare_logs(site_records: list[dict[str, Any]], coordinator_records: list[d
         released=updates.n_released,
         received=updates.n_received,
         matched=updates.matched,
-        masked_released=masked.n_released,
-        masked_received=masked.n_received,
-        masked_matched=masked.matched,
+        masked_released=masked.n_released + masked_eval.n_released,
+        masked_received=masked.n_received + masked_eval.n_received,
+        masked_matched=masked.matched + masked_eval.matched,
         mismatches=tuple(mismatches),
         warnings=tuple(warnings),
     )

@@ -41,8 +41,10 @@ __all__ = [
     "check_run_request",
     "checkpoint_bytes_estimate",
     "options_schema",
+    "protections",
     "run_option",
     "run_options",
+    "secure_by_default",
 ]
 
 #: Local optimisers a site may run after the DP noise (``fedjax_room.local.trainer.OPTIMIZERS``; kept here
@@ -219,9 +221,12 @@ class RunConfig:
     server_learning_rate: float = _opt(
         1.0, "server learning rate", "aggregation", lo=0.0, hi="max_server_learning_rate", above=True
     )
+    #: on by default wherever the run allows it: left unset, it resolves (in from_dict) to on unless the aggregator
+    #: or exclude_below needs each site's update; given True with such a run it is a ConfigError
     secure_aggregation: bool = _opt(
-        False,
-        "mask the updates so the coordinator sees only their sum (fedavg or mean only)",
+        True,
+        "mask the updates so the coordinator sees only their sum (fedavg or mean only); left unset it is on "
+        "unless a robust aggregator or exclude_below needs each site's update",
         "aggregation",
         basic=True,
     )
@@ -324,6 +329,8 @@ class RunConfig:
         given = dict(data)
         if given.get("noise_multiplier") is not None and "target_epsilon" not in given:
             given["target_epsilon"] = None  # the default target gives way to a fixed noise multiplier
+        if given.get("secure_aggregation") is None:  # not given: on wherever the run allows it
+            given["secure_aggregation"] = secure_by_default(given)
         v = {o.name: o.check(given.get(o.name, o.default)) for o in options}
         _check_together(v, lim)
         return cls(**v)
@@ -335,6 +342,44 @@ class RunConfig:
     def replace(self, **changes: Any) -> RunConfig:
         """A validated copy with ``changes``."""
         return RunConfig.from_dict({**self.to_dict(), **changes})
+
+
+def secure_by_default(options: Mapping[str, Any]) -> bool:
+    """What an unset ``secure_aggregation`` resolves to for these (given) options: on, unless the aggregator is a
+    robust rule or ``exclude_below`` is set (both need each site's update, which masking hides)."""
+    aggregator = options.get("aggregator")
+    return (aggregator is None or aggregator in SECURE_AGGREGATORS) and options.get("exclude_below") is None
+
+
+def protections(config: RunConfig | Mapping[str, Any]) -> list[str]:
+    """Which protections a run has, one short phrase each, in a fixed order (every surface shows these):
+    secure aggregation or not, the DP guarantee (target or fixed noise; distributed DP), the aggregator when it
+    is robust, and anomaly detection / trust exclusion only when the coordinator sees each update. An empty
+    mapping (a run whose config is not known yet) has none listed."""
+    c = config.to_dict() if isinstance(config, RunConfig) else dict(config)
+    if not c:
+        return []
+    secure = bool(c["secure_aggregation"] if c.get("secure_aggregation") is not None else secure_by_default(c))
+    out = [
+        "secure aggregation (the coordinator sees only the sum)"
+        if secure
+        else "no secure aggregation (the coordinator sees each update)"
+    ]
+    delta = c.get("delta", 1e-5)
+    if c.get("target_epsilon") is not None:
+        out.append(f"DP-SGD: epsilon <= {c['target_epsilon']:g} per site at delta {delta:g}")
+    elif c.get("noise_multiplier") is not None:
+        out.append(f"DP-SGD: noise multiplier {c['noise_multiplier']:g} at delta {delta:g}")
+    if c.get("site_noise_multiplier") is not None:
+        out.append(f"distributed DP: site noise multiplier {c['site_noise_multiplier']:g}")
+    aggregator = c.get("aggregator", "fedavg")
+    if aggregator not in SECURE_AGGREGATORS:
+        out.append(f"robust aggregator {aggregator}")
+    if not secure:
+        out.append("anomaly detection on every update")
+        if c.get("exclude_below") is not None:
+            out.append(f"sites below trust {c['exclude_below']:g} excluded")
+    return out
 
 
 def _check_together(v: Mapping[str, Any], lim: RunLimits) -> None:

@@ -205,3 +205,23 @@ def test_masked_records_in_the_wrong_log_are_refused(logs):
     site, coord = logs([masked_received(0, 7)], [received(0, 1)])
     with pytest.raises(ConfigError, match="looks like a coordinator log"):
         cross_check(site, coord)
+
+
+def test_a_rounds_train_and_eval_masked_inputs_are_paired_each_with_its_own(logs):
+    def phased(record, phase):
+        kind, fields = record
+        return kind, {**fields, "phase": phase}
+
+    site_records = [released(0, EMPTY), phased(masked_released(0, 7), "train"), phased(masked_released(0, 8), "eval")]
+    coord_records = [
+        received(0, EMPTY),
+        phased(masked_received(0, 7), "train"),
+        phased(masked_received(0, 8), "eval"),
+        secure_aggregated(0, ["site-a"]),
+    ]
+    report = cross_check(*logs(site_records, coord_records))
+    assert report.ok, report.mismatches  # two sessions in one round, not "two different masked inputs"
+    assert (report.masked_released, report.masked_received, report.masked_matched) == (2, 2, 2)
+    swapped = [*coord_records[:1], phased(masked_received(0, 8), "train"), phased(masked_received(0, 7), "eval")]
+    report = cross_check(*logs(site_records, [*swapped, coord_records[-1]]))
+    assert not report.ok and any("masked evaluation input" in m for m in report.mismatches)

@@ -59,7 +59,8 @@ def test_button_starts_a_run_and_opens_a_dashboard(fake_room):
         fake_room, on_launch=lambda run, dash: launched.append((run, dash)), train_options={"local_steps": 3}
     )
     form.family, form.hidden, form.rounds = "mlp", "32, 16", 4
-    form.target_epsilon, form.delta, form.secure_aggregation, form.aggregator = 2.0, 1e-6, True, "mean"
+    # secure aggregation is on by default (RunConfig): turning it off is a change, so it is sent
+    form.target_epsilon, form.delta, form.secure_aggregation, form.aggregator = 2.0, 1e-6, False, "mean"
     form.button.click()
     spec, kwargs = fake_room.trained[-1]
     assert spec.family == "mlp" and [layer.get("features") for layer in spec.layers if layer["type"] == "dense"] == [
@@ -73,7 +74,7 @@ def test_button_starts_a_run_and_opens_a_dashboard(fake_room):
         "delta": 1e-6,
         "local_steps": 3,
         "aggregator": "mean",
-        "secure_aggregation": True,
+        "secure_aggregation": False,
     }
     run, dash = launched[0]
     assert form.run is run and isinstance(dash, RunDashboard) and dash.rounds_total == 4

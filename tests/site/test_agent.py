@@ -15,7 +15,9 @@ from fedjax_room.site.policy import Policy
 
 
 def _offer(run_id="run-1", spec=None, **config):
-    cfg = {"rounds": 2, "target_epsilon": 1.0, "local_steps": 3, "batch_size": 20, **config}
+    # plain mode (secure aggregation is on by default): these tests read each update
+    cfg = {"rounds": 2, "target_epsilon": 1.0, "local_steps": 3, "batch_size": 20, "secure_aggregation": False}
+    cfg.update(config)
     return m.RunOffer(
         run_id=run_id,
         spec=spec

@@ -19,7 +19,9 @@ def test_local_optimizer_reaches_the_site_trainer_and_costs_no_privacy(factory):
     spent = {}
     for name in ("sgd", "momentum"):
         agent = factory.agent(name=f"site-{name}", epsilon_cap=5.0)
-        config = RunConfig.from_dict({"rounds": 2, "target_epsilon": 1.0, "local_steps": 3, "local_optimizer": name})
+        config = RunConfig.from_dict(
+            {"rounds": 2, "target_epsilon": 1.0, "local_steps": 3, "local_optimizer": name, "secure_aggregation": False}
+        )
         accept = agent.handle("offer", m.RunOffer(run_id="run-1", spec=SPEC, config=config.to_dict()))
         assert isinstance(accept, m.RunAccept)
         start = m.RoundStart(run_id="run-1", round=1, phase="train", params=pack_tree(_zeros()), cohort=3, timeout=30.0)

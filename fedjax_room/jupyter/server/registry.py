@@ -36,7 +36,7 @@ from fedjax_room.jupyter.server.jsonify import (
     schema_summary,
 )
 from fedjax_room.models.from_schema import FAMILIES
-from fedjax_room.protocol.config import options_schema, run_options
+from fedjax_room.protocol.config import options_schema, protections, run_options
 
 __all__ = [
     "ACTIVE_STATUSES",
@@ -574,6 +574,8 @@ class RoomRegistry:
             "followed": run is not None,
             # "waiting for approval by <site>": sites whose data owner has not approved the model yet
             "waiting": [str(s) for s in (waiting or ())] if isinstance(waiting, list | tuple) else [],
+            # which protections the run has (protocol.config.protections), when its config is known here
+            "protections": protections(config) if isinstance(config := getattr(run, "config", None), Mapping) else [],
         }
 
     def start_run(self, room_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
