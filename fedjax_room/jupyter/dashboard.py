@@ -97,6 +97,8 @@ class RunDashboard(widgets.VBox):
     error = traitlets.Unicode("")
     #: which protections the run has (fedjax_room.protocol.config.protections of its config), shown in the header
     protections = traitlets.List(traitlets.Unicode())
+    #: the room's budget lines (``BudgetReport.notes``: composed epsilon against the sum of each site's runs)
+    budget_notes = traitlets.List(traitlets.Unicode())
 
     def __init__(
         self,
@@ -245,6 +247,18 @@ class RunDashboard(widgets.VBox):
                     statuses[row["site"]] = "refused"
             self.site_status = statuses
 
+    def set_budget(self, report: Any) -> None:
+        """Take each site's cap and the budget's composition lines from ``room.budget()``."""
+        caps = {}
+        for row in records(report):
+            site, cap = row.get("site") or row.get("name"), _finite_or_none(row.get("epsilon_cap", row.get("cap")))
+            if site and cap is not None and cap > 0:
+                caps[str(site)] = cap
+        notes = getattr(report, "notes", None)
+        with self._lock, self.hold_trait_notifications():
+            self.epsilon_cap = {**self.epsilon_cap, **caps}
+            self.budget_notes = [str(n) for n in notes] if isinstance(notes, list | tuple) else []
+
     def set_privacy(self, report: Any) -> None:
         """Take each site's epsilon (and cap, where given) from a privacy report or budget report."""
         with self._lock, self.hold_trait_notifications():
@@ -386,6 +400,12 @@ class RunDashboard(widgets.VBox):
             self.finish("failed", error=f"dashboard lost the run: {exc}")
         finally:
             self._clock_stop.set()
+            budget = getattr(getattr(self, "room", None), "budget", None)
+            if callable(budget):  # the ledgers after this run, with their composition lines
+                try:
+                    self.set_budget(budget())
+                except Exception:  # the run's own figures stand
+                    pass
             self._ended.set()
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -409,6 +429,7 @@ class RunDashboard(widgets.VBox):
         "site_status",
         "refusals",
         "error",
+        "budget_notes",
     )
     def _on_change(self, change: Any) -> None:
         if getattr(self, "_chart", None) is None:
@@ -424,7 +445,7 @@ class RunDashboard(widgets.VBox):
                 self._render_chart()
             if name in ("epsilon", "epsilon_cap", "target_epsilon", "site_status"):
                 self._render_gauges()
-            if name == "refusals":
+            if name in ("refusals", "budget_notes"):
                 self._render_notes()
 
     def _render_all(self) -> None:
@@ -515,6 +536,8 @@ class RunDashboard(widgets.VBox):
                 f'<div style="color:#d62728">refused by <b>{html.escape(r.get("site", ""))}</b> '
                 f"({html.escape(r.get('reason', ''))}): {html.escape(r.get('message', ''))}</div>"
             )
+        for note in self.budget_notes:
+            parts.append(f'<div style="color:#555"><i>{html.escape(note)}</i></div>')
         self._notes.value = "".join(parts)
 
     # ---- static views -------------------------------------------------------------------------

@@ -289,6 +289,7 @@ class LaunchForm(_OptionTraits):  # type: ignore[misc, valid-type]
             rounds=self.rounds,
             target_epsilon=self.target_epsilon,
         )
+        dashboard.room = self.room  # at the run's end it shows the budget's composition lines
         dashboard.attach(run)
         self.run, self.dashboard = run, dashboard
         self.output.clear_output()

@@ -298,6 +298,7 @@ class RoomMagics(Magics):
             caps=caps,
             target_epsilon=options.get("target_epsilon") or (getattr(run, "config", None) or {}).get("target_epsilon"),
         )
+        dashboard.room = self.room  # at the run's end it shows the budget's composition lines
         display(dashboard)
         dashboard.attach(run)
         self.dashboard = dashboard

@@ -94,3 +94,13 @@ def test_tuning_draws_from_a_grid_without_repeats_and_from_ranges_within_them():
     )
     with pytest.raises(ConfigError, match="not run options"):
         draw_configs({"tune_trials": [2, 3]}, 2, seed=0)
+
+
+def test_the_run_dashboard_shows_the_budgets_composition_line():
+    from fedjax_room.jupyter.dashboard import RunDashboard
+
+    dashboard = RunDashboard(run_id="run-2", rounds=1)
+    report = BudgetReport.from_list(ROWS)
+    dashboard.set_budget(report)
+    assert dashboard.epsilon_cap == {"site-a": 10.0, "site-b": 10.0}
+    assert report.notes[0].replace("'", "&#x27;") in dashboard.to_html()
