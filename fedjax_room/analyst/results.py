@@ -17,6 +17,7 @@ from fedjax_room.analyst.views import budget_html, estimate_html, privacy_html, 
 __all__ = [
     "BudgetReport",
     "EstimateReport",
+    "FinalMetrics",
     "PrivacyReport",
     "Refusal",
     "RoundResult",
@@ -90,7 +91,13 @@ class RunSummary:
 
 @dataclasses.dataclass(frozen=True)
 class RoundResult:
-    """One finished round: who contributed, who was dropped, DP-noised loss/accuracy, epsilon per site so far."""
+    """One finished round: who contributed, who was dropped, DP-noised loss/accuracy, epsilon per site so far.
+
+    ``accuracy`` and ``loss`` are the room's DP release on the union of the evaluated sites' held-out sets (summed
+    across sites before anyone sees them, ``protocol/evaluation.py``), post-processed: accuracy in [0, 1], loss
+    >= 0, None for a round off the evaluation schedule (``evaluated`` False) or too few records to show.
+    ``accuracy_std`` / ``loss_std`` are their noise scale: the standard deviation the DP noise gives them.
+    """
 
     round: int
     sites: tuple[str, ...]
@@ -101,6 +108,13 @@ class RoundResult:
     #: what the poisoning defence did this round (``RoundDefence.to_dict()``: aggregator, flagged {site: reasons},
     #: excluded, selected, rejected, trust, scores); None when the coordinator saw no individual update
     defence: dict[str, Any] | None = None
+    #: whether this round's model was evaluated (on the run's ``eval_every`` schedule; the last round always is)
+    evaluated: bool = True
+    #: standard deviation of the released accuracy / loss from the DP noise (None: nothing released)
+    accuracy_std: float | None = None
+    loss_std: float | None = None
+    #: the sites whose held-out sets the release covers
+    eval_sites: tuple[str, ...] = ()
 
     @property
     def flagged(self) -> tuple[str, ...]:
@@ -119,17 +133,60 @@ class RoundResult:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> RoundResult:
-        loss, acc = d.get("loss"), d.get("accuracy")
+        loss, acc = _figure(d.get("loss"), 0.0, None), _figure(d.get("accuracy"), 0.0, 1.0)
         defence = d.get("defence")
         return cls(
             round=int(d["round"]),
             sites=tuple(d.get("sites") or ()),
             dropped=tuple(d.get("dropped") or ()),
-            loss=None if loss is None else float(loss),
-            accuracy=None if acc is None else float(acc),
+            loss=loss,
+            accuracy=acc,
             epsilon={str(k): float(v) for k, v in (d.get("epsilon") or {}).items()},
             defence=dict(defence) if isinstance(defence, Mapping) else None,
+            evaluated=bool(d.get("evaluated", loss is not None or acc is not None)),
+            accuracy_std=_figure(d.get("accuracy_std"), 0.0, None) if acc is not None else None,
+            loss_std=_figure(d.get("loss_std"), 0.0, None) if loss is not None else None,
+            eval_sites=tuple(str(s) for s in d.get("eval_sites") or ()),
         )
+
+
+def _figure(value: Any, lo: float, hi: float | None) -> float | None:
+    """A released figure as a float in ``[lo, hi]``; None for anything else (never NaN or inf on a screen)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(min(max(float(value), lo), hi if hi is not None else math.inf))
+
+
+@dataclasses.dataclass(frozen=True)
+class FinalMetrics:
+    """The final model's DP-released accuracy and loss on the union of the sites' held-out sets, with their noise
+    scale (standard deviation), and the round and sites they come from (``Run.final_metrics``)."""
+
+    round: int
+    accuracy: float | None
+    accuracy_std: float | None
+    loss: float | None
+    loss_std: float | None
+    sites: tuple[str, ...]
+
+    def text(self) -> str:
+        """One line, e.g. ``"held-out accuracy 0.887 ± 0.024 (DP, 3 sites' held-out sets, round 5)"``."""
+        if self.accuracy is None:
+            return f"held-out accuracy: not released (round {self.round})"
+        std = f" ± {self.accuracy_std:.3f}" if self.accuracy_std is not None else ""
+        return (
+            f"held-out accuracy {self.accuracy:.3f}{std} (DP, the union of {len(self.sites)} sites' held-out sets, "
+            f"round {self.round})"
+        )
+
+    @classmethod
+    def of(cls, history: list[RoundResult]) -> FinalMetrics | None:
+        """From a run's history: its last evaluated round (None before one is)."""
+        done = [r for r in history if r.evaluated and r.accuracy is not None]
+        if not done:
+            return None
+        r = done[-1]
+        return cls(r.round, r.accuracy, r.accuracy_std, r.loss, r.loss_std, r.eval_sites)
 
 
 @dataclasses.dataclass(frozen=True)

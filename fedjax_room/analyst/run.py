@@ -28,7 +28,7 @@ from fedjax_room.analyst.events import (
     StatusEvent,
     WaitingEvent,
 )
-from fedjax_room.analyst.results import PrivacyReport, Refusal, RoundResult
+from fedjax_room.analyst.results import FinalMetrics, PrivacyReport, Refusal, RoundResult
 from fedjax_room.errors import ConfigError, FedRoomError, error_from_dict
 from fedjax_room.models import ModelSpec
 from fedjax_room.protocol import messages as m
@@ -231,6 +231,12 @@ class Run:
         """Every round's result so far, in order."""
         with self._cond:
             return [self._history[k] for k in sorted(self._history)]
+
+    @property
+    def final_metrics(self) -> FinalMetrics | None:
+        """The model's DP-released accuracy and loss on the union of the sites' held-out sets, with their noise
+        scale, from the last evaluated round (the last round always is); None before any round is evaluated."""
+        return FinalMetrics.of(self.history)
 
     @property
     def privacy(self) -> PrivacyReport:

@@ -296,14 +296,13 @@ def make_plan(config: RunConfig, *, public_size: int, min_sites: int) -> Plan:
         except PrivacyError as exc:
             raise PrivacyError(f"cannot plan a run with target epsilon {target}: {exc.message}") from None
         eval_sigma = raise_eval(sigma, goal)
-        # what is left of the target: lower the training noise as far as both rules hold (bisection)
-        lo, hi = 0.7, 1.0
-        if not fits(sigma * hi, eval_sigma, goal):  # pragma: no cover - raise_eval made it fit
-            raise PrivacyError(f"cannot plan a run with target epsilon {target}")
-        for _ in range(6):
-            mid = (lo + hi) / 2
-            lo, hi = (lo, mid) if fits(sigma * mid, eval_sigma, goal) else (mid, hi)
-        sigma *= hi
+        # what is left of the target (more than 1% of it): lower the training noise as far as both rules hold
+        if _epsilons(sigma, eval_sigma, q, steps, evals, delta)[1] < 0.99 * goal:
+            lo, hi = 0.7, 1.0
+            for _ in range(6):
+                mid = (lo + hi) / 2
+                lo, hi = (lo, mid) if fits(sigma * mid, eval_sigma, goal) else (mid, hi)
+            sigma *= hi
     _, planned = _epsilons(sigma, eval_sigma, q, steps, evals, delta)
     return Plan(
         mode=mode,

@@ -24,6 +24,7 @@ import math
 import threading
 import time
 
+import numpy as np
 import pytest
 
 import fedjax_room
@@ -66,6 +67,7 @@ class ScriptedCoordinator(CoordinatorMachine):
         self.frames: list[tuple[str, m.Message]] = []
         self.sums: list[tuple[tuple[str, ...], object]] = []  # (roster, unmasked sum) of each session that ended
         self.held = None
+        self.hold_phase = "train"  # which kind of SecAgg session (train or eval) the attacks hold open
         self.opened = 0
         self.received = 0  # every frame, authenticated or not
 
@@ -84,6 +86,8 @@ class ScriptedCoordinator(CoordinatorMachine):
     def _secure_close(self, now):
         a = self._active
         sec = a.secure
+        if sec.phase != self.hold_phase:  # not the kind of session under attack: as the room does
+            return super()._secure_close(now)
         done = sec.state == "done"
         self.sums.append((tuple(sorted(sec.ids)), sec.server.result().copy() if done else None))
         if self.held is None and done:  # the honest session's sum: keep the round open for the attack
@@ -98,10 +102,23 @@ class ScriptedCoordinator(CoordinatorMachine):
         if self.held is None:  # while a session is held, late updates do not close the round
             super()._maybe_close(now)
 
+    def ask_in_the_clear(self, round: int, now: float):
+        """An eval ``round_start`` for ``round`` of the active run sent to every site without any session."""
+        a = self._active
+        frame = m.RoundStart(
+            run_id=a.id, round=round, phase="eval", params=a.params_bytes, cohort=len(a.accepted), timeout=60.0
+        )
+        for name in sorted(a.accepted):
+            cid = self._site_conns.get(name)
+            if cid is not None:
+                self._send(cid, frame)
+        return self._flush()
+
     # -- called on the server's loop (see Room.call)
 
     def open_session(self, roster: dict[str, bytes], now: float):
-        """A new SecAgg session for the current (run, round) with ``roster`` (name -> key), then a round_start."""
+        """A new SecAgg session for the current (run, round, phase) with ``roster`` (name -> key), then a
+        round_start."""
         a = self._active
         a.secure = SecureRound(
             run_id=a.id,
@@ -112,6 +129,7 @@ class ScriptedCoordinator(CoordinatorMachine):
             reference=a.params,
             min_sites=len(roster),  # sums of the whole roster only
             now=now,
+            phase=a.phase,
         )
         a.deadline = math.inf
         for name in sorted(roster):
@@ -312,6 +330,54 @@ def test_sybil_and_undersized_rosters_are_refused(room):
     run.wait(120)
     assert run.status == "finished", run.error
     assert run.history[-1].sites == NAMES
+
+
+def test_an_evaluation_leaves_a_site_only_in_a_sum(room):
+    """Issue 16: under secure aggregation a site's noised evaluation vector carries only its share of the noise, so
+    the coordinator must never get one un-summed. Asked in the clear (for a round whose session the site already
+    released into, or one with no session at all) a site sends no counts and no second masked input; a replayed
+    eval session, or one under the site's minimum, is refused; no site's vector is ever seen unmasked."""
+    from fedjax_room.protocol.codec import unpack
+    from fedjax_room.protocol.evaluation import signed_to_ring
+
+    r, client = room
+    machine = r.machine
+    machine.hold_phase = "eval"
+    try:
+        run = client.train(SPEC, **{**RUN, "rounds": 2, "eval_every": 1})
+        _held(machine, len(machine.sums) + 1)  # round 1's honest eval session has its sum
+        keys = {n: public_key_bytes(load_private_key(r.site_keys[n])) for n in NAMES}
+        mark = len(machine.frames)
+        r.call("ask_in_the_clear", 1)
+        r.call("ask_in_the_clear", 2)
+        r.call("open_session", {n: keys[n] for n in ("site-b", "site-c")})  # S_abc - S_bc would be site-a's
+        until(lambda: _errors(machine, mark, "replay") == {"site-b", "site-c"}, 30, "the eval replay refused")
+        r.call("open_session", {n: keys[n] for n in ("site-a", "site-b")})  # site-a wants sums of three
+        until(lambda: "site-a" in _errors(machine, mark, "policy_violation"), 30, "site-a to refuse a small roster")
+        time.sleep(1.0)
+        assert _masked_inputs(machine, mark) == []
+        metrics = [x for _, x in machine.frames if isinstance(x, m.Metrics) and x.run_id == run.id]
+        assert metrics and all((x.count, x.correct, x.loss_sum) == (0.0, 0.0, 0.0) for x in metrics)
+        assert not [x for x in metrics if x.round == 2]  # round 2 in the clear: not answered at all
+        assert "came without its secagg_setup" in r.log("site-a")
+        sent = b"".join(
+            x.body["data"]
+            for _, x in machine.frames
+            if isinstance(x, m.SecAgg) and isinstance(x.body.get("data"), bytes)
+        )
+        for name in NAMES:  # the site's noised vector (its share of the noise only) never reached the coordinator
+            stored = r.root / "sites" / name / "state" / "releases" / run.id / "1-eval.release"
+            vector = signed_to_ring(np.asarray(unpack(stored.read_bytes())["vector"], np.int64)).tobytes()
+            assert vector not in sent
+        machine.hold_phase = "none"
+        r.call("finish")
+        run.wait(120)
+        assert run.status == "finished", run.error
+        final = run.final_metrics
+        assert final is not None and final.round == 2 and final.sites == NAMES
+        assert 0.0 <= final.accuracy <= 1.0 and 0.0 < final.accuracy_std < 0.2
+    finally:
+        machine.hold_phase = "train"
 
 
 def test_an_impersonating_coordinator_gets_nothing(tmp_path):
