@@ -477,7 +477,9 @@ class Room:
             "timeout": timeout,
         }
         spec = QuerySpec.from_dict({k: v for k, v in options.items() if v is not None})
-        wait = spec.timeout + self._core.timeout
+        # the room replies within the timeout (plain), or within it per stage of a secure round (five stages; a
+        # site's policy may make a query secure)
+        wait = spec.timeout * 5 + self._core.timeout
         reply = self._core.call(
             self._core.request(lambda req: m.Query(req=req, query=spec.to_dict()), resend=False, timeout=wait)
         )

@@ -204,12 +204,19 @@ class QueryRouter(SecureDriver):
         if q is None or c.name in q.answers or c.name in q.accounted:
             return
         expected = 0 if q.server is not None else sum(b.size for b in layout(q.spec, classes=max(1, len(q.classes))))
-        if len(msg.values) != expected:
-            raise ProtocolError(
-                f"query_answer: {len(msg.values)} values where the query releases {expected}"
-                + (" (a secure query's values travel masked)" if q.server is not None else "")
+        self.store.update_site_ledger(c.name, {"epsilon": msg.ledger_epsilon})  # what the site says it has spent
+        if len(msg.values) != expected:  # e.g. a site whose schema has other classes: left out, not disconnected
+            why = f"{len(msg.values)} values where the query releases {expected}" + (
+                " (a secure query's values travel masked)" if q.server is not None else ""
             )
-        self.store.update_site_ledger(c.name, {"epsilon": msg.ledger_epsilon})
+            log.warning("query %s: %s's answer left out: %s", q.id, c.name, why)
+            q.refused[c.name] = {"code": "protocol", "reason": "bad_answer", "message": why}
+            self._send(c.id, m.Error.of(ProtocolError(f"query_answer: {why}"), run_id=q.id))
+            if q.server is not None and c.name in q.ids:
+                self._query_deliver(q, q.server.drop(q.ids[c.name], now), now)
+            if q.id in self._queries:
+                self._query_maybe_done(q, now)
+            return
         if q.server is not None:
             q.accounted.add(c.name)
         else:
