@@ -236,6 +236,7 @@ function labelsOf(result: IQueryResult, n: number): string[] {
 }
 
 const SVG = 'http://www.w3.org/2000/svg';
+const BLUE = '#1f77b4';
 
 function svg(
   tag: string,
@@ -282,9 +283,9 @@ export function barChart(
   const slot = plotW / Math.max(n, 1);
   const root = svg('svg', {
     class: 'fjr-query-chart',
-    width,
-    height,
+    width: '100%',
     viewBox: `0 0 ${width} ${height}`,
+    style: `max-width: ${width}px; display: block`,
     role: 'img'
   });
   root.append(
@@ -312,13 +313,21 @@ export function barChart(
     const value = values[i];
     if (value !== null) {
       const mark = points
-        ? svg('circle', { class: 'fjr-point', cx, cy: sy(value), r: 3.5 })
+        ? svg('circle', {
+            class: 'fjr-q-point',
+            cx,
+            cy: sy(value),
+            r: 3.5,
+            fill: BLUE
+          })
         : svg('rect', {
-            class: 'fjr-bar',
+            class: 'fjr-q-bar',
             x: cx - slot * 0.35,
             y: Math.min(sy(0), sy(value)),
             width: slot * 0.7,
-            height: Math.max(Math.abs(sy(0) - sy(value)), 0.5)
+            height: Math.max(Math.abs(sy(0) - sy(value)), 0.5),
+            fill: BLUE,
+            'fill-opacity': 0.8
           });
       mark.append(svg('title', {}, `${label}: ${fmt(value)}`));
       root.append(mark);
@@ -326,7 +335,7 @@ export function barChart(
     const a = lo[i];
     const b = hi[i];
     if (typeof a === 'number' && typeof b === 'number') {
-      const bar = svg('g', { class: 'fjr-errorbar', stroke: '#222' });
+      const bar = svg('g', { class: 'fjr-q-errorbar', stroke: '#222' });
       bar.append(svg('line', { x1: cx, x2: cx, y1: sy(a), y2: sy(b) }));
       for (const y of [sy(a), sy(b)]) {
         bar.append(svg('line', { x1: cx - 4, x2: cx + 4, y1: y, y2: y }));

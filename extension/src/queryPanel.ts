@@ -127,6 +127,7 @@ export class QueryPanel extends Widget {
     const kept = readInputs(this._inputs);
     this._rooms = rooms;
     const { node, inputs } = renderFields(queryFormFields(rooms));
+    node.style.maxHeight = 'none'; // the whole tab scrolls, not the form in it
     for (const input of inputs) {
       if (input.name !== 'room' && kept[input.name] !== undefined) {
         if (input instanceof HTMLInputElement && input.type === 'checkbox') {

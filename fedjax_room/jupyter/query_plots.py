@@ -130,13 +130,13 @@ def svg_bars(
         if value is not None:
             if points:
                 parts.append(
-                    f'<circle class="fjr-point" cx="{cx:.1f}" cy="{sy(value):.1f}" r="3.5" fill="{colour}">'
+                    f'<circle class="fjr-q-point" cx="{cx:.1f}" cy="{sy(value):.1f}" r="3.5" fill="{colour}">'
                     f"<title>{html.escape(str(label))}: {html.escape(_tick(value))}</title></circle>"
                 )
             else:
                 y0, y1 = sorted((sy(0.0), sy(value)))
                 parts.append(
-                    f'<rect class="fjr-bar" x="{cx - bar_w / 2:.1f}" y="{y0:.1f}" width="{max(bar_w - 1, 1):.1f}" '
+                    f'<rect class="fjr-q-bar" x="{cx - bar_w / 2:.1f}" y="{y0:.1f}" width="{max(bar_w - 1, 1):.1f}" '
                     f'height="{max(y1 - y0, 0.5):.1f}" fill="{colour}" fill-opacity="0.75">'
                     f"<title>{html.escape(str(label))}: {html.escape(_tick(value))}</title></rect>"
                 )
@@ -144,7 +144,7 @@ def svg_bars(
             ya, yb = sy(float(los[i])), sy(float(his[i]))  # type: ignore[arg-type]
             cap = min(6.0, bar_w / 3)
             parts.append(
-                f'<g class="fjr-errorbar" stroke="#222" stroke-width="1.2">'
+                f'<g class="fjr-q-errorbar" stroke="#222" stroke-width="1.2">'
                 f'<line x1="{cx:.1f}" x2="{cx:.1f}" y1="{ya:.1f}" y2="{yb:.1f}"/>'
                 f'<line x1="{cx - cap:.1f}" x2="{cx + cap:.1f}" y1="{ya:.1f}" y2="{ya:.1f}"/>'
                 f'<line x1="{cx - cap:.1f}" x2="{cx + cap:.1f}" y1="{yb:.1f}" y2="{yb:.1f}"/></g>'
@@ -214,7 +214,7 @@ def svg_heatmap(
                 r, g, b = (int(255 + (c - 255) * t) for c in (31, 119, 180))
                 fill, text, ink = f"rgb({r},{g},{b})", fmt.format(value), "#fff" if t > 0.55 else "#222"
             parts.append(
-                f'<rect class="fjr-cell" x="{x}" y="{y}" width="{cell_w - 1}" height="{cell - 1}" fill="{fill}">'
+                f'<rect class="fjr-q-cell" x="{x}" y="{y}" width="{cell_w - 1}" height="{cell - 1}" fill="{fill}">'
                 f"<title>{html.escape(str(row))} · {html.escape(str(columns[j]))}: {html.escape(text)}</title></rect>"
             )
             parts.append(

@@ -35,7 +35,7 @@ class Result:
 
 def _errorbars(svg: str) -> list[tuple[float, float]]:
     """The (y top, y bottom) pixel span of each error bar's vertical line."""
-    spans = re.findall(r'<g class="fjr-errorbar"[^>]*><line x1="[^"]+" x2="[^"]+" y1="([^"]+)" y2="([^"]+)"/>', svg)
+    spans = re.findall(r'<g class="fjr-q-errorbar"[^>]*><line x1="[^"]+" x2="[^"]+" y1="([^"]+)" y2="([^"]+)"/>', svg)
     return [tuple(sorted((float(a), float(b)))) for a, b in spans]
 
 
@@ -50,9 +50,9 @@ def test_count_by_label_has_a_bar_and_an_error_bar_per_label_and_a_site_by_label
     plot = plot_query(result)
     assert list(plot.charts) == ["total", "per_site"]
     total = plot.charts["total"]
-    assert total.count('class="fjr-bar"') == 2 and len(_errorbars(total)) == 2
+    assert total.count('class="fjr-q-bar"') == 2 and len(_errorbars(total)) == 2
     heat = plot.charts["per_site"]
-    assert heat.count('class="fjr-cell"') == 4  # 2 sites x 2 labels, each value written in
+    assert heat.count('class="fjr-q-cell"') == 4  # 2 sites x 2 labels, each value written in
     for text in ("site-a", "site-b", "benign", "malignant", ">100<", ">25<"):
         assert text in heat
     html = plot._repr_html_()
@@ -70,7 +70,7 @@ def test_under_secure_aggregation_only_the_total_is_drawn():
     result = Result(kind="histogram", total=np.arange(32.0), labels=[f"b{i}" for i in range(32)], noise_std=np.ones(32))
     plot = plot_query(result)
     assert list(plot.charts) == ["total"]
-    assert plot.charts["total"].count('class="fjr-bar"') == 32 and len(_errorbars(plot.charts["total"])) == 32
+    assert plot.charts["total"].count('class="fjr-q-bar"') == 32 and len(_errorbars(plot.charts["total"])) == 32
 
 
 def test_a_mean_is_points_not_bars_and_one_value_per_site_is_bars_per_site():
@@ -83,15 +83,15 @@ def test_a_mean_is_points_not_bars_and_one_value_per_site_is_bars_per_site():
         feature="age",
     )
     plot = plot_query(result)
-    assert 'class="fjr-point"' in plot.charts["total"] and 'class="fjr-bar"' not in plot.charts["total"]
-    assert plot.charts["per_site"].count('class="fjr-point"') == 2 and "north" in plot.charts["per_site"]
+    assert 'class="fjr-q-point"' in plot.charts["total"] and 'class="fjr-q-bar"' not in plot.charts["total"]
+    assert plot.charts["per_site"].count('class="fjr-q-point"') == 2 and "north" in plot.charts["per_site"]
     assert len(_errorbars(plot.charts["per_site"])) == 2  # each site's own interval (site_ci)
 
 
 def test_labels_are_escaped_and_non_finite_values_are_left_out():
     svg = svg_bars(["<script>", "b"], [float("nan"), 2.0], lo=[None, 1.0], hi=[None, float("inf")])
     assert "<script>" not in svg and "&lt;script&gt;" in svg
-    assert svg.count('class="fjr-bar"') == 1 and _errorbars(svg) == []  # an interval to infinity is not drawn
+    assert svg.count('class="fjr-q-bar"') == 1 and _errorbars(svg) == []  # an interval to infinity is not drawn
     heat = svg_heatmap(["<b>"], ["x"], [[float("nan")]])
     assert "<b>" not in heat and "—" in heat
     with pytest.raises(ValueError):
@@ -132,4 +132,4 @@ def test_a_histogram_is_labelled_by_its_declared_edges():
     svg = plot_query(result).charts["total"]
     ticks = re.findall(r'text-anchor="middle">([^<]*)</text>', svg)
     assert {"0", "0.5", "1"} <= set(ticks) and not any(t.startswith("[") for t in ticks)  # edges, not intervals
-    assert svg.count('class="fjr-bar"') == 32
+    assert svg.count('class="fjr-q-bar"') == 32

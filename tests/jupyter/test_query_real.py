@@ -70,7 +70,7 @@ def test_the_line_magic_returns_and_plots_the_rooms_answer(shell):
     lo, hi = answer.ci(0.9999)
     assert ((lo <= truth) & (truth <= hi)).all(), (answer.total, truth)
     (plot,) = _plots(cap)
-    assert plot.count('class="fjr-errorbar"') == 10 and 'class="fjr-query-heatmap"' in plot  # label x site
+    assert plot.count('class="fjr-q-errorbar"') == 10 and 'class="fjr-query-heatmap"' in plot  # label x site
     after = spent(shell)
     assert all(after[s] > before[s] for s in before), (before, after)
 
@@ -86,7 +86,7 @@ def test_a_cell_runs_each_line_plain_and_secure(shell):
     assert hist.labels[0] == "[0, 0.125)" and set(hist.per_site) == {"site-a", "site-b"}
     plots = _plots(cap)
     assert len(plots) == 2 and "fjr-query-heatmap" not in plots[0]  # secure: the total only
-    assert plots[1].count('class="fjr-bar"') == 8 and plots[1].count('class="fjr-errorbar"') == 8
+    assert plots[1].count('class="fjr-q-bar"') == 8 and plots[1].count('class="fjr-q-errorbar"') == 8
 
 
 @pytest.mark.parametrize(

@@ -125,8 +125,8 @@ describe('renderQueryResult', () => {
       th => th.textContent
     );
     expect(headers).toEqual(['', 'all sites', '95% CI', 'site-a', 'site-b']);
-    expect(node.querySelectorAll('.fjr-bar')).toHaveLength(2);
-    expect(node.querySelectorAll('.fjr-errorbar')).toHaveLength(2);
+    expect(node.querySelectorAll('.fjr-q-bar')).toHaveLength(2);
+    expect(node.querySelectorAll('.fjr-q-errorbar')).toHaveLength(2);
     expect(node.querySelector('.fjr-query-caption')?.textContent).toContain(
       'ε = 0.5'
     );
@@ -153,9 +153,9 @@ describe('renderQueryResult', () => {
       total: [41.5, null],
       ci: { level: 0.9, lo: [40, null], hi: [43, null] }
     });
-    expect(node.querySelectorAll('.fjr-point')).toHaveLength(1);
-    expect(node.querySelectorAll('.fjr-bar')).toHaveLength(0);
-    expect(node.querySelectorAll('.fjr-errorbar')).toHaveLength(1);
+    expect(node.querySelectorAll('.fjr-q-point')).toHaveLength(1);
+    expect(node.querySelectorAll('.fjr-q-bar')).toHaveLength(0);
+    expect(node.querySelectorAll('.fjr-q-errorbar')).toHaveLength(1);
     expect(node.querySelectorAll('tbody tr')[1].textContent).toContain('—');
     expect(node.textContent).toContain('90% CI');
   });
@@ -165,13 +165,13 @@ describe('barChart', () => {
   it('draws the interval it is given: a wider one is a longer line', () => {
     const length = (hi: number): number => {
       const chart = barChart(['a'], [10], [10 - hi], [10 + hi]);
-      const line = chart.querySelector('.fjr-errorbar line') as Element;
+      const line = chart.querySelector('.fjr-q-errorbar line') as Element;
       return Math.abs(
         Number(line.getAttribute('y2')) - Number(line.getAttribute('y1'))
       );
     };
     const chart = barChart(['a', 'b'], [10, 20], [], []);
-    expect(chart.querySelectorAll('.fjr-errorbar')).toHaveLength(0);
+    expect(chart.querySelectorAll('.fjr-q-errorbar')).toHaveLength(0);
     expect(length(1)).toBeLessThan(length(5));
   });
 });
