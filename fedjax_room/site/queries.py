@@ -53,7 +53,7 @@ from fedjax_room.site.ledger import Ledger
 from fedjax_room.site.policy import Policy
 from fedjax_room.site.releases import ReleaseStore
 
-__all__ = ["QUERIES_RUN", "QueryAnswerer", "query_event", "query_key", "true_vector"]
+__all__ = ["QUERIES_RUN", "QueryAnswerer", "query_event", "query_key", "record_columns", "true_vector"]
 
 log = logging.getLogger("fedjax_room.site")
 

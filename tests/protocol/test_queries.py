@@ -87,6 +87,17 @@ def test_a_silent_site_is_reported_after_the_deadline(tmp_path):
         assert result["sites"] == ["site-a"] and result["refused"]["site-c"]["reason"] == "offline"
 
 
+def test_a_site_that_requires_it_makes_the_query_secure(tmp_path):
+    policies = {"site-b": {"queries": {**QUERIES, "require_secure": True}}}
+    with _room(tmp_path, policies=policies) as room:
+        r = ask(room, {"kind": "count", "epsilon": 1.0}).result
+        assert r["secure"] and r["per_site"] == {} and r["sites"] == ["site-a", "site-b", "site-c"]
+        # asked of that site alone, a query cannot be summed: refused, nothing spent
+        reply = ask(room, {"kind": "count", "epsilon": 1.0, "sites": ["site-b"]})
+        assert isinstance(reply, m.Error) and reply.reason == "too_few_sites"
+        assert all(s["agent"].ledger.summary()["releases"] == 1 for s in room.sites.values())
+
+
 def _secure_query(room, query, watch):
     """Ask a secure query; ``watch(site, msg)`` sees every frame the coordinator received."""
     room.after_site_frame = watch
