@@ -28,6 +28,7 @@ from typing import Any
 from websockets.exceptions import ConnectionClosed
 
 from fedjax_room.analyst import presence
+from fedjax_room.analyst.queries import QueryResult
 from fedjax_room.analyst.results import (
     BudgetReport,
     EstimateReport,
@@ -35,7 +36,6 @@ from fedjax_room.analyst.results import (
     SiteInfo,
     SiteList,
 )
-from fedjax_room.analyst.queries import QueryResult
 from fedjax_room.analyst.run import Run
 from fedjax_room.errors import AuthError, ConfigError, FedRoomError, PolicyViolation, VersionError, error_from_dict
 from fedjax_room.models import ModelSpec

@@ -91,8 +91,10 @@ class QueryPolicy:
             raise PolicyError(f"{where}: unknown settings {sorted(extra)}; known: {sorted(known)}")
         d = {**{f.name: _default(f) for f in dataclasses.fields(cls)}, **data}
         allowed = d["allowed"]
-        if isinstance(allowed, str) or not isinstance(allowed, list | tuple) or not all(
-            isinstance(x, str) for x in allowed
+        if (
+            isinstance(allowed, str)
+            or not isinstance(allowed, list | tuple)
+            or not all(isinstance(x, str) for x in allowed)
         ):
             raise PolicyError(f"{where}: allowed must be a list of query kinds, got {allowed!r}")
         bad = [x for x in allowed if x not in QUERY_KINDS]
@@ -237,9 +239,9 @@ class Policy:
             require_secure_aggregation=secure,
             declared_train_records=declared_train,
             declared_heldout_records=declared_heldout,
-            queries=d["queries"] if isinstance(d["queries"], QueryPolicy) else QueryPolicy.from_dict(
-                d["queries"], where=where
-            ),
+            queries=d["queries"]
+            if isinstance(d["queries"], QueryPolicy)
+            else QueryPolicy.from_dict(d["queries"], where=where),
         )
 
     @classmethod
