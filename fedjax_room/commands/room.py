@@ -237,7 +237,7 @@ def _demo_notes() -> dict[str, str]:
     from fedjax_room.sim.demo import DEMO_RECIPES
 
     notes = {name: "default: the dataset's demo recipe" for r in DEMO_RECIPES.values() for name in r["train"]}
-    notes["secure_aggregation"] = "default: on, unless a robust aggregator, --exclude-below or --attack"
+    notes["secure_aggregation"] = "default: on, unless a robust aggregator, --exclude-below, --attack or --sites 1"
     return notes
 
 

@@ -282,6 +282,8 @@ def check_demo(
         if isinstance(malicious, bool) or not isinstance(malicious, int) or not 1 <= malicious <= sites:
             raise ConfigError(f"--malicious K must be an integer from 1 to --sites ({sites}), got {malicious!r}")
     config = RunConfig.from_dict(dict(train))
+    if config.secure_aggregation and sites < 2:
+        raise ConfigError("secure aggregation needs at least 2 sites (3 or more to hide anything); use --sites 3")
     cap, delta_cap = DEMO_POLICY["epsilon_cap"], DEMO_POLICY["delta_cap"]
     if config.target_epsilon is not None and config.target_epsilon > cap:
         raise ConfigError(
@@ -472,8 +474,9 @@ def run_demo(
     with a ``noise_multiplier`` among them for fixed noise).
 
     Secure aggregation is on (``secure_aggregation=None``) unless the run needs each site's update: a robust
-    aggregator, ``exclude_below``, or a simulated ``attack`` (whose point is to watch per-update defences).
-    ``site_noise_multiplier`` adds distributed DP (site-level privacy) on top of it.
+    aggregator, ``exclude_below``, or a simulated ``attack`` (whose point is to watch per-update defences), or
+    the room has one site (nobody to mask it among). Every option is checked (:func:`check_demo`) before anything
+    starts. ``site_noise_multiplier`` adds distributed DP (site-level privacy) on top of it.
 
     ``attack`` (``sign_flip | boost | label_flip | gaussian``) makes ``malicious`` sites simulated attackers
     (started as ``python -m fedjax_room.sim.attacker``: a test and demo feature) so that one can watch
@@ -490,8 +493,9 @@ def run_demo(
         train["rounds"] = rounds
     if exclude_below is not None:
         train["exclude_below"] = exclude_below
-    if secure_aggregation is None and attack:
-        secure_aggregation = False  # a simulated attack's point is to watch the per-update defences
+    if secure_aggregation is None and (attack or sites == 1):
+        # a simulated attack's point is to watch the per-update defences; one site has nobody to be masked among
+        secure_aggregation = False
     if secure_aggregation is not None:
         train["secure_aggregation"] = secure_aggregation
     if site_noise_multiplier is not None:

@@ -33,7 +33,9 @@ from fedjax_room.transport.client import open_connection
 pytestmark = pytest.mark.slow
 
 SPEC = logistic([64], 10)
+# plain updates (secure aggregation is on by default): the rogue's claims travel in the clear
 RUN = {"rounds": 1, "target_epsilon": None, "noise_multiplier": 1.0, "local_steps": 2, "learning_rate": 0.01}
+RUN["secure_aggregation"] = False
 DECLARED = 400
 SHIFT = 10.0  # the rogue's update: +10 on every parameter
 

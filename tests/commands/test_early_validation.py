@@ -80,6 +80,7 @@ DEMO_MISTAKES = {
     "min sites below the sites' cohort": (["--min-sites", "1"], "--min-sites 1 is outside"),
     "non-IID alpha zero": (["--non-iid", "0"], "--non-iid ALPHA must be a positive number"),
     "too many steps": (["--rounds", "1000", "--local-steps", "1000"], "DP-SGD steps is over this room's bound"),
+    "secure aggregation with one site": (["--sites", "1", "--secure-aggregation"], "needs at least 2 sites"),
     "unknown dataset": (["--dataset", "cifar"], "invalid choice: 'cifar'"),
     "unknown flag": (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
 }

@@ -23,6 +23,7 @@ SETTINGS = {
     "learning_rate": 2.0,
     "target_epsilon": 8.0,
     "round_timeout": 60.0,
+    "secure_aggregation": False,  # fedavg too: every update is scored (secure aggregation is on by default)
 }
 
 

@@ -107,7 +107,8 @@ def test_analyst_api_returns_no_records(room):
     er, client = room
     rows = _rows(er)
     with pytest.raises(ConfigError, match="needs secure_aggregation=True"):
-        client.train(SPEC, site_noise_multiplier=1.0)  # distributed DP without masking would show less-noised updates
+        # distributed DP without masking would show less-noised updates
+        client.train(SPEC, site_noise_multiplier=1.0, secure_aggregation=False)
     seen = []
     run = client.train(SPEC, rounds=2, target_epsilon=3.0, **FAST)
     run.subscribe(lambda r: seen.append((r, client.budget())), kinds={"round"})  # a callback may call the room
