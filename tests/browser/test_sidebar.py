@@ -78,6 +78,12 @@ def test_sidebar_demo_room_live_run_and_dashboard(lab, page: Page, ui) -> None:
     # The sidebar's Run button -> the run dialog.
     sidebar.locator(".fjr-room-head button", has_text="Run").click()
     expect(dialog).to_contain_text("Start a run")
+    # every field and its default come from GET /fedjax-room/options (RunConfig), batch size and learning rate too
+    options = {o["name"]: o for o in lab.api("fedjax-room/options")["options"]}
+    for name in ("rounds", "batch_size", "learning_rate", "local_steps", "clip_norm"):
+        default = options[name]["default"]
+        shown = str(int(default)) if float(default).is_integer() else str(default)  # as JavaScript prints it
+        expect(dialog.locator(f"input[name={name}]")).to_have_value(shown)
     dialog.locator("input[name=rounds]").fill(str(ROUNDS))
     dialog.locator("input[name=target_epsilon]").fill("3")
     dialog.locator("input[name=local_steps]").fill("20")

@@ -240,3 +240,18 @@ async def test_routes_show_a_notebooks_room_and_refuse_to_close_it(jp_fetch, reg
     with pytest.raises(HTTPClientError) as info:
         await jp_fetch("fedjax-room", "rooms", "room-1", method="DELETE")
     assert info.value.code == 400 and "quickstart.ipynb" in json.loads(info.value.response.body)["message"]
+
+
+def test_room_attach_magic_binds_the_sidebars_room(monkeypatch):
+    from IPython.testing.globalipapp import get_ipython
+
+    from fedjax_room.jupyter import args as room_args
+    from fedjax_room.jupyter.magics import RoomMagics
+
+    assert room_args.parse_line("attach room-3 --as r") == room_args.AttachArgs(room_id="room-3", var="r")
+    shell = get_ipython()
+    magics = RoomMagics(shell)
+    attached = type("Room", (), {"url": "ws://127.0.0.1:7004", "close": lambda self: None})()
+    monkeypatch.setattr("fedjax_room.analyst.attach.attach", lambda room_id: attached if room_id == "room-3" else None)
+    magics.room_magic("attach room-3 --as r")
+    assert shell.user_ns["r"] is attached and magics.room is attached

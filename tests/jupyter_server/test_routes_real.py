@@ -123,7 +123,8 @@ async def test_show_dashboard_follows_a_run_from_another_connection(jp_fetch, re
 
     await post(jp_fetch, "rooms", "demo", body={})
     code, run = await post(jp_fetch, "rooms", "room-1", "runs", body=SMALL_RUN)
-    dashboard = await asyncio.to_thread(show_dashboard, shared_room.url, shared_room.analyst_key, run["id"])
+    room = await asyncio.to_thread(shared_room.connect)  # the notebook's own connection
+    dashboard = await asyncio.to_thread(show_dashboard, room, run["id"])
     try:
         assert await asyncio.to_thread(dashboard.wait, 150)
         assert dashboard.run_id == run["id"] and dashboard.status == "finished"
