@@ -31,7 +31,8 @@ class RoundBar:
         self.bar = tqdm(total=total, desc=desc, unit="round", file=file, leave=False, disable=disable)
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self.text = ""
+        self.text = "the sites are checking the run"  # the offer: each site checks its policy and plans its noise
+        self.bar.set_postfix_str(self.text, refresh=False)
         self._unsubscribe = run.subscribe(self._on_event, kinds={"progress", "waiting"})
         self._clock = threading.Thread(target=self._tick, name="fedjax-room-progress", daemon=True)
         self._clock.start()
