@@ -436,6 +436,8 @@ class QueryAnswer(Message, frozen=True, kw_only=True, tag="query_answer"):
     epsilon: float
     ledger_epsilon: float
     delta: float
+    #: every query of this site composed (its ledger's ``@queries`` epsilon at its delta cap), for the budget view
+    queries_epsilon: float | None = None
 
 
 class QueryRefuse(Message, frozen=True, kw_only=True, tag="query_refuse"):

@@ -36,10 +36,12 @@ from fedjax_room.protocol.query_spec import QuerySpec, layout
 from fedjax_room.protocol.query_tasks import QUERY_ROUND
 from fedjax_room.protocol.secure import SecureDriver, site_ids
 
-__all__ = ["MAX_OPEN_QUERIES", "QueryRouter"]
+__all__ = ["MAX_OPEN_QUERIES", "QUERIES_SPEND", "QueryRouter"]
 
 log = logging.getLogger("fedjax_room.coordinator")
 
+#: The spend row under which the coordinator keeps each site's composed query epsilon (``budget``'s "queries").
+QUERIES_SPEND = "queries"
 #: Most queries open at once (a further one is refused with reason ``busy``).
 MAX_OPEN_QUERIES = 16
 
@@ -205,6 +207,16 @@ class QueryRouter(SecureDriver):
             return
         expected = 0 if q.server is not None else sum(b.size for b in layout(q.spec, classes=max(1, len(q.classes))))
         self.store.update_site_ledger(c.name, {"epsilon": msg.ledger_epsilon})  # what the site says it has spent
+        if msg.queries_epsilon is not None and math.isfinite(msg.queries_epsilon):  # the budget's "queries" line
+            self.store.record_spend(
+                c.name,
+                QUERIES_SPEND,
+                0,
+                "query",
+                epsilon=msg.queries_epsilon,
+                ledger_epsilon=msg.ledger_epsilon,
+                delta=self.store.sites().get(c.name, {}).get("ledger", {}).get("delta", 0.0) or 0.0,
+            )
         if len(msg.values) != expected:  # e.g. a site whose schema has other classes: left out, not disconnected
             why = f"{len(msg.values)} values where the query releases {expected}" + (
                 " (a secure query's values travel masked)" if q.server is not None else ""

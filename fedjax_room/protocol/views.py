@@ -36,6 +36,8 @@ class RunViews:
         for run in self.store.runs():
             for site, spend in self.store.run_spend(run.id).items():
                 runs.setdefault(site, []).append({"run_id": run.id, "epsilon": spend["epsilon"]})
+        for site, spend in self.store.run_spend("queries").items():  # DP exploration queries, composed (queries.py)
+            runs.setdefault(site, []).append({"run_id": "queries", "epsilon": spend["epsilon"]})
         for name, info in self.store.sites().items():
             ledger, policy = info["ledger"], info["policy"]
             cap = float(ledger.get("epsilon_cap", policy.get("epsilon_cap", math.inf)))

@@ -340,7 +340,7 @@ class QueryAnswerer:
             "query": spec.to_dict(),
             "query_epsilon": spec.epsilon,
         }
-        _, total = self._commit(key, event, record)
+        queries_eps, total = self._commit(key, event, record)
         self._audit(
             "query_released",
             query_id=ask.query_id,
@@ -357,7 +357,12 @@ class QueryAnswerer:
             ),
         )
         answer = m.QueryAnswer(
-            query_id=ask.query_id, values=values, epsilon=spec.epsilon, ledger_epsilon=total, delta=0.0
+            query_id=ask.query_id,
+            values=values,
+            epsilon=spec.epsilon,
+            ledger_epsilon=total,
+            delta=0.0,
+            queries_epsilon=queries_eps,
         )
         log.info(
             "%s answered query %s (%s, epsilon %g, ledger %.3f)",

@@ -145,5 +145,6 @@ def test_the_ledger_grows_by_exactly_the_documented_event(demo):
         assert release["ledger_epsilon"] == pytest.approx(expected.epsilon(1e-5))
     budget = client.budget()  # the room's budget view moves with the queries' spend (one cap for all releases)
     for name in room.site_names:
-        spent = _ledger(room, name)["releases"][query_key(result.query_id)]["ledger_epsilon"]
-        assert budget[name].epsilon_spent == pytest.approx(spent)
+        release = _ledger(room, name)["releases"][query_key(result.query_id)]
+        assert budget[name].epsilon_spent == pytest.approx(release["ledger_epsilon"])
+        assert budget[name].runs["queries"] == pytest.approx(release["epsilon"])  # every query so far, composed
