@@ -97,6 +97,8 @@ class EmbeddedRoom:
     site_names: list[str]
     dataset: str
     processes: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)
+    #: the state directory is a temporary one start_room made (no ``state_dir`` given): :meth:`stop` removes it
+    temporary: bool = False
 
     @property
     def manifest_path(self) -> Path:
@@ -159,7 +161,8 @@ class EmbeddedRoom:
         self.url = url
 
     def stop(self) -> None:
-        """End every process of the room (sites first, then the coordinator)."""
+        """End every process of the room (sites first, then the coordinator); a temporary state directory (no
+        ``state_dir`` given to :func:`start_room`) is removed with them."""
         sites = [p for n, p in self.processes.items() if n != "coordinator"]
         for proc in sites:  # all at once: they shut down in parallel
             if proc.poll() is None:
@@ -170,6 +173,10 @@ class EmbeddedRoom:
         if coordinator is not None:
             stop_process(coordinator)
         self.processes.clear()
+        if self.temporary:  # nothing of a room started without a state directory is left in /tmp
+            import shutil
+
+            shutil.rmtree(self.state_dir, ignore_errors=True)
 
     def __enter__(self) -> EmbeddedRoom:
         return self
@@ -364,7 +371,14 @@ def start_room(
         chosen = (policies or {}).get(name, policy)
         _policy_for(chosen, sites).save(folder / "policy.toml")
 
-    room = EmbeddedRoom(url="", analyst_key=key_for("analyst"), state_dir=state, site_names=names, dataset=dataset)
+    room = EmbeddedRoom(
+        url="",
+        analyst_key=key_for("analyst"),
+        state_dir=state,
+        site_names=names,
+        dataset=dataset,
+        temporary=state_dir is None,
+    )
     try:
         proc, url = spawn_coordinator(state / "coordinator", timeout=timeout)
         room.processes["coordinator"] = proc

@@ -12,6 +12,7 @@ from fedjax_room.sim.demo import AnalystDemo, EmbeddedRoom
 
 
 def _embedded(tmp_path: Path) -> EmbeddedRoom:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     schema = Schema(features=("x0", "x1"), feature_shape=(2,), label="y", classes=(0, 1))
     save_dataset(Dataset(np.zeros((4, 2), np.float32), np.array([0, 1, 0, 1]), schema), tmp_path / "central_test.npz")
     for name in ("site-a", "site-b"):  # what the sites hold, as start_room lays it out
@@ -48,3 +49,12 @@ def test_current_demo_hands_out_the_analyst_view(tmp_path, monkeypatch):
     monkeypatch.setattr(jupyter, "_magics", Magics())
     demo = jupyter.current_demo()
     assert isinstance(demo, AnalystDemo) and demo.url == "ws://127.0.0.1:1"
+
+
+def test_stopping_a_room_removes_only_a_state_directory_it_made(tmp_path):
+    kept = _embedded(tmp_path / "given")
+    kept.stop()
+    assert (tmp_path / "given" / "central_test.npz").exists()  # a state_dir someone gave is theirs
+    made = dataclasses.replace(_embedded(tmp_path / "made"), temporary=True)
+    made.stop()
+    assert not (tmp_path / "made").exists()  # start_room's own temporary directory: nothing left behind
