@@ -80,6 +80,22 @@ def test_bad_queries_are_refused_with_a_typed_error_and_the_room_serves_on(tmp_p
         assert all(s["agent"].ledger.summary()["releases"] == 1 for s in room.sites.values())
 
 
+def test_a_replayed_query_id_is_refused_by_the_site(tmp_path):
+    with _room(tmp_path, keep_frames=True) as room:
+        reply = ask(room, {"kind": "count", "epsilon": 1.0, "sites": ["site-a"]})
+        qid = reply.result["query_id"]
+        ledger = room.sites["site-a"]["agent"].ledger
+        events = list(ledger.events)
+        # the coordinator (or anyone replaying its frames) asks the same query again, then another with its id
+        for query in ({"kind": "count", "epsilon": 1.0}, {"kind": "count_by_label", "epsilon": 1.0}):
+            ask_again = m.QueryAsk(query_id=qid, query=QuerySpec.from_dict(query).to_dict())
+            room._queue.append(("site", "site-a", m.encode(ask_again)))
+            room.pump()
+        refusals = [msg for site, msg in room.received if isinstance(msg, m.QueryRefuse) and msg.query_id == qid]
+        assert [r.error["reason"] for r in refusals] == ["query_replay", "query_replay"]
+        assert ledger.events == events
+
+
 def test_a_silent_site_is_reported_after_the_deadline(tmp_path):
     with _room(tmp_path) as room:
         room.kill("site-c")
