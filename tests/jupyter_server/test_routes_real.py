@@ -135,19 +135,22 @@ async def test_show_dashboard_follows_a_run_from_another_connection(jp_fetch, re
 
 
 async def test_refusals_come_with_their_reasons(jp_fetch, real_registry):
+    """A run every site would refuse is refused at once (room.train asks the sites' estimate first): one typed 400
+    naming each site, its planned and remaining epsilon and the option to change; no run is started."""
+    from tornado.httpclient import HTTPClientError
+
     await post(jp_fetch, "rooms", "demo", body={})
-    code, run = await post(jp_fetch, "rooms", "room-1", "runs", body={**SMALL_RUN, "target_epsilon": 50.0})
-    assert code == 201
-    deadline = time.monotonic() + 60
-    while True:
-        [r] = [r for r in (await get(jp_fetch, "rooms", "room-1", "runs"))["runs"] if r["id"] == run["id"]]
-        if r["status"] in ("finished", "failed") or time.monotonic() > deadline:
-            break
-        await asyncio.sleep(0.5)
-    assert r["status"] == "failed" and r["rounds_done"] == 0
-    assert {f["site"] for f in r["refusals"]} == {"site-a", "site-b"}
-    assert all(f["reason"] == "epsilon_cap" and "cap" in f["message"] for f in r["refusals"])
-    assert "cannot start" in r["error"]
+    before = len((await get(jp_fetch, "rooms", "room-1", "runs"))["runs"])
+    body = json.dumps({**SMALL_RUN, "target_epsilon": 50.0})
+    with pytest.raises(HTTPClientError) as info:  # the sites plan first: allow for a loaded machine
+        await jp_fetch("fedjax-room", "rooms", "room-1", "runs", method="POST", body=body, request_timeout=120)
+    assert info.value.response is not None, info.value
+    error = json.loads(info.value.response.body)
+    assert info.value.code == 400 and error["code"] == "policy_violation" and error["reason"] == "epsilon_cap", error
+    for site in ("site-a", "site-b"):
+        assert f"{site} would refuse (epsilon_cap)" in error["message"], error
+    assert "change target_epsilon" in error["message"] and "\n" not in error["message"]
+    assert len((await get(jp_fetch, "rooms", "room-1", "runs"))["runs"]) == before
 
 
 async def test_a_query_through_the_route_spends_and_a_bad_one_spends_nothing(jp_fetch, real_registry):
