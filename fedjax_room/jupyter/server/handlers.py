@@ -270,7 +270,12 @@ class QueryHandler(BaseHandler):
 
     @tornado.web.authenticated
     async def post(self, room_id: str) -> None:
-        self.reply(await self.call(self.registry.query, room_id, self.body(), timeout=QUERY_TIMEOUT))
+        body = self.body()
+        asked = body.get("timeout")  # a query that may wait longer for its sites is waited for (the room caps it)
+        wait = QUERY_TIMEOUT
+        if isinstance(asked, int | float) and not isinstance(asked, bool) and 0 < asked <= 600:
+            wait = max(wait, float(asked) + 30.0)
+        self.reply(await self.call(self.registry.query, room_id, body, timeout=wait))
 
 
 #: (pattern relative to /fedjax-room/, handler) — every route this extension registers.
