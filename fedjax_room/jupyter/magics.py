@@ -1,14 +1,15 @@
-"""``%room`` and ``%%room train``: IPython magics over the analyst API, and nothing more.
+"""``%room``, ``%%room train`` and ``%%room query``: IPython magics over the analyst API, and nothing more.
 
 Each magic parses its arguments with :mod:`fedjax_room.jupyter.args` (pure), calls one method of the
 analyst API (``fedjax_room.connect``, ``fedjax_room.sim.demo.start_room``, ``Room.sites/runs/
-budget/audit/train``) and shows the result with :mod:`fedjax_room.jupyter.display` or a widget. Any
+budget/audit/train/query``) and shows the result with :mod:`fedjax_room.jupyter.display`, a widget or, for a
+query, its plot (:mod:`fedjax_room.jupyter.query_plots`: error bars at the result's interval). Any
 :class:`~fedjax_room.errors.FedRoomError` (bad arguments, a refusal, a budget that would be exceeded)
 and any failure to reach the room becomes one line — IPython's ``UsageError: ...`` — never a traceback;
 the cell still counts as failed, so papermill stops on it.
 
 The connected ``Room`` is put in the user namespace as ``room`` (``--as NAME`` to rename) and a
-started run as ``run``, so Python cells can go on from there.
+started run as ``run`` and a query's result as ``query``, so Python cells can go on from there.
 """
 
 from __future__ import annotations
