@@ -182,8 +182,8 @@ def test_verify_a_directory_without_a_log(tmp_path, capsys):
 
 
 def test_audit_without_subcommand_prints_help(capsys):
-    assert main(["audit"]) == 1
-    assert "cross-check" in capsys.readouterr().out
+    assert main(["audit"]) == 2  # a command line that does nothing: its usage, on stderr, exit 2
+    assert "cross-check" in capsys.readouterr().err
 
 
 def test_real_subprocess(rooms):

@@ -3,6 +3,7 @@
 import json
 import os
 import queue
+import site
 import sys
 from pathlib import Path
 
@@ -41,6 +42,7 @@ def test_ensure_kernel_spec_installs_it_once_where_jupyter_finds_it(tmp_path, mo
     monkeypatch.setenv("JUPYTER_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "data"))
     monkeypatch.setattr(sys, "prefix", str(tmp_path / "prefix"))  # no environment-wide kernels either
+    monkeypatch.setattr(site, "ENABLE_USER_SITE", False)  # nor the user site's (~/.local/share/jupyter)
     assert KERNEL_NAME not in KernelSpecManager().find_kernel_specs()
     installed = ensure_kernel_spec()
     assert installed is not None and (installed / "kernel.json").exists()
@@ -94,6 +96,7 @@ def test_a_kernel_started_from_the_spec_has_the_magics(tmp_path, monkeypatch):
     repo = str(Path(__file__).resolve().parents[2])  # the kernel imports this checkout, installed or not
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")])))
     monkeypatch.setenv("JUPYTER_DATA_DIR", str(tmp_path / "data"))  # where the kernel's first %load_ext installs
+    monkeypatch.setenv("PYTHONNOUSERSITE", "1")  # and no Clean Room kernel of this user's (~/.local) is found
     install_kernel_spec(prefix=tmp_path)
     ksm = KernelSpecManager(kernel_dirs=[str(tmp_path / "share" / "jupyter" / "kernels")])
     assert ksm.get_kernel_spec(KERNEL_NAME).display_name == DISPLAY_NAME
