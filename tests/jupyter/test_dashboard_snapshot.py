@@ -37,6 +37,23 @@ def _cells() -> list[str]:
         "t.start()\nt.join()",
         f"done = {new.format('run-done')}\ndone.update({r1})\ndone.finish('failed', error='site-b <refused>')\ndone",
         "from fedjax_room.errors import ConfigError\nraise ConfigError('aggregator median needs each update')",
+        # attached to a run: the client's callback thread delivers its events; the end is published after it
+        "from fedjax_room.analyst.events import RoundEvent, StatusEvent\n"
+        "from fedjax_room.analyst.results import RoundResult\n"
+        "class Run:\n"
+        "    id, callbacks = 'run-attached', []\n"
+        "    def subscribe(self, cb, *, kinds=None, replay=False):\n"
+        "        self.callbacks.append(cb)\n"
+        "        if replay:\n"
+        "            cb(StatusEvent(self.id, 'running', 0))\n"
+        "        return lambda: None\n"
+        "fake = Run()\n"
+        "attached = RunDashboard(rounds=1, sites=['a']).attach(fake)\n"
+        "attached",
+        "result = RoundResult(1, ('a',), (), 0.5, 0.9, {'a': 1.0})\n"
+        "t = threading.Thread(target=lambda: [cb(e) for e in (RoundEvent(fake.id, result), "
+        "StatusEvent(fake.id, 'finished', 1)) for cb in fake.callbacks])\n"
+        "t.start()\nt.join()\nassert attached.wait(5)",
     ]
 
 
@@ -46,7 +63,7 @@ def saved(tmp_path_factory) -> Path:
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")]))
     book = nbformat.v4.new_notebook()
     book.cells = [nbformat.v4.new_code_cell(src) for src in _cells()]
-    book.cells[-1].metadata["tags"] = ["raises-exception"]
+    book.cells[6].metadata["tags"] = ["raises-exception"]  # the ConfigError cell
     nbclient.NotebookClient(book, timeout=120, kernel_name="python3").execute()
     path = tmp_path_factory.mktemp("nb") / "dashboard.ipynb"
     nbformat.write(book, path)
@@ -80,3 +97,11 @@ def test_a_room_error_is_one_typed_line_in_the_kernel(saved):
     (error,) = [o for o in _outputs(saved, 6) if o["output_type"] == "error"]
     assert error["ename"] == "ConfigError"
     assert error["traceback"] == ["ConfigError: aggregator median needs each update"]
+
+
+def test_an_attached_dashboard_is_replaced_once_its_run_has_ended(saved):
+    (output,) = _outputs(saved, 7)
+    assert WIDGET not in output["data"]
+    html = output["data"]["text/html"]
+    assert "Run run-attached" in html and "finished" in html and "round 1 / 1" in html
+    assert output["data"]["text/plain"] == "RunDashboard(run run-attached: finished, 1/1 rounds)"
