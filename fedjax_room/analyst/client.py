@@ -37,7 +37,15 @@ from fedjax_room.analyst.results import (
     SiteList,
 )
 from fedjax_room.analyst.run import Run
-from fedjax_room.errors import AuthError, ConfigError, FedRoomError, PolicyViolation, VersionError, error_from_dict
+from fedjax_room.errors import (
+    AuthError,
+    ConfigError,
+    FedRoomError,
+    PolicyViolation,
+    RefusedError,
+    VersionError,
+    error_from_dict,
+)
 from fedjax_room.models import ModelSpec
 from fedjax_room.protocol import messages as m
 from fedjax_room.protocol.codec import unpack
@@ -364,8 +372,13 @@ class Room:
         model = ModelSpec.from_dict(spec)
         config = RunConfig.from_dict(options).to_dict()
         # what the sites would say, first (nothing spent): a run they would refuse is refused here, once, at once
-        estimate = self._estimate(model, config)
-        if not estimate.can_start:
+        try:
+            estimate: EstimateReport | None = self._estimate(model, config)
+        except RefusedError as exc:  # estimates rate-limited (a launch form asking live): the sites still check
+            if exc.reason != "rate_limited":
+                raise
+            estimate = None
+        if estimate is not None and not estimate.can_start:
             first = estimate.refusing[0]
             party = first.site if len(estimate.refusing) == 1 else "room"
             raise PolicyViolation(estimate.problem(), party=party, reason=first.reason or "too_few_sites")

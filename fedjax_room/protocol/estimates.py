@@ -94,6 +94,7 @@ class EstimateRequests(RunViews):
     _site_conns: dict[str, int]
     _estimates: dict[int, _Estimate]
     _estimate_times: dict[str, list[float]]
+    _estimate_seq: int = 0
 
     @property
     def connected_sites(self) -> list[str]:  # pragma: no cover - provided by the machine
@@ -129,9 +130,8 @@ class EstimateRequests(RunViews):
         recent[c.name] = [*times, now]
         for name in [n for n, ts in recent.items() if not ts or ts[-1] <= now - ESTIMATE_WINDOW]:
             del recent[name]  # forget analysts idle for a window
-        est = max(flight, default=0) + 1
-        while est in flight:  # pragma: no cover - ids are reused only after their estimate is answered
-            est += 1
+        self._estimate_seq += 1  # never reused: a late answer to an old estimate cannot count for a new one
+        est = self._estimate_seq
         connected = set(self.connected_sites)
         offline = {
             n: {"site": n, "status": "offline", "accept": False} for n in self.store.sites() if n not in connected

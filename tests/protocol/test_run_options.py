@@ -18,7 +18,12 @@ from fedjax_room.protocol.config import (
 )
 
 #: What each option needs beside it to be valid alone (the rules between options).
-_WITH = {"site_noise_multiplier": {"secure_aggregation": True}, "noise_multiplier": {"target_epsilon": None}}
+_WITH = {
+    "site_noise_multiplier": {"secure_aggregation": True},
+    "noise_multiplier": {"target_epsilon": None},
+    "tune_session": {"tune_trials": 2},  # a tuning session is declared with its number of trials
+    "tune_trials": {"tune_session": 1},
+}
 
 
 def test_schema_lists_every_field_with_its_default_type_and_help():
