@@ -80,7 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # said by the command's own parser, so the hint names its --help
+        (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        owner = sub.choices.get(getattr(args, "command", None) or "", parser)
+        owner.error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)  # no command: the usage, on stderr, as for any other mistake
         return 2

@@ -82,7 +82,7 @@ DEMO_MISTAKES = {
     "too many steps": (["--rounds", "1000", "--local-steps", "1000"], "DP-SGD steps is over this room's bound"),
     "secure aggregation with one site": (["--sites", "1", "--secure-aggregation"], "needs at least 2 sites"),
     "unknown dataset": (["--dataset", "cifar"], "invalid choice: 'cifar'"),
-    "unknown flag": (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+    "unknown flag": (["--no-such-flag"], "unrecognized arguments: --no-such-flag; see fedjax-room demo --help"),
 }
 
 
