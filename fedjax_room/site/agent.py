@@ -142,7 +142,7 @@ class SiteAgent:
 
         self.queries = QueryAnswerer(  # DP exploration queries over all of this site's records, same ledger
             name=name,
-            datasets=[self._train, self._heldout],
+            datasets=[self._train, heldout],  # every record, the held-out ones past the evaluation's bound too
             policy=policy,
             ledger=self.ledger,
             releases=self.releases,
@@ -234,7 +234,7 @@ class SiteAgent:
         try:
             # the same checks an estimate runs (site/estimate.py), then the budget and the data owner's approval
             plan = check_offer(self.name, self.policy, self._train.schema, self.public_size.train, spec, config)
-            trials = session_trials(self.runs.root, config.tune_session, besides=msg.run_id)
+            trials = session_trials(self.runs.root, config, besides=msg.run_id, name=self.name)
             self.spending.check_run(plan, config, trials_accepted=trials)
             self._await_approval(msg.run_id, spec)
         except PolicyViolation as exc:
@@ -246,10 +246,6 @@ class SiteAgent:
 
     def estimate(self, msg: m.EstimateOffer) -> m.EstimateAnswer:
         """What this site would plan for a run and whether it would accept it now; spends and writes nothing."""
-        try:
-            session = RunConfig.from_dict(msg.config).tune_session
-        except FedRoomError:
-            session = None
         return estimate_answer(
             msg,
             name=self.name,
@@ -258,7 +254,7 @@ class SiteAgent:
             public_size=self.public_size.train,
             spending=self.spending,
             inbox=Inbox(self.state_dir),
-            trials_accepted=session_trials(self.runs.root, session, besides=""),
+            runs_root=self.runs.root,
         )
 
     def _await_approval(self, run_id: str, spec: ModelSpec) -> None:

@@ -110,16 +110,16 @@ def estimate_answer(
     public_size: int,
     spending: Spending,
     inbox: Inbox,
-    trials_accepted: int = 0,
+    runs_root: Path,
 ) -> m.EstimateAnswer:
-    """This site's answer to ``estimate_offer``: what it would plan, whether it would accept, nothing spent.
-
-    ``trials_accepted``: the trials of the run's tuning session this site already accepted (0 outside tuning)."""
+    """This site's answer to ``estimate_offer``: what it would plan, whether it would accept, nothing spent
+    (``runs_root``: its accepted runs, read for the trials of a tuning session it already took part in)."""
     out: dict[str, Any] = {"accept": False}
     try:
         spec = ModelSpec.from_dict(msg.spec)
         config = RunConfig.from_dict(msg.config)
         plan = check_offer(name, policy, schema, public_size, spec, config)
+        trials_accepted = session_trials(runs_root, config, besides="", name=name)
         out.update(
             epsilon_planned=plan.epsilon_planned,
             noise_multiplier=plan.noise_multiplier,
@@ -143,8 +143,12 @@ def estimate_answer(
     return m.EstimateAnswer(est=msg.est, estimate=out)
 
 
-def session_trials(runs_root: Path, session: int | None, *, besides: str) -> int:
-    """How many runs of tuning session ``session`` this site accepted (``STATE/runs``), run ``besides`` left out."""
+def session_trials(runs_root: Path, config: RunConfig, *, besides: str, name: str = "site") -> int:
+    """How many runs of ``config``'s tuning session this site accepted (``STATE/runs``), run ``besides`` left out
+    (0 outside tuning). A session keeps the number of trials it was declared with: a trial that declares another
+    count is refused (``tune_trials``), so an analyst cannot pass the first trial's whole-session check with a small
+    count and then raise it."""
+    session = config.tune_session
     if session is None or not runs_root.is_dir():
         return 0
     count = 0
@@ -152,9 +156,17 @@ def session_trials(runs_root: Path, session: int | None, *, besides: str) -> int
         if path.stem == besides:
             continue
         try:
-            config = json.loads(path.read_text()).get("config") or {}
+            other = json.loads(path.read_text()).get("config") or {}
         except (OSError, ValueError):
             continue
-        if config.get("tune_session") == session:
-            count += 1
+        if other.get("tune_session") != session:
+            continue
+        if other.get("tune_trials") != config.tune_trials:
+            raise PolicyViolation(
+                f"{name}: tuning session {session} was declared with {other.get('tune_trials')} trials, not "
+                f"{config.tune_trials}; a session keeps its number of trials (start a new room.tune)",
+                party=name,
+                reason="tune_trials",
+            )
+        count += 1
     return count

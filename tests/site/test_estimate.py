@@ -106,6 +106,8 @@ def test_a_tuning_session_is_checked_whole_and_capped_at_its_trials(tmp_path):
     second = room.start(SPEC, {**tuned, "learning_rate": 0.2})
     assert room.store.run(first).status == room.store.run(second).status == "finished"
     assert all(e["reason"] == "tune_trials" and not e["accept"] for e in estimate(room, tuned).values())
+    raised = estimate(room, {**tuned, "tune_trials": 3})  # a session keeps the count it was declared with
+    assert all(e["reason"] == "tune_trials" and "declared with 2 trials" in e["message"] for e in raised.values())
     third = room.start(SPEC, {**tuned, "learning_rate": 0.1})
     assert room.store.run(third).status == "failed"
     assert {s["error"]["reason"] for s in room.store.run_sites(third).values()} == {"tune_trials"}
