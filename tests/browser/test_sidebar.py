@@ -3,7 +3,7 @@
 JupyterLab and Chromium are the shared fixtures of tests/browser/conftest.py (``lab``, ``page``, ``ui``).
 Through the palette and the sidebar the test starts a demo room (two site processes), sees the sites,
 starts a run and watches its rounds advance, opens the dashboard notebook and sees the run dashboard
-widget render, then asks for a run over the sites' epsilon cap and sees their refusals with the reason.
+widget render, then asks for a run over the sites' epsilon cap and sees it refused at once, each site's reason.
 It asserts on the page's text; screenshots go to artifacts/browser/test_sidebar/ for a person to look at.
 The test skips only when Debian's Chromium (/usr/bin/chromium) is absent.
 """
@@ -146,17 +146,20 @@ def test_sidebar_demo_room_live_run_and_dashboard(lab, page: Page, ui) -> None:
     ui.shot(page, "05-dashboard-notebook")
     assert (lab.root / "clean-room-dashboard-run-1.ipynb").exists()
 
-    # A run that would take the sites past their epsilon cap: each refuses, and the sidebar says why.
+    # A run that would take the sites past their epsilon cap: refused at once (the sites' own estimate, nothing
+    # spent, no run started), and the error says each site's reason and what to change.
     sidebar.locator(".fjr-room-head button", has_text="Run").click()
     expect(dialog).to_contain_text("Start a run")
     dialog.locator("input[name=target_epsilon]").fill("50")
     dialog.locator(".jp-Dialog-button.jp-mod-accept").click()
-    refused = sidebar.locator('.fjr-run[data-run="run-2"]')
-    expect(refused).to_contain_text("failed", timeout=60_000)
-    expect(refused.locator(".fjr-refusal")).to_have_count(2)
-    expect(refused).to_contain_text("site-a refused (epsilon_cap)")
-    expect(refused).to_contain_text("past its cap")
-    ui.shot(page, "06-refusals")
+    expect(dialog).to_contain_text("the run was not started", timeout=60_000)
+    expect(dialog).to_contain_text("site-a would refuse (epsilon_cap)")
+    expect(dialog).to_contain_text("site-b would refuse (epsilon_cap)")
+    expect(dialog).to_contain_text("change target_epsilon")
+    ui.shot(page, "06-refused-at-once")
+    dialog.locator(".jp-Dialog-button").first.click()
+    expect(dialog).to_have_count(0)
+    expect(sidebar.locator('.fjr-run[data-run="run-2"]')).to_have_count(0)
 
     # ✕ asks first: "Keep it" leaves the demo room running
     sidebar.locator(".fjr-room-head [data-action='disconnect']").click()
