@@ -105,7 +105,9 @@ function bar(value: number, max: number, cls: string): HTMLElement {
 
 export function renderRun(run: IRun, room: string): HTMLElement {
   const active = isActive(run);
-  const last = run.history.length ? run.history[run.history.length - 1] : null;
+  // the last round with a release: the room's DP accuracy on the union of the sites' held-out sets (issue 16)
+  const released = run.history.filter(r => r.accuracy !== null);
+  const last = released.length ? released[released.length - 1] : null;
   const total = run.rounds || Math.max(run.rounds_done, 1);
   // the dropped / flagged columns only when a round has one (the sidebar is narrow)
   const anyDropped = run.history.some(r => r.dropped.length > 0);
@@ -189,7 +191,11 @@ export function renderRun(run: IRun, room: string): HTMLElement {
       ? el(
           'div',
           { class: 'fjr-metrics' },
-          `DP-noised loss ${fmt(last.loss)} · accuracy ${fmt(last.accuracy)}`
+          `round ${last.round}: held-out accuracy ${fmt(last.accuracy)}` +
+            (typeof last.accuracy_std === 'number'
+              ? ` ± ${fmt(last.accuracy_std)}`
+              : '') +
+            ` · DP-noised loss ${fmt(last.loss)} (summed over the sites)`
         )
       : null,
     rows.length

@@ -51,6 +51,10 @@ export interface IRound {
   dropped: string[];
   loss: number | null;
   accuracy: number | null;
+  /** the noise scale (one standard deviation) of the released accuracy; null when nothing was released */
+  accuracy_std?: number | null;
+  /** whether the round was on the evaluation schedule (eval_every; the last round always is) */
+  evaluated?: boolean;
   epsilon: Record<string, number>;
   /** the round's poisoning-defence report (flagged {site: reasons}, excluded, trust, ...); null if none */
   defence?: { flagged?: Record<string, string[]>; excluded?: string[] } | null;

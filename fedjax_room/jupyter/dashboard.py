@@ -89,6 +89,9 @@ class RunDashboard(widgets.VBox):
     rounds_done = traitlets.Int(0)
     losses = traitlets.List(traitlets.Float(allow_none=True))
     accuracies = traitlets.List(traitlets.Float(allow_none=True))
+    #: the last evaluated round's DP-released held-out accuracy and loss with their noise scale (issue 16):
+    #: {"round", "accuracy", "accuracy_std", "loss", "loss_std", "sites"}; empty before one is evaluated
+    final_metrics = traitlets.Dict()
     epsilon = traitlets.Dict(value_trait=traitlets.Float(), key_trait=traitlets.Unicode())
     epsilon_cap = traitlets.Dict(value_trait=traitlets.Float(), key_trait=traitlets.Unicode())
     target_epsilon = traitlets.Float(None, allow_none=True)
@@ -186,6 +189,15 @@ class RunDashboard(widgets.VBox):
             losses[number - 1] = _finite_or_none(field(result, "loss"))
             accuracies[number - 1] = _finite_or_none(field(result, "accuracy"))
             self.losses, self.accuracies = losses, accuracies  # type: ignore[assignment]  # traitlets types Float as int
+            if accuracies[number - 1] is not None and number >= int(self.final_metrics.get("round", 0)):
+                self.final_metrics = {
+                    "round": number,
+                    "accuracy": accuracies[number - 1],
+                    "accuracy_std": _finite_or_none(field(result, "accuracy_std")),
+                    "loss": losses[number - 1],
+                    "loss_std": _finite_or_none(field(result, "loss_std")),
+                    "sites": len(_names(field(result, "eval_sites"))),
+                }
             self.rounds_done = max(self.rounds_done, number)
             if self.rounds_done > self.rounds_total:
                 self.rounds_total = self.rounds_done
@@ -423,6 +435,7 @@ class RunDashboard(widgets.VBox):
         "rounds_done",
         "losses",
         "accuracies",
+        "final_metrics",
         "epsilon",
         "epsilon_cap",
         "target_epsilon",
@@ -441,7 +454,7 @@ class RunDashboard(widgets.VBox):
                 self._render_notes()
             if name in ("rounds_total", "rounds_done", "status"):
                 self._render_progress()
-            if name in ("losses", "accuracies", "rounds_total"):
+            if name in ("losses", "accuracies", "rounds_total", "final_metrics", "status"):
                 self._render_chart()
             if name in ("epsilon", "epsilon_cap", "target_epsilon", "site_status"):
                 self._render_gauges()
@@ -498,7 +511,26 @@ class RunDashboard(widgets.VBox):
         loss = svg_line_chart({"loss": list(self.losses)}, title="loss (DP-noised)", **size)
         accuracy = list(self.accuracies)
         acc = svg_line_chart({"accuracy": accuracy}, title="accuracy (DP-noised)", y_min=0, y_max=1, **size)
-        self._chart.value = f'<div style="display:flex;gap:8px;flex-wrap:wrap">{loss}{acc}</div>'
+        self._chart.value = f'<div style="display:flex;gap:8px;flex-wrap:wrap">{loss}{acc}</div>' + self.final_text(
+            html_=True
+        )
+
+    def final_text(self, *, html_: bool = False) -> str:
+        """The final (or, while the run goes on, the latest evaluated) model's DP-released accuracy on the union of
+        the sites' held-out sets with its noise scale; "" before any round is evaluated."""
+        f = self.final_metrics
+        if not f or f.get("accuracy") is None:
+            return ""
+        std = f" ± {f['accuracy_std']:.3f}" if f.get("accuracy_std") is not None else ""
+        loss = f", loss {f['loss']:.3f}" if f.get("loss") is not None else ""
+        loss += f" ± {f['loss_std']:.3f}" if f.get("loss") is not None and f.get("loss_std") is not None else ""
+        which = "final model" if self.status == "finished" else "latest evaluated model"
+        sites = f"{f['sites']} sites'" if f.get("sites") else "the sites'"
+        text = (
+            f"{which} (round {f['round']}): held-out accuracy {f['accuracy']:.3f}{std}{loss} "
+            f"(DP-released on the union of {sites} held-out sets; ± one standard deviation of its noise)"
+        )
+        return f'<div style="color:#333">{html.escape(text)}</div>' if html_ else text
 
     def cap_for(self, site: str) -> float | None:
         """The epsilon a site's gauge is drawn against: its cap if known, else the run's target."""

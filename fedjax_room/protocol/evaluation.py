@@ -62,18 +62,21 @@ __all__ = [
     "eval_rounds",
     "is_eval_round",
     "noise_std",
+    "plan_noise",
     "released",
+    "ring_to_signed",
     "share_variance",
+    "signed_to_ring",
 ]
 
 #: Per-example losses are clipped to [0, LOSS_CLIP] before summing.
 LOSS_CLIP = 5.0
 #: The integer scale of one unit of noise multiplier (noise standard deviation ``sigma * SCALE`` per coordinate).
 SCALE = 4096
-#: Integer weight of one correct (or wrong) record: 60% of the squared sensitivity goes to (correct, wrong).
-GAMMA_CW = int(math.floor(SCALE * math.sqrt(0.6)))
-#: Integer weight of one record's (clipped, scaled) loss: the other 40%.
-GAMMA_LOSS = int(math.floor(SCALE * math.sqrt(0.4)))
+#: Integer weight of one correct (or wrong) record: 70% of the squared sensitivity goes to (correct, wrong).
+GAMMA_CW = int(math.floor(SCALE * math.sqrt(0.7)))
+#: Integer weight of one record's (clipped, scaled) loss: the other 30%.
+GAMMA_LOSS = int(math.floor(SCALE * math.sqrt(0.3)))
 #: L2 and L1 sensitivity of the integer vector to adding or removing one record.
 DELTA2 = math.sqrt(GAMMA_CW**2 + GAMMA_LOSS**2)
 DELTA1 = float(GAMMA_CW + GAMMA_LOSS)

@@ -640,7 +640,10 @@ def _run_demo(
                 bar.update(1)
             bar.close()
             run.wait()
-            say("  (* loss and accuracy are DP-noised counts released by the sites on their own held-out data)")
+            say(
+                "  (* loss and accuracy: the room's DP release on the union of the sites' held-out sets, summed "
+                "before anyone sees it, on the rounds of the evaluation schedule (eval_every; always the last))"
+            )
             if run.status != "finished":
                 say(f"The run {run.status}: {run.error.message if run.error else 'no reason given'}")
                 for refusal in run.refusals:
@@ -648,6 +651,7 @@ def _run_demo(
                 return 1
             params = run.params
             privacy = run.privacy
+            final = run.final_metrics  # the DP-released held-out accuracy and its noise scale
         finally:
             room.close()
         accuracy = evaluate(spec, params, test).accuracy
@@ -658,6 +662,8 @@ def _run_demo(
         bound = f"epsilon <= {target_epsilon:g}" if target_epsilon is not None else "fixed noise"
         say(f"Global model test accuracy: {accuracy:.4f}  (DP federated, {bound} per site)")
         say(f"Non-private central baseline: {baseline:.4f}")
+        if final is not None:
+            say(f"Room's released {final.text()}; ± is one standard deviation of its DP noise")
         say(
             f"  Both measured on a central test split of {len(test)} examples that no site ever held "
             "(the demo generated the partitions, so only it has this split)."
@@ -685,6 +691,8 @@ def _run_demo(
             summary = {
                 "accuracy": accuracy,
                 "baseline_accuracy": baseline,
+                "released_accuracy": None if final is None else final.accuracy,
+                "released_accuracy_std": None if final is None else final.accuracy_std,
                 "rounds": run.rounds_done,
                 "target_epsilon": target_epsilon,
                 "dataset": dataset,
