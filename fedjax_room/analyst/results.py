@@ -367,6 +367,8 @@ class SiteEstimate:
     reason: str = ""
     message: str = ""
     option: str = ""
+    #: a fixed-noise run it accepts but would stop at the round that passes its cap (``ledger_after`` > cap)
+    cut_short: bool = False
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> SiteEstimate:
@@ -391,6 +393,7 @@ class SiteEstimate:
             reason=str(d.get("reason", "")),
             message=str(d.get("message", "")),
             option=str(d.get("option", "")),
+            cut_short=d.get("cut_short") is True,
         )
 
     @property

@@ -264,6 +264,8 @@ def _estimate_rows(report: Any) -> list[dict[str, Any]]:
             row["verdict"] = str(status or "")
         elif row.get("accept"):
             row["verdict"] = "accepts" + (" after approval" if row.get("approval") == "waits" else "")
+            if row.get("cut_short"):  # fixed noise: it stops at the round that would pass its cap
+                row["verdict"] += ", stops at its cap"
         else:
             row["verdict"] = f"refuses ({row.get('reason') or 'refused'})"
         row["planned"] = row.get("epsilon_planned")

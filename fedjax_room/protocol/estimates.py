@@ -56,6 +56,7 @@ def _clean(site: str, raw: Any) -> dict[str, Any]:
     """A site's estimate, each field checked (a wrong one dropped): what the analyst is shown of it."""
     d = raw if isinstance(raw, dict) else {}
     out: dict[str, Any] = {"site": site, "status": "answered", "accept": d.get("accept") is True}
+    out["cut_short"] = d.get("cut_short") is True
     for key in _NUMBERS:
         v = d.get(key)
         if isinstance(v, int | float) and not isinstance(v, bool) and (math.isfinite(v) or v == math.inf):

@@ -134,7 +134,10 @@ def estimate_answer(
         out["accept"] = True
     except FedRoomError as exc:
         reason = getattr(exc, "reason", "") or exc.code
-        out.update(reason=reason, message=exc.message, option=OPTION_FOR_REASON.get(reason, ""))
+        option = OPTION_FOR_REASON.get(reason, "")
+        if option == "target_epsilon" and msg.config.get("noise_multiplier") is not None:
+            option = "noise_multiplier"  # a fixed-noise run: its noise is the option to change
+        out.update(reason=reason, message=exc.message, option=option)
     ledger = spending.ledger
     out.setdefault("ledger_epsilon", ledger.epsilon())
     out.setdefault("epsilon_cap", ledger.epsilon_cap)

@@ -55,18 +55,19 @@ class Spending:
     # -- before a run ---------------------------------------------------------------------------------------
 
     @staticmethod
-    def planned_event(plan: Plan, trials: int = 1) -> Any:
+    def planned_event(plan: Plan, trials: int = 1, *, whole: bool = False) -> Any:
         """The composed event of the run ``plan`` describes (all its training and evaluation releases; one round
-        of a fixed-noise run), ``trials`` times over (the trials of a tuning session still to come)."""
+        of a fixed-noise run unless ``whole``: what the site checks before accepting one), ``trials`` times over
+        (the trials of a tuning session still to come)."""
         import dp_accounting as dpa
 
         from fedjax_room.dp.accounting import dpsgd_event
 
-        rounds = plan.rounds if plan.mode == "target" else 1
+        rounds = plan.rounds if plan.mode == "target" or whole else 1
         event: Any = dpa.ComposedDpEvent(
             [
                 dpsgd_event(plan.noise_multiplier, plan.sampling_rate, plan.local_steps * rounds),
-                plan.eval_events(None if plan.mode == "target" else 1),  # the evaluation schedule's releases
+                plan.eval_events(None if rounds == plan.rounds else rounds),  # the evaluation schedule's releases
             ]
         )
         return event if trials == 1 else dpa.SelfComposedDpEvent(event, trials)
@@ -84,14 +85,18 @@ class Spending:
         planned run (composed, at the site's delta), the cap, the naive ``remaining``, and ``fits``."""
         spent, cap = self.ledger.epsilon(), self.ledger.epsilon_cap
         trials = self.trials_left(config, trials_accepted)
-        after = self.ledger.epsilon_after(self.planned_event(plan, max(1, trials)))
+        after = self.ledger.epsilon_after(self.planned_event(plan, max(1, trials), whole=True))
+        # a fixed-noise run is accepted when one round fits, and stopped at the round that would pass the cap
+        one = self.planned_event(plan, max(1, trials))
+        checked = after if plan.mode == "target" else self.ledger.epsilon_after(one)
         out = {
             "ledger_epsilon": spent,
             "ledger_after": after,
             "epsilon_cap": cap,
             "remaining": max(0.0, cap - spent),
             "delta": self.ledger.delta,
-            "fits": after <= cap and trials >= 1,
+            "fits": checked <= cap and trials >= 1,
+            "cut_short": checked <= cap < after,
         }
         if config.tune_trials is not None:
             out["tune_trials_left"] = trials
@@ -120,7 +125,8 @@ class Spending:
             raise PolicyViolation(
                 f"{self.name}: {what} (epsilon {plan.epsilon_planned:.3g} planned per run) would take its ledger "
                 f"past its cap: {spent:.3g} of {cap:g} already spent, {max(0.0, cap - spent):.3g} left, "
-                f"{after:.3g} composed after it; ask for a smaller target_epsilon"
+                f"{after:.3g} composed after it; ask for "
+                + ("a smaller target_epsilon" if plan.mode == "target" else "a larger noise_multiplier")
                 + (" or fewer trials" if trials > 1 else " or fewer rounds"),
                 party=self.name,
                 reason="epsilon_cap",

@@ -89,6 +89,12 @@ def test_a_refusal_the_estimate_foresees_is_the_refusal_the_run_gets(tmp_path):
     assert sites["site-b"]["state"] == "refused" and sites["site-b"]["error"]["reason"] == "epsilon_cap"
     assert sites["site-a"]["state"] == "accepted"
     assert room.sites["site-b"]["agent"].ledger.epsilon() == 0.0  # the refused site spent nothing
+    # fixed noise: a site accepts when one round fits, and says it would stop at its cap
+    fixed = estimate(room, {**CONFIG, "target_epsilon": None, "noise_multiplier": 4.0, "rounds": 40})
+    assert fixed["site-b"]["accept"] and fixed["site-b"]["cut_short"] and not fixed["site-a"]["cut_short"]
+    assert fixed["site-b"]["ledger_after"] > fixed["site-b"]["epsilon_cap"]
+    noisy = estimate(room, {**CONFIG, "target_epsilon": None, "noise_multiplier": 1.0})
+    assert noisy["site-b"]["reason"] == "epsilon_cap" and noisy["site-b"]["option"] == "noise_multiplier"
 
 
 @pytest.mark.slow  # five estimates and three runs, each new set of options one more calibration
