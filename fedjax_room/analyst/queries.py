@@ -23,6 +23,7 @@ from fedjax_room.protocol.query_spec import (
     KINDS,
     QuerySpec,
     ci_halfwidth,
+    entry_halfwidth,
     finish,
     layout,
     noise_variance,
@@ -77,8 +78,16 @@ class QueryResult:
         self.labels = _labels(self.spec, self.classes)
         self.total = finish(self.spec, self._raw_total, n_classes)
         self.per_site: dict[str, np.ndarray] = {s: finish(self.spec, v, n_classes) for s, v in self._raw_sites.items()}
+        #: the standard deviation of the noise of each total (a mean's or quantile's: its 95% interval's over 2 x 1.96)
+        self.noise_std = self._noise_std()
+
+    def _noise_std(self) -> np.ndarray:
+        if self.kind in ("count", "count_by_label", "histogram", "missing"):
+            return np.asarray(np.sqrt(self._variance(self.noise_shares)), np.float64)
+        if self.kind == "sum":
+            return np.asarray(np.sqrt(self._variance(self.noise_shares)) / self.spec.fixed_scale, np.float64)
         lo, hi = self.ci(0.95)
-        self.noise_std = (hi - lo) / (2 * 1.959963984540054)
+        return np.asarray((hi - lo) / (2 * 1.959963984540054), np.float64)
 
     # ------------------------------------------------------------------ intervals
 
@@ -89,10 +98,10 @@ class QueryResult:
         spec, var = self.spec, self._variance(shares)
         values = finish(spec, raw, self._classes_n)
         if spec.kind in ("count", "count_by_label", "histogram", "missing"):
-            half = ci_halfwidth(var, level)
+            half = entry_halfwidth(spec, self._classes_n, shares, level)  # exact: the noise is on the integers
             return values - half, values + half
         if spec.kind == "sum":
-            half = ci_halfwidth(var, level) / spec.fixed_scale
+            half = entry_halfwidth(spec, self._classes_n, shares, level) / spec.fixed_scale
             return values - half, values + half
         if spec.kind == "quantiles":
             return quantile_ci(spec, raw, var, level)

@@ -25,6 +25,7 @@ the noise stays on the integers (exactly what secure aggregation needs). See ``d
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -45,6 +46,7 @@ __all__ = [
     "QuerySpec",
     "ci_halfwidth",
     "dlaplace_variance",
+    "entry_halfwidth",
     "finish",
     "layout",
     "noise_variance",
@@ -333,6 +335,44 @@ def ci_halfwidth(variance: np.ndarray, level: float) -> np.ndarray:
     var = np.asarray(variance, np.float64)
     laplace = np.sqrt(var / 2) * math.log(1 / (1 - level))
     return np.maximum(_z(level) * np.sqrt(var), laplace)
+
+
+#: Largest support (values of one Pólya variable) the exact interval of a count sums over; past it, the bound above.
+_EXACT_SUPPORT = 200_000
+
+
+@functools.lru_cache(maxsize=512)
+def _exact_halfwidth(scale: float, shares: float, level: float) -> float | None:
+    """The smallest integer ``h`` with ``P(|N| <= h) >= level`` for the noise ``N`` of an integer entry carrying
+    ``shares`` discrete Laplace noises of ``scale``: ``N = A - B`` with ``A, B ~ NB(shares, 1 - exp(-1/scale))``
+    (the plain sum of ``k`` sites' noises is ``k`` shares; a secure sum ``survivors / min_clients``). None when its
+    support is too large to sum (large scales, where the bound of :func:`ci_halfwidth` is tight anyway)."""
+    from scipy.signal import fftconvolve
+    from scipy.stats import nbinom
+
+    p = -math.expm1(-1.0 / scale)
+    top = nbinom.ppf(1 - 1e-12, shares, p)
+    if not math.isfinite(top) or top > _EXACT_SUPPORT:
+        return None
+    n = int(top) + 1
+    pmf = nbinom.pmf(np.arange(n + 1), shares, p)
+    diff = np.clip(fftconvolve(pmf, pmf[::-1]), 0.0, None)  # index n is N = 0
+    two_sided = np.concatenate([[diff[n]], diff[n + 1 :] + diff[n - 1 :: -1]])
+    h = int(np.searchsorted(np.cumsum(two_sided), level * (1 - 1e-12)))
+    return float(h)
+
+
+def entry_halfwidth(spec: QuerySpec, classes: int, shares: float, level: float) -> np.ndarray:
+    """Half-width of a ``level`` interval for each entry of the released vector (in its integer units): exact for
+    the count blocks (:func:`_exact_halfwidth`), :func:`ci_halfwidth` for the fixed-point sums."""
+    _z(level)
+    out = []
+    for b in layout(spec, classes=classes):
+        exact = _exact_halfwidth(float(b.scale), float(shares), float(level)) if b.name == "count" else None
+        if exact is None:
+            exact = float(ci_halfwidth(dlaplace_variance(b.scale) * shares, level))
+        out.append(np.full(b.size, exact))
+    return np.concatenate(out)
 
 
 def _split(spec: QuerySpec, raw: np.ndarray, classes: int) -> list[np.ndarray]:

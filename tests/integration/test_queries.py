@@ -14,7 +14,7 @@ import pytest
 
 from fedjax_room.data import load_dataset
 from fedjax_room.dp.accounting import Accountant, event_to_dict
-from fedjax_room.protocol.query_spec import QuerySpec, layout
+from fedjax_room.protocol.query_spec import QuerySpec, dlaplace_variance, layout
 from fedjax_room.site.queries import query_event, query_key
 
 pytestmark = pytest.mark.slow
@@ -29,7 +29,9 @@ def demo(tmp_path_factory):
 
     state = tmp_path_factory.mktemp("queries-room")
     policy = {"epsilon_cap": 5000.0, "queries": {"allowed": ALL, "max_epsilon": 3.0, "epsilon_share": 1.0}}
-    with start_room(sites=3, dataset="digits", state_dir=state, policy=policy) as room:
+    # site-c answers queries of epsilon up to 2 only: a query of 2.5 makes it drop out of a secure round
+    policies = {"site-c": {**policy, "queries": {**policy["queries"], "max_epsilon": 2.0}}}
+    with start_room(sites=3, dataset="digits", state_dir=state, policy=policy, policies=policies) as room:
         client = room.connect()
         try:
             yield room, client
@@ -73,14 +75,14 @@ def _truth(kind: str, records, **q) -> np.ndarray:
 
 
 DIGITS = list(range(10))
-#: (kind, feature, options, trials): about 100 released values per kind
+#: (kind, feature, options, trials): 100 released values per kind or more (200 where the interval is not exact)
 CASES = [
     ("count", None, {"by": "digit", "keys": DIGITS}, 10),
     ("count_by_label", None, {}, 10),
     ("histogram", FEATURE, {"bins": [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 17]}, 7),
-    ("sum", FEATURE, {"bounds": [0, 16], "by": "digit", "keys": DIGITS}, 10),
+    ("sum", FEATURE, {"bounds": [0, 16], "by": "digit", "keys": DIGITS}, 20),
     ("mean", FEATURE, {"bounds": [0, 16], "by": "digit", "keys": DIGITS}, 10),
-    ("quantiles", FEATURE, {"bounds": [0, 16], "quantiles": [0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]}, 10),
+    ("quantiles", FEATURE, {"bounds": [0, 16], "quantiles": [0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]}, 20),
     ("missing", FEATURE, {}, 50),
 ]
 
@@ -148,3 +150,48 @@ def test_the_ledger_grows_by_exactly_the_documented_event(demo):
         release = _ledger(room, name)["releases"][query_key(result.query_id)]
         assert budget[name].epsilon_spent == pytest.approx(release["ledger_epsilon"])
         assert budget[name].runs["queries"] == pytest.approx(release["epsilon"])  # every query so far, composed
+
+
+def test_a_secure_sum_shows_the_coordinator_masked_vectors_only_and_keeps_full_noise(demo):
+    room, client = demo
+    records = _records(room)
+    bins = [i / 4 for i in range(65)]
+    spec = QuerySpec.from_dict({"kind": "histogram", "feature": FEATURE, "bins": bins, "epsilon": 2.5})
+    xs = np.concatenate([records[n][0] for n in ("site-a", "site-b")])
+    col = xs[:, list(records["site-a"][2].features).index(FEATURE)]
+    truth = np.bincount(np.clip(np.searchsorted(bins, col, side="right") - 1, 0, 63), minlength=64)
+    errors = []
+    for _ in range(20):
+        result = client.query("histogram", FEATURE, bins=bins, epsilon=2.5, secure=True)
+        assert result.secure and result.per_site == {} and result.sites == ["site-a", "site-b"]
+        assert result.refused["site-c"]["reason"] == "query_epsilon"  # in the round's roster, then dropped
+        errors.append(result.total - truth)
+    errors = np.concatenate(errors)
+    full = float(dlaplace_variance(1 / 2.5))  # the central discrete Laplace of the query's epsilon
+    assert 0.75 < errors.var() / full < 1.33  # two of three shares would carry two thirds of it
+    # the coordinator's record of the last one: digests of masked vectors, who answered; no value
+    records_ = [
+        r for r in client.audit(200) if result.query_id in (r["fields"].get("query_id"), r["fields"].get("run_id"))
+    ]
+    kinds = [r["kind"] for r in records_]
+    assert kinds.count("query_requested") == 1 and kinds.count("query_answered") == 1
+    assert kinds.count("masked_input_received") == 2 and set(kinds) == {
+        "query_requested",
+        "masked_input_received",
+        "query_answered",
+    }
+    for r in records_:
+        assert set(r["fields"]) <= {
+            "query_id",
+            "run_id",
+            "round",
+            "site",
+            "digest",
+            "analyst",
+            "query",
+            "sites",
+            "secure",
+            "refused",
+            "released",
+        }
+    assert spec.epsilon == result.epsilon

@@ -49,7 +49,7 @@ def ask(room: LoopbackRoom, query: dict, *, ticks: int = 100) -> m.Message:
 
 
 def _records(room, names):
-    return [d for n in names for d in (room.sites[n]["agent"]._train, room.sites[n]["agent"]._heldout)]
+    return [d for n in names for d in room.sites[n]["agent"].queries.datasets]
 
 
 def test_a_plain_query_comes_back_per_site(tmp_path):

@@ -174,3 +174,15 @@ def test_quantile_intervals_cover_discrete_data():
         assert np.all(lo <= result.total) and np.all(result.total <= hi)
         hits += int(np.sum((lo <= truth) & (truth <= hi)))
     assert hits / 900 >= 0.9
+
+
+@pytest.mark.parametrize(("scale", "shares"), [(1.0, 1.0), (1.0, 3.0), (2.0, 1.5), (0.5, 2.0)])
+def test_count_intervals_are_the_exact_smallest_ones(scale, shares):
+    from fedjax_room.protocol.query_spec import _exact_halfwidth
+
+    rng = np.random.default_rng(4)
+    p = 1 - np.exp(-1 / scale)
+    noise = rng.negative_binomial(shares, p, 400_000) - rng.negative_binomial(shares, p, 400_000)
+    h = _exact_halfwidth(scale, shares, 0.95)
+    assert np.mean(np.abs(noise) <= h) >= 0.948  # at least the level (up to sampling)
+    assert np.mean(np.abs(noise) <= h - 1) < 0.95  # and the smallest integer that is
