@@ -21,6 +21,8 @@ SETTINGS = {
     "local_steps": 20,
     "batch_size": 64,
     "learning_rate": 2.0,
+    "server_optimizer": "fedavg",  # plain FedAvg (the default FedAdam's normalised step would damp the 10x boost)
+    "server_learning_rate": 1.0,
     "target_epsilon": 8.0,
     "round_timeout": 60.0,
     "secure_aggregation": False,  # fedavg too: every update is scored (secure aggregation is on by default)

@@ -4,6 +4,7 @@ import traitlets
 from fedjax_room.errors import ConfigError
 from fedjax_room.jupyter.dashboard import RunDashboard
 from fedjax_room.jupyter.launch import LaunchForm, parse_sizes, schema_shape
+from fedjax_room.protocol.config import RunConfig
 
 
 def test_parse_sizes():
@@ -20,7 +21,7 @@ def test_schema_shape(fakes):
 
 def test_controls_and_traits_are_linked(fake_room):
     form = LaunchForm(fake_room)
-    assert form.controls["rounds"].value == 5 and form.controls["target_epsilon"].value == "3.0"
+    assert form.controls["rounds"].value == RunConfig().rounds and form.controls["target_epsilon"].value == "3.0"
     form.controls["rounds"].value = 9
     assert form.rounds == 9
     form.aggregator = "mean"
