@@ -47,6 +47,7 @@ __all__ = [
     "ci_halfwidth",
     "dlaplace_variance",
     "entry_halfwidth",
+    "noise_halfwidth",
     "finish",
     "layout",
     "noise_variance",
@@ -362,17 +363,30 @@ def _exact_halfwidth(scale: float, shares: float, level: float) -> float | None:
     return float(h)
 
 
+#: The scale a large one's interval is read from (the noise's quantiles grow in proportion to its scale).
+_REFERENCE_SCALE = 256.0
+
+
+def noise_halfwidth(scale: float, shares: float, level: float) -> float:
+    """Half-width of a ``level`` interval of the noise of one integer entry (``shares`` discrete Laplace noises of
+    ``scale``): exact (:func:`_exact_halfwidth`) where its support is small enough to sum; for a larger scale, the
+    exact one at :data:`_REFERENCE_SCALE` grown in proportion, plus one (the distribution tends to the difference
+    of two gammas, whose quantiles scale exactly)."""
+    exact = _exact_halfwidth(float(scale), float(shares), float(level))
+    if exact is not None:
+        return exact
+    ref = _exact_halfwidth(_REFERENCE_SCALE, float(shares), float(level))
+    if ref is None:  # an enormous number of shares: the normal or Laplace bound
+        return float(ci_halfwidth(dlaplace_variance(scale) * shares, level))
+    return float(math.ceil(ref * scale / _REFERENCE_SCALE) + 1)
+
+
 def entry_halfwidth(spec: QuerySpec, classes: int, shares: float, level: float) -> np.ndarray:
-    """Half-width of a ``level`` interval for each entry of the released vector (in its integer units): exact for
-    the count blocks (:func:`_exact_halfwidth`), :func:`ci_halfwidth` for the fixed-point sums."""
+    """Half-width of a ``level`` interval for each entry of the released vector, in its integer units
+    (:func:`noise_halfwidth` of its block's scale)."""
     _z(level)
-    out = []
-    for b in layout(spec, classes=classes):
-        exact = _exact_halfwidth(float(b.scale), float(shares), float(level)) if b.name == "count" else None
-        if exact is None:
-            exact = float(ci_halfwidth(dlaplace_variance(b.scale) * shares, level))
-        out.append(np.full(b.size, exact))
-    return np.concatenate(out)
+    blocks = layout(spec, classes=classes)
+    return np.concatenate([np.full(b.size, noise_halfwidth(b.scale, shares, level)) for b in blocks])
 
 
 def _split(spec: QuerySpec, raw: np.ndarray, classes: int) -> list[np.ndarray]:
