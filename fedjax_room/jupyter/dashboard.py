@@ -132,6 +132,7 @@ class RunDashboard(widgets.VBox):
         self._since = time.monotonic()  # when the current wait (a round, an approval) began: the ticking clock
         self._clock_stop = threading.Event()
         self._unsubscribe_progress: Any = None
+        self._clock: threading.Thread | None = None  # ticks the progress label while the run goes on (no polling)
         super().__init__(
             children=[
                 self._header,
@@ -238,7 +239,7 @@ class RunDashboard(widgets.VBox):
                 self.set_privacy(privacy)
             self.error = str(error or "")
             self.status = status if status in RUN_STATUSES else "failed"
-        if self.status in ("finished", "failed"):
+        if self.status in ("finished", "failed") and self._run is None:  # fed by hand; an attached run: _end
             self.publish_snapshot()
 
     def set_refusals(self, refusals: Any) -> None:
@@ -321,7 +322,8 @@ class RunDashboard(widgets.VBox):
                 with self._lock:
                     self._render_progress()
 
-        threading.Thread(target=tick, name="fedjax-room-dashboard-clock", daemon=True).start()
+        self._clock = threading.Thread(target=tick, name="fedjax-room-dashboard-clock", daemon=True)
+        self._clock.start()
 
     def _on_progress(self, event: Any) -> None:
         """A ``progress`` event: a phase of the round opened or one more site answered."""
@@ -419,6 +421,7 @@ class RunDashboard(widgets.VBox):
                 except Exception:  # the run's own figures stand
                     pass
             self._ended.set()
+            self.publish_snapshot()  # everything the end brought (budget lines included) is in the static snapshot
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until the run's end has been recorded; True if it has."""
@@ -500,7 +503,9 @@ class RunDashboard(widgets.VBox):
         elif self.rounds_total and self.rounds_done >= self.rounds_total:
             what = "finishing"
         else:
-            what = f"round {self.rounds_done + 1}: starting" if self._run is not None else ""
+            what = "" if self._run is None else f"round {self.rounds_done + 1}: starting"
+            if what and self.rounds_done == 0:
+                what = "the sites are checking the run (policy, privacy plan)"
         if not what:
             return done
         seconds = int(time.monotonic() - self._since)

@@ -58,6 +58,8 @@ def test_the_dashboard_label_says_what_the_round_waits_for_and_its_clock_runs(ru
     dash = RunDashboard(run_id="run-1", rounds=5)
     run._on_event("status", {"status": "running", "rounds_done": 0, "privacy": {}})
     dash.attach(run)
+    run._core.drain()
+    assert dash.progress_text() == "0 / 5 · the sites are checking the run (policy, privacy plan) · 0:00"
     run._on_event("waiting", {"waiting": ["site-b"]})
     run._core.drain()
     now[0] += 3
@@ -85,6 +87,7 @@ def test_the_terminal_bar_shows_the_phase(run):
     out = io.StringIO()
     bar = RoundBar(run, 3, file=out)
     try:
+        assert bar.text == "the sites are checking the run"
         bar._on_event(WaitingEvent("run-1", ("site-b",)))
         assert bar.text == "waiting for approval by site-b" and "site-b" in bar.bar.postfix
         run._on_event("progress", {"round": 1, "phase": "train", "answered": 1, "cohort": 2})

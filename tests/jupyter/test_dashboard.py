@@ -127,7 +127,8 @@ def test_sites_awaiting_approval_and_flagged_sites_are_shown(fakes):
     run.waiting = ["alpha"]
     threads = threading.active_count()
     dash = RunDashboard(rounds=1, sites=["alpha", "beta"]).attach(run)
-    assert threading.active_count() == threads  # pushed events, no watcher thread of its own
+    # pushed events, no watcher thread: the one thread of its own is the label's clock, which asks nothing
+    assert threading.active_count() == threads + 1 and dash._clock is not None and dash._clock.is_alive()
     assert dash.site_status["alpha"] == "awaiting approval"
     run.set_waiting([])  # the data owner approved: a waiting event, no polling
     assert dash.site_status["alpha"] == "waiting"
@@ -135,6 +136,8 @@ def test_sites_awaiting_approval_and_flagged_sites_are_shown(fakes):
     assert dash.site_status == {"alpha": "active", "beta": "flagged"}
     run.finish()
     assert dash.wait(5)
+    dash._clock.join(5)
+    assert not dash._clock.is_alive()  # the clock stops when the run ends
 
 
 def test_typed_events_drive_the_dashboard(fakes):
