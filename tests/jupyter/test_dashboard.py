@@ -125,10 +125,10 @@ def test_sites_awaiting_approval_and_flagged_sites_are_shown(fakes):
     run = room.train("spec", rounds=1)
     run.status = "pending"
     run.waiting = ["alpha"]
-    threads = threading.active_count()
+    before = set(threading.enumerate())
     dash = RunDashboard(rounds=1, sites=["alpha", "beta"]).attach(run)
     # pushed events, no watcher thread: the one thread of its own is the label's clock, which asks nothing
-    assert threading.active_count() == threads + 1 and dash._clock is not None and dash._clock.is_alive()
+    assert set(threading.enumerate()) - before == {dash._clock} and dash._clock.is_alive()
     assert dash.site_status["alpha"] == "awaiting approval"
     run.set_waiting([])  # the data owner approved: a waiting event, no polling
     assert dash.site_status["alpha"] == "waiting"
