@@ -29,7 +29,7 @@ def _room_accuracy(tmp_path, dataset: str, sites: int, alpha: float | None, fami
         train = train.subset(np.arange(len(train) - len(train) % sites))
     parts = partition(train, sites, alpha=alpha, seed=seed)
     chunks = np.array_split(np.arange(len(test)), sites)
-    setups = {f"site-{i}": SiteSetup(parts[i], test.subset(chunks[i]), {"epsilon_cap": 10.0}) for i in range(sites)}
+    setups = {f"site-{i:02d}": SiteSetup(parts[i], test.subset(chunks[i]), {"epsilon_cap": 10.0}) for i in range(sites)}
     spec = spec_from_schema(test.schema, family, **model)
     config = RunConfig(seed=seed)  # every training default as a user gets it; target epsilon 3, delta 1e-5
     assert config.target_epsilon == 3.0 and config.delta == 1e-5
@@ -55,6 +55,7 @@ def test_mnist_5k_five_dirichlet_sites_at_epsilon_3(tmp_path):
     assert accuracy >= MNIST_FLOOR, f"MNIST-5k accuracy {accuracy:.3f} under the floor {MNIST_FLOOR}"
 
 
-#: measured (seed 0, benchmarks/utility.py) minus a margin for platform differences in float rounding
-DIGITS_FLOOR = 0.87
-MNIST_FLOOR = 0.76
+#: benchmarks/utility.py measured 0.880 (digits) and 0.773 (MNIST-5k) for seed 0 at these defaults; the floors
+#: leave a margin for platform differences in float rounding (which change every later noise draw's effect)
+DIGITS_FLOOR = 0.86
+MNIST_FLOOR = 0.75
