@@ -288,6 +288,8 @@ def _round_rows(history: Any) -> list[dict[str, Any]]:
         eps = row.get("epsilon")
         if isinstance(eps, Mapping) and eps:
             row["max ε"] = max(float(v) for v in eps.values())
+        if row.get("accuracy") is not None and row.get("accuracy_std") is not None:  # the release's noise scale
+            row["± (1 sd)"] = row["accuracy_std"]
         defence = row.get("defence")
         if isinstance(defence, Mapping):  # poisoning defence: flagged (and excluded) sites
             flagged = sorted(defence.get("flagged") or {})
@@ -392,7 +394,7 @@ VIEWS: dict[str, View] = {
     ),
     "rounds": View(
         _round_rows,
-        ("round", "sites", "dropped", "flagged", "loss", "accuracy", "max ε"),
+        ("round", "sites", "dropped", "flagged", "loss", "accuracy", "± (1 sd)", "max ε"),
         "Rounds",
         "no round finished yet",
     ),

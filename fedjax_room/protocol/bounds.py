@@ -41,7 +41,8 @@ __all__ = [
 NOISE_SIGMAS = 6.0
 #: The evaluation noise multiplier assumed when a plan does not state one (the fixed-noise default).
 DEFAULT_EVAL_NOISE = 10.0
-#: sqrt(3): the L2 sensitivity of (count, correct, loss_sum / LOSS_CLIP) (``site.plan.EVAL_SENSITIVITY``).
+#: sqrt(3): per unit of a plan's evaluation noise multiplier, about the noise of a site's noised count (sqrt(2) *
+#: SCALE / GAMMA_CW, ``protocol/evaluation.py``: 1.69) and a fifth of its loss sum's, so the margin is ~6 of them.
 _EVAL_SENSITIVITY = math.sqrt(3.0)
 #: ``site.plan.LOSS_CLIP``: per-example losses are clipped to [0, LOSS_CLIP] before summing.
 _LOSS_CLIP = 5.0
