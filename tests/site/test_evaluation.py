@@ -74,11 +74,14 @@ def test_evaluation_costs_at_most_a_tenth_of_the_runs_epsilon_in_the_ledger(fact
 
 
 def test_fewer_evaluations_get_less_noise_each():
-    plan = {e: make_plan(RunConfig.from_dict({"eval_every": e}), public_size=400, min_sites=2) for e in (None, 1)}
+    plan = {
+        e: make_plan(RunConfig.from_dict({"rounds": 5, "eval_every": e}), public_size=400, min_sites=2)
+        for e in (None, 1)
+    }
     assert plan[None].eval_rounds == (3, 5) and plan[1].eval_rounds == (1, 2, 3, 4, 5)
     assert plan[None].eval_noise_multiplier < plan[1].eval_noise_multiplier
     # the floor comes from the config alone: every site of a run shares it, whatever its size
-    other = make_plan(RunConfig.from_dict({}), public_size=4000, min_sites=2)
+    other = make_plan(RunConfig.from_dict({"rounds": 5}), public_size=4000, min_sites=2)
     assert other.eval_noise_floor == plan[None].eval_noise_floor
 
 
