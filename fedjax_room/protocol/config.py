@@ -228,7 +228,7 @@ class RunConfig:
         "fedadam", "server optimiser applied to the aggregate", "aggregation", choices=SERVER_OPTIMIZERS
     )
     server_learning_rate: float = _opt(
-        0.1, "server learning rate", "aggregation", lo=0.0, hi="max_server_learning_rate", above=True
+        0.05, "server learning rate", "aggregation", lo=0.0, hi="max_server_learning_rate", above=True
     )
     #: on by default wherever the run allows it: left unset, it resolves (in from_dict) to on unless the aggregator
     #: or exclude_below needs each site's update; given True with such a run it is a ConfigError
