@@ -640,12 +640,12 @@ def _run_demo(
         bound = f"epsilon <= {target_epsilon:g}" if target_epsilon is not None else "fixed noise"
         say(f"Global model test accuracy: {accuracy:.4f}  (DP federated, {bound} per site)")
         say(f"Non-private central baseline: {baseline:.4f}")
-        if final is not None:
-            say(f"Room's released {final.text()}; ± is one standard deviation of its DP noise")
         say(
             f"  Both measured on a central test split of {len(test)} examples that no site ever held "
             "(the demo generated the partitions, so only it has this split)."
         )
+        if final is not None:  # what an analyst of a real room sees: the sites' own held-out sets, DP
+            say(f"Room's released {final.text()}; ± is one standard deviation of its DP noise")
         say("Privacy spent per site (this run):")
         for name, p in privacy.sites.items():
             site_level = "" if p.site_epsilon is None else f"; site-level epsilon {p.site_epsilon:.3f}"
