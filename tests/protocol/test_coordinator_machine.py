@@ -152,7 +152,9 @@ def test_malformed_oversized_out_of_order_frames_close_only_that_connection(harn
 
 def _start_run(harness, analyst, **config):
     # plain mode (secure aggregation is on by default): these tests drive the per-update path by hand
-    cfg = {"rounds": 2, "target_epsilon": 1.0, "round_timeout": 10.0, "secure_aggregation": False, **config}
+    # and plain FedAvg (the default is FedAdam): the tests check the weighted average's arithmetic
+    cfg = {"rounds": 2, "target_epsilon": 1.0, "round_timeout": 10.0, "secure_aggregation": False}
+    cfg.update({"server_optimizer": "fedavg", "server_learning_rate": 1.0, **config})
     harness.send(analyst, m.StartRun(req=1, spec=harness.SPEC, config=cfg))
     created = [x for x in harness.take(analyst) if isinstance(x, m.RunCreated)]
     assert created, "run not created"

@@ -70,11 +70,11 @@ def test_checkpoint_that_cannot_be_read_back_is_refused_up_front():
     # 3.9M parameters pass max_params, but with fedadam state the checkpoint is over a 32 MiB reader limit
     spec = mlp([1000], 10, hidden=[3900]).to_dict()
     config = {**OK, "server_optimizer": "fedadam"}
-    check_run_request(spec, OK, max_frame=64 << 20, max_checkpoint=32 << 20)
+    check_run_request(spec, {**OK, "server_optimizer": "fedavg"}, max_frame=64 << 20, max_checkpoint=32 << 20)
     with pytest.raises(ConfigError, match="checkpoint"):
         check_run_request(spec, config, max_frame=64 << 20, max_checkpoint=32 << 20)
     with pytest.raises(ConfigError, match="frame"):
-        check_run_request(spec, OK, max_frame=8 << 20, max_checkpoint=32 << 20)
+        check_run_request(spec, {**OK, "server_optimizer": "fedavg"}, max_frame=8 << 20, max_checkpoint=32 << 20)
 
 
 def test_store_writer_refuses_what_its_reader_would_call_corrupt(tmp_path):
