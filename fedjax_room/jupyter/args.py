@@ -50,8 +50,8 @@ __all__ = [
     "AttachArgs",
     "CancelArgs",
     "ConnectArgs",
-    "QueryArgs",
     "EstimateArgs",
+    "QueryArgs",
     "DemoArgs",
     "HelpArgs",
     "SimpleArgs",
@@ -333,11 +333,11 @@ def parse_line(line: str) -> Parsed:
         raise ConfigError(f"%room: unknown command {command!r}; choose one of {', '.join(COMMANDS)} (see %room --help)")
     if _is_help(rest):
         return HelpArgs(topic=command)
+    if command == "query":
+        return _parse_query_args(rest, "")
     if command == "estimate":
         ns = _build("estimate").parse_args(rest)
         return EstimateArgs(options=given_options(ns), spec_var=ns.spec_var)
-    if command == "query":
-        return _parse_query_args(rest, "")
     if command == "train":
         raise ConfigError("%room train is a cell magic: write `%%room train [options]` with the model spec below it")
     if command in ("sites", "runs", "budget", "launch", "stop"):
