@@ -36,6 +36,8 @@ SPEC = logistic([64], 10)
 # plain updates (secure aggregation is on by default): the rogue's claims travel in the clear
 RUN = {"rounds": 1, "target_epsilon": None, "noise_multiplier": 1.0, "local_steps": 2, "learning_rate": 0.01}
 RUN["secure_aggregation"] = False
+RUN["server_optimizer"] = "fedavg"  # the test reads the FedAvg weighting off the moved parameters
+RUN["server_learning_rate"] = 1.0
 DECLARED = 400
 SHIFT = 10.0  # the rogue's update: +10 on every parameter
 

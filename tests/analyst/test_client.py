@@ -69,7 +69,7 @@ def test_runs_without_sites_fail_clearly_and_local_validation(coordinator):
         with pytest.raises(ModelSpecError):
             room.train({"family": "rnn"})
         with pytest.raises(ConfigError, match="needs secure_aggregation=True"):
-            room.train(logistic([4], 2), site_noise_multiplier=1.0)
+            room.train(logistic([4], 2), secure_aggregation=False, site_noise_multiplier=1.0)
         with pytest.raises(ConfigError, match="exactly one"):
             room.train(logistic([4], 2), target_epsilon=1.0, noise_multiplier=1.0)
         run = room.train(logistic([4], 2), rounds=1, round_timeout=1.0)
