@@ -187,6 +187,13 @@ export function renderRun(run: IRun, room: string): HTMLElement {
         : null
     ),
     bar(run.rounds_done, total, `fjr-fill-${run.status}`),
+    run.protections && run.protections.length
+      ? el(
+          'div',
+          { class: 'fjr-protections' },
+          `protections: ${run.protections.join(' · ')}`
+        )
+      : null,
     last
       ? el(
           'div',

@@ -80,6 +80,8 @@ export interface IRun {
   followed?: boolean;
   /** sites whose data owner has not approved the model yet ("waiting for approval by <site>") */
   waiting?: string[];
+  /** which protections the run has (fedjax_room.protocol.config.protections), when the server knows its config */
+  protections?: string[];
 }
 
 export interface IBudgetRow {

@@ -80,6 +80,30 @@ describe('one room from every surface', () => {
     );
   });
 
+  it("shows which protections a run has, and nothing when the server doesn't know", () => {
+    const base = {
+      id: 'run-1',
+      spec_hash: 'ab',
+      status: 'running',
+      rounds_done: 0,
+      rounds: 2,
+      history: [],
+      refusals: [],
+      error: null,
+      started_here: false
+    };
+    const node = renderRun(
+      { ...base, protections: ['secure aggregation', 'DP target epsilon 3'] },
+      'room-1'
+    );
+    expect(node.querySelector('.fjr-protections')?.textContent).toBe(
+      'protections: secure aggregation · DP target epsilon 3'
+    );
+    expect(
+      renderRun(base, 'room-1').querySelector('.fjr-protections')
+    ).toBeNull();
+  });
+
   it('puts the rounds table in a scrolling wrapper', () => {
     const node = renderRun(
       {
