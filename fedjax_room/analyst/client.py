@@ -489,14 +489,39 @@ class Room:
             "secure": secure,
             "timeout": timeout,
         }
-        spec = QuerySpec.from_dict({k: v for k, v in options.items() if v is not None})
+        return QueryResult(self._query(options, estimate=False))
+
+    def estimate_query(self, kind: str, feature: str | None = None, **options: Any) -> EstimateReport:
+        """What each site would do with ``query(kind, feature, **options)`` now, spending nothing.
+
+        Each queried site runs exactly the checks its answer runs before reading any record (the same function:
+        allowed kinds, epsilon range, secure requirement, schema, declared bounds and keys, replay, the queries'
+        share of the cap and the cap) and answers: ``report["site-a"].accept``, ``.epsilon_planned`` (the query's
+        epsilon), ``.ledger_epsilon`` / ``.ledger_after`` (its composed ledger now and after the query, composed
+        like the real release), ``.remaining``, and for a refusal ``.reason`` (the real query's reason),
+        ``.message`` and ``.option``. Nothing is spent, stored, read or audited, and no query id is used up. The
+        room bounds it like a query (open queries, timeout). See ``docs/queries.md``."""
+        return EstimateReport.from_list(
+            list(self._query({"kind": kind, "feature": feature, **options}, estimate=True)["sites"])
+        )
+
+    def _query(self, options: Mapping[str, Any], *, estimate: bool) -> dict[str, Any]:
+        seqs = ("bins", "bounds", "quantiles", "keys", "sites")
+        clean = {k: (list(v) if k in seqs else v) for k, v in options.items() if v is not None}
+        spec = QuerySpec.from_dict(clean)
         # the room replies within the timeout (plain), or within it per stage of a secure round (five stages; a
         # site's policy may make a query secure)
         wait = spec.timeout * 5 + self._core.timeout
         reply = self._core.call(
-            self._core.request(lambda req: m.Query(req=req, query=spec.to_dict()), resend=False, timeout=wait)
+            self._core.request(
+                lambda req: m.Query(req=req, query=spec.to_dict(), estimate=estimate), resend=False, timeout=wait
+            )
         )
-        return QueryResult(reply.result)
+        return dict(reply.result)
+
+    estimate_query.__signature__ = inspect.signature(query).replace(  # type: ignore[attr-defined]
+        return_annotation="EstimateReport"
+    )
 
     def budget(self) -> BudgetReport:
         """Each site's whole ledger: the composed epsilon spent, delta, cap, remaining, and each run's own epsilon

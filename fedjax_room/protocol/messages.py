@@ -407,10 +407,12 @@ Values = Annotated[list[float], msgspec.Meta(max_length=4096)]
 
 
 class Query(Message, frozen=True, kw_only=True, tag="query"):
-    """analyst -> coordinator: a DP exploration query (``query``: ``fedjax_room.protocol.query_spec.QuerySpec``)."""
+    """analyst -> coordinator: a DP exploration query (``query``: ``fedjax_room.protocol.query_spec.QuerySpec``);
+    ``estimate``: only ask each site what it would do (``room.estimate_query``; nothing spent, no values)."""
 
     req: int
     query: Tree
+    estimate: bool = False
 
 
 class QueryReply(Message, frozen=True, kw_only=True, tag="query_reply"):
@@ -425,6 +427,8 @@ class QueryAsk(Message, frozen=True, kw_only=True, tag="query_ask"):
 
     query_id: Id
     query: Tree
+    #: only run the checks made before any data is read and answer an estimate (nothing spent or stored)
+    estimate: bool = False
 
 
 class QueryAnswer(Message, frozen=True, kw_only=True, tag="query_answer"):
@@ -438,6 +442,8 @@ class QueryAnswer(Message, frozen=True, kw_only=True, tag="query_answer"):
     delta: float
     #: every query of this site composed (its ledger's ``@queries`` epsilon at its delta cap), for the budget view
     queries_epsilon: float | None = None
+    #: the answer to an ``estimate`` ask (no values): accept, epsilon_planned, ledger_epsilon, ledger_after, ...
+    estimate: Tree | None = None
 
 
 class QueryRefuse(Message, frozen=True, kw_only=True, tag="query_refuse"):

@@ -16,6 +16,11 @@ beside training runs, each with its own id (``q-<16 hex>``, never reused) and de
   it unmasks the **sum**, which already carries the full discrete Laplace noise (each site added a share for the
   round's ``min_clients``, :mod:`fedjax_room.secagg.dlaplace`), with any site dropped. Nothing per site is replied.
 
+An **estimate** (``query`` with ``estimate``: ``room.estimate_query``) is checked and bounded the same way and goes as
+``query_ask`` frames with ``estimate`` set; each site answers a ``query_answer`` with no values and its
+``estimate`` (what its checks decide; nothing spent); the reply's ``result`` is ``{"estimate": true, "sites": [...]}``.
+No audit record, no secure-aggregation round.
+
 Audit records: ``query_requested`` (id, analyst, query, sites, secure), ``masked_input_received`` (digests only,
 secure), ``query_answered`` (who answered, who refused and why; no values).
 """
@@ -61,10 +66,13 @@ class _OpenQuery:
     refused: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     server: Any = None  # the SecAggServer of a secure query
     ids: dict[str, int] = dataclasses.field(default_factory=dict)
+    estimate: bool = False  # an estimate: the sites' estimates, nothing spent or released
+    estimates: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
     @property
     def waiting(self) -> set[str]:
         done = set(self.refused) | (self.accounted if self.server is not None else set(self.answers))
+        done |= set(self.estimates)
         return set(self.sites) - done
 
 
@@ -140,9 +148,16 @@ class QueryRouter(SecureDriver):
             sites=names,
             classes=classes,
             deadline=now + spec.timeout,
+            estimate=msg.estimate,
         )
         for name in offline:
             q.refused[name] = {"code": "refused", "reason": "offline", "message": f"{name} is not connected"}
+        if msg.estimate:  # the same checks and bounds as the query; no audit record, no secagg round, no values
+            queries[qid] = q
+            for name in names:
+                self._send(self._site_conns[name], m.QueryAsk(query_id=qid, query=spec.to_dict(), estimate=True))
+            log.info("query estimate %s (%s) asked of %s", qid, spec.kind, names)
+            return
         self.audit.append(
             "query_requested", query_id=qid, analyst=c.name, query=spec.to_dict(), sites=names, secure=secure
         )
@@ -203,7 +218,13 @@ class QueryRouter(SecureDriver):
         if not all(math.isfinite(v) for v in (msg.epsilon, msg.ledger_epsilon, msg.delta, *msg.values)):
             raise ProtocolError("query_answer: every value must be a finite number")
         q = self._open_query(c, msg.query_id, "query_answer")
-        if q is None or c.name in q.answers or c.name in q.accounted:
+        if q is None or c.name in q.answers or c.name in q.accounted or c.name in q.estimates:
+            return
+        if q.estimate:  # an estimate's answer: its checked fields only; the site's ledger view is left as it was
+            from fedjax_room.protocol.estimates import _clean
+
+            q.estimates[c.name] = _clean(c.name, msg.estimate)
+            self._query_maybe_done(q, now)
             return
         expected = 0 if q.server is not None else sum(b.size for b in layout(q.spec, classes=max(1, len(q.classes))))
         self.store.update_site_ledger(c.name, {"epsilon": msg.ledger_epsilon})  # what the site says it has spent
@@ -292,7 +313,7 @@ class QueryRouter(SecureDriver):
             if q.server is not None:
                 if name in q.ids:
                     self._query_deliver(q, q.server.drop(q.ids[name], now), now)
-            elif name not in q.answers:
+            elif name not in q.answers and name not in q.estimates:
                 q.refused[name] = {"code": "refused", "reason": "offline", "message": f"{name} disconnected"}
                 self._query_maybe_done(q, now)
 
@@ -327,8 +348,33 @@ class QueryRouter(SecureDriver):
         if q.server is None and not q.waiting:
             self._query_finish(q, now)
 
+    def _query_estimate_reply(self, q: _OpenQuery) -> None:
+        """An estimate's reply: one row per queried site (``fedjax_room.analyst.results.SiteEstimate``)."""
+        rows = []
+        for name in [*q.sites, *(n for n in q.refused if n not in q.sites)]:
+            if name in q.estimates:
+                rows.append(q.estimates[name])
+                continue
+            r = q.refused.get(name, {})
+            status = {"offline": "offline", "timeout": "no_answer"}.get(str(r.get("reason")), "answered")
+            rows.append(
+                {
+                    "site": name,
+                    "status": status,
+                    "accept": False,
+                    "reason": str(r.get("reason", "")),
+                    "message": str(r.get("message", "")),
+                }
+            )
+        result = {"estimate": True, "query_id": q.id, "query": q.spec.to_dict(), "sites": rows}
+        if q.conn in self._conns:
+            self._send(q.conn, m.QueryReply(req=q.req, result=result))
+
     def _query_finish(self, q: _OpenQuery, now: float) -> None:
         if self._queries.pop(q.id, None) is None:
+            return
+        if q.estimate:
+            self._query_estimate_reply(q)
             return
         result: dict[str, Any] = {
             "query_id": q.id,

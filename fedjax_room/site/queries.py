@@ -26,6 +26,9 @@ site's records (training and held-out split together). In order, the way every r
    ``@queries/<id>/query`` (fsynced; ``ComposedDpEvent`` of one ``DiscreteLaplaceDpEvent(epsilon_block, 1)`` per
    block, :func:`query_event`), audited
    (``query_released``), and only then does the answer leave.
+
+An ``estimate`` ask (``room.estimate_query``) runs step 1 only (:meth:`QueryAnswerer.preflight`, the very function
+the answer calls) and composes the event on a copy of the ledger: nothing is spent, stored, read or audited.
 """
 
 from __future__ import annotations
@@ -209,6 +212,17 @@ def _check_map(meas: Any, block: Block) -> None:
 
 # ---------------------------------------------------------------------------------- the answerer
 
+#: The query option to change for each refusal reason (an estimate's ``option``).
+_OPTION = {
+    "query_kind": "kind",
+    "query_epsilon": "epsilon",
+    "query_budget": "epsilon",
+    "epsilon_cap": "epsilon",
+    "secure_aggregation": "secure",
+    "query_size": "bins",
+    "schema": "feature",
+}
+
 
 class QueryAnswerer:
     """Answers the queries of the site ``name`` over ``datasets`` under ``policy``, spending from ``ledger``."""
@@ -243,6 +257,13 @@ class QueryAnswerer:
             raise ProtocolError(f"a query job carries a query ask, not {type(job).__name__}")
         secure = job if isinstance(job, SecureQuery) else None
         ask = job.ask if isinstance(job, SecureQuery) else job
+        if ask.estimate:  # nothing spent, stored or read (the same preflight as the answer below)
+            try:
+                return self.estimate(ask)
+            except Exception as exc:  # a bug or a broken environment: refuse, say so, keep the agent alive
+                log.exception("%s failed to estimate query %s", self.name, ask.query_id)
+                err = RefusedError(f"{self.name} failed: {type(exc).__name__}", party=self.name, reason="site_error")
+                return m.QueryRefuse(query_id=ask.query_id, error=err.to_dict())
         try:
             return self._answer(ask, secure)
         except FedRoomError as exc:
@@ -295,6 +316,47 @@ class QueryAnswerer:
                     raise self._refuse("schema", f"the keys of column {spec.by!r} are numbers, not {key!r}") from None
         return blocks
 
+    def preflight(self, query_id: str, spec: QuerySpec, *, secure: bool) -> tuple[list[Block], Any]:
+        """Every check a query passes before any data is read (policy, schema, replay, the queries' share and the
+        cap): its layout and DP event, or the typed refusal. The real answer and the estimate both call this one
+        function, so they cannot disagree; it spends, stores and reads nothing."""
+        blocks = self.check(spec, secure=secure)
+        if self.ledger.released(query_key(query_id)) is not None:
+            raise self._refuse(
+                "query_replay", f"query {query_id} was answered already; it is never answered again (ask anew)"
+            )
+        event = query_event(blocks)
+        self._check_budget(event, spec)
+        return blocks, event
+
+    def estimate(self, ask: m.QueryAsk) -> m.QueryAnswer:
+        """What this site would do with ``ask`` now (an ``estimate`` ask): :meth:`preflight` only, then the ledger
+        composed with the query's event on a copy. Spends nothing, stores nothing, reads no record, writes no audit
+        record and does not mark the query id answered. The answer carries no values, only ``estimate``: the
+        fields of a run estimate (``accept``, ``epsilon_planned``, ``ledger_epsilon``, ``ledger_after``,
+        ``epsilon_cap``, ``remaining``, ``delta``; a refusal's ``reason``, ``message`` and ``option``)."""
+        cap = float(self.ledger.epsilon_cap)
+        now = float(self.ledger.epsilon())
+        out: dict[str, Any] = {"accept": False, "ledger_epsilon": now, "epsilon_cap": cap, "delta": self.ledger.delta}
+        epsilon = 0.0
+        try:
+            try:
+                spec = QuerySpec.from_dict(ask.query)
+            except ConfigError as exc:
+                raise self._refuse("bad_query", exc.message) from None
+            epsilon = float(spec.epsilon)
+            out["epsilon_planned"] = epsilon
+            _, event = self.preflight(ask.query_id, spec, secure=spec.secure)
+            after = float(self.ledger.epsilon_after(event))
+        except FedRoomError as exc:
+            reason = getattr(exc, "reason", "") or exc.code
+            out.update(reason=reason, message=exc.message, option=_OPTION.get(reason, ""), remaining=cap - now)
+        else:
+            out.update(accept=True, ledger_after=after, remaining=cap - after)
+        return m.QueryAnswer(
+            query_id=ask.query_id, values=[], epsilon=epsilon, ledger_epsilon=now, delta=0.0, estimate=out
+        )
+
     def _answer(self, ask: m.QueryAsk, secure: SecureQuery | None) -> m.QueryAnswer | SecureQueryRelease:
         try:
             spec = QuerySpec.from_dict(ask.query)
@@ -304,14 +366,8 @@ class QueryAnswerer:
             raise self._refuse(
                 "secure_aggregation", "the query was asked secure, but no secure-aggregation round came with it"
             )
-        blocks = self.check(spec, secure=secure is not None)
+        blocks, event = self.preflight(ask.query_id, spec, secure=secure is not None)
         key = query_key(ask.query_id)
-        if self.ledger.released(key) is not None:
-            raise self._refuse(
-                "query_replay", f"query {ask.query_id} was answered already; it is never answered again (ask anew)"
-            )
-        event = query_event(blocks)
-        self._check_budget(event, spec)
         try:
             if secure is None:
                 noised, vector = _opendp_release(spec, self.datasets), None
