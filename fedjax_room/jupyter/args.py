@@ -15,6 +15,7 @@ Commands::
     %room cancel RUN_ID [--reason TEXT]
     %room query KIND [FEATURE] epsilon=E [bins=..] [bounds=lo,hi] [by=.. keys=..] [sites=..] [secure] [--as NAME]
     %%room query [defaults] [--as NAME] [--no-plot]   (cell body: one query per line)
+    %room query ... --estimate   (either form: each site's verdict and ledger after; nothing spent)
     %%room train [--RUN-OPTION VALUE ...] [--as NAME] [--no-dashboard]
 
 ``%%room train`` takes every run option of :class:`~fedjax_room.protocol.config.RunConfig` as a flag
@@ -191,6 +192,8 @@ class QueryArgs:
     var: str = "query"
     plot: bool = True
     name: str = "query"
+    #: ``--estimate``: ``room.estimate_query`` (what each site would do, nothing spent) instead of the query
+    estimate: bool = False
 
 
 Parsed = (
@@ -388,7 +391,7 @@ def _parse_query_args(tokens: list[str], body: str) -> QueryArgs:
     """Split the magic's own flags (``--as NAME``, ``--no-plot``) from the query text and parse the queries."""
     from fedjax_room.analyst.queries import parse_query  # the one grammar of a one-line query (analyst's)
 
-    var, plot, words = "query", True, []
+    var, plot, words, estimate = "query", True, [], False
     it = iter(tokens)
     for token in it:
         if token == "--as":
@@ -397,17 +400,19 @@ def _parse_query_args(tokens: list[str], body: str) -> QueryArgs:
             var = _identifier_or_error(token[len("--as=") :])
         elif token == "--no-plot":
             plot = False
+        elif token == "--estimate":
+            estimate = True
         elif token.startswith("--"):
             raise ConfigError(
                 f"%room query: unknown option {token!r}; query settings are key=value (epsilon=1 bins=0,4,8), "
-                "the magic's own options --as NAME and --no-plot"
+                "the magic's own options --as NAME, --no-plot and --estimate"
             )
         else:
             words.append(token)
     if not body.strip():
         if not words:
             raise ConfigError("%room query needs a query, e.g. `%room query count_by_label epsilon=0.5`")
-        return QueryArgs(queries=(parse_query(" ".join(words)),), var=var, plot=plot)
+        return QueryArgs(queries=(parse_query(" ".join(words)),), var=var, plot=plot, estimate=estimate)
     lines = [line.split("#", 1)[0].strip() for line in body.splitlines()]
     lines = [line for line in lines if line]
     if not lines:
@@ -428,7 +433,7 @@ def _parse_query_args(tokens: list[str], body: str) -> QueryArgs:
             queries.append({**defaults, **parse_query(line)})
         except ConfigError as exc:
             raise type(exc)(f"%%room query, line {number} ({line!r}): {exc}") from None
-    return QueryArgs(queries=tuple(queries), var=var, plot=plot)
+    return QueryArgs(queries=tuple(queries), var=var, plot=plot, estimate=estimate)
 
 
 def _identifier_or_error(text: str) -> str:
@@ -495,7 +500,8 @@ usage: %room query KIND [FEATURE] epsilon=E [options] [--as NAME] [--no-plot]
 A differentially private query over every site's data (or sites=...): each site answers with noise
 it adds itself and records in its privacy ledger (the same cap as training). The result shows the
 total, each site's value (not under secure aggregation), a confidence interval and a plot; it is
-bound to `query` (--as NAME; a cell binds the list of results).
+bound to `query` (--as NAME; a cell binds the list of results). --estimate spends nothing: each site
+says whether it would answer, the epsilon it would spend and its ledger after (room.estimate_query).
 
 kinds: count, count_by_label, histogram FEATURE bins=EDGES, mean FEATURE bounds=LO,HI,
        sum FEATURE bounds=LO,HI, quantiles FEATURE quantiles=Q,.. bounds=LO,HI, missing FEATURE

@@ -332,6 +332,12 @@ class RoomMagics(Magics):
         if cell:
             self._publish(parsed.var, results)
         for keywords in parsed.queries:
+            if parsed.estimate:  # --estimate: each site's verdict and ledger after, nothing spent
+                report = room.estimate_query(**keywords)
+                results.append(Table(records(report), "estimate", source=report))
+                if cell:
+                    display(results[-1])
+                continue
             result = room.query(**keywords)
             results.append(result)
             if cell:
