@@ -41,7 +41,13 @@ def test_ensure_kernel_spec_installs_it_once_where_jupyter_finds_it(tmp_path, mo
 
     monkeypatch.setenv("JUPYTER_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "data"))
-    monkeypatch.setattr(sys, "prefix", str(tmp_path / "prefix"))  # no environment-wide kernels either
+    # no environment-wide kernels either (a fresh `pip install` puts the Clean Room kernel in sys.prefix: jupyter_core
+    # read that path at import, so patching sys.prefix alone does not hide it)
+    import jupyter_core.paths
+
+    monkeypatch.setattr(sys, "prefix", str(tmp_path / "prefix"))
+    monkeypatch.setattr(jupyter_core.paths, "ENV_JUPYTER_PATH", [str(tmp_path / "prefix" / "share" / "jupyter")])
+    monkeypatch.setattr(jupyter_core.paths, "SYSTEM_JUPYTER_PATH", [str(tmp_path / "system")])
     monkeypatch.setattr(site, "ENABLE_USER_SITE", False)  # nor the user site's (~/.local/share/jupyter)
     assert KERNEL_NAME not in KernelSpecManager().find_kernel_specs()
     installed = ensure_kernel_spec()
@@ -117,8 +123,13 @@ def test_a_kernel_started_from_the_spec_has_the_magics(tmp_path, monkeypatch):
         # every notebook starts with %load_ext fedjax_room (to run on a plain kernel too): silent here
         reply = client.execute_interactive("%load_ext fedjax_room", timeout=60, output_hook=hook)
         assert reply["content"]["status"] == "ok" and outputs == []
-        # and the kernel's extension made the Clean Room kernel available to this user's Jupyter
-        assert (tmp_path / "data" / "kernels" / KERNEL_NAME / "kernel.json").exists()
+        # and the Clean Room kernel is available to this user's Jupyter: where `pip install` put it (the wheel's
+        # shared data, in sys.prefix), or else installed by the kernel's first %load_ext into JUPYTER_DATA_DIR
+        outputs.clear()
+        code = "from jupyter_client.kernelspec import KernelSpecManager as K; print(sorted(K().find_kernel_specs()))"
+        reply = client.execute_interactive(code, timeout=60, output_hook=hook)
+        assert reply["content"]["status"] == "ok" and KERNEL_NAME in "".join(outputs), outputs
+        outputs.clear()
         reply = client.execute_interactive("%room --help", timeout=60, output_hook=hook)
         assert reply["content"]["status"] == "ok", outputs
         text = "".join(outputs)
