@@ -91,11 +91,12 @@ async def serve_coordinator(
     server = MachineServer(machine, host=host, port=port, ssl_context=ssl_ctx, max_frame=max_frame, insecure=insecure)
     url = await server.start()
     threading.Thread(target=_warm_up, name="warm-up", daemon=True).start()
+    # the stop signals first: whoever sees coordinator.url may SIGTERM at once, and must get a clean stop
+    stop = stop or asyncio.Event()
+    install_stop_signals(stop)
     atomic_write(state / "coordinator.url", url.encode())
     log.info("room %s listening on %s (state in %s)", store.room_id, url, state)
     print(f"fedjax-room coordinator: room {store.room_id} listening on {url}", flush=True)
-    stop = stop or asyncio.Event()
-    install_stop_signals(stop)
     try:
         await stop.wait()
     finally:
