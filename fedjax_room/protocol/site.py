@@ -183,28 +183,25 @@ class SiteMachine:
         from fedjax_room.protocol.secure import SecureRelease
 
         if isinstance(result, SecureQueryRelease):  # the accounting answer, then the vector, masked
-            sent_answer: list[Action] = [Send(0, m.encode(result.answer))]
             query = self.secagg.get((result.answer.query_id, QUERY_ROUND))
-            if query is None:
-                return sent_answer
-            try:
-                masked = query[1].set_input(result.vector)
-            except FedRoomError as exc:
-                log.warning("secure query: cannot give the input: %s: %s", exc.code, exc.message)
-                return sent_answer
-            return sent_answer + self._wrap(query[0], masked)
+            return self._masked(result.answer, query, result.vector, "secure query")
         if isinstance(result, SecureRelease):
-            out: list[Action] = [Send(0, m.encode(result.update))]
             joined = self._sessions(result.phase).get((result.update.run_id, result.update.round))
-            if joined is None:
-                return out
-            try:
-                sent = joined[1].set_input(result.vector)
-            except FedRoomError as exc:
-                log.warning("secure aggregation: cannot give the input: %s: %s", exc.code, exc.message)
-                return out
-            return out + self._wrap(joined[0], sent)
+            return self._masked(result.update, joined, result.vector, "secure aggregation")
         return [Send(0, m.encode(result))]
+
+    def _masked(self, frame: m.Message, joined: Any, vector: Any, what: str) -> list[Action]:
+        """``frame`` (the accounting), then ``vector`` as this site's masked input of the session ``joined`` (none:
+        the frame alone; an input the session refuses is logged and only the frame goes)."""
+        out: list[Action] = [Send(0, m.encode(frame))]
+        if joined is None:
+            return out
+        try:
+            sent = joined[1].set_input(vector)
+        except FedRoomError as exc:
+            log.warning("%s: cannot give the input: %s: %s", what, exc.code, exc.message)
+            return out
+        return out + self._wrap(joined[0], sent)
 
     # ------------------------------------------------------------------ secure aggregation
 

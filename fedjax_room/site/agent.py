@@ -65,7 +65,7 @@ from fedjax_room.protocol.config import RunConfig
 from fedjax_room.protocol.secure import SecureEval, SecureRelease, SecureTrain
 from fedjax_room.site.approval import Inbox, await_approval
 from fedjax_room.site.estimate import check_offer, estimate_answer, session_trials
-from fedjax_room.site.evaluate import metrics_message, noised_vector, ring_vector
+from fedjax_room.site.evaluate import metrics_frame, metrics_message, noised_vector, ring_vector
 from fedjax_room.site.ledger import Ledger
 from fedjax_room.site.plan import Plan
 from fedjax_room.site.policy import Policy
@@ -530,17 +530,7 @@ class SiteAgent:
             if secure is not None:
                 raise StateError(f"{self.name}: evaluation {msg.run_id}/{msg.round} was stored for a plain round")
             count, correct, loss_sum = (float(v) for v in content["metrics"])
-            return m.Metrics(
-                run_id=msg.run_id,
-                round=msg.round,
-                count=count,
-                correct=correct,
-                loss_sum=loss_sum,
-                epsilon=run_eps,
-                ledger_epsilon=total,
-                delta=config.delta,
-                site_epsilon=site_eps,
-            )
+            return metrics_frame(msg, (count, correct, loss_sum), run_eps, total, config.delta, site_eps)
         vector = [int(v) for v in content["vector"]]
         if bool(content.get("secure")) != (secure is not None) or min_clients < int(content.get("min_clients", 1)):
             raise StateError(

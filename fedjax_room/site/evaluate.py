@@ -27,7 +27,7 @@ from fedjax_room.protocol import evaluation as ev
 from fedjax_room.protocol import messages as m
 from fedjax_room.site.plan import LOSS_CLIP
 
-__all__ = ["eval_fn", "metrics_message", "metrics_values", "noised_vector", "ring_vector", "skellam"]
+__all__ = ["eval_fn", "metrics_frame", "metrics_message", "metrics_values", "noised_vector", "ring_vector", "skellam"]
 
 #: Records evaluated per jitted call.
 CHUNK = 1024
@@ -107,7 +107,20 @@ def metrics_message(
 ) -> m.Metrics:
     """The ``metrics`` frame of a (stored) noised evaluation: the counts and what the site has spent. Under secure
     aggregation (``noised`` None) it carries only the accounting: the counts travel masked, summed."""
-    count, correct, loss_sum = metrics_values(noised) if noised is not None else (0.0, 0.0, 0.0)
+    values = metrics_values(noised) if noised is not None else (0.0, 0.0, 0.0)
+    return metrics_frame(msg, values, run_eps, total, delta, site_eps)
+
+
+def metrics_frame(
+    msg: m.RoundStart,
+    values: tuple[float, float, float],
+    run_eps: float,
+    total: float,
+    delta: float,
+    site_eps: float | None = None,
+) -> m.Metrics:
+    """The ``metrics`` frame carrying ``(count, correct, loss_sum)`` and what the site has spent."""
+    count, correct, loss_sum = values
     return m.Metrics(
         run_id=msg.run_id,
         round=msg.round,
