@@ -72,7 +72,7 @@ from fedjax_room.dp.accounting import INTEGER_RDP_ORDERS, Accountant
 from fedjax_room.errors import ConfigError, PrivacyError
 from fedjax_room.secagg.encoding import check_modulus_bits, from_signed, to_signed
 
-__all__ = ["CERTIFIED_ACCOUNTANT", "SkellamMechanism", "clip_update", "site_level_event"]
+__all__ = ["CERTIFIED_ACCOUNTANT", "SkellamMechanism", "clip_update", "site_level_event", "skellam_draws"]
 
 _TAIL = 10.0  # noise headroom in standard deviations: P(|N| > 10 sd) < 2e-23 per coordinate
 _MAX_LAMBDA = 2.0**40  # keep each Poisson mean where float64 sampling is exact to well below 1
@@ -108,6 +108,13 @@ def site_level_event(noise_multiplier: float, rounds: int, sampling_rate: float 
     if sampling_rate < 1:
         event = dp_accounting.PoissonSampledDpEvent(sampling_rate, event)
     return dp_accounting.SelfComposedDpEvent(event, rounds)
+
+
+def skellam_draws(variance: float, shape: int | tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    """Skellam noise of ``variance`` per value (``Poisson(v/2) - Poisson(v/2)``, int64): a sum of independent draws
+    is again Skellam, so shares added by several parties sum to the noise they were split from."""
+    lam = variance / 2
+    return rng.poisson(lam, shape).astype(np.int64) - rng.poisson(lam, shape).astype(np.int64)
 
 
 @dataclass(frozen=True)
@@ -214,8 +221,7 @@ class SkellamMechanism:
         low = np.floor(y)
         q = low.astype(np.int64) + (rng.random(y.shape) < (y - low))
         if self.site_variance > 0:
-            lam = self.site_variance / 2
-            q += rng.poisson(lam, y.shape).astype(np.int64) - rng.poisson(lam, y.shape).astype(np.int64)
+            q += skellam_draws(self.site_variance, y.shape, rng)
         return from_signed(q, self.modulus_bits)
 
     def decode(self, total: np.ndarray) -> np.ndarray:

@@ -66,7 +66,9 @@ def skellam(variance: float, size: int, rng: np.random.Generator) -> np.ndarray:
     lam = float(variance) / 2.0
     if not (math.isfinite(lam) and lam >= 0):
         raise StateError(f"evaluation noise variance must be finite and non-negative, got {variance!r}")
-    return rng.poisson(lam, size).astype(np.int64) - rng.poisson(lam, size).astype(np.int64)
+    from fedjax_room.secagg.ddp import skellam_draws
+
+    return skellam_draws(float(variance), size, rng)
 
 
 def noised_vector(spec: ModelSpec, params: Any, heldout: Dataset, *, seed: int, variance: float) -> list[int]:
