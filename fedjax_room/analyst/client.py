@@ -420,23 +420,27 @@ class Room:
         space: Mapping[str, Any],
         *,
         trials: int,
+        shape: float = 1.0,
         metric: str = "accuracy",
         seed: int | None = None,
         timeout: float | None = None,
         **options: Any,
     ) -> Any:
-        """Hyperparameter tuning: ``trials`` runs of configurations drawn from ``space``, only the best released.
+        """Hyperparameter tuning: a random number of trials (mean ``trials``), each a configuration drawn from
+        ``space``, only the best released.
 
-        ``space`` maps run options to a list of values (a grid) or a ``(low, high)`` range (drawn log-uniformly
-        for rates and norms, uniformly otherwise); ``options`` are fixed for every trial. Every site is told the
-        tuning session and its number of trials up front (``tune_session``, ``tune_trials``): it checks the
-        session's whole cost against its cap before the first trial and takes part in at most ``trials`` of them.
-        Returns a :class:`~fedjax_room.analyst.tune.TuneResult` with the best trial's configuration, run and
-        metric; the other trials' models and metrics are not shown. See :mod:`fedjax_room.analyst.tune`.
+        ``space`` maps run options to a list of values (drawn uniformly) or a ``(low, high)`` range (drawn
+        log-uniformly for rates and norms, uniformly otherwise); ``options`` are fixed for every trial. The
+        number of trials follows Papernot & Steinke's truncated negative binomial distribution of mean ``trials``
+        and ``shape`` (1, the default: geometric) and is drawn by the coordinator, not here; every site bounds it
+        and accounts the session as its policy says (``tuning_selection``: one private-selection charge for the
+        best trial, checked against its cap at the first trial, or every trial composed). Returns a
+        :class:`~fedjax_room.analyst.tune.TuneResult` with the best trial's configuration, run and metric. See
+        :mod:`fedjax_room.analyst.tune` and docs/privacy.md, "Hyperparameter tuning".
         """
         from fedjax_room.analyst.tune import tune
 
-        return tune(self, spec, space, trials=trials, metric=metric, seed=seed, timeout=timeout, **options)
+        return tune(self, spec, space, trials=trials, shape=shape, metric=metric, seed=seed, timeout=timeout, **options)
 
     def run(self, run_id: str) -> Run:
         """Follow an existing run (yours or another analyst's)."""

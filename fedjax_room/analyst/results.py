@@ -350,7 +350,9 @@ class SiteEstimate:
     ``accept``: its policy and ledger would take the run now (``approval`` ``"waits"``: after its data owner
     approves the model); ``epsilon_planned``: the run's epsilon it plans (at the run's delta); ``ledger_epsilon``
     / ``ledger_after``: its composed ledger now and after the run (at its own delta); ``remaining``: cap minus
-    spent. A refusal has ``reason`` (the rule), ``message`` and ``option`` (what to change)."""
+    spent. A refusal has ``reason`` (the rule), ``message`` and ``option`` (what to change). For a trial of a
+    tuning session: ``tune_k_max`` (the most trials of it the site takes part in) and, where the site accounts the
+    session by private selection, ``tune_epsilon`` / ``tune_delta`` (its one charge for the whole session)."""
 
     site: str
     status: str
@@ -369,6 +371,9 @@ class SiteEstimate:
     option: str = ""
     #: a fixed-noise run it accepts but would stop at the round that passes its cap (``ledger_after`` > cap)
     cut_short: bool = False
+    tune_epsilon: float | None = None
+    tune_delta: float | None = None
+    tune_k_max: int | None = None
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> SiteEstimate:
@@ -394,6 +399,9 @@ class SiteEstimate:
             message=str(d.get("message", "")),
             option=str(d.get("option", "")),
             cut_short=d.get("cut_short") is True,
+            tune_epsilon=num("tune_epsilon"),
+            tune_delta=num("tune_delta"),
+            tune_k_max=d["tune_k_max"] if isinstance(d.get("tune_k_max"), int) else None,
         )
 
     @property
@@ -411,6 +419,12 @@ class SiteEstimate:
                 f"planned epsilon {self.epsilon_planned:.3g} against {self.remaining:.3g} remaining of its cap "
                 f"{self.epsilon_cap or 0.0:g}"
             )
+            if self.tune_epsilon is not None:
+                detail = (
+                    f"the tuning session's private-selection charge, epsilon {self.tune_epsilon:.3g} for the whole "
+                    f"session (Papernot & Steinke), against {self.remaining:.3g} remaining of its cap "
+                    f"{self.epsilon_cap or 0.0:g}"
+                )
             if self.ledger_after is not None:
                 detail += f" (composed, its ledger would reach {self.ledger_after:.3g})"
         tail = f"; change {self.option}" if self.option else ""

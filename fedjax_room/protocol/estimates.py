@@ -46,8 +46,10 @@ _NUMBERS = (
     "epsilon_cap",
     "remaining",
     "delta",
+    "tune_epsilon",
+    "tune_delta",
 )
-_INTS = ("min_sites", "tune_trials_left")
+_INTS = ("min_sites", "tune_trials_left", "tune_k_max")
 _WORDS = ("reason", "option", "approval")
 _MAX_MESSAGE = 1000
 

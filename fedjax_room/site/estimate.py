@@ -148,9 +148,10 @@ def estimate_answer(
 
 def session_trials(runs_root: Path, config: RunConfig, *, besides: str, name: str = "site") -> int:
     """How many runs of ``config``'s tuning session this site accepted (``STATE/runs``), run ``besides`` left out
-    (0 outside tuning). A session keeps the number of trials it was declared with: a trial that declares another
-    count is refused (``tune_trials``), so an analyst cannot pass the first trial's whole-session check with a small
-    count and then raise it."""
+    (0 outside tuning). A session keeps the mean number of trials it was declared with: a trial that declares
+    another is refused (``tune_trials``), so an analyst cannot pass the first trial's check with a small mean and
+    then raise it (the ledger's record of the session, :meth:`~fedjax_room.site.spending.Spending.session_record`,
+    checks the mean, shape and delta again)."""
     session = config.tune_session
     if session is None or not runs_root.is_dir():
         return 0
@@ -166,8 +167,8 @@ def session_trials(runs_root: Path, config: RunConfig, *, besides: str, name: st
             continue
         if other.get("tune_trials") != config.tune_trials:
             raise PolicyViolation(
-                f"{name}: tuning session {session} was declared with {other.get('tune_trials')} trials, not "
-                f"{config.tune_trials}; a session keeps its number of trials (start a new room.tune)",
+                f"{name}: tuning session {session} was declared with a mean of {other.get('tune_trials')} trials, "
+                f"not {config.tune_trials}; a session keeps its mean (start a new room.tune)",
                 party=name,
                 reason="tune_trials",
             )

@@ -11,6 +11,15 @@ A site keeps two ledgers: the sample-level one (``kind="pld"``, add/remove one r
 distributed-DP runs, a site-level one (``kind="rdp_integer"``, the whole site's data zeroed out), whose
 epsilon is a certified bound of the Skellam releases and of the site's evaluation releases in those runs
 (see :mod:`fedjax_room.secagg.ddp` and :func:`fedjax_room.site.plan.site_eval_event`).
+
+A sample-level ledger also holds the **tuning sessions** the site took part in (``sessions``, docs/privacy.md,
+"Hyperparameter tuning"): per session, the distribution of its random number of trials, the bound ``k_max`` on
+them, the runs admitted as its trials and, for a session accounted by private selection, its one charge, an
+``(epsilon, delta)`` pair from Papernot & Steinke's bound (:func:`fedjax_room.dp.selection.selection_bound`).
+That charge is composed with the ledger's events as the privacy-loss distribution of an ``(epsilon, delta)``-DP
+mechanism (``dp_accounting.pld`` ``from_privacy_parameters``: the worst case of every such mechanism, so the
+composition is a valid bound), and is written in the same atomic rewrite that admits the session's first trial:
+a session is charged once, and a crash leaves it either uncharged and unadmitted or both.
 """
 
 from __future__ import annotations
@@ -23,13 +32,38 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from fedjax_room.dp.accounting import Accountant, event_to_dict
+from fedjax_room.dp.accounting import PLD_VALUE_DISCRETIZATION, Accountant, event_to_dict
 from fedjax_room.errors import BudgetExceededError, StateError
 from fedjax_room.files import atomic_write
 
 __all__ = ["Ledger", "check_against_audit"]
 
 _VERSION = 1
+
+
+def _charge_pld(epsilon: float, delta: float) -> Any:
+    from dp_accounting import pld
+
+    params = pld.common.DifferentialPrivacyParameters(epsilon, delta)
+    return pld.privacy_loss_distribution.from_privacy_parameters(
+        params, value_discretization_interval=PLD_VALUE_DISCRETIZATION
+    )
+
+
+def _composed_epsilon(acc: Accountant, charges: list[tuple[float, float]], delta: float) -> float:
+    """Epsilon at ``delta`` of ``acc``'s events composed with the ``(epsilon, delta)`` charges (PLD composition)."""
+    if not charges:
+        return acc.epsilon(delta)
+    if acc.kind != "pld":
+        raise StateError(f"a {acc.kind} ledger holds no private-selection charge")
+    if math.isinf(acc.epsilon(delta)):
+        return math.inf
+    total = _charge_pld(*charges[0])
+    for charge in charges[1:]:
+        total = total.compose(_charge_pld(*charge))
+    if len(acc):
+        total = acc._accountant._pld.compose(total)  # the events' composed PLD (dp_accounting.pld.PLDAccountant)
+    return float(total.get_epsilon_for_delta(delta))
 
 
 class Ledger:
@@ -45,6 +79,8 @@ class Ledger:
         self._releases: dict[str, dict[str, Any]] = {}
         self._runs: dict[str, Accountant] = {}
         self._total: float | None = 0.0
+        #: tuning sessions (str(session id) -> record; see the module docstring)
+        self._sessions: dict[str, dict[str, Any]] = {}
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, epsilon_cap: float, delta: float, kind: str = "pld") -> Ledger:
@@ -60,6 +96,7 @@ class Ledger:
                 ledger._acc = Accountant.from_dict({**dict(data["accountant"]), "kind": kind})
                 ledger._tags = [str(t) for t in data["tags"]]
                 ledger._releases = dict(data["releases"])
+                ledger._sessions = {str(k): dict(v) for k, v in dict(data.get("sessions") or {}).items()}
                 if len(ledger._tags) != len(ledger._acc):
                     raise ValueError("tags and events differ in length")
             except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -76,9 +113,18 @@ class Ledger:
         """Total epsilon spent (all runs) at ``delta`` (default: the site's delta cap)."""
         if delta is None or delta == self.delta:
             if self._total is None:
-                self._total = self._acc.epsilon(self.delta)
+                self._total = _composed_epsilon(self._acc, self._charges(), self.delta)
             return self._total
-        return self._acc.epsilon(delta)
+        return _composed_epsilon(self._acc, self._charges(), delta)
+
+    def _charges(self, extra: tuple[float, float] | None = None) -> list[tuple[float, float]]:
+        """The ``(epsilon, delta)`` charges of the private-selection sessions (and ``extra``, a charge not made)."""
+        out = [
+            (float(r["charge"]["epsilon"]), float(r["charge"]["delta"]))
+            for r in self._sessions.values()
+            if r.get("charge") is not None
+        ]
+        return out if extra is None else [*out, extra]
 
     def run_epsilon(self, run_id: str, delta: float) -> float:
         """Epsilon spent by one run at ``delta``."""
@@ -96,13 +142,57 @@ class Ledger:
 
     def would_exceed(self, event: Any) -> bool:
         """Whether composing ``event`` would take the total past the cap (nothing is spent)."""
-        return self._acc.would_exceed(event, epsilon_cap=self.epsilon_cap, delta=self.delta)
+        return self.epsilon_after(event) > self.epsilon_cap
 
     def epsilon_after(self, event: Any) -> float:
         """The total epsilon at the site's delta cap if ``event`` were composed now (nothing is spent or written)."""
         trial = copy.deepcopy(self._acc)
         trial.compose(event)
-        return float(trial.epsilon(self.delta))
+        return float(_composed_epsilon(trial, self._charges(), self.delta))
+
+    def epsilon_after_charge(self, epsilon: float, delta: float) -> float:
+        """The total epsilon at the site's delta cap if an ``(epsilon, delta)`` charge were composed now."""
+        return float(_composed_epsilon(self._acc, self._charges((epsilon, delta)), self.delta))
+
+    def session(self, session: int) -> dict[str, Any] | None:
+        """The record of tuning session ``session`` (a copy), or None if this site took no part in it."""
+        record = self._sessions.get(str(session))
+        return None if record is None else copy.deepcopy(record)
+
+    def session_of(self, run_id: str) -> dict[str, Any] | None:
+        """The record of the tuning session run ``run_id`` was admitted to as a trial, if any (a copy)."""
+        for record in self._sessions.values():
+            if run_id in record.get("runs", ()):
+                return copy.deepcopy(record)
+        return None
+
+    def admit(self, session: int, run_id: str, record: dict[str, Any] | None = None) -> None:
+        """Admit run ``run_id`` as a trial of ``session`` and persist; the session's first trial gives its
+        ``record`` (with its ``charge``, if any, which is composed in the same write; :class:`BudgetExceededError`,
+        nothing written, if it would pass the cap). A run admitted already is left as it is."""
+        key = str(session)
+        sessions = copy.deepcopy(self._sessions)
+        if key in sessions:
+            if run_id in sessions[key]["runs"]:
+                return
+            sessions[key]["runs"].append(run_id)
+        else:
+            if record is None:
+                raise StateError(f"tuning session {session} has no record on this site yet")
+            sessions[key] = {**copy.deepcopy(record), "runs": [run_id]}
+        charges = [
+            (float(r["charge"]["epsilon"]), float(r["charge"]["delta"]))
+            for r in sessions.values()
+            if r.get("charge") is not None
+        ]
+        total = _composed_epsilon(self._acc, charges, self.delta)
+        if key not in self._sessions and total > self.epsilon_cap:
+            raise BudgetExceededError(
+                f"tuning session {session} would take this site's epsilon to {total:.4g}, past its cap "
+                f"{self.epsilon_cap:g}"
+            )
+        self._write(self._acc, self._tags, self._releases, sessions)
+        self._sessions, self._total = sessions, total
 
     def run_epsilons(self) -> dict[str, float]:
         """Each run's own epsilon at the site's delta cap (its events composed alone), oldest run first."""
@@ -145,7 +235,7 @@ class Ledger:
         run_id = key.split("/", 1)[0]
         trial = copy.deepcopy(self._acc)
         trial.compose(event)
-        total = trial.epsilon(self.delta)
+        total = _composed_epsilon(trial, self._charges(), self.delta)
         if total > self.epsilon_cap:
             raise BudgetExceededError(
                 f"release {key} would take this site's epsilon to {total:.4g}, past its cap {self.epsilon_cap:g}"
@@ -155,11 +245,18 @@ class Ledger:
         run_eps = run_acc.epsilon(run_delta)
         releases = {**self._releases, key: {**record, "epsilon": run_eps, "ledger_epsilon": total}}
         tags = [*self._tags, key]
-        data = {"version": _VERSION, "accountant": trial.to_dict(), "tags": tags, "releases": releases}
-        atomic_write(self.path, json.dumps(data, sort_keys=True, indent=1).encode())
+        self._write(trial, tags, releases, self._sessions)
         self._acc, self._tags, self._releases, self._total = trial, tags, releases, total
         self._runs[run_id] = run_acc
         return run_eps, total
+
+    def _write(
+        self, acc: Accountant, tags: list[str], releases: dict[str, Any], sessions: dict[str, dict[str, Any]]
+    ) -> None:
+        data: dict[str, Any] = {"version": _VERSION, "accountant": acc.to_dict(), "tags": tags, "releases": releases}
+        if sessions:
+            data["sessions"] = sessions
+        atomic_write(self.path, json.dumps(data, sort_keys=True, indent=1).encode())
 
     @staticmethod
     def event_dict(event: Any) -> dict[str, Any]:

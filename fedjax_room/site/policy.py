@@ -14,6 +14,7 @@ Example ``policy.toml``::
     approved_models = []         # spec hashes this site runs without asking (ModelSpec.hash)
     declared_train_records = 4000   # optional, with the next: the PUBLIC sizes the site plans with
     declared_heldout_records = 1000 # (else it releases one DP count of its sizes at first start)
+    tuning_selection = "compose" # or "private": how a room.tune session is accounted (below)
 
     [queries]                    # DP exploration queries (fedjax_room.site.queries); left out: none answered
     allowed = ["count", "count_by_label", "histogram", "mean", "sum", "quantiles", "missing"]
@@ -32,6 +33,12 @@ policies) is refused. Simulated attacker sites are not a policy setting: they ar
 ``min_sites``, ``schema``) and a message saying what would be accepted. The budget check
 (``epsilon_cap``, and ``site_epsilon_cap`` for the site-level ledger of distributed-DP runs; no
 cap when it is left out) needs the ledgers and lives in :mod:`fedjax_room.site.agent`.
+
+``tuning_selection`` says how this site accounts a tuning session (``room.tune``; docs/privacy.md, "Hyperparameter
+tuning"): ``"compose"`` (the default) composes every trial's releases, a guarantee that holds against everyone,
+the coordinator included; ``"private"`` charges the session once with Papernot & Steinke's private-selection bound
+for releasing only its best trial, which holds only if nobody outside the coordinator sees the other trials or
+their number (the coordinator is trusted not to reveal them, and to draw the number of trials at random).
 
 ``declared_train_records`` / ``declared_heldout_records`` (both or neither) are sizes the data owner
 declares public. The site's sampling rate, noise, FedAvg weight and published record count come from
@@ -160,6 +167,9 @@ class Policy:
     declared_train_records: int | None = None
     #: public held-out size (with declared_train_records): the most held-out records evaluated
     declared_heldout_records: int | None = None
+    #: how a tuning session (room.tune) is accounted: "compose" (every trial) or "private" (one private-selection
+    #: charge for the best trial, trusting the coordinator to show no other trial)
+    tuning_selection: str = "compose"
     #: the ``[queries]`` table: DP exploration queries this site answers (none by default)
     queries: QueryPolicy = dataclasses.field(default_factory=QueryPolicy)
 
@@ -217,6 +227,10 @@ class Policy:
         secure = d["require_secure_aggregation"]
         if not isinstance(secure, bool):
             raise PolicyError(f"{where}: require_secure_aggregation must be true or false")
+        if d["tuning_selection"] not in ("private", "compose"):
+            raise PolicyError(
+                f'{where}: tuning_selection must be "private" or "compose", got {d["tuning_selection"]!r}'
+            )
         if d["approval"] not in ("auto", "manual"):
             raise PolicyError(f'{where}: approval must be "auto" or "manual", got {d["approval"]!r}')
         approved = d["approved_models"]
@@ -228,6 +242,7 @@ class Policy:
             raise PolicyError(f"{where}: approved_models must list spec hashes (64 hex digits), got {approved!r}")
         return cls(
             approval=d["approval"],
+            tuning_selection=d["tuning_selection"],
             approved_models=tuple(approved),
             epsilon_cap=number("epsilon_cap"),
             site_epsilon_cap=None if d["site_epsilon_cap"] is None else number("site_epsilon_cap"),

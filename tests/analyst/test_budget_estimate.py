@@ -82,11 +82,12 @@ def test_a_run_another_site_can_carry_or_an_unknown_site_might_is_not_refused_up
     assert silent.can_start  # site-c may still accept: only the room can tell
 
 
-def test_tuning_draws_from_a_grid_without_repeats_and_from_ranges_within_them():
-    grid = draw_configs({"learning_rate": [0.1, 0.3], "clip_norm": [0.5, 1.0]}, 3, seed=1)
-    assert len({tuple(sorted(c.items())) for c in grid}) == 3
-    with pytest.raises(ConfigError, match="at most trials=4"):
-        draw_configs({"learning_rate": [0.1, 0.3], "clip_norm": [0.5, 1.0]}, 5, seed=1)
+def test_tuning_draws_every_trial_independently_from_lists_and_within_ranges():
+    """Private selection assumes independent, identically distributed trials: a list is drawn from with replacement
+    (so a space of 4 points gives 40 trials), each value about equally often."""
+    grid = draw_configs({"learning_rate": [0.1, 0.3], "clip_norm": [0.5, 1.0]}, 400, seed=1)
+    points = [tuple(sorted(c.items())) for c in grid]
+    assert len(set(points)) == 4 and all(60 < points.count(p) < 140 for p in set(points))
     drawn = draw_configs({"learning_rate": (0.01, 1.0), "local_steps": (2, 5)}, 8, seed=2)
     assert all(0.01 <= c["learning_rate"] <= 1.0 and c["local_steps"] in range(2, 6) for c in drawn)
     assert draw_configs({"learning_rate": (0.01, 1.0)}, 4, seed=3) == draw_configs(
@@ -104,3 +105,24 @@ def test_the_run_dashboard_shows_the_budgets_composition_line():
     dashboard.set_budget(report)
     assert dashboard.epsilon_cap == {"site-a": 10.0, "site-b": 10.0}
     assert report.notes[0].replace("'", "&#x27;") in dashboard.to_html()
+
+
+def test_a_refused_tuning_session_shows_its_private_selection_charge():
+    row = {
+        "site": "site-b",
+        "status": "answered",
+        "accept": False,
+        "reason": "epsilon_cap",
+        "option": "target_epsilon",
+        "epsilon_planned": 0.99,
+        "remaining": 1.5,
+        "epsilon_cap": 1.5,
+        "ledger_after": 2.41,
+        "tune_epsilon": 2.41,
+        "tune_delta": 5.3e-6,
+        "tune_k_max": 60,
+    }
+    b = EstimateReport.from_list([row])["site-b"]
+    assert b.tune_epsilon == 2.41 and b.tune_k_max == 60
+    line = b.explain()
+    assert "private-selection charge, epsilon 2.41 for the whole session" in line and "1.5 remaining" in line

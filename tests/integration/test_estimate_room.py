@@ -89,7 +89,7 @@ def test_estimate_then_spend_then_a_refusal_up_front_then_the_budgets_compositio
     assert f"{a.sum_of_runs:.4g}" in note and f"{a.epsilon_spent:.4g}" in note and "tighter than the sum" in note
 
 
-def test_tune_releases_only_the_best_trial_and_every_trial_is_in_the_ledger(room):
+def test_tune_returns_the_best_trial_and_every_trial_is_composed_in_the_ledger(room):
     er, client = room
     before = _ledger(er, "site-a")
     known = set(before.run_epsilons())
@@ -103,5 +103,9 @@ def test_tune_releases_only_the_best_trial_and_every_trial_is_in_the_ledger(room
     )
     assert result.trials == 2 and result.config["learning_rate"] in (0.2, 1.0) and result.value is not None
     assert result.run.status == "finished" and result.run.config["tune_session"] == result.session
-    trial_runs = set(_ledger(er, "site-a").run_epsilons()) - known
-    assert result.run.id in trial_runs and len(trial_runs) == 2  # both trials composed into site-a's ledger
+    after = _ledger(er, "site-a")
+    trial_runs = set(after.run_epsilons()) - known
+    # the coordinator drew the number of trials (geometric, mean 2); the default policy composes every one of them
+    session = after.session(result.session)
+    assert session["mode"] == "compose" and session["charge"] is None and set(session["runs"]) == trial_runs
+    assert result.run.id in trial_runs and all(after.run_epsilons()[r] > 0 for r in trial_runs)

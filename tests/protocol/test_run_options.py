@@ -23,6 +23,7 @@ _WITH = {
     "noise_multiplier": {"target_epsilon": None},
     "tune_session": {"tune_trials": 2},  # a tuning session is declared with its number of trials
     "tune_trials": {"tune_session": 1},
+    "tune_shape": {"tune_session": 1, "tune_trials": 2},
 }
 
 
@@ -56,7 +57,7 @@ def test_the_schemas_bounds_are_what_from_dict_enforces(option):
             RunConfig.from_dict({**base, option.name: low})
     else:
         assert getattr(RunConfig.from_dict({**base, option.name: low}), option.name) == low
-        under = low - 1 if option.type == "int" else low * 0.99
+        under = low - 1 if option.type == "int" else (low * 0.99 if low > 0 else low - 0.01)
         with pytest.raises(ConfigError, match=option.name):
             RunConfig.from_dict({**base, option.name: under})
 
