@@ -39,6 +39,9 @@ from fedjax_room.files import atomic_write
 __all__ = ["Ledger", "check_against_audit"]
 
 _VERSION = 1
+#: the version of a ledger that holds tuning sessions: a site of an older version refuses to read it (StateError)
+#: rather than read its events alone and forget the sessions' charges
+_VERSION_SESSIONS = 2
 
 
 def _charge_pld(epsilon: float, delta: float) -> Any:
@@ -89,7 +92,7 @@ class Ledger:
         if ledger.path.exists():
             try:
                 data = json.loads(ledger.path.read_text())
-                if data.get("version") != _VERSION:
+                if data.get("version") not in (_VERSION, _VERSION_SESSIONS):
                     raise ValueError(f"version {data.get('version')!r}")
                 # events are the record; the kind is the ledger's (a site-level ledger written by an older
                 # version as "pld" is recomposed as "rdp_integer", the only certified one for Skellam noise)
@@ -255,7 +258,7 @@ class Ledger:
     ) -> None:
         data: dict[str, Any] = {"version": _VERSION, "accountant": acc.to_dict(), "tags": tags, "releases": releases}
         if sessions:
-            data["sessions"] = sessions
+            data["version"], data["sessions"] = _VERSION_SESSIONS, sessions
         atomic_write(self.path, json.dumps(data, sort_keys=True, indent=1).encode())
 
     @staticmethod

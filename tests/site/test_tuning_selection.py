@@ -6,6 +6,7 @@ refused: more trials than ``k_max``, the session id again with another mean or s
 
 from __future__ import annotations
 
+import json
 import math
 
 import dp_accounting as dpa
@@ -91,6 +92,8 @@ def test_the_ledger_charges_a_private_session_once_by_papernot_and_steinkes_boun
     again.admit("run-6", *_trial(learning_rate=0.7))
     assert again.ledger.epsilon() == pytest.approx(expected, rel=1e-9)
     assert again.ledger.session(7)["runs"] == [f"run-{i}" for i in range(1, 7)]
+    # a ledger holding a session is a version an older site refuses to read, rather than forget the charge
+    assert json.loads((tmp_path / "ledger.json").read_text())["version"] == 2
 
 
 def _spec():
