@@ -170,12 +170,13 @@ def run_central_dp(case: Case, seed: int, overrides: dict[str, Any]) -> dict[str
     from fedjax_room.local import LocalTrainer
     from fedjax_room.local.trainer import _key
     from fedjax_room.models import init_params
-    from fedjax_room.robust.server import server_optimizer
+    from fedjax_room.robust.server import room_optimizer
 
     pooled, test, _ = split(case, seed)
     spec = model_spec(case, test)
     config = room_config(seed, overrides)
-    batch = config.batch_size * case.sites
+    # distributed noise (the default under secure aggregation): one step on all the records per round
+    batch = len(pooled) if config.distributed_noise else config.batch_size * case.sites
     q = min(1.0, batch / len(pooled))
     steps = config.rounds * config.local_steps
     sigma = calibrate_noise(target_epsilon=EPSILON, delta=DELTA, sampling_rate=q, steps=steps)
@@ -187,12 +188,13 @@ def run_central_dp(case: Case, seed: int, overrides: dict[str, Any]) -> dict[str
         learning_rate=config.learning_rate,
         optimizer=config.local_optimizer,
     )
-    opt = server_optimizer(config.server_optimizer, config.server_learning_rate)
+    opt = room_optimizer(config)  # and the room's model average
     params = jax.tree.map(np.asarray, init_params(spec, _key(seed)))
     state = opt.init(params)
     for r in range(config.rounds):
-        new, _ = trainer.train(params, pooled, config.local_steps, seed * 100_003 + r)
-        delta = jax.tree.map(lambda a, b: np.asarray(a, np.float32) - b, new, params)
+        start = state.get("raw", params)  # the iterate, when the released model is an average
+        new, _ = trainer.train(start, pooled, config.local_steps, seed * 100_003 + r)
+        delta = jax.tree.map(lambda a, b: np.asarray(a, np.float32) - b, new, start)
         params, state = opt.update(delta, state, params)
     return {**scores(spec, params, test), "noise_multiplier": sigma}
 

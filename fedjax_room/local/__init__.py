@@ -1,5 +1,13 @@
 """The single-site trainer the sites run: DP-SGD with Poisson sampling, evaluation, a non-private baseline."""
 
-from fedjax_room.local.trainer import OPTIMIZERS, EvalResult, LocalTrainer, TrainStats, evaluate, train_central
+from fedjax_room.local.trainer import (
+    OPTIMIZERS,
+    EvalResult,
+    LocalTrainer,
+    TrainStats,
+    clipped_sum,
+    evaluate,
+    train_central,
+)
 
-__all__ = ["OPTIMIZERS", "EvalResult", "LocalTrainer", "TrainStats", "evaluate", "train_central"]
+__all__ = ["OPTIMIZERS", "EvalResult", "LocalTrainer", "TrainStats", "clipped_sum", "evaluate", "train_central"]

@@ -44,7 +44,7 @@ from fedjax_room.dp.sampling import max_batch_size_for, poisson_sample
 from fedjax_room.errors import ConfigError, DataError
 from fedjax_room.models import ModelSpec, init_params, make_loss_fn, make_predict_fn
 
-__all__ = ["OPTIMIZERS", "EvalResult", "LocalTrainer", "TrainStats", "evaluate", "train_central"]
+__all__ = ["OPTIMIZERS", "EvalResult", "LocalTrainer", "TrainStats", "clipped_sum", "evaluate", "train_central"]
 
 Params = Any
 
@@ -306,6 +306,51 @@ class LocalTrainer:
             f"noise_multiplier={self.noise_multiplier}, batch_size={self.batch_size}, "
             f"learning_rate={self.learning_rate}, optimizer={self.optimizer!r})"
         )
+
+
+# ---------------------------------------------------------------------- clipped gradient sums
+
+
+@functools.lru_cache(maxsize=32)
+def _sum_fn(spec_json: str, clip_norm: float) -> Callable[[Params, dict[str, jax.Array], jax.Array], Params]:
+    from fedjax_room.dp.clipping import make_clipper
+
+    run = make_clipper(make_loss_fn(ModelSpec.from_json(spec_json)), clip_norm)
+
+    @jax.jit
+    def fn(params: Params, batch: dict[str, jax.Array], mask: jax.Array) -> Params:
+        total, _, _, _ = run(params, batch, mask)
+        return total
+
+    return fn
+
+
+def clipped_sum(
+    spec: ModelSpec | Mapping[str, Any], params: Params, dataset: Dataset, *, clip_norm: float, chunk: int
+) -> Params:
+    """The sum over every record of ``dataset`` of its loss gradient at ``params`` clipped to ``clip_norm`` in L2,
+    computed ``chunk`` records at a time (memory bound; the last chunk is padded and masked). No noise: the caller
+    adds it (a distributed-noise round adds its share after encoding, :mod:`fedjax_room.secagg.record_noise`).
+    Not private by itself."""
+    spec = ModelSpec.from_dict(spec)
+    _check_compatible(spec, dataset)
+    clip_norm = _positive(clip_norm, "clip_norm")
+    n = len(dataset)
+    if n == 0:
+        raise DataError("cannot compute gradients of an empty dataset")
+    size = min(_positive(chunk, "chunk", integer=True), n)
+    fn = _sum_fn(spec.to_json(), clip_norm)
+    total = None
+    for start in range(0, n, size):
+        x, y = dataset.x[start : start + size], dataset.y[start : start + size]
+        real = len(y)
+        mask = np.arange(size) < real
+        if real < size:  # pad the last chunk so every call has one shape
+            x = np.concatenate([x, np.zeros((size - real, *x.shape[1:]), x.dtype)])
+            y = np.concatenate([y, np.zeros(size - real, y.dtype)])
+        part = fn(params, {"x": jnp.asarray(x), "y": jnp.asarray(y)}, jnp.asarray(mask))
+        total = part if total is None else jax.tree.map(jnp.add, total, part)
+    return jax.tree.map(lambda t: np.asarray(t, np.float64), jax.block_until_ready(total))
 
 
 # ---------------------------------------------------------------------- evaluation

@@ -39,6 +39,7 @@ __all__ = [
     "RunConfig",
     "RunLimits",
     "check_run_request",
+    "distributed_by_default",
     "checkpoint_bytes_estimate",
     "options_schema",
     "protections",
@@ -181,9 +182,11 @@ class RunConfig:
     option here adds it everywhere (the site or coordinator still has to use it).
     """
 
-    # The training defaults are tuned for epsilon 3 per site (benchmarks/utility.py, benchmarks/README.md): few
-    # full-batch noisy steps (one per round) and FedAdam on the server, which adapts its step to the noise.
-    rounds: int = _opt(30, "federated rounds", "training", lo=1, hi="max_rounds", basic=True)
+    # The training defaults are tuned for epsilon 3 per site (benchmarks/utility.py, benchmarks/README.md): one
+    # full-batch step per round with the noise added once across the sites (distributed_noise), a small clip norm
+    # (every gradient is clipped: normalised-gradient DP-GD) with a large step (learning_rate x server_learning_rate
+    # = 80), and the released model a moving average of the iterates (model_average).
+    rounds: int = _opt(60, "federated rounds", "training", lo=1, hi="max_rounds", basic=True)
     target_epsilon: float | None = _opt(
         3.0,
         "epsilon each site may spend on the whole run (training and evaluation); each site calibrates its own "
@@ -204,7 +207,7 @@ class RunConfig:
         1e-5, "DP delta (keep it below 1/number of examples)", "privacy", lo="min_delta", hi="max_delta", basic=True
     )
     clip_norm: float = _opt(
-        1.0, "per-example gradient clip norm", "privacy", lo="min_clip_norm", hi="max_clip_norm", basic=True
+        0.1, "per-example gradient clip norm", "privacy", lo="min_clip_norm", hi="max_clip_norm", basic=True
     )
     batch_size: int = _opt(
         512,
@@ -215,7 +218,7 @@ class RunConfig:
         hi="max_batch_size",
     )
     local_steps: int = _opt(1, "local DP-SGD steps per round", "training", lo=1, hi="max_local_steps")
-    learning_rate: float = _opt(1.0, "local learning rate", "training", lo=0.0, hi="max_learning_rate", above=True)
+    learning_rate: float = _opt(10.0, "local learning rate", "training", lo=0.0, hi="max_learning_rate", above=True)
     aggregator: str = _opt(
         "fedavg",
         "how the coordinator combines updates: fedavg, mean, or a robust rule (median, trimmed_mean, krum, "
@@ -225,10 +228,19 @@ class RunConfig:
         basic=True,
     )
     server_optimizer: str = _opt(
-        "fedadam", "server optimiser applied to the aggregate", "aggregation", choices=SERVER_OPTIMIZERS
+        "fedavg", "server optimiser applied to the aggregate", "aggregation", choices=SERVER_OPTIMIZERS
     )
     server_learning_rate: float = _opt(
-        0.05, "server learning rate", "aggregation", lo=0.0, hi="max_server_learning_rate", above=True
+        8.0, "server learning rate", "aggregation", lo=0.0, hi="max_server_learning_rate", above=True
+    )
+    #: the released model is an average of the server optimiser's iterates (robust/server.py ``averaged``)
+    model_average: float = _opt(
+        0.9,
+        "the global model the room evaluates and releases is a moving average of the server optimiser's models "
+        "with this decay (post-processing: no privacy cost; it averages the noise out); 0: the last model",
+        "aggregation",
+        lo=0.0,
+        hi=0.999,
     )
     #: on by default wherever the run allows it: left unset, it resolves (in from_dict) to on unless the aggregator
     #: or exclude_below needs each site's update; given True with such a run it is a ConfigError
@@ -238,6 +250,15 @@ class RunConfig:
         "unless a robust aggregator or exclude_below needs each site's update",
         "aggregation",
         basic=True,
+    )
+    #: record-level DP-SGD noise added once across the sites (secagg/record_noise.py): left unset, it resolves (in
+    #: from_dict) to on wherever the run allows it; given True with a run that does not, it is a ConfigError
+    distributed_noise: bool = _opt(
+        True,
+        "with secure aggregation, each site adds only its share of the DP-SGD noise so the sum carries it once "
+        "(central DP-SGD's noise on the mean); each round is then one full-batch step per site. Left unset it is "
+        "on with secure aggregation, local_steps 1 and no site_noise_multiplier",
+        "privacy",
     )
     min_sites: int | None = _opt(
         None, "fewest sites a round may close with; unset: the room's own minimum", "room", lo=1, hi="max_min_sites"
@@ -300,9 +321,10 @@ class RunConfig:
         "training",
         choices=LOCAL_OPTIMIZERS,
     )
-    #: hyperparameter tuning (``room.tune``): the session this run is one trial of, declared to every site, and the
-    #: session's number of trials; a site accepts at most ``tune_trials`` trials of a session and checks the
-    #: session's whole cost against its cap at the first (docs/privacy.md, "Hyperparameter tuning")
+    #: hyperparameter tuning (``room.tune``): the session this run is one trial of, declared to every site, the
+    #: mean of the session's random number of trials and the shape of its distribution (the coordinator draws the
+    #: number; each site bounds it and accounts the session at its first trial: docs/privacy.md, "Hyperparameter
+    #: tuning")
     tune_session: int | None = _opt(
         None,
         "set by room.tune: the tuning session this run is a trial of; unset: not a trial",
@@ -312,10 +334,18 @@ class RunConfig:
     )
     tune_trials: int | None = _opt(
         None,
-        "set by room.tune: the number of trials of its tuning session (every site caps the session at it)",
+        "set by room.tune: the mean number of trials of its tuning session (the coordinator draws the number)",
         "privacy",
         lo=2,
         hi=64,
+    )
+    tune_shape: float | None = _opt(
+        None,
+        "set by room.tune: the shape of the truncated negative binomial distribution of its tuning session's number "
+        "of trials (1, the default: geometric; 0: logarithmic)",
+        "privacy",
+        lo=0,
+        hi=16,
     )
 
     @classmethod
@@ -340,6 +370,8 @@ class RunConfig:
             given["target_epsilon"] = None  # the default target gives way to a fixed noise multiplier
         if given.get("secure_aggregation") is None:  # not given: on wherever the run allows it
             given["secure_aggregation"] = secure_by_default(given)
+        if given.get("distributed_noise") is None:  # not given: on wherever the run allows it
+            given["distributed_noise"] = distributed_by_default(given)
         v = {o.name: o.check(given.get(o.name, o.default)) for o in options}
         _check_together(v, lim)
         return cls(**v)
@@ -358,6 +390,16 @@ def secure_by_default(options: Mapping[str, Any]) -> bool:
     robust rule or ``exclude_below`` is set (both need each site's update, which masking hides)."""
     aggregator = options.get("aggregator")
     return (aggregator is None or aggregator in SECURE_AGGREGATORS) and options.get("exclude_below") is None
+
+
+def distributed_by_default(options: Mapping[str, Any]) -> bool:
+    """What an unset ``distributed_noise`` resolves to for these (given, ``secure_aggregation`` resolved) options:
+    on with secure aggregation, one local step and no site-level distributed DP (``site_noise_multiplier``)."""
+    return (
+        bool(options.get("secure_aggregation", True))
+        and options.get("local_steps", 1) == 1
+        and options.get("site_noise_multiplier") is None
+    )
 
 
 def protections(config: RunConfig | Mapping[str, Any]) -> list[str]:
@@ -379,6 +421,8 @@ def protections(config: RunConfig | Mapping[str, Any]) -> list[str]:
         out.append(f"DP-SGD: epsilon <= {c['target_epsilon']:g} per site at delta {delta:g}")
     elif c.get("noise_multiplier") is not None:
         out.append(f"DP-SGD: noise multiplier {c['noise_multiplier']:g} at delta {delta:g}")
+    if secure and c.get("distributed_noise", distributed_by_default({**c, "secure_aggregation": secure})):
+        out.append("DP-SGD noise added once across the sites (each adds its share)")
     if c.get("site_noise_multiplier") is not None:
         out.append(f"distributed DP: site noise multiplier {c['site_noise_multiplier']:g}")
     aggregator = c.get("aggregator", "fedavg")
@@ -430,6 +474,13 @@ def _check_together(v: Mapping[str, Any], lim: RunLimits) -> None:
         )
     if (v["tune_session"] is None) != (v["tune_trials"] is None):
         raise ConfigError("give tune_session and tune_trials together (room.tune sets both), or neither")
+    if v["tune_shape"] is not None and v["tune_session"] is None:
+        raise ConfigError("tune_shape is for a trial of a tuning session (room.tune sets it)")
+    if v["distributed_noise"] and not distributed_by_default(v):
+        raise ConfigError(
+            "distributed_noise needs secure_aggregation=True (the coordinator must see only the sum), local_steps=1 "
+            "(one full-batch step per round) and no site_noise_multiplier; set distributed_noise=False"
+        )
     if v["site_noise_multiplier"] is not None and not secure:
         raise ConfigError(
             "site_noise_multiplier (distributed DP) needs secure_aggregation=True: without it the coordinator "
@@ -543,7 +594,9 @@ def check_run_request(
         )
     run = RunConfig.from_dict(config, limits=lim)
     leaves = 2 * sum(1 for layer in model.layers if layer["type"] in ("dense", "conv"))
-    params_bytes, checkpoint_bytes = checkpoint_bytes_estimate(count, leaves, run.server_optimizer)
+    params_bytes, checkpoint_bytes = checkpoint_bytes_estimate(
+        count, leaves, run.server_optimizer, averaged=run.model_average > 0
+    )
     if params_bytes > max_frame - 64 * 1024:
         raise ModelSpecError(
             f"the model's parameters take about {params_bytes:,} bytes, more than fit in one frame "

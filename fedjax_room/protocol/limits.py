@@ -93,9 +93,12 @@ _OPT_STATE_FACTOR = {"fedavg": 0, "fedadam": 2, "fedyogi": 2}
 _LEAF_OVERHEAD = 256
 
 
-def checkpoint_bytes_estimate(param_count: int, leaves: int, server_optimizer: str) -> tuple[int, int]:
+def checkpoint_bytes_estimate(
+    param_count: int, leaves: int, server_optimizer: str, *, averaged: bool = False
+) -> tuple[int, int]:
     """``(params_bytes, checkpoint_bytes)``: an upper estimate of the float32 parameter payload (what a
-    ``round_start`` carries) and of the whole checkpoint (parameters + server optimiser state)."""
+    ``round_start`` carries) and of the whole checkpoint (parameters + server optimiser state, with one more copy
+    of the model when the released model is an average of the iterates, ``averaged``)."""
     params_bytes = 4 * param_count + _LEAF_OVERHEAD * (leaves + 1)
-    factor = _OPT_STATE_FACTOR.get(server_optimizer, 2)
+    factor = _OPT_STATE_FACTOR.get(server_optimizer, 2) + (1 if averaged else 0)
     return params_bytes, params_bytes * (1 + factor) + 1024

@@ -21,6 +21,7 @@ from fedjax_room.protocol.codec import Tree
 from fedjax_room.protocol.config import RunConfig, RunLimits, check_run_request
 from fedjax_room.protocol.connections import Conn
 from fedjax_room.protocol.runs import RunDriver
+from fedjax_room.protocol.tuning import TuneDraws
 
 __all__ = ["AnalystRequests"]
 
@@ -34,6 +35,7 @@ class AnalystRequests(RunDriver):
     limits: RunLimits
     _executor: concurrent.futures.ThreadPoolExecutor | None
     _init_params: Callable[[dict[str, Any], int], Tree]
+    _tune_draws: TuneDraws | None
 
     def _on_list_sites(self, c: Conn, msg: m.ListSites, now: float) -> None:
         connected = set(self.connected_sites)
@@ -74,6 +76,7 @@ class AnalystRequests(RunDriver):
             max_frame=min(self.max_frame, getattr(self.store, "max_params_bytes", self.max_frame)),
             max_checkpoint=getattr(self.store, "max_checkpoint_bytes", 4 * self.max_frame),
         )
+        self._tune().start_trial(c.name, config, self.store.runs(), self.audit.append)  # protocol/tuning.py
         run_id = self.store.create_run(c.name, spec.to_dict(), config.to_dict())
         self.audit.append("run_requested", run_id=run_id, analyst=c.name, spec_hash=spec.hash, config=config.to_dict())
         if self.background:
@@ -89,14 +92,21 @@ class AnalystRequests(RunDriver):
         if self._active is None:
             self._activate_next(now)
 
+    def _tune(self) -> TuneDraws:
+        """The tuning sessions' drawn numbers of trials (made on first use)."""
+        draws = getattr(self, "_tune_draws", None)
+        if draws is None:
+            draws = self._tune_draws = TuneDraws()
+        return draws
+
     # ------------------------------------------------------------------ preparing a run's initial model
 
     def _prepare(self, run_id: str, spec: dict[str, Any], config: RunConfig) -> None:
         """Build the initial model and write checkpoint 0 (touches no machine state: runs in a worker thread)."""
-        from fedjax_room.robust.server import server_optimizer
+        from fedjax_room.robust.server import room_optimizer
 
         params = self._init_params(spec, config.seed)
-        opt = server_optimizer(config.server_optimizer, config.server_learning_rate)
+        opt = room_optimizer(config)
         self.store.save_checkpoint(run_id, 0, params, opt.init(params))
 
     def _prepare_later(self, run_id: str, spec: dict[str, Any], config: RunConfig) -> None:

@@ -174,11 +174,19 @@ class RunDriver(RunViews):
         return max(wanted)
 
     def _round_start(self, a: _Active) -> m.RoundStart:
+        """A phase's ``round_start``: an eval phase carries the global model (what is released), a train phase the
+        model the sites train from (the optimiser's iterate when the global model is an average)."""
+        from fedjax_room.robust.server import training_params
+
+        params = a.params_bytes
+        if a.phase == "train":
+            raw = training_params(a.params, a.opt_state)
+            params = params if raw is a.params else pack_tree(raw)
         return m.RoundStart(
             run_id=a.id,
             round=a.round,
             phase=a.phase,
-            params=a.params_bytes,
+            params=params,
             cohort=len(a.accepted),
             timeout=a.config.round_timeout,
         )
@@ -253,7 +261,7 @@ class RunDriver(RunViews):
         self._open_phase("train", a.round + 1, now)
 
     def _close_train(self, now: float) -> None:
-        from fedjax_room.robust.server import server_optimizer
+        from fedjax_room.robust.server import room_optimizer
 
         a = self._active
         assert a is not None
@@ -279,7 +287,7 @@ class RunDriver(RunViews):
         except FedRoomError as exc:
             self._fail(now, RoundError(f"round {a.round} of {a.id}: {exc.message}"))
             return
-        opt = server_optimizer(a.config.server_optimizer, a.config.server_learning_rate)
+        opt = room_optimizer(a.config)
         params, opt_state = opt.update(delta, a.opt_state, a.params)
         model_digest = self.store.commit_round(
             a.id, a.round, params=params, opt_state=opt_state, sites=sorted(updates), dropped=dropped

@@ -20,6 +20,11 @@ Aggregation under secure aggregation:
   ``fraction * update`` with a :class:`~fedjax_room.secagg.FixedPointCodec` (each coordinate clipped to
   ``secagg_range``); the coordinator divides the decoded sum by the survivors' fractions. ``aggregator="mean"``
   sends ``fraction = 1``.
+* with distributed noise (``distributed_noise``, the default under secure aggregation), central DP-SGD: each site
+  sends the sum of its records' clipped gradients with its share of the DP-SGD noise
+  (:class:`~fedjax_room.secagg.record_noise.RecordNoise`, a ``2**64`` ring, ``fraction = 1``); the coordinator
+  divides the decoded sum by the survivors' public sizes (the plans' weights) and takes the step ``-learning_rate``
+  times that: the round's delta, which the server optimiser applies.
 * with distributed DP (``site_noise_multiplier``), DP-FedAvg with equal weights: each site clips its whole update
   to ``site_clip_norm`` and adds its Skellam share (:class:`~fedjax_room.secagg.ddp.SkellamMechanism`,
   ``min_sites`` = the SecAgg ``min_clients``, so every released sum carries noise ``sigma * S``); the coordinator
@@ -104,15 +109,27 @@ def site_ids(names: Iterable[str]) -> dict[str, int]:
     return {name: i + 1 for i, name in enumerate(sorted(set(names)))}
 
 
-def make_encoder(config: RunConfig, secagg: Any) -> Any:
+def make_encoder(config: RunConfig, secagg: Any, noise_multiplier: float = 0.0, *, share: bool = True) -> Any:
     """The encoder both sides derive from the run config and the round's ``SecAggConfig``.
 
-    A :class:`~fedjax_room.secagg.ddp.SkellamMechanism` with distributed DP, else a
-    :class:`~fedjax_room.secagg.FixedPointCodec`; both have ``encode`` and ``decode``.
+    With ``distributed_noise`` a :class:`~fedjax_room.secagg.record_noise.RecordNoise` (``noise_multiplier``: the
+    site plan's; the coordinator, which only decodes, passes none; ``share``: whether the site adds only its share
+    of the noise), with site-level distributed DP a :class:`~fedjax_room.secagg.ddp.SkellamMechanism`, else a
+    :class:`~fedjax_room.secagg.FixedPointCodec`; all have ``encode`` and ``decode``.
     """
     from fedjax_room.secagg import FixedPointCodec
     from fedjax_room.secagg.ddp import SkellamMechanism
+    from fedjax_room.secagg.record_noise import RecordNoise
 
+    if config.distributed_noise:
+        return RecordNoise(
+            clip_norm=config.clip_norm,
+            noise_multiplier=noise_multiplier,
+            dimension=secagg.vector_length,
+            max_sites=secagg.n,
+            min_sites=secagg.min_clients,
+            share=share,
+        )
     if config.site_noise_multiplier is not None:
         return SkellamMechanism(
             clip_norm=config.site_clip_norm,
@@ -176,15 +193,24 @@ class SecureRound:
         default_t = n // 2 + 1
         k = default_neighbours(n)  # SecAgg+ once a random k-regular graph is smaller than the full one (~16+ sites)
         evaluating = phase == "eval"
+        distributed = config.distributed_noise and not evaluating
         self.secagg = SecAggConfig(
             f"{run_id}/{round}/eval" if evaluating else f"{run_id}/{round}",
             {self.ids[name]: bytes(roster[name]) for name in roster},
             vector_length=ev.EVAL_LENGTH if evaluating else param_count(reference),
-            modulus_bits=ev.EVAL_MODULUS_BITS if evaluating else 32,
-            min_clients=min(n, max(default_t, min_sites, 2)),
+            modulus_bits=ev.EVAL_MODULUS_BITS if evaluating else 64 if config.distributed_noise else 32,
+            # distributed noise: each share is 1/t of the noise and k survivors carry k/t of it, so t is n - 1 (one
+            # dropout tolerated, still a majority) rather than a bare majority: less surplus noise on the model
+            min_clients=min(n, max(default_t, min_sites, 2, n - 1 if distributed else 0)),
             neighbours=k if k < n - 1 else None,
         )
-        if evaluating or config.site_noise_multiplier is not None or config.aggregator == "mean":
+        self.weights = {name: max(1.0, float(weights.get(name, 1.0))) for name in roster}
+        if (
+            evaluating
+            or config.distributed_noise
+            or config.site_noise_multiplier is not None
+            or config.aggregator == "mean"
+        ):
             self.fractions = {name: 1.0 for name in roster}
         else:
             total = sum(max(1.0, float(weights.get(name, 1.0))) for name in roster)
@@ -259,6 +285,9 @@ class SecureRound:
         total = self.server.result()
         survivors = sorted(self.names[i] for i in self.server.survivors)
         decoded = np.asarray(self.encoder.decode(total), np.float64)
+        if self.config.distributed_noise:  # the noised sum of clipped gradients: one central DP-SGD step
+            count = sum(self.weights[s] for s in survivors)  # the survivors' public sizes (the plans' weights)
+            return unflatten_like(-self.config.learning_rate * decoded / count, self.reference), survivors
         denom = sum(self.fractions[s] for s in survivors)
         return unflatten_like(decoded / denom, self.reference), survivors
 
@@ -358,7 +387,7 @@ class SecureDriver(RunDriver):
 
     def _secure_close(self, now: float) -> None:
         """The SecAgg round is over: apply the decoded aggregate, or fail the run if it aborted."""
-        from fedjax_room.robust.server import server_optimizer
+        from fedjax_room.robust.server import room_optimizer
 
         a = self._active
         assert a is not None and a.secure is not None
@@ -378,7 +407,7 @@ class SecureDriver(RunDriver):
         if dropped:
             log.warning("round %d of %s closes without %s (secure aggregation dropouts)", a.round, a.id, dropped)
         self._secure_defence(a, delta, survivors)  # the aggregate check (runs.py)
-        opt = server_optimizer(a.config.server_optimizer, a.config.server_learning_rate)
+        opt = room_optimizer(a.config)
         params, opt_state = opt.update(delta, a.opt_state, a.params)
         model_digest = self.store.commit_round(
             a.id, a.round, params=params, opt_state=opt_state, sites=survivors, dropped=dropped

@@ -45,7 +45,7 @@ from fedjax_room.errors import ConfigError, StateError
 from fedjax_room.robust.names import SERVER_OPTIMIZERS
 from fedjax_room.tree import Tree, flatten_tree, unflatten_tree
 
-__all__ = ["SERVER_OPTIMIZERS", "ServerOptimizer", "server_optimizer"]
+__all__ = ["SERVER_OPTIMIZERS", "ServerOptimizer", "averaged", "room_optimizer", "server_optimizer", "training_params"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,3 +139,46 @@ def server_optimizer(
         return new, {"count": np.asarray(t, np.int64), "m": m, "v": v}
 
     return ServerOptimizer(init, update)
+
+
+def averaged(opt: ServerOptimizer, decay: float) -> ServerOptimizer:
+    """``opt`` whose *released* model is an average of its iterates (post-processing of the releases: free).
+
+    The global model the room stores, evaluates and releases is the average; the iterate ``opt`` moves is kept in
+    the state (``state["raw"]``, with ``opt``'s own state in ``state["inner"]``), and it is what the sites train
+    from (:func:`training_params`). After round ``t`` the average is ``a_t = d_t a_{t-1} + (1 - d_t) x_t`` with
+    ``d_t = min(decay, (t - 1) / t)``: the plain mean of the iterates for the first ``1 / (1 - decay)`` rounds,
+    then an exponential moving average (so the initial model never weighs in). ``decay = 0``: ``opt`` itself.
+    """
+    if isinstance(decay, bool) or not isinstance(decay, int | float) or not 0 <= decay < 1:
+        raise ConfigError(f"the model average's decay must be in [0, 1), got {decay!r}")
+    if decay == 0:
+        return opt
+    d = float(decay)
+
+    def init(params: Tree) -> Tree:
+        return {"count": np.zeros((), np.int64), "inner": opt.init(params), "raw": _map(np.copy, params)}
+
+    def update(delta: Tree, state: Tree, params: Tree) -> tuple[Tree, Tree]:
+        if "inner" not in state or "raw" not in state:
+            raise StateError("the averaged server optimiser's state has no inner state and iterate")
+        t = _count(state) + 1
+        raw, inner = opt.update(delta, state["inner"], state["raw"])
+        w = np.float32(min(d, (t - 1) / t))
+        avg = _map(lambda a, x: (w * a + (np.float32(1.0) - w) * x).astype(np.float32), params, raw)
+        return avg, {"count": np.asarray(t, np.int64), "inner": inner, "raw": raw}
+
+    return ServerOptimizer(init, update)
+
+
+def training_params(params: Tree, state: Mapping[str, Any]) -> Tree:
+    """The model the sites train from: the optimiser's iterate when the released model is an average
+    (:func:`averaged`), else ``params`` itself."""
+    raw = state.get("raw") if isinstance(state, Mapping) else None
+    return raw if raw is not None else params
+
+
+def room_optimizer(config: Any) -> ServerOptimizer:
+    """The server optimiser of a run config: its ``server_optimizer`` at ``server_learning_rate``, averaged with
+    ``model_average``."""
+    return averaged(server_optimizer(config.server_optimizer, config.server_learning_rate), config.model_average)

@@ -112,9 +112,16 @@ def site_level_event(noise_multiplier: float, rounds: int, sampling_rate: float 
 
 def skellam_draws(variance: float, shape: int | tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
     """Skellam noise of ``variance`` per value (``Poisson(v/2) - Poisson(v/2)``, int64): a sum of independent draws
-    is again Skellam, so shares added by several parties sum to the noise they were split from."""
+    is again Skellam, so shares added by several parties sum to the noise they were split from. A Poisson mean
+    over ``2^40`` is drawn as a sum of equal parts under it (a sum of Poissons is exactly Poisson)."""
     lam = variance / 2
-    return rng.poisson(lam, shape).astype(np.int64) - rng.poisson(lam, shape).astype(np.int64)
+    if lam <= _MAX_LAMBDA:
+        return rng.poisson(lam, shape).astype(np.int64) - rng.poisson(lam, shape).astype(np.int64)
+    parts = math.ceil(lam / _MAX_LAMBDA)
+    out = np.zeros(shape, np.int64)
+    for _ in range(parts):
+        out += rng.poisson(lam / parts, shape).astype(np.int64) - rng.poisson(lam / parts, shape).astype(np.int64)
+    return out
 
 
 @dataclass(frozen=True)

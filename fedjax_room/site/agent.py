@@ -126,7 +126,12 @@ class SiteAgent:
         )
         self.audit = audit
         self.spending = Spending(
-            name, self.ledger, self.site_ledger, heldout_bound=self.public_size.heldout_bound, audit=self._audit
+            name,
+            self.ledger,
+            self.site_ledger,
+            heldout_bound=self.public_size.heldout_bound,
+            audit=self._audit,
+            tuning_selection=policy.tuning_selection,  # how a tuning session is accounted (site/spending.py)
         )
         self.runs = AcceptedRuns(self.state_dir, name)
         self.releases = ReleaseStore(self.state_dir, name)
@@ -235,8 +240,9 @@ class SiteAgent:
             # the same checks an estimate runs (site/estimate.py), then the budget and the data owner's approval
             plan = check_offer(self.name, self.policy, self._train.schema, self.public_size.train, spec, config)
             trials = session_trials(self.runs.root, config, besides=msg.run_id, name=self.name)
-            self.spending.check_run(plan, config, trials_accepted=trials)
+            self.spending.check_run(plan, config, trials_accepted=trials, run_id=msg.run_id)
             self._await_approval(msg.run_id, spec)
+            self.spending.admit(msg.run_id, plan, config)  # a tuning trial: its session's record (and one charge)
         except PolicyViolation as exc:
             self._audit("run_refused", run_id=msg.run_id, spec_hash=spec.hash, reason=exc.reason)
             raise
@@ -410,6 +416,8 @@ class SiteAgent:
         """
         import jax
 
+        if secure is not None and config.distributed_noise:
+            return b"", self._distributed_vector(msg, spec, config, plan, params, secure)
         trainer = self._trainers.get(msg.run_id)
         if trainer is None:
             from fedjax_room.local import LocalTrainer
@@ -439,6 +447,32 @@ class SiteAgent:
             noise_seed = self._seed(msg.run_id, config.seed, msg.round, "site-noise")
             return b"", secure_vector(delta, config, secure, noise_seed)
         return pack_tree(dict(delta)), None
+
+    def _distributed_vector(
+        self, msg: m.RoundStart, spec: ModelSpec, config: RunConfig, plan: Plan, params: Tree, secure: SecureTrain
+    ) -> np.ndarray:
+        """A distributed-noise round (:mod:`fedjax_room.secagg.record_noise`): the sum of every record's clipped
+        gradient, with this site's share of the plan's noise added in the ring. Through the attacker seam it passes
+        as the update it amounts to (``-learning_rate * sum / weight``). A sum that is not finite is replaced by
+        zeros (released and paid for like any other, as in :meth:`_compute_update`)."""
+        import jax
+
+        from fedjax_room.local import clipped_sum
+
+        seed = self._seed(msg.run_id, config.seed, msg.round, "train")
+        data = self._local_data(self._train, params, seed)
+        total = clipped_sum(spec, params, data, clip_norm=config.clip_norm, chunk=config.batch_size)
+        scale = config.learning_rate / max(1, plan.weight)
+        with np.errstate(over="ignore", invalid="ignore"):
+            step = jax.tree.map(lambda g: (-scale * g).astype(np.float32), total)
+            total = jax.tree.map(lambda d: np.asarray(d, np.float64) / -scale, self._outgoing(step, params, seed))
+        if not all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(total)):
+            log.warning(
+                "%s: round %s's gradient sum is not finite; releasing zeros (still paid for)", self.name, msg.round
+            )
+            total = jax.tree.map(np.zeros_like, total)
+        noise_seed = self._seed(msg.run_id, config.seed, msg.round, "site-noise")
+        return secure_vector(total, config, secure, noise_seed, plan.noise_multiplier)
 
     # the seam a simulated attacker (fedjax_room.sim.attacker.AttackingAgent) overrides; identity here
     def _local_data(self, data: Dataset, params: Tree, seed: int) -> Dataset:

@@ -257,7 +257,9 @@ def make_plan(config: RunConfig, *, public_size: int, min_sites: int) -> Plan:
         raise ConfigError(f"public_size must be an integer, got {public_size!r}")
     if public_size <= 0:
         raise ConfigError("this site has no (public) training examples")
-    q = min(1.0, config.batch_size / public_size)
+    # distributed noise: every round is one step on all of the site's records (q = 1), so the plan, and the noise
+    # multiplier whose share each site adds, come from the config alone and are the same at every site
+    q = 1.0 if config.distributed_noise else min(1.0, config.batch_size / public_size)
     steps, rounds, delta = config.local_steps * config.rounds, config.rounds, config.delta
     schedule = ev.eval_rounds(rounds, config.eval_every)
     evals = len(schedule)

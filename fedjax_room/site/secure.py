@@ -1,7 +1,8 @@
 """A site's part of a secure-aggregation round: its update as a ring vector, and what that costs at site level.
 
 Under secure aggregation the update leaves the site only masked, inside SecAgg frames: :func:`secure_vector`
-encodes it in fixed point (scaled by the site's FedAvg fraction), or, with distributed DP
+encodes it in fixed point (scaled by the site's FedAvg fraction), or, with distributed noise (the default), its sum of
+clipped gradients plus its share of the DP-SGD noise (:mod:`fedjax_room.secagg.record_noise`), or, with distributed DP
 (``site_noise_multiplier``), clipped to ``site_clip_norm`` plus this site's share of the Skellam noise, seeded
 from the site secret. :func:`site_event` is the site-level DP event one such release costs (composed into the
 site-level ledger, :mod:`fedjax_room.site.spending`).
@@ -20,10 +21,15 @@ from fedjax_room.secagg import SecAggConfig
 __all__ = ["secure_vector", "site_event"]
 
 
-def secure_vector(delta: Any, config: RunConfig, secure: SecureTrain, noise_seed: int) -> np.ndarray:
-    """The update ``delta`` as a SecAgg ring vector (``noise_seed``: the round's secret site-noise seed)."""
-    encoder = make_encoder(config, SecAggConfig.from_dict(secure.setup.config))
+def secure_vector(
+    delta: Any, config: RunConfig, secure: SecureTrain, noise_seed: int, noise_multiplier: float = 0.0
+) -> np.ndarray:
+    """The update ``delta`` as a SecAgg ring vector (``noise_seed``: the round's secret site-noise seed). With
+    ``distributed_noise``, ``delta`` is the site's sum of clipped gradients and ``noise_multiplier`` its plan's."""
+    encoder = make_encoder(config, SecAggConfig.from_dict(secure.setup.config), noise_multiplier)
     flat = flatten_update(dict(delta))
+    if config.distributed_noise:
+        return encoder.encode(flat, np.random.default_rng([noise_seed, 13]))
     if config.site_noise_multiplier is not None:
         return encoder.encode(flat, np.random.default_rng([noise_seed, 11]))
     return encoder.encode(secure.setup.fraction * flat)

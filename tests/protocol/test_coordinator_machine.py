@@ -154,7 +154,7 @@ def _start_run(harness, analyst, **config):
     # plain mode (secure aggregation is on by default): these tests drive the per-update path by hand
     # and plain FedAvg (the default is FedAdam): the tests check the weighted average's arithmetic
     cfg = {"rounds": 2, "target_epsilon": 1.0, "round_timeout": 10.0, "secure_aggregation": False}
-    cfg.update({"server_optimizer": "fedavg", "server_learning_rate": 1.0, **config})
+    cfg.update({"server_optimizer": "fedavg", "server_learning_rate": 1.0, "model_average": 0.0, **config})
     harness.send(analyst, m.StartRun(req=1, spec=harness.SPEC, config=cfg))
     created = [x for x in harness.take(analyst) if isinstance(x, m.RunCreated)]
     assert created, "run not created"
@@ -278,7 +278,8 @@ def test_offer_refused_by_all(harness):
 
 def test_secure_run_sends_secagg_setup_before_round_start_and_refuses_plain_updates(harness):
     analyst, sites = harness.setup_room(3)
-    harness.send(analyst, m.StartRun(req=9, spec=harness.SPEC, config={"secure_aggregation": True}))
+    config = {"secure_aggregation": True, "distributed_noise": False}  # weighted FedAvg: each site's fraction
+    harness.send(analyst, m.StartRun(req=9, spec=harness.SPEC, config=config))
     (created,) = harness.take(analyst)
     assert isinstance(created, m.RunCreated), created
     _offers(harness, sites, created.run_id)

@@ -121,3 +121,23 @@ def test_bad_names_rates_and_states_are_typed_errors() -> None:
         opt = server_optimizer("fedyogi")
         opt.update({"x": np.ones(2, np.float32)}, opt.init(params), params)
     assert SERVER_OPTIMIZERS == ("fedavg", "fedadam", "fedyogi")
+
+
+def test_the_released_model_is_an_average_of_the_iterates_the_sites_train_from():
+    from fedjax_room.robust.server import averaged, training_params
+
+    opt = averaged(server_optimizer("fedavg", 1.0), 0.5)
+    params = {"w": np.zeros(2, np.float32)}
+    state = opt.init(params)
+    assert training_params(params, state) is not params and np.all(training_params(params, state)["w"] == 0)
+    released = []
+    for step in (1.0, 1.0, 1.0, 1.0):  # iterates 1, 2, 3, 4
+        params, state = opt.update({"w": np.full(2, step, np.float32)}, state, params)
+        released.append(float(params["w"][0]))
+    # round 1: the iterate; round 2: the mean of two (d = min(0.5, 1/2)); then 0.5-EMA; the initial model never
+    assert released == pytest.approx([1.0, 1.5, 2.25, 3.125])
+    assert float(training_params(params, state)["w"][0]) == 4.0  # the sites train from the iterate
+    plain = server_optimizer("fedavg", 1.0)
+    assert averaged(plain, 0.0) is plain and training_params(params, plain.init(params)) is params
+    with pytest.raises(ConfigError):
+        averaged(plain, 1.0)

@@ -1,0 +1,158 @@
+"""Record-level DP-SGD noise added once, distributed over the sites, under secure aggregation.
+
+Central DP-SGD adds noise ``sigma * C`` once to the sum of clipped per-example gradients. In a federated round
+with one full-batch step per site, the sum over sites of each site's clipped sum *is* that central sum; if the
+coordinator only ever sees the sum (secure aggregation), each site need add only ``1/t`` of the noise variance,
+``t`` being the fewest sites SecAgg ever unmasks (its ``min_clients``). The sum then carries the whole noise,
+and each record's guarantee is central DP-SGD's over the union of the sites' data instead of DP-SGD on one
+site's data averaged with the others' noisy updates (which has ``sqrt(sites)`` times the noise on the mean).
+
+Pipeline per site (:meth:`RecordNoise.encode`), on ``x = sum_j clip_C(g_j)`` over the site's records::
+
+    q   = stochastic_round(gamma * x)          gamma = GAMMA_UNITS * sqrt(d) / C, unbiased, |q_k - gamma x_k| < 1
+    v   = q + Sk(mu / t)                       the site's Skellam share (or all of ``mu``: ``share=False``)
+    out = v mod 2^64                           a ring vector for SecAggClient.set_input
+
+and :meth:`RecordNoise.decode` maps the unmasked sum back to floats (``sum_i x_i + N``).
+
+Privacy of one record (add or remove one example of one site). The record moves its site's ``x`` by at most
+``C`` in L2; coupling the two roundings on the same uniforms, each coordinate of ``q`` moves by less than
+``gamma |dx_k| + 1``, so the integer vectors differ by at most ``Delta2 = gamma C + sqrt(d)`` in L2 and
+``Delta1 = sqrt(d) Delta2`` in L1 (and the joint quasi-convexity of Renyi divergence carries the bound through the
+mixture over roundings). The other sites' vectors do not depend on the record. The released sum of ``k >= t``
+sites carries Skellam noise of variance ``k mu / t >= mu``, which by Agarwal, Kairouz & Liu (NeurIPS 2021,
+Thm 3.5) has the RDP of a Gaussian of multiplier ``s / Delta2`` with ``1/s^2 = 1/mu + (1 + 3 Delta1 /
+Delta2^2) / mu^2`` at integer orders. ``mu`` is solved for so that this multiplier is exactly the site plan's
+``sigma``: what the site's ledger composes (``dpsgd_event(sigma, 1, 1)`` per round) is the Gaussian that bounds
+the release, the same accounting as the evaluation releases (an assumption, stated in docs/privacy.md: the
+ledger is a PLD accountant, and RDP domination is a bound at integer orders).
+
+Assumptions (docs/privacy.md, "Distributed noise"): the sites in the sum add their shares; ``f`` sites that add
+none, or collude with the coordinator and subtract theirs, leave ``(t - f) / t`` of the variance. A site that
+wants its guarantee to hold on its own noise alone encodes with ``share=False`` (all of ``mu``).
+
+``gamma`` comes from the clip norm and the model size alone, so the coordinator decodes with the same one; the
+ring is ``Z_{2^64}`` (:data:`MODULUS_BITS`), which holds ``2^62 / max_sites`` per site: far more than any clipped
+sum of up to ``2^30`` records (:meth:`encode` refuses a larger one rather than wrap).
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedjax_room.errors import ConfigError
+from fedjax_room.secagg.ddp import skellam_draws
+from fedjax_room.secagg.encoding import from_signed, to_signed
+
+__all__ = ["GAMMA_UNITS", "MODULUS_BITS", "RecordNoise"]
+
+#: integer units per unit of clipped gradient, relative to ``sqrt(d) / C``: rounding inflates the sensitivity by
+#: ``1 / GAMMA_UNITS`` (0.4%), which the noise is raised to cover
+GAMMA_UNITS = 256.0
+#: the SecAgg ring of a distributed-noise train round
+MODULUS_BITS = 64
+
+
+@dataclass(frozen=True)
+class RecordNoise:
+    """One site's half of distributed record-level noise (see the module docstring).
+
+    Args:
+        clip_norm: ``C``, the per-example clip norm.
+        noise_multiplier: ``sigma``, the plan's DP-SGD noise multiplier (0 for the coordinator, which only decodes).
+        dimension: ``d``, the number of model parameters.
+        max_sites: the most sites in one sum (the ring's headroom per site).
+        min_sites: ``t``, the fewest sites in a released sum (SecAgg ``min_clients``).
+        share: add ``1/t`` of the noise (True) or all of it (False: this site's guarantee rests on its noise alone).
+    """
+
+    clip_norm: float
+    noise_multiplier: float
+    dimension: int
+    max_sites: int
+    min_sites: int
+    share: bool = True
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.clip_norm) and self.clip_norm > 0):
+            raise ConfigError(f"clip_norm must be positive, got {self.clip_norm!r}")
+        if not (math.isfinite(self.noise_multiplier) and self.noise_multiplier >= 0):
+            raise ConfigError(f"noise_multiplier must be >= 0, got {self.noise_multiplier!r}")
+        if isinstance(self.dimension, bool) or not isinstance(self.dimension, int) or self.dimension < 1:
+            raise ConfigError(f"dimension must be a positive integer, got {self.dimension!r}")
+        if not isinstance(self.max_sites, int) or not isinstance(self.min_sites, int):
+            raise ConfigError("max_sites and min_sites must be integers")
+        if not 1 <= self.min_sites <= self.max_sites:
+            raise ConfigError(f"need 1 <= min_sites <= max_sites, got {self.min_sites} and {self.max_sites}")
+
+    @property
+    def gamma(self) -> float:
+        """Integer units per unit of gradient: from ``C`` and ``d`` only, so both sides agree."""
+        return GAMMA_UNITS * math.sqrt(self.dimension) / self.clip_norm
+
+    @property
+    def l2_sensitivity(self) -> float:
+        """``Delta2 = gamma C + sqrt(d)``: how far one record moves a site's integer vector in L2."""
+        return self.gamma * self.clip_norm + math.sqrt(self.dimension)
+
+    @property
+    def central_variance(self) -> float:
+        """``mu``: the integer variance a sum of ``t`` shares carries, solved so that the Skellam bound's
+        effective Gaussian multiplier is exactly ``noise_multiplier``."""
+        if self.noise_multiplier == 0:
+            return 0.0
+        d2 = self.l2_sensitivity
+        c = 1.0 + 3.0 * math.sqrt(self.dimension) / d2  # 1 + 3 Delta1 / Delta2^2, Delta1 = sqrt(d) Delta2
+        a = (self.noise_multiplier * d2) ** 2  # solve 1/a = 1/mu + c/mu^2 for mu
+        return a * (1.0 + math.sqrt(1.0 + 4.0 * c / a)) / 2.0
+
+    @property
+    def site_variance(self) -> float:
+        """The integer variance this site adds per coordinate."""
+        mu = self.central_variance
+        return mu / self.min_sites if self.share else mu
+
+    @property
+    def effective_noise_multiplier(self) -> float:
+        """The Gaussian multiplier whose RDP bounds a sum of ``t`` shares (equals ``noise_multiplier``)."""
+        mu = self.central_variance
+        if mu == 0:
+            return 0.0
+        d2 = self.l2_sensitivity
+        inv = 1.0 / mu + (1.0 + 3.0 * math.sqrt(self.dimension) / d2) / mu**2
+        return math.sqrt(1.0 / inv) / d2
+
+    @property
+    def headroom(self) -> float:
+        """The largest ``|gamma x_k|`` one site may contribute without any sum of ``max_sites`` wrapping."""
+        return 2.0**62 / self.max_sites
+
+    def encode(self, clipped_sum: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+        """Scale, round and add this site's noise share to ``clipped_sum`` (the site's sum of clipped
+        per-example gradients, flat); a ``uint64`` ring vector. Raises :class:`ConfigError` for a vector of the
+        wrong length, not finite, or too large for the ring."""
+        x = np.asarray(clipped_sum, np.float64).reshape(-1)
+        if x.size != self.dimension:
+            raise ConfigError(f"the gradient sum has {x.size} values; the round was set up for {self.dimension}")
+        if not np.all(np.isfinite(x)):
+            raise ConfigError("the gradient sum has NaN or infinite values")
+        y = x * self.gamma
+        if y.size and float(np.max(np.abs(y))) > self.headroom:
+            raise ConfigError(
+                f"a gradient sum this large ({float(np.max(np.abs(x))):.3g} in one coordinate) could wrap the secure "
+                "sum; use fewer records per site or a smaller clip norm"
+            )
+        rng = rng if rng is not None else np.random.default_rng(secrets.randbits(128))
+        low = np.floor(y)
+        q = low.astype(np.int64) + (rng.random(y.shape) < (y - low))
+        if self.site_variance > 0:
+            q += skellam_draws(self.site_variance, y.shape, rng)
+        return from_signed(q, MODULUS_BITS)
+
+    def decode(self, total: np.ndarray) -> np.ndarray:
+        """The unmasked ring sum as floats: the sum of the sites' clipped gradient sums plus the noise."""
+        return to_signed(np.asarray(total), MODULUS_BITS).astype(np.float64) / self.gamma
