@@ -244,7 +244,8 @@ def run_flower_opacus(case: Case, seed: int, overrides: dict[str, Any]) -> dict[
             ds = torch.utils.data.TensorDataset(
                 torch.tensor(data.x.reshape(len(data), -1)), torch.tensor(data.y, dtype=torch.long)
             )
-            batch = min(config.batch_size, self.n)
+            # the room's recipe: every record every step with distributed noise (q = 1), else the expected batch
+            batch = self.n if config.distributed_noise else min(config.batch_size, self.n)
             loader = torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=True)
             self.model = net()
             momentum = 0.9 if config.local_optimizer == "momentum" else 0.0

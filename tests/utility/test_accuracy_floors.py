@@ -55,7 +55,8 @@ def test_mnist_5k_five_dirichlet_sites_at_epsilon_3(tmp_path):
     assert accuracy >= MNIST_FLOOR, f"MNIST-5k accuracy {accuracy:.3f} under the floor {MNIST_FLOOR}"
 
 
-#: benchmarks/utility.py measured 0.880 (digits) and 0.829 (MNIST-5k) for seed 0 at these defaults; the floors
-#: leave a margin for platform differences in float rounding (which change every later noise draw's effect)
-DIGITS_FLOOR = 0.86
-MNIST_FLOOR = 0.80
+#: benchmarks/utility.py measured 0.897 (digits) and 0.879 (MNIST-5k) for seed 0 at these defaults (distributed
+#: noise, 60 rounds; 0.880 and 0.829 before it); the floors leave a margin for platform differences in float
+#: rounding (which change every later noise draw's effect)
+DIGITS_FLOOR = 0.88
+MNIST_FLOOR = 0.85
