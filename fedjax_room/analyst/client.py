@@ -69,6 +69,8 @@ _RESULT_TYPES = (
     m.AuditReply,
     m.EstimateReply,
     m.QueryReply,
+    m.TuneStarted,
+    m.TuneReply,
 )
 
 
@@ -422,7 +424,6 @@ class Room:
         trials: int,
         shape: float = 1.0,
         metric: str = "accuracy",
-        seed: int | None = None,
         timeout: float | None = None,
         **options: Any,
     ) -> Any:
@@ -430,17 +431,18 @@ class Room:
         ``space``, only the best released.
 
         ``space`` maps run options to a list of values (drawn uniformly) or a ``(low, high)`` range (drawn
-        log-uniformly for rates and norms, uniformly otherwise); ``options`` are fixed for every trial. The
-        number of trials follows Papernot & Steinke's truncated negative binomial distribution of mean ``trials``
-        and ``shape`` (1, the default: geometric) and is drawn by the coordinator, not here; every site bounds it
-        and accounts the session as its policy says (``tuning_selection``: one private-selection charge for the
-        best trial, checked against its cap at the first trial, or every trial composed). Returns a
+        log-uniformly for rates and norms, uniformly otherwise); ``options`` are fixed for every trial. One request
+        hands the session to the coordinator: it draws the number of trials (Papernot & Steinke's truncated
+        negative binomial distribution of mean ``trials`` and ``shape``; 1, the default: geometric) and every
+        trial's options, runs the trials hidden from every analyst and publishes only the best; every site bounds
+        the number and accounts the session as its policy says (``tuning_selection``: one private-selection charge
+        for the best trial, checked against its cap at the first trial, or every trial composed). Returns a
         :class:`~fedjax_room.analyst.tune.TuneResult` with the best trial's configuration, run and metric. See
         :mod:`fedjax_room.analyst.tune` and docs/privacy.md, "Hyperparameter tuning".
         """
         from fedjax_room.analyst.tune import tune
 
-        return tune(self, spec, space, trials=trials, shape=shape, metric=metric, seed=seed, timeout=timeout, **options)
+        return tune(self, spec, space, trials=trials, shape=shape, metric=metric, timeout=timeout, **options)
 
     def run(self, run_id: str) -> Run:
         """Follow an existing run (yours or another analyst's)."""

@@ -313,8 +313,9 @@ class Store:
 
     # ------------------------------------------------------------------ runs
 
-    def create_run(self, analyst: str, spec: dict, config: dict) -> str:
-        """Record a new pending run; returns its id (``run-<n>``)."""
+    def create_run(self, analyst: str, spec: dict, config: dict, run_id: str | None = None) -> str:
+        """Record a new pending run; returns its id: ``run_id`` (a tuning trial's ``trial-<hex>``) or ``run-<n>``,
+        ``n`` one past the last ``run-`` id (trials take no number: an id says nothing of how many ran)."""
         now = time.time()
         with self._tx():
             cur = self._db.execute(
@@ -322,9 +323,23 @@ class Store:
                 "VALUES ('', ?, ?, ?, 'pending', 0, ?, ?)",
                 (analyst, json.dumps(spec, sort_keys=True), json.dumps(config, sort_keys=True), now, now),
             )
-            run_id = f"run-{cur.lastrowid}"
+            if run_id is None:
+                (last,) = self._db.execute(
+                    "SELECT MAX(CAST(SUBSTR(id, 5) AS INTEGER)) FROM runs WHERE id LIKE 'run-%'"
+                ).fetchone()
+                run_id = f"run-{(last or 0) + 1}"
             self._db.execute("UPDATE runs SET id = ? WHERE seq = ?", (run_id, cur.lastrowid))
         return run_id
+
+    def mark_published(self, run_id: str) -> None:
+        """Record that tuning trial ``run_id`` is its session's published best (protocol/tuning.py)."""
+        with self._tx():
+            self._db.execute("INSERT OR IGNORE INTO meta VALUES (?, '1')", (f"published:{run_id}",))
+
+    def published_runs(self) -> set[str]:
+        """The tuning trials published as their session's best (every other trial is hidden from analysts)."""
+        rows = self._db.execute("SELECT key FROM meta WHERE key LIKE 'published:%'")
+        return {key.removeprefix("published:") for (key,) in rows}
 
     @staticmethod
     def _run(row: tuple[Any, ...]) -> RunRow:

@@ -9,6 +9,8 @@ in-process rooms use :class:`MemoryAudit`. :class:`TailCache` is the machine's o
 from __future__ import annotations
 
 import collections
+import sys
+from collections.abc import Callable
 from typing import Any, Protocol
 
 __all__ = ["MAX_AUDIT_TAIL", "AuditSink", "MemoryAudit", "TailCache"]
@@ -34,6 +36,9 @@ class TailCache:
         self.sink = sink
         self._keep = keep
         self._tail: collections.deque[dict[str, Any]] | None = None
+        #: which records an analyst may read (the machine sets it: hidden tuning trials' are not); None: all
+        self.visible: Callable[[dict[str, Any]], bool] | None = None
+        self._shown: collections.deque[dict[str, Any]] | None = None
 
     def append(self, kind: str, **fields: Any) -> Any:
         rec = self.sink.append(kind, **fields)
@@ -42,7 +47,25 @@ class TailCache:
                 self._tail.append(rec)
             else:
                 self._tail = None
+        if self._shown is not None:
+            if not isinstance(rec, dict):
+                self._shown = None
+            elif self.visible is None or self.visible(rec):
+                self._shown.append(rec)
         return rec
+
+    def shown(self, last: int) -> list[dict[str, Any]]:
+        """The last ``last`` records an analyst may read (:attr:`visible`), kept like :meth:`tail`: the last
+        ``keep`` visible ones however many hidden ones came after them (read from the whole log when first asked
+        and after :meth:`reset_shown`)."""
+        if self._shown is None:
+            keep = self.visible or (lambda rec: True)
+            self._shown = collections.deque((r for r in self.sink.tail(sys.maxsize) if keep(r)), maxlen=self._keep)
+        return list(self._shown)[-last:] if last > 0 else []
+
+    def reset_shown(self) -> None:
+        """Read the analysts' view again from the log at the next :meth:`shown` (what is visible changed)."""
+        self._shown = None
 
     def tail(self, last: int) -> list[dict[str, Any]]:
         if self._tail is None:

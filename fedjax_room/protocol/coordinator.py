@@ -87,6 +87,8 @@ _ANALYST_TYPES = (
     m.CancelRun,
     m.EstimateRun,
     m.Query,
+    m.StartTune,
+    m.GetTune,
     m.Error,
 )
 

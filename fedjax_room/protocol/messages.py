@@ -36,6 +36,7 @@ __all__ = [
     "EstimateReply",
     "EstimateRun",
     "GetAudit",
+    "GetTune",
     "GetBudget",
     "GetModel",
     "Hello",
@@ -65,6 +66,9 @@ __all__ = [
     "SiteStatus",
     "SitesReply",
     "StartRun",
+    "StartTune",
+    "TuneReply",
+    "TuneStarted",
     "Update",
     "WatchRun",
     "Welcome",
@@ -356,6 +360,42 @@ class CancelRun(Message, frozen=True, kw_only=True, tag="cancel_run"):
     req: int
     run_id: Id
     message: Text = ""
+
+
+class StartTune(Message, frozen=True, kw_only=True, tag="start_tune"):
+    """analyst -> coordinator: run a tuning session (``room.tune``; protocol/tuning.py): the coordinator draws the
+    number of trials (mean ``trials``, ``shape``) and each trial's options from ``space`` (``{option: {"values":
+    [...]}}`` or ``{"range": [low, high]}``) over ``config``, runs them hidden and publishes only the best by
+    ``metric``."""
+
+    req: int
+    spec: Tree
+    space: Tree
+    trials: int
+    shape: float = 1.0
+    metric: Word = "accuracy"
+    config: Tree
+
+
+class TuneStarted(Message, frozen=True, kw_only=True, tag="tune_started"):
+    req: int
+    session: int
+
+
+class GetTune(Message, frozen=True, kw_only=True, tag="get_tune"):
+    """analyst -> coordinator: where my tuning session stands (running, or its best trial once published)."""
+
+    req: int
+    session: int
+
+
+class TuneReply(Message, frozen=True, kw_only=True, tag="tune_reply"):
+    """coordinator -> analyst: ``tune``: ``session``, ``status`` (running, finished, failed), ``trials`` (the mean),
+    ``shape``, ``metric`` and, once finished, the best trial's ``run_id``, ``value`` and drawn ``config`` (or
+    ``error``); nothing about the other trials or their number."""
+
+    req: int
+    tune: Tree
 
 
 class RunCancelled(Message, frozen=True, kw_only=True, tag="run_cancelled"):

@@ -28,12 +28,18 @@ class RunViews:
     def _send(self, conn: int, msg: m.Message) -> None:  # pragma: no cover - provided by the machine
         raise NotImplementedError
 
+    def _hidden_runs(self) -> set[str]:  # pragma: no cover - the machine's tuning sessions (protocol/requests.py)
+        return set()
+
     def budget(self) -> list[dict[str, Any]]:
         """Per site: epsilon spent (as the site reports its composed ledger), delta, cap, remaining, and ``runs``:
         each run's own epsilon as the site reported it (``[{"run_id", "epsilon"}]``, oldest run first)."""
         out = []
         runs: dict[str, list[dict[str, Any]]] = {}
+        hidden = self._hidden_runs()
         for run in self.store.runs():
+            if run.id in hidden:  # a tuning session's trial that was not published (protocol/tuning.py)
+                continue
             for site, spend in self.store.run_spend(run.id).items():
                 runs.setdefault(site, []).append({"run_id": run.id, "epsilon": spend["epsilon"]})
         for site, spend in self.store.run_spend("queries").items():  # DP exploration queries, composed (queries.py)

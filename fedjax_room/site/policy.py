@@ -14,7 +14,7 @@ Example ``policy.toml``::
     approved_models = []         # spec hashes this site runs without asking (ModelSpec.hash)
     declared_train_records = 4000   # optional, with the next: the PUBLIC sizes the site plans with
     declared_heldout_records = 1000 # (else it releases one DP count of its sizes at first start)
-    tuning_selection = "compose" # or "private": how a room.tune session is accounted (below)
+    tuning_selection = "private" # or "compose": how a room.tune session is accounted (below)
 
     [queries]                    # DP exploration queries (fedjax_room.site.queries); left out: none answered
     allowed = ["count", "count_by_label", "histogram", "mean", "sum", "quantiles", "missing"]
@@ -35,10 +35,11 @@ policies) is refused. Simulated attacker sites are not a policy setting: they ar
 cap when it is left out) needs the ledgers and lives in :mod:`fedjax_room.site.agent`.
 
 ``tuning_selection`` says how this site accounts a tuning session (``room.tune``; docs/privacy.md, "Hyperparameter
-tuning"): ``"compose"`` (the default) composes every trial's releases, a guarantee that holds against everyone,
-the coordinator included; ``"private"`` charges the session once with Papernot & Steinke's private-selection bound
+tuning"): ``"private"`` (the default) charges the session once with Papernot & Steinke's private-selection bound
 for releasing only its best trial, which holds only if nobody outside the coordinator sees the other trials or
-their number (the coordinator is trusted not to reveal them, and to draw the number of trials at random).
+their number: the coordinator runs the trials itself and shows the analyst only the best (protocol/tuning.py), and
+it is trusted to do so and to draw the number of trials at random; ``"compose"`` composes every trial's releases,
+a guarantee that holds against everyone, the coordinator included (a room whose sites disagree runs no session).
 
 ``declared_train_records`` / ``declared_heldout_records`` (both or neither) are sizes the data owner
 declares public. The site's sampling rate, noise, FedAvg weight and published record count come from
@@ -167,9 +168,9 @@ class Policy:
     declared_train_records: int | None = None
     #: public held-out size (with declared_train_records): the most held-out records evaluated
     declared_heldout_records: int | None = None
-    #: how a tuning session (room.tune) is accounted: "compose" (every trial) or "private" (one private-selection
-    #: charge for the best trial, trusting the coordinator to show no other trial)
-    tuning_selection: str = "compose"
+    #: how a tuning session (room.tune) is accounted: "private" (one private-selection charge for the best trial,
+    #: trusting the coordinator to show no other trial) or "compose" (every trial)
+    tuning_selection: str = "private"
     #: the ``[queries]`` table: DP exploration queries this site answers (none by default)
     queries: QueryPolicy = dataclasses.field(default_factory=QueryPolicy)
 

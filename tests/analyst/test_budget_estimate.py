@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 
 from fedjax_room.analyst.results import BudgetReport, EstimateReport
-from fedjax_room.analyst.tune import draw_configs
 from fedjax_room.analyst.views import view_text
 from fedjax_room.errors import ConfigError
 
@@ -80,6 +79,16 @@ def test_a_run_another_site_can_carry_or_an_unknown_site_might_is_not_refused_up
     assert one.can_start and one.problem() == ""  # site-a alone is enough
     silent = EstimateReport.from_list([EST[0], EST[1], {"site": "site-c", "status": "no_answer", "accept": False}])
     assert silent.can_start  # site-c may still accept: only the room can tell
+
+
+def draw_configs(space, trials, *, seed):
+    """``trials`` option sets drawn from ``space`` as the coordinator draws a session's trials."""
+    import random
+
+    from fedjax_room.protocol.tuning import draw_config, space_to_wire
+
+    rng, wire = random.Random(seed), space_to_wire(space)
+    return [draw_config(wire, rng) for _ in range(trials)]
 
 
 def test_tuning_draws_every_trial_independently_from_lists_and_within_ranges():

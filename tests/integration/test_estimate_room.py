@@ -89,10 +89,12 @@ def test_estimate_then_spend_then_a_refusal_up_front_then_the_budgets_compositio
     assert f"{a.sum_of_runs:.4g}" in note and f"{a.epsilon_spent:.4g}" in note and "tighter than the sum" in note
 
 
-def test_tune_returns_the_best_trial_and_every_trial_is_composed_in_the_ledger(room):
+def test_tune_shows_the_analyst_only_the_best_trial_and_the_session_is_charged_once(room):
+    from fedjax_room.dp.accounting import event_from_dict
+    from fedjax_room.dp.selection import selection_bound
+    from fedjax_room.errors import FedRoomError
+
     er, client = room
-    before = _ledger(er, "site-a")
-    known = set(before.run_epsilons())
     result = client.tune(
         SPEC,
         {"learning_rate": [0.2, 1.0]},
@@ -103,9 +105,15 @@ def test_tune_returns_the_best_trial_and_every_trial_is_composed_in_the_ledger(r
     )
     assert result.trials == 2 and result.config["learning_rate"] in (0.2, 1.0) and result.value is not None
     assert result.run.status == "finished" and result.run.config["tune_session"] == result.session
-    after = _ledger(er, "site-a")
-    trial_runs = set(after.run_epsilons()) - known
-    # the coordinator drew the number of trials (geometric, mean 2); the default policy composes every one of them
-    session = after.session(result.session)
-    assert session["mode"] == "compose" and session["charge"] is None and set(session["runs"]) == trial_runs
-    assert result.run.id in trial_runs and all(after.run_epsilons()[r] > 0 for r in trial_runs)
+    # the default policy (tuning_selection = "private"): one Papernot & Steinke charge for the whole session
+    session = _ledger(er, "site-a").session(result.session)
+    assert session["mode"] == "private" and result.run.id in session["runs"]
+    bound = selection_bound(event_from_dict(session["event"]), 2.0, 1.0, 1e-5)
+    assert session["charge"]["epsilon"] == pytest.approx(bound["epsilon"])
+    # the coordinator ran the trials (their number drawn by it, geometric of mean 2); the analyst sees the best only
+    hidden = set(session["runs"]) - {result.run.id}
+    seen = repr([client.runs(), client.budget(), client.audit(last=1000)])
+    assert result.run.id in seen and not any(t in seen for t in hidden)
+    for trial in hidden:
+        with pytest.raises(FedRoomError, match="no run"):
+            client.run(trial)

@@ -4,9 +4,6 @@ spends, stores and audits nothing."""
 
 from __future__ import annotations
 
-import random
-
-import dp_accounting as dpa
 import numpy as np
 import pytest
 
@@ -97,52 +94,6 @@ def test_a_refusal_the_estimate_foresees_is_the_refusal_the_run_gets(tmp_path):
     assert fixed["site-b"]["ledger_after"] > fixed["site-b"]["epsilon_cap"]
     noisy = estimate(room, {**CONFIG, "target_epsilon": None, "noise_multiplier": 1.0})
     assert noisy["site-b"]["reason"] == "epsilon_cap" and noisy["site-b"]["option"] == "noise_multiplier"
-
-
-@pytest.mark.slow  # four estimates and three runs, each new set of options one more calibration
-def test_a_composed_tuning_session_is_checked_for_its_mean_and_every_trial_is_composed(tmp_path):
-    """Under the default ``tuning_selection = "compose"``: a session's first trial is checked for the session's mean
-    number of trials, the coordinator's drawn number ends it, and every trial's releases are composed."""
-    from fedjax_room.protocol.tuning import TuneDraws
-
-    class _Fixed(random.Random):
-        def random(self) -> float:
-            return 0.6  # geometric of mean 2: P(K<=2) = 0.75, so two trials
-
-    room = _room(tmp_path, caps=(10.0,))  # one site: each new trial's options are one more plan to calibrate
-    room.coord._tune_draws = TuneDraws(_Fixed(0))
-    tuned = {**CONFIG, "tune_session": 7, "tune_trials": 2}
-    est = estimate(room, tuned)
-    assert all(e["accept"] and e["tune_k_max"] == e["tune_trials_left"] > 2 for e in est.values())
-    assert not any("tune_epsilon" in e for e in est.values())  # composed: no private-selection charge
-    too_many = estimate(room, {**tuned, "tune_trials": 64, "target_epsilon": 4.0})  # 64 x 4 composed: past 10
-    assert not any(e["accept"] for e in too_many.values())
-    assert {e["reason"] for e in too_many.values()} == {"epsilon_cap"}
-    first = room.start(SPEC, tuned)
-    second = room.start(SPEC, {**tuned, "learning_rate": 0.2})
-    assert room.store.run(first).status == room.store.run(second).status == "finished"
-    with pytest.raises(RefusedError) as info:  # the coordinator drew two trials
-        room.start(SPEC, {**tuned, "learning_rate": 0.1})
-    assert info.value.reason == "tune_done"
-    raised = estimate(room, {**tuned, "tune_trials": 3})  # a session keeps the mean it was declared with
-    assert all(e["reason"] == "tune_trials" and "mean of 2 trials" in e["message"] for e in raised.values())
-    # the session's figure in each ledger: every release of both trials composed with PLD, recomputed here
-    for name, s in room.sites.items():
-        agent = s["agent"]
-        plans = {run: room.store.run_sites(run)[name]["plan"] for run in (first, second)}
-        q = CONFIG["batch_size"] / agent.public_size.train
-        acc = dpa.pld.PLDAccountant(value_discretization_interval=1e-3)
-        for tag in agent.ledger.tags:
-            run, _, phase = tag.split("/")
-            plan = plans[run]
-            if phase == "train":
-                gaussian = dpa.GaussianDpEvent(plan["noise_multiplier"])
-                acc.compose(dpa.SelfComposedDpEvent(dpa.PoissonSampledDpEvent(q, gaussian), CONFIG["local_steps"]))
-            else:
-                acc.compose(dpa.GaussianDpEvent(plan["eval_noise_multiplier"]))
-        assert {t.split("/")[0] for t in agent.ledger.tags} == {first, second}
-        assert agent.ledger.epsilon() == pytest.approx(acc.get_epsilon(agent.ledger.delta), rel=2e-3)
-        assert agent.ledger.session(7)["runs"] == [first, second]
 
 
 def test_an_estimate_of_a_run_the_room_refuses_is_refused_by_the_room(tmp_path):

@@ -194,8 +194,8 @@ def test_k_max_bounds_the_tail_and_the_draw_follows_the_distribution():
 
 
 def test_the_policy_says_how_a_tuning_session_is_accounted():
-    assert Policy().tuning_selection == "compose"
-    assert Policy.from_dict({"tuning_selection": "private"}).tuning_selection == "private"
-    assert 'tuning_selection = "private"' in Policy.from_dict({"tuning_selection": "private"}).to_toml()
+    assert Policy().tuning_selection == "private"  # the coordinator shows the analyst only the best trial
+    assert Policy.from_dict({"tuning_selection": "compose"}).tuning_selection == "compose"
+    assert 'tuning_selection = "compose"' in Policy.from_dict({"tuning_selection": "compose"}).to_toml()
     with pytest.raises(PolicyError, match="tuning_selection"):
         Policy.from_dict({"tuning_selection": "best"})
