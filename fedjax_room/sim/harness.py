@@ -93,6 +93,8 @@ class SimSpec:
     aggregator: str = "fedavg"
     server_optimizer: str = "fedavg"
     server_learning_rate: float = 1.0
+    #: the released model a moving average of the iterates (RunConfig's model_average); off: the last iterate
+    model_average: float = 0.0
     attack: str | None = None
     attack_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     malicious: tuple[int, ...] = ()
@@ -239,6 +241,7 @@ def sim_config(spec: SimSpec) -> dict[str, Any]:
             "aggregator": spec.aggregator,
             "server_optimizer": spec.server_optimizer,
             "server_learning_rate": spec.server_learning_rate,
+            "model_average": spec.model_average,
             "secure_aggregation": spec.secure_aggregation,
             "exclude_below": spec.anomaly.exclude_below,
             "seed": spec.seed,

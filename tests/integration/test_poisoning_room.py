@@ -23,6 +23,8 @@ SETTINGS = {
     "learning_rate": 2.0,
     "server_optimizer": "fedavg",  # plain FedAvg (the default FedAdam's normalised step would damp the 10x boost)
     "server_learning_rate": 1.0,
+    "clip_norm": 1.0,  # this recipe's, of several local steps (RunConfig's defaults are for one full-batch step)
+    "model_average": 0.0,
     "target_epsilon": 8.0,
     "round_timeout": 60.0,
     "secure_aggregation": False,  # fedavg too: every update is scored (secure aggregation is on by default)

@@ -34,8 +34,10 @@ def started(room):
         local_steps=20,
         batch_size=48,
         learning_rate=0.5,
-        server_optimizer="fedavg",  # this recipe's (RunConfig's default is FedAdam for one full-batch step a round)
+        server_optimizer="fedavg",  # this recipe's (RunConfig's defaults are for one full-batch step a round)
         server_learning_rate=1.0,
+        clip_norm=1.0,
+        model_average=0.0,
     )
     run_id = run.id
     first.close()  # the kernel restarts: this connection and its Run object are gone
