@@ -472,7 +472,7 @@ class SiteAgent:
             )
             total = jax.tree.map(np.zeros_like, total)
         noise_seed = self._seed(msg.run_id, config.seed, msg.round, "site-noise")
-        return secure_vector(total, config, secure, noise_seed, plan.noise_multiplier)
+        return secure_vector(total, config, secure, noise_seed, plan.noise_multiplier, share=self.policy.noise_shares)
 
     # the seam a simulated attacker (fedjax_room.sim.attacker.AttackingAgent) overrides; identity here
     def _local_data(self, data: Dataset, params: Tree, seed: int) -> Dataset:

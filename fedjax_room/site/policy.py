@@ -10,6 +10,7 @@ Example ``policy.toml``::
     max_params = 1_000_000
     allowed_aggregators = ["fedavg", "mean"]
     require_secure_aggregation = false
+    noise_shares = true          # with distributed noise, add only this site's share (false: all of the noise)
     approval = "auto"            # or "manual": a spec not in approved_models waits in the site's inbox
     approved_models = []         # spec hashes this site runs without asking (ModelSpec.hash)
     declared_train_records = 4000   # optional, with the next: the PUBLIC sizes the site plans with
@@ -171,6 +172,10 @@ class Policy:
     #: how a tuning session (room.tune) is accounted: "private" (one private-selection charge for the best trial,
     #: trusting the coordinator to show no other trial) or "compose" (every trial)
     tuning_selection: str = "private"
+    #: with distributed noise (docs/privacy.md, "Distributed noise"): add only this site's share of the DP-SGD noise,
+    #: counting on the other sites in the sum for theirs (True), or all of it, so its guarantee rests on its own
+    #: noise alone (False)
+    noise_shares: bool = True
     #: the ``[queries]`` table: DP exploration queries this site answers (none by default)
     queries: QueryPolicy = dataclasses.field(default_factory=QueryPolicy)
 
@@ -228,6 +233,8 @@ class Policy:
         secure = d["require_secure_aggregation"]
         if not isinstance(secure, bool):
             raise PolicyError(f"{where}: require_secure_aggregation must be true or false")
+        if not isinstance(d["noise_shares"], bool):
+            raise PolicyError(f"{where}: noise_shares must be true or false")
         if d["tuning_selection"] not in ("private", "compose"):
             raise PolicyError(
                 f'{where}: tuning_selection must be "private" or "compose", got {d["tuning_selection"]!r}'
@@ -244,6 +251,7 @@ class Policy:
         return cls(
             approval=d["approval"],
             tuning_selection=d["tuning_selection"],
+            noise_shares=d["noise_shares"],
             approved_models=tuple(approved),
             epsilon_cap=number("epsilon_cap"),
             site_epsilon_cap=None if d["site_epsilon_cap"] is None else number("site_epsilon_cap"),

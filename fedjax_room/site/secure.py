@@ -22,11 +22,18 @@ __all__ = ["secure_vector", "site_event"]
 
 
 def secure_vector(
-    delta: Any, config: RunConfig, secure: SecureTrain, noise_seed: int, noise_multiplier: float = 0.0
+    delta: Any,
+    config: RunConfig,
+    secure: SecureTrain,
+    noise_seed: int,
+    noise_multiplier: float = 0.0,
+    *,
+    share: bool = True,
 ) -> np.ndarray:
     """The update ``delta`` as a SecAgg ring vector (``noise_seed``: the round's secret site-noise seed). With
-    ``distributed_noise``, ``delta`` is the site's sum of clipped gradients and ``noise_multiplier`` its plan's."""
-    encoder = make_encoder(config, SecAggConfig.from_dict(secure.setup.config), noise_multiplier)
+    ``distributed_noise``, ``delta`` is the site's sum of clipped gradients, ``noise_multiplier`` its plan's and
+    ``share`` whether it adds only its share of the noise (its policy's ``noise_shares``)."""
+    encoder = make_encoder(config, SecAggConfig.from_dict(secure.setup.config), noise_multiplier, share=share)
     flat = flatten_update(dict(delta))
     if config.distributed_noise:
         return encoder.encode(flat, np.random.default_rng([noise_seed, 13]))
