@@ -255,6 +255,8 @@ class AnalystRequests(RunDriver):
             tunes.trial_over(s, run.id, value)
             self._tune_next(s, now)
         ours = {t for s in tunes.sessions.values() for t in s.trials}
+        if not tunes.hidden - ours:  # no stored trial of a lost session (the usual case: no store scan)
+            return
         for run in self.store.runs():
             if (
                 run.id in tunes.hidden

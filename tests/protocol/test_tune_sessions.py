@@ -128,6 +128,10 @@ def test_a_private_session_shows_the_analyst_only_its_best_trial_and_charges_it_
     with pytest.raises(ConfigError, match="may not name it"):
         room._ask(m.EstimateRun(req=room._next_req(), spec=SPEC.to_dict(), config=config), m.EstimateReply)
     assert room.start(SPEC, RUN, settle=False) == "run-1"
+    room.restart_coordinator()  # a new coordinator reads which trial was published from the store
+    assert [r["id"] for r in _visible(room)["runs"]] == [result.run.id, "run-1"]
+    with pytest.raises(ConfigError, match="no tuning session"):  # the session was the old coordinator's memory
+        room._ask(m.GetTune(req=room._next_req(), session=result.session), m.TuneReply)
 
 
 def test_a_session_refused_up_front_spends_nothing(tmp_path):
@@ -196,3 +200,44 @@ def test_a_composed_session_is_estimated_for_its_mean_and_every_trial_is_compose
             acc.compose(dpa.GaussianDpEvent(plan["eval_noise_multiplier"]))
     assert {t.split("/")[0] for t in agent.ledger.tags} == set(trials)
     assert agent.ledger.epsilon() == pytest.approx(acc.get_epsilon(agent.ledger.delta), rel=2e-3)
+
+
+def test_while_a_session_runs_the_analyst_sees_only_that_it_runs_and_a_restart_ends_it(harness):
+    """The machine alone (tests/protocol/conftest.py's harness; the site does not answer): the trial is offered to
+    the site as a run of the session, the analyst sees no run and a bare "running"; a new coordinator over the
+    same store fails the lost session's trial (``tune_lost``) and still shows it to nobody."""
+    from tests.protocol.conftest import Harness
+
+    analyst, sites = harness.setup_room(1)
+    space = {"learning_rate": {"values": [0.1, 0.3]}}
+    harness.send(analyst, m.StartTune(req=1, spec=SPEC.to_dict(), space=space, trials=4, config={"rounds": 1}))
+    (started,) = harness.take(analyst)
+    assert isinstance(started, m.TuneStarted)
+    (offer,) = [x for x in harness.take(sites["site-a"]) if isinstance(x, m.RunOffer)]
+    assert offer.run_id.startswith(TRIAL_PREFIX) and offer.config["tune_session"] == started.session
+    assert offer.config["tune_trials"] == 4 and offer.config["learning_rate"] in (0.1, 0.3)
+    harness.send(analyst, m.GetTune(req=2, session=started.session))
+    harness.send(analyst, m.ListRuns(req=3))
+    tune_reply, runs = harness.take(analyst)
+    assert tune_reply.tune["status"] == "running" and tune_reply.tune["run_id"] is None and runs.runs == []
+    assert set(tune_reply.tune) == {
+        "session",
+        "status",
+        "trials",
+        "shape",
+        "metric",
+        "run_id",
+        "value",
+        "config",
+        "error",
+    }
+    again = Harness(harness.store.state_dir.parent, store=harness.store)  # the coordinator restarted
+    trial = harness.store.run(offer.run_id)
+    assert trial.status == "failed" and trial.error["reason"] == "tune_lost"
+    again.enroll("analyst-2", "analyst")
+    other = again.connect("analyst-2")
+    again.take(other)
+    again.send(other, m.ListRuns(req=1))
+    again.send(other, m.GetTune(req=2, session=started.session))
+    runs, error = again.take(other)
+    assert runs.runs == [] and isinstance(error, m.Error) and "no tuning session" in error.message
