@@ -202,7 +202,8 @@ def test_jsonable_and_summaries():
     line = policy_summary(Policy(epsilon_cap=10.0, min_sites=2, require_secure_aggregation=True).to_dict())
     assert line == (
         "ε cap: 10 · δ cap: 1e-05 · min sites: 2 · models: logistic, mlp, cnn · max parameters: 1,000,000 · "
-        "aggregators: any · secure aggregation: required · approval: auto · tuning selection: private · noise shares: yes"
+        "aggregators: any · secure aggregation: required · approval: auto · tuning selection: private · "
+        "noise shares: yes"
     )
     assert policy_summary(None) == "—"
 
