@@ -35,6 +35,7 @@ __all__ = [
     "OPTION_GROUPS",
     "SECURE_AGGREGATORS",
     "SERVER_OPTIMIZERS",
+    "STORED_BEFORE",
     "OptionSpec",
     "RunConfig",
     "RunLimits",
@@ -376,6 +377,13 @@ class RunConfig:
         _check_together(v, lim)
         return cls(**v)
 
+    @classmethod
+    def from_stored(cls, data: Mapping[str, Any], *, limits: RunLimits | None = None) -> RunConfig:
+        """A config stored by a run (coordinator store, a site's accepted runs): as :meth:`from_dict`, except that
+        an option added after the run was stored takes the value the run ran with (:data:`STORED_BEFORE`), not
+        today's default: a run resumed across an upgrade goes on as it started."""
+        return cls.from_dict({**STORED_BEFORE, **data}, limits=limits)
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able data."""
         return dataclasses.asdict(self)
@@ -390,6 +398,11 @@ def secure_by_default(options: Mapping[str, Any]) -> bool:
     robust rule or ``exclude_below`` is set (both need each site's update, which masking hides)."""
     aggregator = options.get("aggregator")
     return (aggregator is None or aggregator in SECURE_AGGREGATORS) and options.get("exclude_below") is None
+
+
+#: What a stored config without these options ran with (they were added later: distributed noise and the model
+#: average in issue 16's second session)
+STORED_BEFORE: dict[str, Any] = {"distributed_noise": False, "model_average": 0.0}
 
 
 def distributed_by_default(options: Mapping[str, Any]) -> bool:

@@ -102,7 +102,7 @@ class RunDriver(RunViews):
             if run.id in self._preparing:
                 return  # its initial model is still being built (in order: later runs wait)
             try:
-                config = RunConfig.from_dict(run.config, limits=self.limits)
+                config = RunConfig.from_stored(run.config, limits=self.limits)
                 if run.status == "pending" and run.rounds_done == 0 and not self.store.has_checkpoint(run.id, 0):
                     # the coordinator stopped while building the initial model: build it again
                     if self.background:
@@ -117,7 +117,7 @@ class RunDriver(RunViews):
             return
 
     def _activate(self, run: StoredRun, now: float, *, resumed: bool = False) -> None:
-        config = RunConfig.from_dict(run.config, limits=self.limits)
+        config = RunConfig.from_stored(run.config, limits=self.limits)
         params, opt_state, params_bytes = self.store.load_checkpoint(run.id, run.rounds_done)
         a = _Active(
             id=run.id,

@@ -40,7 +40,7 @@ class AcceptedRuns:
         if not path.exists():
             return None
         rec = json.loads(path.read_text())
-        if rec["spec_hash"] == spec.hash and RunConfig.from_dict(rec["config"]) == config:
+        if rec["spec_hash"] == spec.hash and RunConfig.from_stored(rec["config"]) == config:
             return Plan.from_dict(rec["plan"])
         raise RefusedError(
             f"{self.name}: run id {run_id} was already used for another run", party=self.name, reason="run_id_reused"
@@ -59,4 +59,4 @@ class AcceptedRuns:
             raise RefusedError(
                 f"{self.name} never accepted run {run_id}; offer it first", party=self.name, reason="unknown_run"
             ) from None
-        return ModelSpec.from_dict(rec["spec"]), RunConfig.from_dict(rec["config"]), Plan.from_dict(rec["plan"])
+        return ModelSpec.from_dict(rec["spec"]), RunConfig.from_stored(rec["config"]), Plan.from_dict(rec["plan"])

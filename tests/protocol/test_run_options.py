@@ -92,3 +92,16 @@ def test_local_optimizers_are_the_trainers():
     from fedjax_room.protocol.config import LOCAL_OPTIMIZERS
 
     assert LOCAL_OPTIMIZERS == OPTIMIZERS == run_option("local_optimizer").choices
+
+
+def test_a_run_stored_before_distributed_noise_resumes_as_it_started():
+    from fedjax_room.protocol.config import RunConfig
+
+    old = RunConfig.from_dict({}).to_dict()
+    for name in ("distributed_noise", "model_average"):  # what a config stored by an older version lacks
+        old.pop(name)
+    resumed = RunConfig.from_stored(old)
+    assert (resumed.distributed_noise, resumed.model_average) == (False, 0.0)
+    new = RunConfig.from_dict({})
+    assert RunConfig.from_stored(new.to_dict()) == new  # a config stored now is read back unchanged
+    assert (new.distributed_noise, new.model_average) == (True, 0.9)
