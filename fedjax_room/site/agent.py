@@ -64,7 +64,7 @@ from fedjax_room.protocol.codec import Tree, digest, pack_tree, unpack_tree, upd
 from fedjax_room.protocol.config import RunConfig
 from fedjax_room.protocol.secure import SecureEval, SecureRelease, SecureTrain
 from fedjax_room.site.approval import Inbox, await_approval
-from fedjax_room.site.estimate import check_offer, estimate_answer, session_trials
+from fedjax_room.site.estimate import check_offer, estimate_answer
 from fedjax_room.site.evaluate import metrics_frame, metrics_message, noised_vector, ring_vector
 from fedjax_room.site.ledger import Ledger
 from fedjax_room.site.plan import Plan
@@ -239,8 +239,7 @@ class SiteAgent:
         try:
             # the same checks an estimate runs (site/estimate.py), then the budget and the data owner's approval
             plan = check_offer(self.name, self.policy, self._train.schema, self.public_size.train, spec, config)
-            trials = session_trials(self.runs.root, config, besides=msg.run_id, name=self.name)
-            self.spending.check_run(plan, config, trials_accepted=trials, run_id=msg.run_id)
+            self.spending.check_run(plan, config, run_id=msg.run_id)
             self._await_approval(msg.run_id, spec)
             self.spending.admit(msg.run_id, plan, config)  # a tuning trial: its session's record (and one charge)
         except PolicyViolation as exc:
@@ -260,7 +259,6 @@ class SiteAgent:
             public_size=self.public_size.train,
             spending=self.spending,
             inbox=Inbox(self.state_dir),
-            runs_root=self.runs.root,
         )
 
     def _await_approval(self, run_id: str, spec: ModelSpec) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import json
-from pathlib import Path
 from typing import Any
 
 from fedjax_room.data import Schema
@@ -31,7 +30,7 @@ from fedjax_room.site.plan import Plan, make_plan
 from fedjax_room.site.policy import Policy
 from fedjax_room.site.spending import Spending
 
-__all__ = ["OPTION_FOR_REASON", "approval_state", "check_offer", "estimate_answer", "session_trials"]
+__all__ = ["OPTION_FOR_REASON", "approval_state", "check_offer", "estimate_answer"]
 
 #: the run option (or "spec", the model) an analyst changes to turn each refusal into an accept
 OPTION_FOR_REASON = {
@@ -110,27 +109,25 @@ def estimate_answer(
     public_size: int,
     spending: Spending,
     inbox: Inbox,
-    runs_root: Path,
 ) -> m.EstimateAnswer:
-    """This site's answer to ``estimate_offer``: what it would plan, whether it would accept, nothing spent
-    (``runs_root``: its accepted runs, read for the trials of a tuning session it already took part in)."""
+    """This site's answer to ``estimate_offer``: what it would plan, whether it would accept, nothing spent (a
+    trial of a tuning session is checked against the session's record in the ledger)."""
     out: dict[str, Any] = {"accept": False}
     try:
         spec = ModelSpec.from_dict(msg.spec)
         config = RunConfig.from_dict(msg.config)
         plan = check_offer(name, policy, schema, public_size, spec, config)
-        trials_accepted = session_trials(runs_root, config, besides="", name=name)
         out.update(
             epsilon_planned=plan.epsilon_planned,
             noise_multiplier=plan.noise_multiplier,
             eval_noise_multiplier=plan.eval_noise_multiplier,
             min_sites=plan.min_sites,
         )
-        figures = spending.estimate(plan, config, trials_accepted=trials_accepted)
+        figures = spending.estimate(plan, config)
         out.update(figures)
         out["approval"] = approval_state(inbox, policy, spec, name=name)
         if not figures["fits"]:
-            spending.check_run(plan, config, trials_accepted=trials_accepted)  # raises the offer's own refusal
+            spending.check_run(plan, config)  # raises the offer's own refusal
         out["accept"] = True
     except FedRoomError as exc:
         reason = getattr(exc, "reason", "") or exc.code
@@ -144,33 +141,3 @@ def estimate_answer(
     out.setdefault("remaining", max(0.0, ledger.epsilon_cap - ledger.epsilon()))
     out.setdefault("delta", ledger.delta)
     return m.EstimateAnswer(est=msg.est, estimate=out)
-
-
-def session_trials(runs_root: Path, config: RunConfig, *, besides: str, name: str = "site") -> int:
-    """How many runs of ``config``'s tuning session this site accepted (``STATE/runs``), run ``besides`` left out
-    (0 outside tuning). A session keeps the mean number of trials it was declared with: a trial that declares
-    another is refused (``tune_trials``), so an analyst cannot pass the first trial's check with a small mean and
-    then raise it (the ledger's record of the session, :meth:`~fedjax_room.site.spending.Spending.session_record`,
-    checks the mean, shape and delta again)."""
-    session = config.tune_session
-    if session is None or not runs_root.is_dir():
-        return 0
-    count = 0
-    for path in runs_root.glob("*.json"):
-        if path.stem == besides:
-            continue
-        try:
-            other = json.loads(path.read_text()).get("config") or {}
-        except (OSError, ValueError):
-            continue
-        if other.get("tune_session") != session:
-            continue
-        if other.get("tune_trials") != config.tune_trials:
-            raise PolicyViolation(
-                f"{name}: tuning session {session} was declared with a mean of {other.get('tune_trials')} trials, "
-                f"not {config.tune_trials}; a session keeps its mean (start a new room.tune)",
-                party=name,
-                reason="tune_trials",
-            )
-        count += 1
-    return count

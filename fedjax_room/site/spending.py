@@ -175,7 +175,7 @@ class Spending:
         first = whole if plan.mode == "target" else self.ledger.epsilon_after(self.planned_event(plan, count))
         return first, whole
 
-    def estimate(self, plan: Plan, config: RunConfig, *, trials_accepted: int = 0, run_id: str = "") -> dict[str, Any]:
+    def estimate(self, plan: Plan, config: RunConfig, *, run_id: str = "") -> dict[str, Any]:
         """What :meth:`check_run` decides on, as figures (nothing spent): the ledger's epsilon now and after the
         planned run (composed, at the site's delta), the cap, the naive ``remaining``, and ``fits``; for a trial of
         a tuning session also ``tune_trials_left`` (of its ``tune_k_max``) and, accounted by private selection, the
@@ -209,9 +209,7 @@ class Spending:
                 out["tune_delta"] = float(record["charge"]["delta"])
         return out
 
-    def check_run(
-        self, plan: Plan, config: RunConfig | None = None, *, trials_accepted: int = 0, run_id: str = ""
-    ) -> None:
+    def check_run(self, plan: Plan, config: RunConfig | None = None, *, run_id: str = "") -> None:
         """Refuse a run whose planned training and evaluation would take the ledger past its cap; a trial of a
         tuning session is checked as its session (see the module docstring): its first trial for the session's
         charge (private) or its mean number of trials (compose), and refused past ``k_max`` trials."""
@@ -227,7 +225,6 @@ class Spending:
         first, _ = self._session_after(plan, config, record, new)
         if first <= self.ledger.epsilon_cap:
             return
-        spent, cap = self.ledger.epsilon(), self.ledger.epsilon_cap
         charge = record.get("charge")
         if charge is not None:
             what = (
@@ -241,29 +238,24 @@ class Spending:
             what = f"the {math.ceil(record['mean'])} trials (the mean) of tuning session {config.tune_session}"
         else:
             what = f"this trial of tuning session {config.tune_session}"
-        raise PolicyViolation(
-            f"{self.name}: {what} would take its ledger past its cap: {spent:.3g} of {cap:g} already spent, "
-            f"{max(0.0, cap - spent):.3g} left, {first:.3g} composed after it; ask for "
-            + ("a smaller target_epsilon" if plan.mode == "target" else "a larger noise_multiplier")
-            + " or fewer trials",
-            party=self.name,
-            reason="epsilon_cap",
-        )
+        raise self._over_cap(what, first, plan, "fewer trials")
 
     def _check_one(self, plan: Plan) -> None:
         event = self.planned_event(plan)
         if not self.ledger.would_exceed(event):
             return
-        spent = self.ledger.epsilon()
-        cap = self.ledger.epsilon_cap
-        after = self.ledger.epsilon_after(event)
         what = "this run" if plan.mode == "target" else "even one round of this run"
-        raise PolicyViolation(
-            f"{self.name}: {what} (epsilon {plan.epsilon_planned:.3g} planned per run) would take its ledger "
-            f"past its cap: {spent:.3g} of {cap:g} already spent, {max(0.0, cap - spent):.3g} left, "
-            f"{after:.3g} composed after it; ask for "
+        what += f" (epsilon {plan.epsilon_planned:.3g} planned per run)"
+        raise self._over_cap(what, self.ledger.epsilon_after(event), plan, "fewer rounds")
+
+    def _over_cap(self, what: str, after: float, plan: Plan, fewer: str) -> PolicyViolation:
+        """The refusal of ``what``, which would take the ledger to ``after``, past its cap (``epsilon_cap``)."""
+        spent, cap = self.ledger.epsilon(), self.ledger.epsilon_cap
+        return PolicyViolation(
+            f"{self.name}: {what} would take its ledger past its cap: {spent:.3g} of {cap:g} already spent, "
+            f"{max(0.0, cap - spent):.3g} left, {after:.3g} composed after it; ask for "
             + ("a smaller target_epsilon" if plan.mode == "target" else "a larger noise_multiplier")
-            + " or fewer rounds",
+            + f" or {fewer}",
             party=self.name,
             reason="epsilon_cap",
         )
