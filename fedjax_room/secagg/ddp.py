@@ -72,7 +72,15 @@ from fedjax_room.dp.accounting import INTEGER_RDP_ORDERS, Accountant
 from fedjax_room.errors import ConfigError, PrivacyError
 from fedjax_room.secagg.encoding import check_modulus_bits, from_signed, to_signed
 
-__all__ = ["CERTIFIED_ACCOUNTANT", "SkellamMechanism", "clip_update", "site_level_event", "skellam_draws"]
+__all__ = [
+    "CERTIFIED_ACCOUNTANT",
+    "SkellamMechanism",
+    "clip_update",
+    "site_level_event",
+    "skellam_draws",
+    "skellam_gaussian_multiplier",
+    "skellam_variance_for",
+]
 
 _TAIL = 10.0  # noise headroom in standard deviations: P(|N| > 10 sd) < 2e-23 per coordinate
 _MAX_LAMBDA = 2.0**40  # keep each Poisson mean where float64 sampling is exact to well below 1
@@ -108,6 +116,26 @@ def site_level_event(noise_multiplier: float, rounds: int, sampling_rate: float 
     if sampling_rate < 1:
         event = dp_accounting.PoissonSampledDpEvent(sampling_rate, event)
     return dp_accounting.SelfComposedDpEvent(event, rounds)
+
+
+def skellam_gaussian_multiplier(variance: float, l2: float, l1: float) -> float:
+    """The Gaussian noise multiplier whose RDP bounds Skellam noise of ``variance`` against sensitivities ``l2`` /
+    ``l1`` at every integer order (Agarwal, Kairouz & Liu 2021, Thm 3.5): ``s / l2`` with ``1/s^2 = 1/mu + (1 + 3
+    l1 / l2^2) / mu^2``; 0 for no noise. The one formula for distributed DP, distributed noise and evaluation."""
+    if variance == 0:
+        return 0.0
+    inv = 1.0 / variance + (1.0 + 3.0 * l1 / l2**2) / variance**2
+    return math.sqrt(1.0 / inv) / l2
+
+
+def skellam_variance_for(multiplier: float, l2: float, l1: float) -> float:
+    """The inverse of :func:`skellam_gaussian_multiplier`: the Skellam variance whose bounding Gaussian has exactly
+    noise ``multiplier`` (the positive root of ``1/(z l2)^2 = 1/mu + c/mu^2``); 0 for no noise."""
+    if multiplier == 0:
+        return 0.0
+    a = (multiplier * l2) ** 2
+    c = 1.0 + 3.0 * l1 / l2**2
+    return a * (1.0 + math.sqrt(1.0 + 4.0 * c / a)) / 2.0
 
 
 def skellam_draws(variance: float, shape: int | tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
@@ -209,12 +237,7 @@ class SkellamMechanism:
     @property
     def effective_noise_multiplier(self) -> float:
         """``z_eff``: the Gaussian noise multiplier whose RDP dominates this Skellam mechanism."""
-        mu = self.central_variance
-        if mu == 0:
-            return 0.0
-        d2, d1 = self.l2_sensitivity, self.l1_sensitivity
-        inv = 1.0 / mu + (1.0 + 3.0 * d1 / d2**2) / mu**2
-        return math.sqrt(1.0 / inv) / d2
+        return skellam_gaussian_multiplier(self.central_variance, self.l2_sensitivity, self.l1_sensitivity)
 
     # ------------------------------------------------------------ per site and at the server
 

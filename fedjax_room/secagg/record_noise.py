@@ -45,7 +45,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedjax_room.errors import ConfigError
-from fedjax_room.secagg.ddp import skellam_draws
+from fedjax_room.secagg.ddp import skellam_draws, skellam_gaussian_multiplier, skellam_variance_for
 from fedjax_room.secagg.encoding import from_signed, to_signed
 
 __all__ = ["GAMMA_UNITS", "MODULUS_BITS", "RecordNoise"]
@@ -100,15 +100,15 @@ class RecordNoise:
         return self.gamma * self.clip_norm + math.sqrt(self.dimension)
 
     @property
+    def l1_sensitivity(self) -> float:
+        """``Delta1 = sqrt(d) Delta2``."""
+        return math.sqrt(self.dimension) * self.l2_sensitivity
+
+    @property
     def central_variance(self) -> float:
         """``mu``: the integer variance a sum of ``t`` shares carries, solved so that the Skellam bound's
         effective Gaussian multiplier is exactly ``noise_multiplier``."""
-        if self.noise_multiplier == 0:
-            return 0.0
-        d2 = self.l2_sensitivity
-        c = 1.0 + 3.0 * math.sqrt(self.dimension) / d2  # 1 + 3 Delta1 / Delta2^2, Delta1 = sqrt(d) Delta2
-        a = (self.noise_multiplier * d2) ** 2  # solve 1/a = 1/mu + c/mu^2 for mu
-        return a * (1.0 + math.sqrt(1.0 + 4.0 * c / a)) / 2.0
+        return skellam_variance_for(self.noise_multiplier, self.l2_sensitivity, self.l1_sensitivity)
 
     @property
     def site_variance(self) -> float:
@@ -119,12 +119,7 @@ class RecordNoise:
     @property
     def effective_noise_multiplier(self) -> float:
         """The Gaussian multiplier whose RDP bounds a sum of ``t`` shares (equals ``noise_multiplier``)."""
-        mu = self.central_variance
-        if mu == 0:
-            return 0.0
-        d2 = self.l2_sensitivity
-        inv = 1.0 / mu + (1.0 + 3.0 * math.sqrt(self.dimension) / d2) / mu**2
-        return math.sqrt(1.0 / inv) / d2
+        return skellam_gaussian_multiplier(self.central_variance, self.l2_sensitivity, self.l1_sensitivity)
 
     @property
     def headroom(self) -> float:

@@ -36,6 +36,7 @@ from fedjax_room.dp.accounting import Accountant, calibrate_noise, dpsgd_event
 from fedjax_room.errors import ConfigError, PrivacyError, RefusedError
 from fedjax_room.protocol import evaluation as ev
 from fedjax_room.protocol.config import RunConfig
+from fedjax_room.secagg.ddp import skellam_gaussian_multiplier
 
 __all__ = [
     "EVAL_SENSITIVITY",
@@ -74,9 +75,7 @@ def skellam_multiplier(eval_noise_multiplier: float) -> float:
     """The Gaussian noise multiplier whose RDP bounds the Skellam evaluation release at every integer order
     (Agarwal, Kairouz & Liu 2021, Thm 3.5, as in :mod:`fedjax_room.secagg.ddp`): variance ``mu = (sigma *
     SCALE)^2`` against sensitivities ``DELTA2`` / ``DELTA1``, ``1/s^2 = 1/mu + (1 + 3 DELTA1 / DELTA2^2) / mu^2``."""
-    mu = (float(eval_noise_multiplier) * ev.SCALE) ** 2
-    inv = 1.0 / mu + (1.0 + 3.0 * ev.DELTA1 / ev.DELTA2**2) / mu**2
-    return 1.0 / math.sqrt(inv) / ev.DELTA2
+    return skellam_gaussian_multiplier((float(eval_noise_multiplier) * ev.SCALE) ** 2, ev.DELTA2, ev.DELTA1)
 
 
 @dataclasses.dataclass(frozen=True)
