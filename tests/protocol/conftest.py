@@ -9,6 +9,7 @@ test_secure_room.py, tests/sim/), the round engine the simulation and the benchm
 from __future__ import annotations
 
 import itertools
+import random
 
 import numpy as np
 import pytest
@@ -139,3 +140,15 @@ Harness.SPEC = SPEC
 Harness.update = staticmethod(update)
 Harness.metrics = staticmethod(metrics)
 Harness.delta_tree = staticmethod(delta_tree)
+
+
+class FixedRandom(random.Random):
+    """A generator whose every uniform draw is ``u``: a tuning session's number of trials, made deterministic (a
+    geometric of mean 2 draws three trials at u = 0.8; of mean 4, three at u = 0.5)."""
+
+    def __init__(self, u: float) -> None:
+        super().__init__(0)
+        self.u = u
+
+    def random(self) -> float:
+        return self.u

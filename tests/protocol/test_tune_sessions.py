@@ -6,7 +6,6 @@ session's one private-selection charge."""
 
 from __future__ import annotations
 
-import random
 from typing import Any
 
 import numpy as np
@@ -23,20 +22,11 @@ from fedjax_room.protocol import messages as m
 from fedjax_room.protocol.tuning import TRIAL_PREFIX, TuneSessions
 from fedjax_room.sim import LoopbackRoom
 
+from .conftest import FixedRandom
+
 SPEC = logistic([64], 10)
 RUN = {"rounds": 1, "local_steps": 2, "batch_size": 32, "target_epsilon": 1.0, "secure_aggregation": False}
 _REPLIES = {m.StartTune: m.TuneStarted, m.GetTune: m.TuneReply, m.WatchRun: m.RunSnapshot}
-
-
-class _Fixed(random.Random):
-    """A generator whose uniform draw is ``u`` (geometric of mean 2: u = 0.8 draws three trials)."""
-
-    def __init__(self, u: float) -> None:
-        super().__init__(0)
-        self.u = u
-
-    def random(self) -> float:
-        return self.u
 
 
 class _Run:
@@ -72,7 +62,7 @@ def _room(tmp_path, policies: dict[str, dict[str, Any]], u: float = 0.8) -> Loop
         for i, (name, policy) in enumerate(policies.items())
     }
     room = LoopbackRoom(tmp_path, sites, seed=1)
-    room.coord._tune_sessions = TuneSessions(_Fixed(u))
+    room.coord._tune_sessions = TuneSessions(FixedRandom(u))
     return room
 
 

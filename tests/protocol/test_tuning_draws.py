@@ -13,22 +13,13 @@ from fedjax_room.errors import ConfigError
 from fedjax_room.protocol.config import RunConfig
 from fedjax_room.protocol.tuning import TRIAL_PREFIX, TuneSessions, draw_config, space_to_wire
 
+from .conftest import FixedRandom
+
 SPACE = space_to_wire({"learning_rate": (0.01, 1.0), "local_steps": (2, 5), "clip_norm": [0.5, 1.0]})
 
 
-class _Fixed(random.Random):
-    """A generator whose uniform draw is ``u`` (geometric of mean 4: u = 0.5 draws 3 trials)."""
-
-    def __init__(self, u: float) -> None:
-        super().__init__(0)
-        self.u = u
-
-    def random(self) -> float:
-        return self.u
-
-
 def _session(u: float = 0.5):
-    tunes = TuneSessions(_Fixed(u))
+    tunes = TuneSessions(FixedRandom(u))
     tunes.load_hidden([], [])
     return tunes, tunes.start("ana", {}, SPACE, 4, 1.0, "accuracy", {"rounds": 1}, now=0.0)
 
