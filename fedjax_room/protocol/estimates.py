@@ -23,7 +23,7 @@ from typing import Any
 
 from fedjax_room.errors import ProtocolError, RefusedError
 from fedjax_room.protocol import messages as m
-from fedjax_room.protocol.config import RunLimits, check_run_request
+from fedjax_room.protocol.config import RunLimits
 from fedjax_room.protocol.connections import Conn
 from fedjax_room.protocol.views import RunViews
 
@@ -126,13 +126,7 @@ class EstimateRequests(RunViews):
                 party="room",
                 reason="rate_limited",
             )
-        spec, config = check_run_request(  # the bounds of a start_run, before any site is asked
-            msg.spec,
-            msg.config,
-            limits=self.limits,
-            max_frame=min(self.max_frame, getattr(self.store, "max_params_bytes", self.max_frame)),
-            max_checkpoint=getattr(self.store, "max_checkpoint_bytes", 4 * self.max_frame),
-        )
+        spec, config = self._check_request(msg.spec, msg.config)  # the bounds of a start_run, before any site
         self._refuse_known_session(config)  # a session's sites would say how many of its trials ran
         recent[c.name] = [*times, now]
         for name in [n for n, ts in recent.items() if not ts or ts[-1] <= now - ESTIMATE_WINDOW]:

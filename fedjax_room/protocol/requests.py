@@ -19,7 +19,7 @@ from fedjax_room.errors import ConfigError, FedRoomError, RefusedError, StateErr
 from fedjax_room.protocol import messages as m
 from fedjax_room.protocol.audit_sink import MAX_AUDIT_TAIL
 from fedjax_room.protocol.codec import Tree
-from fedjax_room.protocol.config import RunConfig, RunLimits, check_run_request
+from fedjax_room.protocol.config import RunConfig, RunLimits
 from fedjax_room.protocol.connections import Conn
 from fedjax_room.protocol.runs import RunDriver
 from fedjax_room.protocol.tuning import HIDDEN_KINDS, SESSION_OPTIONS, TuneSession, TuneSessions, score
@@ -72,13 +72,7 @@ class AnalystRequests(RunDriver):
 
     def _on_start_run(self, c: Conn, msg: m.StartRun, now: float) -> None:
         # every bound (model size, checkpoint size, accountant work, durations) before anything is built
-        spec, config = check_run_request(
-            msg.spec,
-            msg.config,
-            limits=self.limits,
-            max_frame=min(self.max_frame, getattr(self.store, "max_params_bytes", self.max_frame)),
-            max_checkpoint=getattr(self.store, "max_checkpoint_bytes", 4 * self.max_frame),
-        )
+        spec, config = self._check_request(msg.spec, msg.config)
         if any(getattr(config, k) is not None for k in SESSION_OPTIONS):
             raise ConfigError("only the coordinator starts the trials of a tuning session: use room.tune (start_tune)")
         run_id = self.store.create_run(c.name, spec.to_dict(), config.to_dict())
@@ -146,13 +140,8 @@ class AnalystRequests(RunDriver):
         tunes = self._tune()
         probe = draw_config(msg.space, tunes.rng)
         # every bound of a trial before anything is drawn for real (a session refused here spends nothing)
-        limits = dict(
-            limits=self.limits,
-            max_frame=min(self.max_frame, getattr(self.store, "max_params_bytes", self.max_frame)),
-            max_checkpoint=getattr(self.store, "max_checkpoint_bytes", 4 * self.max_frame),
-        )
         trial = {**base, **probe, "tune_session": 1, "tune_trials": msg.trials, "tune_shape": float(msg.shape)}
-        spec, _ = check_run_request(msg.spec, trial, **limits)  # type: ignore[arg-type]
+        spec, _ = self._check_request(msg.spec, trial)
         for name, entry in msg.space.items():  # each end of each range, each listed value: a valid option
             for value in entry.get("values") or entry.get("range") or []:
                 RunConfig.from_dict({**trial, name: value}, limits=self.limits)
@@ -216,13 +205,7 @@ class AnalystRequests(RunDriver):
             return
         run_id, drawn = nxt
         try:
-            spec, config = check_run_request(
-                s.spec,
-                s.trial_config(drawn),
-                limits=self.limits,
-                max_frame=min(self.max_frame, getattr(self.store, "max_params_bytes", self.max_frame)),
-                max_checkpoint=getattr(self.store, "max_checkpoint_bytes", 4 * self.max_frame),
-            )
+            spec, config = self._check_request(s.spec, s.trial_config(drawn))
         except FedRoomError as exc:  # this draw is not a run this room allows: a trial that released nothing
             log.info("tuning session %s: trial %s not started: %s", s.id, run_id, exc.message)
             tunes.trial_over(s, run_id, None)

@@ -13,7 +13,9 @@ from typing import Any
 
 from fedjax_room.errors import ConfigError
 from fedjax_room.protocol import messages as m
+from fedjax_room.protocol.config import RunConfig, check_run_request
 from fedjax_room.protocol.connections import Conn
+from fedjax_room.protocol.limits import RunLimits
 from fedjax_room.protocol.store import RoomStore, StoredRun
 
 __all__ = ["RunViews"]
@@ -24,6 +26,19 @@ class RunViews:
 
     store: RoomStore
     _conns: dict[int, Conn]
+    limits: RunLimits
+    max_frame: int
+
+    def _check_request(self, spec: Any, config: Any) -> tuple[Any, RunConfig]:
+        """A run request's spec and config checked against this room's bounds (:func:`check_run_request`: the
+        limits, a ``round_start`` that fits in one frame, a checkpoint the store can write and read back)."""
+        return check_run_request(
+            spec,
+            config,
+            limits=self.limits,
+            max_frame=min(self.max_frame, getattr(self.store, "max_params_bytes", self.max_frame)),
+            max_checkpoint=getattr(self.store, "max_checkpoint_bytes", 4 * self.max_frame),
+        )
 
     def _send(self, conn: int, msg: m.Message) -> None:  # pragma: no cover - provided by the machine
         raise NotImplementedError
