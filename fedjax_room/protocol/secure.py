@@ -213,8 +213,8 @@ class SecureRound:
         ):
             self.fractions = {name: 1.0 for name in roster}
         else:
-            total = sum(max(1.0, float(weights.get(name, 1.0))) for name in roster)
-            self.fractions = {name: max(1.0, float(weights.get(name, 1.0))) / total for name in roster}
+            total = sum(self.weights.values())
+            self.fractions = {name: w / total for name, w in self.weights.items()}
         self.encoder = None if evaluating else make_encoder(config, self.secagg)
         self.server = SecAggServer(self.secagg, stage_timeout=config.round_timeout, now=now)
         self.reference = reference
