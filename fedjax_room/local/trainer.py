@@ -28,7 +28,7 @@ import functools
 import math
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import jax
@@ -311,6 +311,19 @@ class LocalTrainer:
 # ---------------------------------------------------------------------- clipped gradient sums
 
 
+def _chunks(dataset: Dataset, size: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """``dataset`` in chunks of ``size`` records, ``(x, y, mask)``; the last one padded with zeros and masked, so
+    every call of a jitted function on them has one shape."""
+    n = len(dataset)
+    for start in range(0, n, size):
+        x, y = dataset.x[start : start + size], dataset.y[start : start + size]
+        real = len(y)
+        if real < size:
+            x = np.concatenate([x, np.zeros((size - real, *x.shape[1:]), x.dtype)])
+            y = np.concatenate([y, np.zeros(size - real, y.dtype)])
+        yield x, y, np.arange(size) < real
+
+
 @functools.lru_cache(maxsize=32)
 def _sum_fn(spec_json: str, clip_norm: float) -> Callable[[Params, dict[str, jax.Array], jax.Array], Params]:
     from fedjax_room.dp.clipping import make_clipper
@@ -341,13 +354,7 @@ def clipped_sum(
     size = min(_positive(chunk, "chunk", integer=True), n)
     fn = _sum_fn(spec.to_json(), clip_norm)
     total = None
-    for start in range(0, n, size):
-        x, y = dataset.x[start : start + size], dataset.y[start : start + size]
-        real = len(y)
-        mask = np.arange(size) < real
-        if real < size:  # pad the last chunk so every call has one shape
-            x = np.concatenate([x, np.zeros((size - real, *x.shape[1:]), x.dtype)])
-            y = np.concatenate([y, np.zeros(size - real, y.dtype)])
+    for x, y, mask in _chunks(dataset, size):
         part = fn(params, {"x": jnp.asarray(x), "y": jnp.asarray(y)}, jnp.asarray(mask))
         total = part if total is None else jax.tree.map(jnp.add, total, part)
     return jax.tree.map(lambda t: np.asarray(t, np.float64), jax.block_until_ready(total))
@@ -380,15 +387,7 @@ def evaluate(spec: ModelSpec | Mapping[str, Any], params: Params, dataset: Datas
     fn = _eval_fn(spec.to_json())
     chunk = min(_EVAL_CHUNK, n)
     loss_total, correct = 0.0, 0
-    for start in range(0, n, chunk):
-        x = dataset.x[start : start + chunk]
-        y = dataset.y[start : start + chunk]
-        real = len(y)
-        mask = np.ones(chunk, bool)
-        if real < chunk:  # pad the last chunk so every call has one shape
-            mask[real:] = False
-            x = np.concatenate([x, np.zeros((chunk - real, *x.shape[1:]), x.dtype)])
-            y = np.concatenate([y, np.zeros(chunk - real, y.dtype)])
+    for x, y, mask in _chunks(dataset, chunk):
         loss, right = fn(params, jnp.asarray(x), jnp.asarray(y), jnp.asarray(mask))
         loss_total += float(loss)
         correct += int(right)
