@@ -170,7 +170,7 @@ def run_central_dp(case: Case, seed: int, overrides: dict[str, Any]) -> dict[str
     from fedjax_room.local import LocalTrainer
     from fedjax_room.local.trainer import _key
     from fedjax_room.models import init_params
-    from fedjax_room.robust.server import room_optimizer
+    from fedjax_room.robust.server import room_optimizer, training_params
 
     pooled, test, _ = split(case, seed)
     spec = model_spec(case, test)
@@ -192,7 +192,7 @@ def run_central_dp(case: Case, seed: int, overrides: dict[str, Any]) -> dict[str
     params = jax.tree.map(np.asarray, init_params(spec, _key(seed)))
     state = opt.init(params)
     for r in range(config.rounds):
-        start = state.get("raw", params)  # the iterate, when the released model is an average
+        start = training_params(params, state)  # the iterate, when the released model is an average
         new, _ = trainer.train(start, pooled, config.local_steps, seed * 100_003 + r)
         delta = jax.tree.map(lambda a, b: np.asarray(a, np.float32) - b, new, start)
         params, state = opt.update(delta, state, params)
