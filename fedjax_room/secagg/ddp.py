@@ -74,6 +74,7 @@ from fedjax_room.secagg.encoding import check_modulus_bits, from_signed, to_sign
 
 __all__ = [
     "CERTIFIED_ACCOUNTANT",
+    "SkellamBound",
     "SkellamMechanism",
     "clip_update",
     "site_level_event",
@@ -152,8 +153,40 @@ def skellam_draws(variance: float, shape: int | tuple[int, ...], rng: np.random.
     return out
 
 
+class SkellamBound:
+    """What a Skellam release of stochastically rounded, ``gamma``-scaled vectors bounded by ``clip_norm`` in L2
+    is worth (shared by :class:`SkellamMechanism` and :class:`~fedjax_room.secagg.record_noise.RecordNoise`):
+    the sensitivities of the integer vector and the Gaussian multiplier that bounds it."""
+
+    clip_norm: float
+    dimension: int
+
+    @property
+    def gamma(self) -> float:  # pragma: no cover - each mechanism's scale
+        raise NotImplementedError
+
+    @property
+    def central_variance(self) -> float:  # pragma: no cover - each mechanism's noise
+        raise NotImplementedError
+
+    @property
+    def l2_sensitivity(self) -> float:
+        """``Delta2 = gamma * S + sqrt(d)``: how far one neighbour moves the integer vector in L2 (rounding)."""
+        return self.gamma * self.clip_norm + math.sqrt(self.dimension)
+
+    @property
+    def l1_sensitivity(self) -> float:
+        """``Delta1 = sqrt(d) * Delta2``."""
+        return math.sqrt(self.dimension) * self.l2_sensitivity
+
+    @property
+    def effective_noise_multiplier(self) -> float:
+        """``z_eff``: the Gaussian noise multiplier whose RDP dominates this Skellam mechanism."""
+        return skellam_gaussian_multiplier(self.central_variance, self.l2_sensitivity, self.l1_sensitivity)
+
+
 @dataclass(frozen=True)
-class SkellamMechanism:
+class SkellamMechanism(SkellamBound):
     """Each site's half of distributed DP (see the module docstring).
 
     Args:
@@ -224,20 +257,6 @@ class SkellamMechanism:
     def site_variance(self) -> float:
         """The integer noise variance each site adds per coordinate."""
         return self.central_variance / self.min_sites
-
-    @property
-    def l2_sensitivity(self) -> float:
-        """``Delta2 = gamma * S + sqrt(d)``: the largest L2 norm of one site's integer vector."""
-        return self.gamma * self.clip_norm + math.sqrt(self.dimension)
-
-    @property
-    def l1_sensitivity(self) -> float:
-        return math.sqrt(self.dimension) * self.l2_sensitivity
-
-    @property
-    def effective_noise_multiplier(self) -> float:
-        """``z_eff``: the Gaussian noise multiplier whose RDP dominates this Skellam mechanism."""
-        return skellam_gaussian_multiplier(self.central_variance, self.l2_sensitivity, self.l1_sensitivity)
 
     # ------------------------------------------------------------ per site and at the server
 

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedjax_room.errors import ConfigError
-from fedjax_room.secagg.ddp import skellam_draws, skellam_gaussian_multiplier, skellam_variance_for
+from fedjax_room.secagg.ddp import SkellamBound, skellam_draws, skellam_variance_for
 from fedjax_room.secagg.encoding import from_signed, to_signed
 
 __all__ = ["GAMMA_UNITS", "MODULUS_BITS", "RecordNoise"]
@@ -58,7 +58,7 @@ MODULUS_BITS = 64
 
 
 @dataclass(frozen=True)
-class RecordNoise:
+class RecordNoise(SkellamBound):
     """One site's half of distributed record-level noise (see the module docstring).
 
     Args:
@@ -95,16 +95,6 @@ class RecordNoise:
         return GAMMA_UNITS * math.sqrt(self.dimension) / self.clip_norm
 
     @property
-    def l2_sensitivity(self) -> float:
-        """``Delta2 = gamma C + sqrt(d)``: how far one record moves a site's integer vector in L2."""
-        return self.gamma * self.clip_norm + math.sqrt(self.dimension)
-
-    @property
-    def l1_sensitivity(self) -> float:
-        """``Delta1 = sqrt(d) Delta2``."""
-        return math.sqrt(self.dimension) * self.l2_sensitivity
-
-    @property
     def central_variance(self) -> float:
         """``mu``: the integer variance a sum of ``t`` shares carries, solved so that the Skellam bound's
         effective Gaussian multiplier is exactly ``noise_multiplier``."""
@@ -115,11 +105,6 @@ class RecordNoise:
         """The integer variance this site adds per coordinate."""
         mu = self.central_variance
         return mu / self.min_sites if self.share else mu
-
-    @property
-    def effective_noise_multiplier(self) -> float:
-        """The Gaussian multiplier whose RDP bounds a sum of ``t`` shares (equals ``noise_multiplier``)."""
-        return skellam_gaussian_multiplier(self.central_variance, self.l2_sensitivity, self.l1_sensitivity)
 
     @property
     def headroom(self) -> float:
