@@ -12,8 +12,10 @@ on the same central test split, in the same run, for each seed:
 
   room             one room run through the real round engine (fedjax_room.sim.LoopbackRoom: the coordinator
                    and site machines, the sites' privacy plans, ledgers, DP-SGD and noised evaluation) with
-                   RunConfig's DEFAULTS (what demo, room.train, %%room train and the sidebar give) and
-                   target_epsilon 3 per site, delta 1e-5 (training and evaluation releases together)
+                   RunConfig's DEFAULTS (what room.train, %%room train and the sidebar give) and the dataset's
+                   recipe over them (fedjax_room.sim.demo.DEMO_RECIPES, what `fedjax-room demo --dataset D`
+                   runs: fraud 300 rounds), at target_epsilon 3 per site, delta 1e-5 (training and evaluation
+                   releases together); --set options go over both, for every system
   central          non-private: Adam on the union of the sites' training data (train_central)
   central DP-SGD   DP-SGD on the union at the same epsilon (all of it for training), the room's recipe
                    (same clip norm, learning rate, local optimiser and steps; batch = sites x batch_size)
@@ -89,6 +91,13 @@ def split(case: Case, seed: int) -> tuple[Any, Any, list[Any]]:
         train = train.subset(np.arange(len(train) - len(train) % case.sites))
     sites = partition(train, case.sites, alpha=case.alpha, seed=seed)
     return train, test, sites
+
+
+def recipe(case: Case) -> dict[str, Any]:
+    """The run options the demo's recipe for the case's dataset changes from RunConfig's defaults."""
+    from fedjax_room.sim.demo import DEMO_RECIPES
+
+    return dict(DEMO_RECIPES[case.dataset]["train"])
 
 
 def model_spec(case: Case, dataset: Any) -> Any:
@@ -347,13 +356,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {"overrides": overrides, "seeds": seeds, "flower": why_no_flower or "ran", "cases": {}}
     for name in cases:
         case = CASES[name]
+        options = {**recipe(case), **overrides}
+        out.setdefault("recipes", {})[name] = options
         rows: dict[str, list[dict[str, Any]]] = {"room": [], "central": [], "central_dp": [], "flower_opacus": []}
         for seed in seeds:
-            rows["room"].append(run_room(case, seed, overrides))
+            rows["room"].append(run_room(case, seed, options))
             rows["central"].append(run_central(case, seed))
-            rows["central_dp"].append(run_central_dp(case, seed, overrides))
+            rows["central_dp"].append(run_central_dp(case, seed, options))
             if why_no_flower is None:
-                rows["flower_opacus"].append(run_flower_opacus(case, seed, overrides))
+                rows["flower_opacus"].append(run_flower_opacus(case, seed, options))
             done = {k: f"{v[-1]['accuracy']:.3f}" for k, v in rows.items() if v}
             print(f"  {name} seed {seed}: {done}", file=sys.stderr, flush=True)
         out["cases"][name] = rows
@@ -369,6 +380,9 @@ def table(result: dict[str, Any]) -> str:
         "gap to central | room - flower |",
         "|---|---|---|---|---|---|---|",
     ]
+    recipes = {name: r for name, r in result.get("recipes", {}).items() if r}
+    if recipes:
+        lines.insert(1, "recipes over the defaults: " + "; ".join(f"{n} {json.dumps(r)}" for n, r in recipes.items()))
     for name, rows in result["cases"].items():
         med = {k: _median([r["accuracy"] for r in v]) if v else float("nan") for k, v in rows.items()}
 

@@ -234,9 +234,14 @@ def _serve_then_exit(serve: Any) -> int:
 
 def _demo_notes() -> dict[str, str]:
     """The run options whose default the demo picks itself (per dataset, or secure aggregation when it can)."""
+    from fedjax_room.protocol.config import RunConfig
     from fedjax_room.sim.demo import DEMO_RECIPES
 
-    notes = {name: "default: the dataset's demo recipe" for r in DEMO_RECIPES.values() for name in r["train"]}
+    defaults = RunConfig()
+    notes: dict[str, str] = {}
+    for name in sorted({n for r in DEMO_RECIPES.values() for n in r["train"]}):
+        picked = ", ".join(f"{d} {r['train'][name]}" for d, r in DEMO_RECIPES.items() if name in r["train"])
+        notes[name] = f"default: {getattr(defaults, name)}, or the dataset's demo recipe ({picked})"
     notes["secure_aggregation"] = "default: on, unless a robust aggregator, --exclude-below, --attack or --sites 1"
     return notes
 
