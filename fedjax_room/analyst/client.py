@@ -535,7 +535,9 @@ class Room:
         return BudgetReport.from_list(self._ask(lambda req: m.GetBudget(req=req)).sites)
 
     def audit(self, last: int = 20) -> list[dict[str, Any]]:
-        """The coordinator's last ``last`` audit records (hash-chained, signed)."""
+        """The coordinator's last ``last`` audit records as the analyst may see them: without the records of hidden
+        tuning trials, hence without the chain's index, links and signatures (the operator verifies the signed
+        chain on disk: ``fedjax-room audit verify``)."""
         if isinstance(last, bool) or not isinstance(last, int) or last < 0:
             raise ConfigError(f"last must be a non-negative integer, got {last!r}")
         return list(self._ask(lambda req: m.GetAudit(req=req, last=last)).records)

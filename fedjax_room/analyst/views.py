@@ -331,22 +331,27 @@ class View:
     cell_html: Mapping[str, Callable[[Mapping[str, Any]], str]] = dataclasses.field(default_factory=dict)
     #: lines shown under the table (e.g. the budget's composition note)
     notes: Callable[[Any], list[str]] | None = None
+    #: columns left out when no row has a value for them, rather than shown blank
+    optional: frozenset[str] = frozenset()
 
     def _notes(self, data: Any) -> list[str]:
         return [str(n) for n in (self.notes(data) if self.notes is not None else []) if n]
+
+    def _columns(self, rows: list[dict[str, Any]]) -> tuple[str, ...]:
+        return tuple(c for c in self.columns if c not in self.optional or any(row.get(c) is not None for row in rows))
 
     def html(self, data: Any) -> str:
         rows = self.rows(data)
         caption = self.caption.format(n=len(rows))
         table = html_table(
-            rows, self.columns, headers=self.headers, caption=caption, cell_html=self.cell_html, empty=self.empty
+            rows, self._columns(rows), headers=self.headers, caption=caption, cell_html=self.cell_html, empty=self.empty
         )
         notes = "".join(f'<div class="fjr-note"><i>{html.escape(n)}</i></div>' for n in self._notes(data))
         return table + notes
 
     def text(self, data: Any) -> str:
         rows = self.rows(data)
-        table = text_table(rows, self.columns, caption=self.caption.format(n=len(rows)))
+        table = text_table(rows, self._columns(rows), caption=self.caption.format(n=len(rows)))
         notes = self._notes(data)
         return table + ("\n" + "\n".join(notes) if notes else "")
 
@@ -399,8 +404,14 @@ VIEWS: dict[str, View] = {
         "no round finished yet",
     ),
     "refusals": View(records, ("site", "reason", "message"), "Refusals", "no refusals"),
+    # the analyst's tail has no chain index (the coordinator leaves out hidden tuning trials' records, whose
+    # indices would show where they were): its index column is left out, not shown blank
     "audit": View(
-        _audit_rows, ("index", "time", "writer", "kind", "fields"), "Audit log (last {n})", "no audit records"
+        _audit_rows,
+        ("index", "time", "writer", "kind", "fields"),
+        "Audit log (last {n})",
+        "no audit records",
+        optional=frozenset({"index"}),
     ),
 }
 

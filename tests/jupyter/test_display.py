@@ -85,6 +85,12 @@ def test_runs_and_audit(fakes):
     assert "2 / 5" in html and "f" * 12 in html and "f" * 13 not in html
     html = audit_html([{"index": 3, "kind": "run_requested", "run_id": "r", "hash": "h" * 64, "signature": "s" * 80}])
     assert "run_requested" in html and "h" * 64 not in html and "s" * 80 not in html and "&quot;run_id&quot;" in html
+    assert ">index<" in html and ">3<" in html
+    # the analyst's tail has no chain index (hidden tuning trials would show as gaps): no blank index column
+    tail = audit_html([{"kind": "run_requested", "time": 1.0, "writer": "coordinator", "fields": {"run_id": "r"}}])
+    assert "run_requested" in tail and ">index<" not in tail and ">kind<" in tail
+    text = Table([{"kind": "run_requested", "writer": "coordinator"}], "audit").to_text()
+    assert "run_requested" in text and "index" not in text
 
 
 def test_format_value_and_text_table():
