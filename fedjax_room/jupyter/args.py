@@ -8,7 +8,7 @@ into a validated :class:`~fedjax_room.models.ModelSpec`. Every mistake raises
 Commands::
 
     %room demo [--sites N] [--dataset D] [--non-iid ALPHA] [--state-dir DIR] [--as NAME]
-    %room connect URL --key PATH [--coordinator-key PATH] [--as NAME]
+    %room connect URL --key PATH [--coordinator-key PATH] [--tls-ca PATH] [--as NAME]
     %room sites | runs | budget | launch | stop
     %room audit [--last N]
     %room watch RUN_ID [--as NAME]
@@ -113,12 +113,14 @@ class DemoArgs:
 
 @dataclasses.dataclass(frozen=True)
 class ConnectArgs:
-    """``%room connect URL --key PATH [--coordinator-key PATH]``."""
+    """``%room connect URL --key PATH [--coordinator-key PATH] [--tls-ca PATH]``."""
 
     url: str
     key: str
     var: str = _DEFAULT_VAR
     coordinator_key: str | None = None
+    #: a CA bundle (or the coordinator's self-signed certificate) to trust for a wss:// room
+    tls_ca: str | None = None
     name: str = "connect"
 
 
@@ -289,6 +291,13 @@ def _build(name: str) -> _Parser:
             help="the coordinator's coordinator.key.pub or the room manifest, to pin its key (default: the one "
             "beside --key, or $FEDJAX_ROOM_COORDINATOR_KEY)",
         )
+        parser.add_argument(
+            "--tls-ca",
+            metavar="PATH",
+            default=None,
+            help="for a wss:// room: the CA bundle, or the coordinator's self-signed certificate, to trust "
+            "(default: the system's CAs)",
+        )
         parser.add_argument("--as", dest="var", type=_identifier, default=_DEFAULT_VAR, help="variable for the Room")
     elif name == "attach":
         parser.add_argument("room_id", help="the room's id, as the Clean Room sidebar shows it (room-1)")
@@ -353,7 +362,7 @@ def parse_line(line: str) -> Parsed:
     if command == "attach":
         return AttachArgs(room_id=ns.room_id, var=ns.var)
     if command == "connect":
-        return ConnectArgs(url=ns.url, key=ns.key, var=ns.var, coordinator_key=ns.coordinator_key)
+        return ConnectArgs(url=ns.url, key=ns.key, var=ns.var, coordinator_key=ns.coordinator_key, tls_ca=ns.tls_ca)
     if command == "watch":
         return WatchArgs(run_id=ns.run_id, var=ns.var)
     if command == "cancel":

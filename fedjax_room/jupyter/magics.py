@@ -202,8 +202,10 @@ class RoomMagics(Magics):
         )
 
     def connect(self, parsed: room_args.ConnectArgs) -> None:
-        pin = {"coordinator_key": parsed.coordinator_key} if parsed.coordinator_key else {}
-        room = self.connect_fn(parsed.url, parsed.key, **pin)
+        options = {"coordinator_key": parsed.coordinator_key} if parsed.coordinator_key else {}
+        if parsed.tls_ca:
+            options["tls_ca"] = parsed.tls_ca
+        room = self.connect_fn(parsed.url, parsed.key, **options)
         self.stop(quiet=True)
         self.room = room
         self.room_var = parsed.var

@@ -35,6 +35,7 @@ from fedjax_room.jupyter.args import (
             "connect ws://h:1 --key k --coordinator-key room-manifest.json",
             ConnectArgs("ws://h:1", "k", coordinator_key="room-manifest.json"),
         ),
+        ("connect wss://h:1 --key k --tls-ca ca.pem", ConnectArgs("wss://h:1", "k", tls_ca="ca.pem")),
         ("sites", SimpleArgs("sites")),
         ("runs", SimpleArgs("runs")),
         ("budget", SimpleArgs("budget")),

@@ -225,3 +225,34 @@ def test_wss_with_a_self_signed_certificate(tmp_path):
         asyncio.run(scenario())
     finally:
         assert stop_process(proc) == 0
+
+
+def test_room_connect_magic_trusts_the_certificate_given_by_tls_ca(tmp_path):
+    """`%room connect wss://... --tls-ca CERT`: the analyst's magic reaches a room whose certificate is self-signed,
+    and without `--tls-ca` the same line is refused (the system's CAs do not trust it) and binds nothing."""
+    from IPython.core.error import UsageError
+    from IPython.testing.globalipapp import get_ipython
+
+    from fedjax_room.identity import save_private_key
+
+    state = tmp_path / "tls-room"
+    analyst_key = _enroll(state, "analyst", "analyst")
+    key_file = tmp_path / "analyst.key"
+    save_private_key(analyst_key, key_file)
+    cert, key = _self_signed(tmp_path)
+    proc, url = spawn_coordinator(state, tls_cert=cert, tls_key=key)
+    shell = get_ipython()
+    shell.run_line_magic("load_ext", "fedjax_room")
+    pin = state / "coordinator.key.pub"
+    try:
+        line = f"connect {url} --key {key_file} --coordinator-key {pin} --as tls_room"
+        with pytest.raises(UsageError, match="SSL|certificate|CERTIFICATE"):
+            shell.run_line_magic("room", line)
+        assert "tls_room" not in shell.user_ns
+        shell.run_line_magic("room", f"{line} --tls-ca {cert}")
+        room = shell.user_ns["tls_room"]
+        assert room.url == url and room.sites() == []  # a real request over wss, answered
+        shell.run_line_magic("room", "stop")
+    finally:
+        shell.run_line_magic("unload_ext", "fedjax_room")
+        assert stop_process(proc) == 0, (state / "logs" / "coordinator.log").read_text()
