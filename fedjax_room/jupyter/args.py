@@ -17,6 +17,8 @@ Commands::
     %%room query [defaults] [--as NAME] [--no-plot]   (cell body: one query per line)
     %room query ... --estimate   (either form: each site's verdict and ledger after; nothing spent)
     %%room train [--RUN-OPTION VALUE ...] [--as NAME] [--no-dashboard]
+    %%room tune --trials K --search NAME=LO:HI|V1,V2 [--search ...] [--shape S] [--metric accuracy|loss]
+                [--RUN-OPTION VALUE ...] [--as NAME]   (room.tune: only the best trial is released)
 
 ``%%room train`` takes every run option of :class:`~fedjax_room.protocol.config.RunConfig` as a flag
 (``--target-epsilon 2``, ``--secure-aggregation``/``--no-secure-aggregation``, ``--exclude-below none``),
@@ -52,6 +54,7 @@ __all__ = [
     "CancelArgs",
     "ConnectArgs",
     "EstimateArgs",
+    "TuneArgs",
     "QueryArgs",
     "DemoArgs",
     "HelpArgs",
@@ -64,6 +67,7 @@ __all__ = [
     "parse_query_cell",
     "parse_spec_body",
     "parse_train_line",
+    "parse_tune_line",
 ]
 
 # AGGREGATORS and SERVER_OPTIMIZERS are the room's own (fedjax_room.protocol.config), and DATASETS the built-in
@@ -86,6 +90,8 @@ COMMANDS: dict[str, str] = {
     "stop": "disconnect (and stop an embedded room started by %room demo)",
     "query": "a differentially private query over the sites' data (count, histogram, mean, ...), with plots",
     "train": "(cell magic, %%room train) train the model spec in the cell body; shows a live dashboard",
+    "tune": "(cell magic, %%room tune --trials K --search NAME=LO:HI|V1,V2 ...) hyperparameter search over the "
+    "spec in the cell body; only the best trial is released, its whole cost accounted by the sites",
 }
 
 _DEFAULT_VAR = "room"
@@ -174,6 +180,20 @@ class TrainArgs:
     var: str = "run"
     dashboard: bool = True
     name: str = "train"
+
+
+@dataclasses.dataclass(frozen=True)
+class TuneArgs:
+    """``%%room tune`` options: the search space and session (``room.tune``'s ``space``, ``trials``, ``shape``,
+    ``metric``), and the fixed run options every trial shares (only what the user set)."""
+
+    space: dict[str, Any]
+    trials: int
+    options: dict[str, Any]
+    shape: float = 1.0
+    metric: str = "accuracy"
+    var: str = "tune"
+    name: str = "tune"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -315,6 +335,21 @@ def _build(name: str) -> _Parser:
         parser.add_argument(
             "--spec", dest="spec_var", type=_identifier, default=None, metavar="VAR", help="variable holding the spec"
         )
+    elif name == "tune":
+        add_run_options(parser)  # the options every trial shares
+        add = parser.add_argument
+        add(
+            "--search",
+            action="append",
+            required=True,
+            metavar="NAME=LO:HI|V1,V2",
+            help="a run option to search: a range LO:HI (log-uniform for rates and norms spanning 10x or more), or "
+            "values V1,V2,... drawn uniformly; repeat for more options",
+        )
+        add("--trials", type=_positive_int, required=True, metavar="K", help="the mean number of trials (2 or more)")
+        add("--shape", type=float, default=1.0, help="the trial count's distribution shape (1: geometric)")
+        add("--metric", choices=("accuracy", "loss"), default="accuracy", help="what picks the best trial")
+        add("--as", dest="var", type=_identifier, default="tune", help="variable for the result (default tune)")
     elif name == "train":
         add_run_options(parser)  # every RunConfig field, generated from its declaration
         add = parser.add_argument
@@ -350,8 +385,10 @@ def parse_line(line: str) -> Parsed:
     if command == "estimate":
         ns = _build("estimate").parse_args(rest)
         return EstimateArgs(options=given_options(ns), spec_var=ns.spec_var)
-    if command == "train":
-        raise ConfigError("%room train is a cell magic: write `%%room train [options]` with the model spec below it")
+    if command in ("train", "tune"):
+        raise ConfigError(
+            f"%room {command} is a cell magic: write `%%room {command} [options]` with the model spec below it"
+        )
     if command in ("sites", "runs", "budget", "launch", "stop"):
         if rest:
             raise ConfigError(f"%room {command} takes no arguments, got {' '.join(rest)!r}")
@@ -390,6 +427,46 @@ def parse_train_line(line: str) -> TrainArgs | HelpArgs:
         return HelpArgs(topic="train")
     ns = _build("train").parse_args(tokens)
     return TrainArgs(options=given_options(ns), var=ns.var, dashboard=ns.dashboard)
+
+
+def _search_value(text: str) -> Any:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return text
+    return value if value is None or isinstance(value, str | bool | int | float) else text
+
+
+def _search_entry(item: str) -> tuple[str, Any]:
+    """``NAME=LO:HI`` (a range, a tuple) or ``NAME=V1,V2,...`` (values, a list) of ``--search``."""
+    name, sep, spec = item.partition("=")
+    if not sep or not name.strip() or not spec.strip():
+        raise ConfigError(f"%%room tune: --search takes NAME=LO:HI or NAME=V1,V2,..., got {item!r}")
+    if ":" in spec:
+        lo, _, hi = spec.partition(":")
+        return name.strip(), (_search_value(lo.strip()), _search_value(hi.strip()))
+    return name.strip(), [_search_value(v.strip()) for v in spec.split(",") if v.strip()]
+
+
+def parse_tune_line(line: str) -> TuneArgs | HelpArgs:
+    """Parse the options of ``%%room tune`` (the text after ``tune``, or including it)."""
+    tokens = _split(line)
+    if tokens and tokens[0] == "tune":
+        tokens = tokens[1:]
+    if _is_help(tokens):
+        return HelpArgs(topic="tune")
+    ns = _build("tune").parse_args(tokens)
+    space: dict[str, Any] = {}
+    for item in ns.search:
+        name, entry = _search_entry(item)
+        if name in space:
+            raise ConfigError(f"%%room tune: --search {name} is given twice")
+        space[name] = entry
+    options = given_options(ns)
+    both = sorted(set(space) & set(options))
+    if both:
+        raise ConfigError(f"%%room tune: {', '.join(both)} is both searched (--search) and fixed; choose one")
+    return TuneArgs(space=space, trials=ns.trials, options=options, shape=ns.shape, metric=ns.metric, var=ns.var)
 
 
 #: The most queries one ``%%room query`` cell may hold (each one spends epsilon and is one round trip).
@@ -495,9 +572,9 @@ def _format_parser_help(name: str) -> str:
     if name == "query":
         return _QUERY_HELP
     parser = _build(name)
-    parser.prog = f"%%room {name}" if name == "train" else f"%room {name}"
+    parser.prog = f"%%room {name}" if name in ("train", "tune") else f"%room {name}"
     text = parser.format_help()
-    if name == "train":
+    if name in ("train", "tune"):
         text += "\nThe cell body is the model spec in YAML or JSON (family, input_shape, num_classes, layers).\n"
     return text
 
@@ -549,6 +626,8 @@ def help_text(topic: str = "") -> str:
         "  input_shape: [64]",
         "  num_classes: 10",
         "  layers: [{type: dense, features: 10}]",
+        "  %%room tune --trials 4 --search learning_rate=2:10 --search clip_norm=0.05,0.1,0.2 --rounds 20",
+        "  (the same model spec as the body)",
         "",
         "`%room COMMAND --help` lists a command's options. Errors show as one line (UsageError: ...).",
     ]

@@ -1,15 +1,17 @@
-"""``%room``, ``%%room train`` and ``%%room query``: IPython magics over the analyst API, and nothing more.
+"""``%room``, ``%%room train|estimate|tune`` and ``%%room query``: IPython magics over the analyst API, and nothing
+more.
 
 Each magic parses its arguments with :mod:`fedjax_room.jupyter.args` (pure), calls one method of the
-analyst API (``fedjax_room.connect``, ``fedjax_room.sim.demo.start_room``, ``Room.sites/runs/
-budget/audit/train/query``) and shows the result with :mod:`fedjax_room.jupyter.display`, a widget or, for a
-query, its plot (:mod:`fedjax_room.jupyter.query_plots`: error bars at the result's interval). Any
-:class:`~fedjax_room.errors.FedRoomError` (bad arguments, a refusal, a budget that would be exceeded)
-and any failure to reach the room becomes one line — IPython's ``UsageError: ...`` — never a traceback;
-the cell still counts as failed, so papermill stops on it.
+analyst API (``fedjax_room.connect``, ``fedjax_room.sim.demo.start_room``,
+``Room.sites/runs/budget/audit/train/estimate/tune/query``) and shows the result with
+:mod:`fedjax_room.jupyter.display`, a widget or, for a query, its plot (:mod:`fedjax_room.jupyter.query_plots`:
+error bars at the result's interval). Any :class:`~fedjax_room.errors.FedRoomError` (bad arguments, a refusal, a
+budget that would be exceeded) and any failure to reach the room becomes one line — IPython's ``UsageError: ...``
+— never a traceback; the cell still counts as failed, so papermill stops on it.
 
-The connected ``Room`` is put in the user namespace as ``room`` (``--as NAME`` to rename) and a
-started run as ``run`` and a query's result as ``query``, so Python cells can go on from there.
+The connected ``Room`` is put in the user namespace as ``room`` (``--as NAME`` to rename), a started run as
+``run``, a tuning session's best trial as ``tune`` and a query's result as ``query``, so Python cells can go on
+from there.
 """
 
 from __future__ import annotations
@@ -154,10 +156,16 @@ class RoomMagics(Magics):
                 print(room_args.help_text("estimate"), end="")
                 return None
             return self.estimate(room_args.parse_spec_body(cell), estimate)
+        if tokens and tokens[0] == "tune":
+            tune = room_args.parse_tune_line(line)
+            if isinstance(tune, room_args.HelpArgs):
+                print(room_args.help_text("tune"), end="")
+                return None
+            return self.tune(room_args.parse_spec_body(cell), tune)
         if not tokens or tokens[0] != "train":
             raise ConfigError(
-                "%%room: the only cell magics are `%%room train|estimate [options]` (model spec as the body) and "
-                "`%%room query [options]` (one query per line)"
+                "%%room: the only cell magics are `%%room train|estimate|tune [options]` (model spec as the body) "
+                "and `%%room query [options]` (one query per line)"
             )
         parsed = room_args.parse_train_line(line)
         if isinstance(parsed, room_args.HelpArgs):
@@ -291,6 +299,23 @@ class RoomMagics(Magics):
             self._show_dashboard(run, parsed.options)
             return None
         return run
+
+    def tune(self, spec: Any, parsed: room_args.TuneArgs) -> Any:
+        """A tuning session (``room.tune``): blocks until the coordinator publishes the best trial, which it binds
+        to ``tune`` (or ``--as``) and shows; nothing of the other trials reaches the notebook."""
+        room = self.require_room("tune")
+        self._last_spec = spec
+        print(
+            f"Tuning over {', '.join(parsed.space)} (a random number of trials, mean {parsed.trials}); only the best "
+            "trial will be released ...",
+            flush=True,
+        )
+        result = room.tune(
+            spec, parsed.space, trials=parsed.trials, shape=parsed.shape, metric=parsed.metric, **parsed.options
+        )
+        self.run = getattr(result, "run", None)
+        self._publish(parsed.var, result)
+        return result
 
     def _show_dashboard(self, run: Any, options: dict[str, Any]) -> RunDashboard:
         caps = self._caps()

@@ -124,6 +124,30 @@ def test_launch_form_starts_a_real_run(shell):
     assert form.dashboard.rounds_done == 1 and max(form.dashboard.epsilon.values()) <= 1.0 + 1e-6
 
 
+def test_tune_cell_releases_one_run_and_binds_the_best_trial(shell):
+    """`%%room tune`: one session on the real room; the notebook gets the best trial (bound to --as) and the room's
+    run list grows by exactly that one run, whatever number of trials the coordinator drew."""
+    from fedjax_room.analyst.tune import TuneResult
+
+    room = shell.user_ns["room"]
+    before = {r.id for r in room.runs()}
+    result, cap = cell(
+        shell,
+        "%%room tune --trials 2 --search learning_rate=4,10 --rounds 2 --target-epsilon 1 --as best\n" + SPEC,
+    )
+    assert result.success, (result.error_in_exec, cap.stderr)
+    assert "only the best trial will be released" in cap.stdout
+    best = shell.user_ns["best"]
+    assert isinstance(best, TuneResult) and result.result is best
+    assert set(best.config) == {"learning_rate"} and best.config["learning_rate"] in (4, 10)  # what was drawn
+    assert best.run.status == "finished" and best.run.config["rounds"] == 2  # and the options every trial shared
+    assert {r.id for r in room.runs()} - before == {best.run.id}
+
+    result, cap = cell(shell, "%%room tune --trials 2 --search rounds=2,3 --rounds 2\n" + SPEC)
+    assert isinstance(result.error_in_exec, UsageError)
+    assert "both searched (--search) and fixed" in str(result.error_in_exec)
+
+
 def test_connect_pins_the_coordinator_key(shell, tmp_path):
     """`%room connect --coordinator-key`: a wrong pin or no pin sends nothing; the room's own key connects.
 
