@@ -1,6 +1,6 @@
 """Privacy-utility: DP federated accuracy at epsilon 3 per site against central baselines and Flower + Opacus.
 
-    python benchmarks/utility.py                    # every case, 3 seeds (about 15 minutes on 2 cores)
+    python benchmarks/utility.py                    # every case, 3 seeds (about 20 minutes on 2 cores)
     python benchmarks/utility.py --quick            # digits and MNIST-5k, 1 seed, no Flower column
     python benchmarks/utility.py --cases digits --seeds 0,1,2
     python benchmarks/utility.py --json             # one JSON document instead of the table
