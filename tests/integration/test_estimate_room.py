@@ -18,7 +18,10 @@ pytestmark = pytest.mark.slow
 
 SPEC = logistic([64], 10)
 RUN = {"rounds": 1, "local_steps": 3, "batch_size": 32, "learning_rate": 0.5, "secure_aggregation": False}
-CAPS = {"site-a": 10.0, "site-b": 1.25}
+#: site-b's cap leaves room for one run of epsilon 1 (its ledger then composes to about 1.04), not two (about 1.251:
+#: with a cap of 1.25 that was 0.001 over it, and under it in the runs where the site's DP-noised public size moved
+#: the plans a little: the flake of earlier sessions)
+CAPS = {"site-a": 10.0, "site-b": 1.2}
 
 
 @pytest.fixture(scope="module")
@@ -56,12 +59,10 @@ def test_estimate_then_spend_then_a_refusal_up_front_then_the_budgets_compositio
         assert ledger.epsilon() == pytest.approx(est[site].ledger_after, rel=2e-3)
         assert budget[site].runs[run.id] == pytest.approx(est[site].epsilon_planned, rel=2e-3)
 
-    # site-b has about 0.2 of its 1.25 left: another run of epsilon 1 needing both sites cannot start
+    # site-b has about 0.16 of its 1.2 left: another run of epsilon 1 needing both sites cannot start
     refused = client.estimate(SPEC, target_epsilon=1.0, min_sites=2, **RUN)
     for _ in range(5):  # a loaded machine: a site still busy with the last run's jobs answers no_answer (a maybe)
-        # (in two full-suite runs, never alone, site-b's first estimate after the run still accepted: see the
-        # session note; asking again once it has settled gives its refusal)
-        if refused["site-b"].status == "answered" and not refused.can_start:
+        if refused["site-b"].status == "answered":
             break
         time.sleep(1.0)
         refused = client.estimate(SPEC, target_epsilon=1.0, min_sites=2, **RUN)
