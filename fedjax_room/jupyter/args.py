@@ -407,25 +407,30 @@ def parse_line(line: str) -> Parsed:
     return AuditArgs(last=ns.last)
 
 
-def parse_estimate_line(line: str) -> EstimateArgs | HelpArgs:
-    """Parse the options of ``%%room estimate`` (the text after ``estimate``, or including it)."""
+def _cell_options(command: str, line: str) -> argparse.Namespace | HelpArgs:
+    """The parsed options of ``%%room COMMAND`` (``line``: the text after ``COMMAND``, or including it), or its
+    help."""
     tokens = _split(line)
-    if tokens and tokens[0] == "estimate":
+    if tokens and tokens[0] == command:
         tokens = tokens[1:]
     if _is_help(tokens):
-        return HelpArgs(topic="estimate")
-    ns = _build("estimate").parse_args(tokens)
+        return HelpArgs(topic=command)
+    return _build(command).parse_args(tokens)
+
+
+def parse_estimate_line(line: str) -> EstimateArgs | HelpArgs:
+    """Parse the options of ``%%room estimate`` (the text after ``estimate``, or including it)."""
+    ns = _cell_options("estimate", line)
+    if isinstance(ns, HelpArgs):
+        return ns
     return EstimateArgs(options=given_options(ns), spec_var=ns.spec_var)
 
 
 def parse_train_line(line: str) -> TrainArgs | HelpArgs:
     """Parse the options of ``%%room train`` (the text after ``train``, or including it)."""
-    tokens = _split(line)
-    if tokens and tokens[0] == "train":
-        tokens = tokens[1:]
-    if _is_help(tokens):
-        return HelpArgs(topic="train")
-    ns = _build("train").parse_args(tokens)
+    ns = _cell_options("train", line)
+    if isinstance(ns, HelpArgs):
+        return ns
     return TrainArgs(options=given_options(ns), var=ns.var, dashboard=ns.dashboard)
 
 
@@ -450,12 +455,9 @@ def _search_entry(item: str) -> tuple[str, Any]:
 
 def parse_tune_line(line: str) -> TuneArgs | HelpArgs:
     """Parse the options of ``%%room tune`` (the text after ``tune``, or including it)."""
-    tokens = _split(line)
-    if tokens and tokens[0] == "tune":
-        tokens = tokens[1:]
-    if _is_help(tokens):
-        return HelpArgs(topic="tune")
-    ns = _build("tune").parse_args(tokens)
+    ns = _cell_options("tune", line)
+    if isinstance(ns, HelpArgs):
+        return ns
     space: dict[str, Any] = {}
     for item in ns.search:
         name, entry = _search_entry(item)

@@ -150,29 +150,23 @@ class RoomMagics(Magics):
                 print(room_args.help_text("query"), end="")
                 return None
             return self.query(query, cell=True)
-        if tokens and tokens[0] == "estimate":
-            estimate = room_args.parse_estimate_line(line)
-            if isinstance(estimate, room_args.HelpArgs):
-                print(room_args.help_text("estimate"), end="")
-                return None
-            return self.estimate(room_args.parse_spec_body(cell), estimate)
-        if tokens and tokens[0] == "tune":
-            tune = room_args.parse_tune_line(line)
-            if isinstance(tune, room_args.HelpArgs):
-                print(room_args.help_text("tune"), end="")
-                return None
-            return self.tune(room_args.parse_spec_body(cell), tune)
-        if not tokens or tokens[0] != "train":
+        # the cell magics whose body is the model spec: how each parses its line, and what runs it
+        spec_cells: dict[str, tuple[Callable[[str], Any], Callable[[Any, Any], Any]]] = {
+            "train": (room_args.parse_train_line, self.train),
+            "estimate": (room_args.parse_estimate_line, self.estimate),
+            "tune": (room_args.parse_tune_line, self.tune),
+        }
+        if not tokens or tokens[0] not in spec_cells:
             raise ConfigError(
                 "%%room: the only cell magics are `%%room train|estimate|tune [options]` (model spec as the body) "
                 "and `%%room query [options]` (one query per line)"
             )
-        parsed = room_args.parse_train_line(line)
+        parse, handle = spec_cells[tokens[0]]
+        parsed = parse(line)
         if isinstance(parsed, room_args.HelpArgs):
-            print(room_args.help_text("train"), end="")
+            print(room_args.help_text(tokens[0]), end="")
             return None
-        spec = room_args.parse_spec_body(cell)
-        return self.train(spec, parsed)
+        return handle(room_args.parse_spec_body(cell), parsed)
 
     # ---- commands -------------------------------------------------------------------------------
     def require_room(self, command: str) -> Any:
