@@ -211,3 +211,45 @@ def test_a_name_the_protocol_would_refuse_cannot_be_enrolled(tmp_path):
         store.enroll("site-a.1_x", "site", b"k" * 32, "fp")
     finally:
         store.close()
+
+
+def test_the_analysts_audit_tail_and_a_tune_result_escape_what_the_coordinator_sent():
+    """The audit tail without chain index (the analyst's view since hidden tuning trials) and the best trial that
+    `%%room tune` binds and shows are the coordinator's words: escaped, whichever columns the view keeps."""
+    from fedjax_room.analyst.tune import TuneResult
+    from fedjax_room.jupyter.display import Table
+
+    evil = MARKUP + '"><img src=x onerror=alert(1)>'
+    tail = [{"time": evil, "writer": evil, "kind": evil, "fields": {"reason": evil}}]
+    forged = [{"index": evil, "time": 1.0, "writer": "coordinator", "kind": "run_requested", "fields": {}}]
+    best = TuneResult(
+        session=1,
+        trials=2,
+        shape=1.0,
+        metric=evil,
+        value=0.9,
+        config={"local_optimizer": evil, evil: 1},
+        run=types.SimpleNamespace(id=evil),  # type: ignore[arg-type]
+    )
+    for out in (display.audit_html(tail), display.audit_html(forged), best._repr_html_()):
+        assert "<script>" not in out and "<img" not in out
+        assert html.escape("<script>") in out
+    assert ">index<" not in display.audit_html(tail)  # no blank column to fill in later
+    assert evil in Table(tail, "audit").to_text()  # plain text: shown as it is, nothing interprets it
+
+
+@pytest.mark.parametrize("value", ["1e999", "-1e999", "NaN", "Infinity"])
+def test_a_tune_search_of_non_finite_numbers_is_refused_before_the_room_is_asked(value):
+    """`%%room tune --search learning_rate=1e999:...`: JSON turns it into inf (or NaN); the session is refused on
+    the analyst's side, one line, and nothing is sent (room.tune checks it before its one request)."""
+    from fedjax_room.analyst.tune import tune
+    from fedjax_room.errors import ConfigError
+    from fedjax_room.jupyter.args import parse_tune_line
+    from fedjax_room.models import logistic
+
+    parsed = parse_tune_line(f"--trials 2 --search learning_rate=0.1:{value}")
+    asked: list[object] = []
+    room = types.SimpleNamespace(_ask=lambda *a, **k: asked.append(a), run=lambda run_id: None)
+    with pytest.raises(ConfigError, match="range of learning_rate") as info:
+        tune(room, logistic([64], 10), parsed.space, trials=parsed.trials)  # type: ignore[arg-type]
+    assert "\n" not in str(info.value) and asked == []
