@@ -240,17 +240,26 @@ def run_flower_opacus(case: Case, seed: int, overrides: dict[str, Any]) -> dict[
 
     _, test, sites = split(case, seed)
     config = room_config(seed, overrides)
+    hidden = tuple(case.model_kwargs.get("hidden", (32,) if case.family == "mlp" else ()))
+    if case.family == "scatter":
+        # the same fixed scattering transform the room's sites compute (fedjax_room.local.features): each
+        # client trains the head, a PyTorch copy of the room's, on its records' coefficients
+        from fedjax_room.local.features import prepare
+
+        spec = model_spec(case, test)
+        sites = [prepare(spec, site).dataset for site in sites]
+        test = prepare(spec, test).dataset
     torch.manual_seed(seed)
     torch.set_num_threads(1)
     d = int(np.prod(test.schema.feature_shape))
     classes = test.num_classes
 
     def net() -> torch.nn.Module:
-        if case.family == "logistic":
+        if not hidden:
             return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(d, classes))
         layers: list[torch.nn.Module] = [torch.nn.Flatten()]
         width = d
-        for h in case.model_kwargs.get("hidden", (32,)):
+        for h in hidden:
             layers += [torch.nn.Linear(width, h), torch.nn.ReLU()]
             width = h
         return torch.nn.Sequential(*layers, torch.nn.Linear(width, classes))

@@ -24,7 +24,7 @@ export interface IFormField {
   step?: string;
 }
 
-export const DEFAULT_MODELS = ['logistic', 'mlp', 'cnn'];
+export const DEFAULT_MODELS = ['logistic', 'mlp', 'cnn', 'scatter'];
 
 function optionLabel(option: IOption): string {
   const words = option.name.replace(/_/g, ' ');

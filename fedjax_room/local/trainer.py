@@ -42,6 +42,8 @@ from fedjax_room.dp.accounting import dpsgd_event
 from fedjax_room.dp.optimizer import dpsgd, make_dp_train_step
 from fedjax_room.dp.sampling import max_batch_size_for, poisson_sample
 from fedjax_room.errors import ConfigError, DataError
+from fedjax_room.local.features import head_spec as _head_spec
+from fedjax_room.local.features import prepare
 from fedjax_room.models import ModelSpec, init_params, make_loss_fn, make_predict_fn
 
 __all__ = ["OPTIMIZERS", "EvalResult", "LocalTrainer", "TrainStats", "clipped_sum", "evaluate", "train_central"]
@@ -180,7 +182,10 @@ class LocalTrainer:
             raise ConfigError(f"unknown local optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
         self.optimizer = optimizer
         self.method = method
-        self._loss_fn = make_loss_fn(self.spec)
+        # a fixed first layer (a scatter model's scattering) is computed once per dataset (local/features.py):
+        # the jitted step trains the layers after it
+        self._train_spec = _head_spec(self.spec)
+        self._loss_fn = make_loss_fn(self._train_spec)
         self._step_cache: dict[int, Callable[..., Any]] = {}
 
     # ------------------------------------------------------------------ privacy
@@ -216,7 +221,7 @@ class LocalTrainer:
         step = self._step_cache.get(num_examples)
         if step is None:
             key = (
-                self.spec.to_json(),
+                self._train_spec.to_json(),
                 self.clip_norm,
                 self.noise_multiplier,
                 self.batch_size,
@@ -257,8 +262,10 @@ class LocalTrainer:
         step = self._step(n)
         rng = np.random.default_rng([seed, 0])
         noise_key = _key(seed)
+        prepared = prepare(self.spec, dataset)
+        params = prepared.to_head(params)
         opt_state = self._make_optimizer(n, noise_key).init(params)
-        x, y = dataset.x, dataset.y
+        x, y = prepared.dataset.x, prepared.dataset.y
 
         started = time.perf_counter()
         loss_sum, clipped_sum, seen, counted = 0.0, 0.0, 0, 0
@@ -284,7 +291,7 @@ class LocalTrainer:
                 loss_sum += float(metrics["loss"]) * count
                 clipped_sum += float(metrics["clipped_fraction"]) * count
                 counted += count
-        params = jax.block_until_ready(params)
+        params = prepared.to_model(jax.block_until_ready(params))
         stats = TrainStats(
             steps=int(steps),
             num_examples=n,
@@ -352,12 +359,14 @@ def clipped_sum(
     if n == 0:
         raise DataError("cannot compute gradients of an empty dataset")
     size = min(_positive(chunk, "chunk", integer=True), n)
-    fn = _sum_fn(spec.to_json(), clip_norm)
+    prepared = prepare(spec, dataset)
+    fn = _sum_fn(prepared.spec.to_json(), clip_norm)
+    head = prepared.to_head(params)
     total = None
-    for x, y, mask in _chunks(dataset, size):
-        part = fn(params, {"x": jnp.asarray(x), "y": jnp.asarray(y)}, jnp.asarray(mask))
+    for x, y, mask in _chunks(prepared.dataset, size):
+        part = fn(head, {"x": jnp.asarray(x), "y": jnp.asarray(y)}, jnp.asarray(mask))
         total = part if total is None else jax.tree.map(jnp.add, total, part)
-    return jax.tree.map(lambda t: np.asarray(t, np.float64), jax.block_until_ready(total))
+    return prepared.to_model(jax.tree.map(lambda t: np.asarray(t, np.float64), jax.block_until_ready(total)))
 
 
 # ---------------------------------------------------------------------- evaluation
@@ -384,11 +393,13 @@ def evaluate(spec: ModelSpec | Mapping[str, Any], params: Params, dataset: Datas
     n = len(dataset)
     if n == 0:
         return EvalResult(loss=float("nan"), correct=0, count=0)
-    fn = _eval_fn(spec.to_json())
+    prepared = prepare(spec, dataset)
+    fn = _eval_fn(prepared.spec.to_json())
+    head = prepared.to_head(params)
     chunk = min(_EVAL_CHUNK, n)
     loss_total, correct = 0.0, 0
-    for x, y, mask in _chunks(dataset, chunk):
-        loss, right = fn(params, jnp.asarray(x), jnp.asarray(y), jnp.asarray(mask))
+    for x, y, mask in _chunks(prepared.dataset, chunk):
+        loss, right = fn(head, jnp.asarray(x), jnp.asarray(y), jnp.asarray(mask))
         loss_total += float(loss)
         correct += int(right)
     return EvalResult(loss=loss_total / n, correct=correct, count=n)
@@ -424,9 +435,12 @@ def train_central(
     batch_size = min(batch_size, n)
     if params is None:
         params = init_params(spec, _key(seed))
+    prepared = prepare(spec, train)
+    params = prepared.to_head(params)
+    train = prepared.dataset
     tx = optax.adam(learning_rate)
     opt_state = tx.init(params)
-    loss_fn = make_loss_fn(spec)
+    loss_fn = make_loss_fn(prepared.spec)
 
     @jax.jit
     def step(params: Params, opt_state: optax.OptState, x: jax.Array, y: jax.Array) -> tuple[Params, Any]:
@@ -441,4 +455,4 @@ def train_central(
         for b in range(per_epoch):
             idx = order[b * batch_size : (b + 1) * batch_size]
             params, opt_state = step(params, opt_state, jnp.asarray(train.x[idx]), jnp.asarray(train.y[idx]))
-    return jax.block_until_ready(params)
+    return prepared.to_model(jax.block_until_ready(params))

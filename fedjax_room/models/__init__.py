@@ -20,6 +20,7 @@ from fedjax_room.models.spec import (
     cnn,
     logistic,
     mlp,
+    scatter,
     spec_hash,
 )
 
@@ -45,6 +46,7 @@ __all__ = [
     "make_predict_fn",
     "mlp",
     "param_shapes",
+    "scatter",
     "spec_from_schema",
     "spec_hash",
 ]

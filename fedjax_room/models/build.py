@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import optax
 
 from fedjax_room.models.conv import conv_general_dilated
+from fedjax_room.models.scattering import transform as scatter_transform
 from fedjax_room.models.spec import ModelSpec
 
 __all__ = ["SpecModel", "build_model", "init_params", "make_loss_fn", "make_predict_fn", "max_pool"]
@@ -70,7 +71,9 @@ class SpecModel(nn.Module):
         spec = ModelSpec.from_json(self.spec_json)
         for i, layer in enumerate(spec.layers):
             kind = layer["type"]
-            if kind == "dense":
+            if kind == "scattering":  # fixed, no parameters (models/scattering.py); always the first layer
+                x = scatter_transform(spec.input_shape, layer)(x)
+            elif kind == "dense":
                 x = nn.Dense(layer["features"], name=f"dense_{i}")(x)
             elif kind == "conv":
                 x = nn.Conv(

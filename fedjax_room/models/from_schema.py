@@ -14,12 +14,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fedjax_room.errors import ModelSpecError
-from fedjax_room.models.spec import ModelSpec, cnn, logistic, mlp
+from fedjax_room.models.scattering import image_dims
+from fedjax_room.models.spec import ModelSpec, cnn, logistic, mlp, scatter
 
 __all__ = ["DEFAULT_CONV", "DEFAULT_HIDDEN", "FAMILIES", "image_shape", "schema_dims", "spec_from_schema"]
 
 #: Model families a spec can be built for from a schema alone.
-FAMILIES = ("logistic", "mlp", "cnn")
+FAMILIES = ("logistic", "mlp", "cnn", "scatter")
 #: Hidden widths when none are given: an mlp's hidden layers, a cnn's dense layers after the convolutions.
 DEFAULT_HIDDEN: dict[str, tuple[int, ...]] = {"mlp": (64,), "cnn": (32,)}
 #: A cnn's convolution channels when none are given (3x3 kernels, stride 1, each followed by a 2x2 max-pool).
@@ -72,18 +73,32 @@ def spec_from_schema(
     hidden: Sequence[int] | None = None,
     conv: Sequence[int] | None = None,
     activation: str = "relu",
+    J: int | None = None,
+    orientations: int | None = None,
 ) -> ModelSpec:
     """A ``family`` model for data of ``schema``: its input shape and its number of classes from the schema.
 
-    ``hidden``: an mlp's hidden widths, or a cnn's dense widths (default :data:`DEFAULT_HIDDEN`); ``conv``: a
-    cnn's channels (default :data:`DEFAULT_CONV`). A cnn needs (height, width, channels) inputs: reshape flat
-    image data first (:func:`image_shape`). Raises :class:`ModelSpecError`.
+    ``hidden``: an mlp's hidden widths, or a cnn's dense widths (default :data:`DEFAULT_HIDDEN`), or a scatter
+    model's head (default none: logistic regression on the coefficients); ``conv``: a cnn's channels (default
+    :data:`DEFAULT_CONV`). A cnn needs (height, width, channels) inputs: reshape flat image data first
+    (:func:`image_shape`). A scatter model takes images or square flat pixels; ``J``, its number of scales,
+    defaults to 2 for images of side 16 or more and 1 below, ``orientations`` to 8. Raises :class:`ModelSpecError`.
     """
     if family not in FAMILIES:
         raise ModelSpecError(f"model family must be one of {', '.join(FAMILIES)} (or give a spec), not {family!r}")
     shape, classes = schema_dims(schema)
     if family == "logistic":
         return logistic(shape, classes)
+    if family == "scatter":
+        dims = image_dims(shape)
+        if dims is None:
+            raise ModelSpecError(
+                f"a scatter model needs images or square flat pixels but the data has shape {list(shape)}; "
+                "choose mlp or logistic"
+            )
+        scales = J if J is not None else (2 if min(dims[:2]) >= 16 else 1)
+        angles = 8 if orientations is None else orientations
+        return scatter(shape, classes, J=scales, hidden=tuple(hidden or ()), activation=activation, orientations=angles)
     widths = tuple(DEFAULT_HIDDEN[family] if hidden is None else hidden)
     if family == "mlp":
         return mlp(shape, classes, hidden=widths, activation=activation)

@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fedjax_room.errors import ModelSpecError
+from fedjax_room.models import scattering as _scatter
 
 __all__ = [
     "ACTIVATIONS",
@@ -34,17 +35,21 @@ __all__ = [
     "cnn",
     "logistic",
     "mlp",
+    "scatter",
     "spec_hash",
 ]
 
 ACTIVATIONS = ("relu", "tanh", "gelu", "sigmoid", "elu", "silu")
-LAYER_TYPES = ("dense", "conv", "max_pool", "avg_pool", "flatten", *ACTIVATIONS)
+LAYER_TYPES = ("dense", "conv", "max_pool", "avg_pool", "flatten", "scattering", *ACTIVATIONS)
 FAMILY_LAYERS: dict[str, frozenset[str]] = {
     "logistic": frozenset({"dense", "flatten"}),
     "mlp": frozenset({"dense", "flatten", *ACTIVATIONS}),
-    "cnn": frozenset(LAYER_TYPES),
+    "cnn": frozenset({"dense", "conv", "max_pool", "avg_pool", "flatten", *ACTIVATIONS}),
+    #: a fixed scattering transform (models/scattering.py, no parameters) first, then a logistic or mlp head
+    "scatter": frozenset({"scattering", "dense", "flatten", *ACTIVATIONS}),
 }
 _LAYER_KEYS: dict[str, frozenset[str]] = {
+    "scattering": _scatter.LAYER_KEYS,
     "dense": frozenset({"type", "features"}),
     "conv": frozenset({"type", "features", "kernel", "stride", "padding"}),
     "max_pool": frozenset({"type", "window", "stride"}),
@@ -80,6 +85,8 @@ def _normalise_layer(layer: Any, index: int) -> dict[str, Any]:
     if extra:
         raise ModelSpecError(f"layer {index} ({kind}): unexpected keys {sorted(extra)}; allowed {sorted(allowed)}")
     out: dict[str, Any] = {"type": kind}
+    if kind == "scattering":
+        return _scatter.check_layer(layer, index)
     if kind == "dense":
         out["features"] = _pos_int(layer.get("features"), f"layer {index} (dense) features")
     elif kind == "conv":
@@ -105,7 +112,8 @@ def _conv_out(size: int, kernel: int, stride: int, padding: str) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
-    """A validated model spec. Build one with :meth:`from_dict`, :func:`mlp`, :func:`cnn` or :func:`logistic`."""
+    """A validated model spec. Build one with :meth:`from_dict`, :func:`mlp`, :func:`cnn`, :func:`logistic` or
+    :func:`scatter`."""
 
     family: str
     input_shape: tuple[int, ...]
@@ -143,6 +151,10 @@ class ModelSpec:
                     f"layer {i}: a {layer['type']!r} layer is not allowed in the {family!r} family "
                     f"(allowed: {', '.join(sorted(allowed))})"
                 )
+        if family == "scatter" and [layer["type"] == "scattering" for layer in layers].count(True) != 1:
+            raise ModelSpecError("a 'scatter' model has exactly one scattering layer, its first")
+        if family == "scatter" and layers[0]["type"] != "scattering":
+            raise ModelSpecError("a 'scatter' model's first layer is its scattering layer")
         spec = cls(family=family, input_shape=input_shape, num_classes=num_classes, layers=layers)
         spec.output_shapes()  # raises on a bad shape
         if family == "logistic" and sum(1 for layer in layers if layer["type"] == "dense") != 1:
@@ -206,6 +218,12 @@ class ModelSpec:
                 shape = (h, w, layer["features"] if kind == "conv" else shape[2])
             elif kind == "flatten":
                 shape = (math.prod(shape),)
+            elif kind == "scattering":
+                shape = (_scatter.output_size(shape, layer, i),)
+                if shape[0] > _MAX_FEATURES:
+                    raise ModelSpecError(
+                        f"layer {i} (scattering) makes {shape[0]} features, more than the limit {_MAX_FEATURES}"
+                    )
             shapes.append(shape)
         return shapes
 
@@ -270,4 +288,24 @@ def cnn(
     layers.append({"type": "dense", "features": num_classes})
     return ModelSpec.from_dict(
         {"family": "cnn", "input_shape": list(input_shape), "num_classes": num_classes, "layers": layers}
+    )
+
+
+def scatter(
+    input_shape: Sequence[int],
+    num_classes: int,
+    J: int = 2,
+    hidden: Sequence[int] = (),
+    activation: str = "relu",
+    orientations: int = _scatter.MAX_ORIENTATIONS,
+) -> ModelSpec:
+    """A fixed scattering transform (:mod:`fedjax_room.models.scattering`: ``J`` scales, ``orientations`` angles,
+    the default per-order standardisation) and a head on its coefficients: logistic regression, or an mlp with
+    ``hidden`` widths."""
+    layers: list[dict[str, Any]] = [{"type": "scattering", "J": J, "orientations": orientations}]
+    for width in hidden:
+        layers += [{"type": "dense", "features": width}, {"type": activation}]
+    layers.append({"type": "dense", "features": num_classes})
+    return ModelSpec.from_dict(
+        {"family": "scatter", "input_shape": list(input_shape), "num_classes": num_classes, "layers": layers}
     )

@@ -6,7 +6,7 @@ Example ``policy.toml``::
     delta_cap = 1e-5             # the delta it is accounted at; runs may ask for a smaller one
     site_epsilon_cap = 8.0       # optional: cap on the site-level epsilon of distributed-DP runs (all runs)
     min_sites = 2                # never contribute to a round with fewer sites than this
-    allowed_families = ["logistic", "mlp", "cnn"]
+    allowed_families = ["logistic", "mlp", "cnn", "scatter"]
     max_params = 1_000_000
     allowed_aggregators = ["fedavg", "mean"]
     require_secure_aggregation = false
@@ -157,7 +157,7 @@ class Policy:
     epsilon_cap: float = 5.0
     delta_cap: float = 1e-5
     min_sites: int = 1
-    allowed_families: tuple[str, ...] = ("logistic", "mlp", "cnn")
+    allowed_families: tuple[str, ...] = ("logistic", "mlp", "cnn", "scatter")
     max_params: int = 1_000_000
     allowed_aggregators: tuple[str, ...] = AGGREGATORS
     require_secure_aggregation: bool = False

@@ -292,3 +292,34 @@ def test_cancel_from_the_magic_and_the_sidebar_route(room):
     assert first.status == "failed" and "from the notebook" in first.error.message
     assert answer["status"] == "failed" and "sidebar" in answer["error"]
     _honest_run_completes(er, client)
+
+
+def _scatter_spec(layer: dict, shape: list[int] | None = None) -> dict:
+    return {
+        "family": "scatter",
+        "input_shape": shape or [64],
+        "num_classes": 10,
+        "layers": [{"type": "scattering", **layer}, {"type": "dense", "features": 10}],
+    }
+
+
+@pytest.mark.parametrize(
+    ("spec", "words"),
+    [
+        (_scatter_spec({"J": 40}), "J must be an integer from 1 to 3"),  # a 2^40-wide filter bank on the sites
+        (_scatter_spec({"orientations": 10_000}), "orientations must be an integer from 1 to 8"),
+        (_scatter_spec({"scale": [1e-300, 1.0, 1.0]}), "scale must hold numbers from"),  # inf features: NaN steps
+        (_scatter_spec({"shift": [float("inf"), 0.0, 0.0]}), "finite"),
+        (_scatter_spec({"J": 1}, shape=[256, 256, 16]), "more than the limit"),  # a 4.5M-feature transform
+        (_scatter_spec({"J": 1, "kernel": "lambda: 0"}), "unexpected keys"),
+    ],
+    ids=["huge-J", "many-angles", "tiny-scale", "inf-shift", "huge-output", "extra-key"],
+)
+def test_hostile_scattering_spec_is_refused_before_any_site_computes_it(room, spec, words):
+    er, client = room
+    before = len(_runs(er))
+    reply = asyncio.run(_ask(er, _analyst_key(er), _raw_start_run(spec, HONEST)))
+    assert isinstance(reply, m.Error) and reply.req == 1 and not reply.fatal, reply
+    assert words in reply.message, reply.message
+    assert len(_runs(er)) == before  # no run, nothing offered to the site, nothing spent
+    _honest_run_completes(er, client)

@@ -154,7 +154,7 @@ async def test_bad_run_options_and_refusals(jp_fetch, registry, budget_error):
     code, data = await error_of(jp_fetch, "rooms", "room-1", "runs", method="POST", body={"code": "import os"})
     assert code == 400 and "unknown option(s) code" in data["message"]
     code, data = await error_of(jp_fetch, "rooms", "room-1", "runs", method="POST", body={"model": "resnet"})
-    assert code == 400 and "'model' must be logistic, mlp or cnn" in data["message"]
+    assert code == 400 and "'model' must be logistic, mlp, cnn or scatter" in data["message"]
     registry.get("room-1").room.refuse_with = budget_error
     code, data = await error_of(jp_fetch, "rooms", "room-1", "runs", method="POST", body={"rounds": 2})
     assert code == 400 and data["code"] == budget_error.code and "lower target_epsilon" in data["message"]
@@ -201,7 +201,7 @@ def test_jsonable_and_summaries():
 
     line = policy_summary(Policy(epsilon_cap=10.0, min_sites=2, require_secure_aggregation=True).to_dict())
     assert line == (
-        "ε cap: 10 · δ cap: 1e-05 · min sites: 2 · models: logistic, mlp, cnn · max parameters: 1,000,000 · "
+        "ε cap: 10 · δ cap: 1e-05 · min sites: 2 · models: logistic, mlp, cnn, scatter · max parameters: 1,000,000 · "
         "aggregators: any · secure aggregation: required · approval: auto · tuning selection: private · "
         "noise shares: yes"
     )

@@ -49,5 +49,5 @@ def test_cnn_needs_images_and_families_are_checked():
         spec_from_schema(DIGITS, "cnn")
     with pytest.raises(ModelSpecError, match="rnn"):
         spec_from_schema(DIGITS, "rnn")
-    assert set(FAMILIES) == {"logistic", "mlp", "cnn"}
+    assert set(FAMILIES) == {"logistic", "mlp", "cnn", "scatter"}
     assert image_shape([64]) == (8, 8, 1) and image_shape([28, 28, 1]) == (28, 28, 1) and image_shape([30]) is None
