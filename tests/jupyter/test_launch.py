@@ -102,6 +102,10 @@ def test_cnn_and_logistic_specs(fake_room):
     assert spec.family == "cnn" and [layer["features"] for layer in spec.layers if layer["type"] == "conv"] == [4, 8]
     form.family = "logistic"
     assert form.spec().param_count() == 64 * 10 + 10
+    form.family = "scatter"  # the hidden widths (still "16", not shown) are not used: a linear head
+    spec = form.spec()
+    assert spec.family == "scatter" and spec.layers[0]["type"] == "scattering" and len(spec.layers) == 2
+    assert spec.param_count() == 9 * 16 * 10 + 10  # J = 1 on 8 x 8: 9 channels of 4 x 4
 
 
 def test_needs_a_shape(fakes):
