@@ -268,7 +268,7 @@ class LaunchForm(_OptionTraits):  # type: ignore[misc, valid-type]
         schema = {"feature_shape": list(self.input_shape), "classes": list(range(self.num_classes))}
         hidden, conv = parse_sizes(self.hidden), parse_sizes(self.conv)
         if self.family not in ("mlp", "cnn"):  # the widths are shown (and used) only for these
-            hidden = []
+            hidden = ()
         return spec_from_schema(schema, self.family, hidden=hidden or None, conv=conv or None)
 
     def train_kwargs(self) -> dict[str, Any]:

@@ -42,7 +42,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -98,6 +98,9 @@ class SecureRelease:
 
     update: m.Update | m.Metrics
     vector: np.ndarray
+    #: added to the vector just before masking (``SecAggClient.set_input``'s ``extra``): a distributed-noise
+    #: round's pairwise noise terms (secagg/record_noise.py)
+    extra: Callable[[frozenset[int], Mapping[int, bytes]], np.ndarray] | None = None
 
     @property
     def phase(self) -> str:
@@ -129,6 +132,7 @@ def make_encoder(config: RunConfig, secagg: Any, noise_multiplier: float = 0.0, 
             max_sites=secagg.n,
             min_sites=secagg.min_clients,
             share=share,
+            full_graph=secagg.full_graph,
         )
     if config.site_noise_multiplier is not None:
         return SkellamMechanism(

@@ -187,17 +187,18 @@ class SiteMachine:
             return self._masked(result.answer, query, result.vector, "secure query")
         if isinstance(result, SecureRelease):
             joined = self._sessions(result.phase).get((result.update.run_id, result.update.round))
-            return self._masked(result.update, joined, result.vector, "secure aggregation")
+            return self._masked(result.update, joined, result.vector, "secure aggregation", extra=result.extra)
         return [Send(0, m.encode(result))]
 
-    def _masked(self, frame: m.Message, joined: Any, vector: Any, what: str) -> list[Action]:
+    def _masked(self, frame: m.Message, joined: Any, vector: Any, what: str, *, extra: Any = None) -> list[Action]:
         """``frame`` (the accounting), then ``vector`` as this site's masked input of the session ``joined`` (none:
-        the frame alone; an input the session refuses is logged and only the frame goes)."""
+        the frame alone; an input the session refuses is logged and only the frame goes); ``extra``: terms the
+        session adds just before masking (SecAggClient.set_input)."""
         out: list[Action] = [Send(0, m.encode(frame))]
         if joined is None:
             return out
         try:
-            sent = joined[1].set_input(vector)
+            sent = joined[1].set_input(vector, extra=extra) if extra is not None else joined[1].set_input(vector)
         except FedRoomError as exc:
             log.warning("%s: cannot give the input: %s: %s", what, exc.code, exc.message)
             return out

@@ -24,7 +24,7 @@ signed the same survivor list it was given.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from enum import StrEnum
 from functools import partial
 
@@ -98,6 +98,7 @@ class SecAggClient:
         self._seed: bytes | None = os.urandom(32)
         self._state = ClientState.NEW
         self._input: np.ndarray | None = None
+        self._extra: Callable[[frozenset[int], Mapping[int, bytes]], np.ndarray] | None = None
         self._peers: dict[int, AdvertiseKeys] = {}
         self._held: dict[int, tuple[bytes, bytes]] = {}  # owner -> (seed share, key share)
         self._enc_shared: dict[int, bytes] = {}  # peer -> X25519 secret for share sealing
@@ -122,9 +123,19 @@ class SecAggClient:
         self._state = ClientState.AWAIT_KEYS
         return AdvertiseKeys(self._digest, self.id, enc_key, mask_key, commitment, signature)
 
-    def set_input(self, vector: np.ndarray) -> list[Message]:
+    def set_input(
+        self,
+        vector: np.ndarray,
+        *,
+        extra: Callable[[frozenset[int], Mapping[int, bytes]], np.ndarray] | None = None,
+    ) -> list[Message]:
         """Give the encoded input (a ring vector of ``config.vector_length``); returns ``[MaskedInput]`` if
-        the key-sharing stage is done, else ``[]`` (it is sent on :class:`ShareBundle`)."""
+        the key-sharing stage is done, else ``[]`` (it is sent on :class:`ShareBundle`).
+
+        ``extra``, when given, is called once just before masking with the clients still in the round (this one
+        included) and this client's channel secret with each peer (never known to the server); the ring vector
+        it returns is added to the input (the distributed-noise rounds' pairwise terms,
+        :meth:`fedjax_room.secagg.record_noise.RecordNoise.pairwise_terms`)."""
         if self._state not in (ClientState.NEW, ClientState.AWAIT_KEYS, ClientState.AWAIT_SHARES, ClientState.READY):
             raise ProtocolError(f"cannot take an input in state {self._state.value}: the input stage is over")
         if self._input is not None:
@@ -137,6 +148,7 @@ class SecAggClient:
                 f"(encode it with FixedPointCodec or the ddp mechanism), got {vector.dtype} {vector.shape}"
             )
         self._input = vector.copy()
+        self._extra = extra
         if self._state is ClientState.READY:
             return self._guard(self._masked_input)
         return []
@@ -230,6 +242,14 @@ class SecAggClient:
         assert self._input is not None
         y = self._input
         self._input = None
+        if self._extra is not None:
+            extra = np.asarray(self._extra(self._alive, dict(self._enc_shared)))
+            self._extra = None
+            if extra.dtype != y.dtype or extra.shape != y.shape:
+                raise ConfigError(f"the extra input must be a {y.dtype} vector like the input, got {extra.dtype}")
+            y = y + extra  # modulo 2^bits: the dtype's width wraps, and narrower rings are cut below
+            if cfg.modulus_bits < 8 * y.dtype.itemsize:
+                y &= y.dtype.type((1 << cfg.modulus_bits) - 1)
         add_mask(y, self._require_seed(), 1, cfg.modulus_bits)
         for peer in sorted(self._alive - {me}):
             seed = pairwise_seed(self._mask, self._peers[peer].mask_key, context=self._digest, me=me, peer=peer)
@@ -330,6 +350,7 @@ class SecAggClient:
         self._held = {}
         self._enc_shared = {}
         self._input = None
+        self._extra = None
         self._mask = generate_keypair()  # drop the reference to the shared masking key
         self._enc = generate_keypair()
 

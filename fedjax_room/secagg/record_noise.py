@@ -10,9 +10,12 @@ site's data averaged with the others' noisy updates (which has ``sqrt(sites)`` t
 Pipeline per site (:meth:`RecordNoise.encode`), on ``x = sum_j clip_C(g_j)`` over the site's records::
 
     q   = stochastic_round(gamma * x)          gamma = GAMMA_UNITS * sqrt(d) / C, unbiased, |q_k - gamma x_k| < 1
-    v   = q + Sk(mu / t)                       the site's Skellam share (or all of ``mu``: ``share=False``)
+    v   = q + Sk(mu / n)                       the site's own Skellam share (``mu / t`` when the shares are not
+                                               pairwise; all of ``mu``: ``share=False``)
     out = v mod 2^64                           a ring vector for SecAggClient.set_input
 
+then, just before masking, the SecAgg client adds the site's pairwise terms (:meth:`RecordNoise.pairwise_terms`,
+"Dropout-resilient shares" below),
 and :meth:`RecordNoise.decode` maps the unmasked sum back to floats (``sum_i x_i + N``).
 
 Privacy of one record (add or remove one example of one site). The record moves its site's ``x`` by at most
@@ -27,6 +30,18 @@ Delta2^2) / mu^2`` at integer orders. ``mu`` is solved for so that this multipli
 the release, the same accounting as the evaluation releases (an assumption, stated in docs/privacy.md: the
 ledger is a PLD accountant, and RDP domination is a bound at integer orders).
 
+Dropout-resilient shares (:attr:`RecordNoise.pairwise`: the default, whenever the round's threshold ``t`` is at least
+``n - 1`` of the ``n`` sites of the roster, as the room sets it). Each site adds ``Sk(mu / n)`` of its own and, for
+every other site ``j`` of the roster, a term of variance ``mu / (n (n - 1))``: ``+s_ij`` or ``-s_ij`` (by id order)
+from a seed both derive from their SecAgg channel secret when ``j`` is alive in its key sharing, else an
+independent draw (:meth:`RecordNoise.pairwise_terms`, added just before masking). A sum of ``k`` sites then
+carries ``k mu / n`` of its own noise plus every term not cancelled by its partner, at least ``k (n - k)`` of them:
+``mu`` for ``k = n`` and for ``k = n - 1``, the only sums the threshold lets be released, whatever alive sets the
+coordinator shows each site (a term left uncancelled only adds noise). The coordinator never learns a channel
+secret (only the dropped sites' mask keys are ever reconstructed), a site releases one masked input per round
+(:mod:`fedjax_room.secagg.sessions`), and all of it is a sum of independent Skellams, so the bound above holds.
+With ``t < n - 1`` (a roster the site did not expect) it falls back to ``mu / t`` shares and no pairwise terms.
+
 Assumptions (docs/privacy.md, "Distributed noise"): the sites in the sum add their shares; ``f`` sites that add
 none, or collude with the coordinator and subtract theirs, leave ``(t - f) / t`` of the variance. A site that
 wants its guarantee to hold on its own noise alone encodes with ``share=False`` (all of ``mu``).
@@ -40,9 +55,13 @@ from __future__ import annotations
 
 import math
 import secrets
+import struct
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from fedjax_room.errors import ConfigError
 from fedjax_room.secagg.ddp import SkellamBound, skellam_draws, skellam_variance_for
@@ -67,7 +86,8 @@ class RecordNoise(SkellamBound):
         dimension: ``d``, the number of model parameters.
         max_sites: the most sites in one sum (the ring's headroom per site).
         min_sites: ``t``, the fewest sites in a released sum (SecAgg ``min_clients``).
-        share: add ``1/t`` of the noise (True) or all of it (False: this site's guarantee rests on its noise alone).
+        share: add a share of the noise (True) or all of it (False: this site's guarantee rests on its noise alone).
+        full_graph: whether every site of the round masks with every other (SecAgg without the + graph).
     """
 
     clip_norm: float
@@ -76,6 +96,8 @@ class RecordNoise(SkellamBound):
     max_sites: int
     min_sites: int
     share: bool = True
+    #: every site masks with every other (no SecAgg+ graph): pairwise terms need each pair to share a channel
+    full_graph: bool = True
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.clip_norm) and self.clip_norm > 0):
@@ -101,10 +123,59 @@ class RecordNoise(SkellamBound):
         return skellam_variance_for(self.noise_multiplier, self.l2_sensitivity, self.l1_sensitivity)
 
     @property
+    def pairwise(self) -> bool:
+        """Whether the share is dropout-resilient ("Dropout-resilient shares" in the module docstring): with the
+        SecAgg threshold ``t >= n - 1`` of the ``n`` sites of the roster, every released sum then carries exactly
+        ``mu`` (``n`` or ``n - 1`` sites) rather than ``k / t`` of it."""
+        return self.share and self.full_graph and self.max_sites >= 2 and self.min_sites >= self.max_sites - 1
+
+    @property
     def site_variance(self) -> float:
-        """The integer variance this site adds per coordinate."""
+        """The integer variance this site adds per coordinate of its own (the pairwise terms come on top)."""
         mu = self.central_variance
-        return mu / self.min_sites if self.share else mu
+        if not self.share:
+            return mu
+        return mu / self.max_sites if self.pairwise else mu / self.min_sites
+
+    @property
+    def pair_variance(self) -> float:
+        """The variance of each pairwise term (``mu / (n (n - 1))``), 0 when the share is not pairwise."""
+        n = self.max_sites
+        return self.central_variance / (n * (n - 1)) if self.pairwise else 0.0
+
+    def pairwise_terms(
+        self,
+        me: int,
+        roster: Iterable[int],
+        alive: Iterable[int],
+        secrets_: Mapping[int, bytes],
+        context: bytes,
+        rng: np.random.Generator,
+    ) -> np.ndarray:
+        """This site's pairwise noise terms, a ``uint64`` ring vector to add to its input just before masking.
+
+        For each other site ``j`` of the ``roster``: with ``j`` alive (it took part in the key sharing, so the two
+        hold a channel secret the coordinator never learns), ``+s`` if ``me < j`` else ``-s``, ``s`` a Skellam draw
+        of :attr:`pair_variance` seeded from that secret (HKDF-SHA256 with the round's ``context``), which ``j``
+        adds with the other sign; else an independent draw from ``rng`` (the site's secret). Zeros when the share
+        is not pairwise."""
+        d = self.dimension
+        total = np.zeros(d, np.int64)
+        var = self.pair_variance
+        if var <= 0:
+            return from_signed(total, MODULUS_BITS)
+        live = set(alive)
+        for j in sorted(set(roster) - {me}):
+            secret = secrets_.get(j)
+            if j in live and secret is not None:
+                lo, hi = min(me, j), max(me, j)
+                info = b"fedjax-room/record-noise/pair/v1" + bytes(context) + struct.pack(">II", lo, hi)
+                key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(bytes(secret))
+                draw = skellam_draws(var, d, np.random.default_rng(np.frombuffer(key, dtype=np.uint32)))
+                total += draw if me < j else -draw
+            else:
+                total += skellam_draws(var, d, rng)
+        return from_signed(total, MODULUS_BITS)
 
     @property
     def headroom(self) -> float:

@@ -73,7 +73,7 @@ from fedjax_room.site.public_size import resolve_public_size
 from fedjax_room.site.releases import ReleaseStore
 from fedjax_room.site.runs import AcceptedRuns
 from fedjax_room.site.secret import derive_seed, load_secret
-from fedjax_room.site.secure import secure_vector, site_event
+from fedjax_room.site.secure import pairwise_noise, secure_vector, site_event
 from fedjax_room.site.spending import Spending
 
 __all__ = ["SiteAgent"]
@@ -400,7 +400,12 @@ class SiteAgent:
             site_epsilon=site_eps,
         )
         if secure is not None:
-            return SecureRelease(update, vector)
+            extra = None
+            if config.distributed_noise:  # the pairwise noise terms, added by the SecAgg client before masking
+                noise_seed = self._seed(msg.run_id, config.seed, msg.round, "site-noise")
+                share = self.policy.noise_shares
+                extra = pairwise_noise(config, secure, noise_seed, plan.noise_multiplier, share=share)
+            return SecureRelease(update, vector, extra)
         return update
 
     def _compute_update(

@@ -10,6 +10,7 @@ site-level ledger, :mod:`fedjax_room.site.spending`).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,7 @@ from fedjax_room.protocol.config import RunConfig
 from fedjax_room.protocol.secure import SecureTrain, flatten_update, make_encoder
 from fedjax_room.secagg import SecAggConfig
 
-__all__ = ["secure_vector", "site_event"]
+__all__ = ["pairwise_noise", "secure_vector", "site_event"]
 
 
 def secure_vector(
@@ -40,6 +41,28 @@ def secure_vector(
     if config.site_noise_multiplier is not None:
         return encoder.encode(flat, np.random.default_rng([noise_seed, 11]))
     return encoder.encode(secure.setup.fraction * flat)
+
+
+def pairwise_noise(
+    config: RunConfig, secure: SecureTrain, noise_seed: int, noise_multiplier: float, *, share: bool = True
+) -> Callable[[frozenset[int], Mapping[int, bytes]], np.ndarray] | None:
+    """A distributed-noise round's pairwise noise terms, for the SecAgg client to add just before masking
+    (``SecAggClient.set_input``'s ``extra``; :meth:`~fedjax_room.secagg.record_noise.RecordNoise.pairwise_terms`),
+    or None when the round's shares are not pairwise (no distributed noise, ``share`` off, or a threshold under
+    ``n - 1``). Its independent draws come from ``noise_seed`` (the round's secret site-noise seed)."""
+    if not config.distributed_noise:
+        return None
+    secagg = SecAggConfig.from_dict(secure.setup.config)
+    encoder = make_encoder(config, secagg, noise_multiplier, share=share)
+    if not encoder.pairwise:
+        return None
+    me, roster, context = int(secure.setup.id), tuple(secagg.clients), secagg.digest
+    rng = np.random.default_rng([noise_seed, 17])
+
+    def terms(alive: frozenset[int], secrets: Mapping[int, bytes]) -> np.ndarray:
+        return np.asarray(encoder.pairwise_terms(me, roster, alive, secrets, context, rng))
+
+    return terms
 
 
 def site_event(config: RunConfig, secure: SecureTrain) -> Any:
