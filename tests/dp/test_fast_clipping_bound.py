@@ -163,6 +163,20 @@ SPEC_MLP = ModelSpec.from_dict(
         ],
     }
 )
+# a fixed scattering transform (no parameters, FFTs of the record) before an mlp head
+SPEC_SCATTER = ModelSpec.from_dict(
+    {
+        "family": "scatter",
+        "input_shape": [8, 8, 1],
+        "num_classes": 3,
+        "layers": [
+            {"type": "scattering", "J": 1, "orientations": 4},
+            {"type": "dense", "features": 6},
+            {"type": "tanh"},
+            {"type": "dense", "features": 3},
+        ],
+    }
+)
 
 
 class _Positions(nn.Module):
@@ -176,7 +190,7 @@ class _Positions(nn.Module):
 
 
 def _models():
-    for spec in (SPEC_CNN, SPEC_MLP, ATTACK_SPEC):
+    for spec in (SPEC_CNN, SPEC_MLP, ATTACK_SPEC, SPEC_SCATTER):
         yield spec.input_shape, make_loss_fn(spec), init_params(spec, jax.random.key(1))
     module = _Positions()
     yield (6, 4), _custom_loss(module), module.init(jax.random.key(1), jnp.zeros((1, 6, 4)))["params"]
@@ -240,7 +254,7 @@ def test_no_record_adds_more_than_the_clip_bound(allowance, monkeypatch):
 
 
 def test_the_models_cover_every_layer_type():
-    used = {layer["type"] for spec in (SPEC_CNN, SPEC_MLP, ATTACK_SPEC) for layer in spec.layers}
+    used = {layer["type"] for spec in (SPEC_CNN, SPEC_MLP, ATTACK_SPEC, SPEC_SCATTER) for layer in spec.layers}
     assert used == set(LAYER_TYPES) and set(ACTIVATIONS) <= used
 
 
