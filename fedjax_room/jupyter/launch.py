@@ -36,6 +36,8 @@ __all__ = ["FAMILIES", "LaunchForm", "parse_sizes", "schema_shape"]
 
 #: The largest bound a numeric box is given (a browser's numbers are doubles; larger bounds are checked here).
 _WIDGET_BOUND = 1e15
+#: the families whose hidden widths the form shows and sends (a scatter model's head is linear from the form)
+_HIDDEN_FAMILIES = ("mlp", "cnn")
 
 
 def parse_sizes(text: str) -> tuple[int, ...]:
@@ -260,14 +262,14 @@ class LaunchForm(_OptionTraits):  # type: ignore[misc, valid-type]
         self._message.value = html.escape(change["new"])
 
     def _sync_visibility(self) -> None:
-        self.controls["hidden"].layout.display = None if self.family in ("mlp", "cnn") else "none"
+        self.controls["hidden"].layout.display = None if self.family in _HIDDEN_FAMILIES else "none"
         self.controls["conv"].layout.display = None if self.family == "cnn" else "none"
 
     def spec(self) -> ModelSpec:
         """The declarative model spec the form describes, for the sites' schema."""
         schema = {"feature_shape": list(self.input_shape), "classes": list(range(self.num_classes))}
         hidden, conv = parse_sizes(self.hidden), parse_sizes(self.conv)
-        if self.family not in ("mlp", "cnn"):  # the widths are shown (and used) only for these
+        if self.family not in _HIDDEN_FAMILIES:  # the widths are shown, and used, only for these
             hidden = ()
         return spec_from_schema(schema, self.family, hidden=hidden or None, conv=conv or None)
 

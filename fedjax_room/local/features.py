@@ -13,8 +13,9 @@ For any other model :func:`prepare` returns the spec and the dataset unchanged.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -55,9 +56,13 @@ class Prepared:
         return self._rename(params, self.offset) if self.offset else params
 
 
+def _fixed_prefix(spec: ModelSpec) -> bool:
+    return bool(spec.layers) and spec.layers[0]["type"] == "scattering"
+
+
 def head_spec(spec: ModelSpec) -> ModelSpec:
     """The spec the trainer trains: the layers after a fixed first layer, on its output; else ``spec`` itself."""
-    if not spec.layers or spec.layers[0]["type"] != "scattering":
+    if not _fixed_prefix(spec):
         return spec
     layers = [dict(layer) for layer in spec.layers[1:]]
     shape = spec.output_shapes()[0]
@@ -69,13 +74,21 @@ def head_spec(spec: ModelSpec) -> ModelSpec:
     )
 
 
-def _features(spec: ModelSpec, dataset: Dataset) -> Dataset:
+@functools.lru_cache(maxsize=_MAX_CACHED)
+def _prefix_fn(prefix: str) -> Callable[[Any], Any]:
+    """The jitted fixed layer of ``prefix`` (``[input_shape, layer]`` as JSON): compiled once, for every dataset."""
     import jax
-    import jax.numpy as jnp
 
     from fedjax_room.models.scattering import transform
 
-    fn = jax.jit(transform(spec.input_shape, spec.layers[0]))
+    shape, layer = json.loads(prefix)
+    return jax.jit(transform(shape, layer))
+
+
+def _features(spec: ModelSpec, prefix: str, dataset: Dataset) -> Dataset:
+    import jax.numpy as jnp
+
+    fn = _prefix_fn(prefix)
     n = len(dataset)
     size = spec.output_shapes()[0][0]
     out = np.empty((n, size), np.float32)
@@ -97,13 +110,14 @@ def _features(spec: ModelSpec, dataset: Dataset) -> Dataset:
 def prepare(spec: ModelSpec, dataset: Dataset) -> Prepared:
     """``spec`` and ``dataset`` as the trainer should see them: the head on the fixed layer's features when
     ``spec`` starts with one (computed once per dataset and cached), else both as they are."""
-    if not spec.layers or spec.layers[0]["type"] != "scattering":
+    if not _fixed_prefix(spec):
         return Prepared(spec, dataset)
-    key = (json.dumps([list(spec.input_shape), spec.layers[0]], sort_keys=True), id(dataset))
+    prefix = json.dumps([list(spec.input_shape), spec.layers[0]], sort_keys=True)
+    key = (prefix, id(dataset))
     hit = _CACHE.get(key)
     if hit is None or hit[0] is not dataset:
         if len(_CACHE) >= _MAX_CACHED:
             _CACHE.pop(next(iter(_CACHE)))
-        hit = (dataset, _features(spec, dataset))
+        hit = (dataset, _features(spec, prefix, dataset))
         _CACHE[key] = hit
     return Prepared(head_spec(spec), hit[1], offset=1)

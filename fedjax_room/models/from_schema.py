@@ -9,7 +9,6 @@ one of :data:`FAMILIES` for it.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -59,11 +58,7 @@ def schema_dims(schema: Any) -> tuple[tuple[int, ...], int]:
 def image_shape(shape: Sequence[int]) -> tuple[int, int, int] | None:
     """``shape`` as (height, width, channels): itself if 3-D, ``(s, s, 1)`` for ``s * s`` flat features
     (``s >= 4``), else None."""
-    dims = tuple(int(s) for s in shape)
-    if len(dims) == 3:
-        return dims[0], dims[1], dims[2]
-    side = math.isqrt(dims[0]) if len(dims) == 1 else 0
-    return (side, side, 1) if side >= 4 and side * side == dims[0] else None
+    return image_dims(shape, min_side=4)
 
 
 def spec_from_schema(

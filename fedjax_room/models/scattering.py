@@ -70,13 +70,14 @@ def channel_orders(J: int, L: int) -> list[int]:
     return [0] + [1] * (J * L) + [2] * (L * L * J * (J - 1) // 2)
 
 
-def image_dims(input_shape: Sequence[int]) -> tuple[int, int, int] | None:
-    """``input_shape`` as (height, width, channels): itself if 3-D, ``(s, s, 1)`` for ``s * s`` flat features."""
+def image_dims(input_shape: Sequence[int], *, min_side: int = 2) -> tuple[int, int, int] | None:
+    """``input_shape`` as (height, width, channels): itself if 3-D, ``(s, s, 1)`` for ``s * s`` flat features
+    (``s >= min_side``), else None."""
     dims = tuple(int(s) for s in input_shape)
     if len(dims) == 3:
         return dims[0], dims[1], dims[2]
     side = math.isqrt(dims[0]) if len(dims) == 1 else 0
-    return (side, side, 1) if side >= 2 and side * side == dims[0] else None
+    return (side, side, 1) if side >= min_side and side * side == dims[0] else None
 
 
 def _int_in(value: Any, lo: int, hi: int, what: str) -> int:

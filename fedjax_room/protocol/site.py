@@ -198,7 +198,7 @@ class SiteMachine:
         if joined is None:
             return out
         try:
-            sent = joined[1].set_input(vector, extra=extra) if extra is not None else joined[1].set_input(vector)
+            sent = joined[1].set_input(vector, extra=extra)
         except FedRoomError as exc:
             log.warning("%s: cannot give the input: %s: %s", what, exc.code, exc.message)
             return out
